@@ -1,0 +1,21 @@
+// ESLint flat config: the TypeScript recommended rules plus a few that matter for a daemon.
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'native/build/**', 'node_modules/**', '.cairn/**'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      'no-console': ['error', { allow: [] }],
+      eqeqeq: ['error', 'always'],
+      'prefer-const': 'error',
+    },
+  },
+  {
+    files: ['src/cli/**', 'bench/**', 'test/**', 'scripts/**', 'bin/**'],
+    rules: { 'no-console': 'off' },
+  },
+);

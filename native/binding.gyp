@@ -1,0 +1,11 @@
+{
+  "targets": [
+    {
+      "target_name": "cairn_native",
+      "sources": ["src/addon.cc", "src/io.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-O2"]
+    }
+  ]
+}

@@ -1,0 +1,53 @@
+/** A promise-returning client of the cairnd API over its unix socket. */
+import * as grpc from '@grpc/grpc-js';
+import { Code, StorageError } from '../common/errors.js';
+import { loadPackage, serviceConstructor } from '../rpc/proto.js';
+import { fromServiceError } from '../rpc/status.js';
+
+export interface PoolStatusMessage { backend: string; path: string; totalBytes: number; usedBytes: number; freeBytes: number; provisionedBytes: number }
+export interface NodeStatusMessage {
+  nodeName: string; version: string; uptimeSeconds: number; pool: PoolStatusMessage;
+  volumeCount: number; exportedCount: number; nbdConnectionCount: number;
+}
+export interface ReplicaMessage { id: string; nodeName: string; deviceId: string; state: string; allocatedBytes: number }
+export interface ExportMessage { uri: string; socketPath: string; connectionCount: number }
+export interface VolumeMessage {
+  id: string; name: string; sizeBytes: number; allocatedBytes: number; state: string; health: string;
+  epoch: number; createdAt: string; replicas: ReplicaMessage[]; export: ExportMessage | null;
+}
+
+type UnaryMethod<Res> = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: Res) => void) => void;
+
+export class ApiClient {
+  private readonly client: grpc.Client;
+
+  constructor(readonly socketPath: string, private readonly deadlineMs = 30_000) {
+    const Ctor = serviceConstructor(loadPackage('cairn/api/v1/api.proto'), 'cairn.api.v1.CairnApi');
+    this.client = new Ctor(`unix:${socketPath}`, grpc.credentials.createInsecure());
+  }
+
+  private call<Res>(method: string, request: object): Promise<Res> {
+    const fn = (this.client as unknown as Record<string, UnaryMethod<Res>>)[method]!;
+    return new Promise<Res>((resolve, reject) => {
+      fn.call(this.client, request, { deadline: Date.now() + this.deadlineMs }, (err, res) => {
+        if (!err) return resolve(res);
+        if (err.code === grpc.status.UNAVAILABLE && /connect|No connection|ENOENT|ECONNREFUSED/i.test(err.details)) {
+          return reject(new StorageError(Code.UNAVAILABLE, `cannot reach cairnd at ${this.socketPath}: is it running? (set --api-socket or CAIRN_API_SOCKET)`));
+        }
+        reject(fromServiceError(err));
+      });
+    });
+  }
+
+  status(): Promise<NodeStatusMessage> { return this.call('GetStatus', {}); }
+  createVolume(name: string, sizeBytes: number): Promise<VolumeMessage> { return this.call('CreateVolume', { name, sizeBytes }); }
+  async listVolumes(): Promise<VolumeMessage[]> { return (await this.call<{ volumes: VolumeMessage[] }>('ListVolumes', {})).volumes; }
+  getVolume(name: string): Promise<VolumeMessage> { return this.call('GetVolume', { name }); }
+  async deleteVolume(name: string, force: boolean): Promise<void> { await this.call('DeleteVolume', { name, force }); }
+  exportVolume(name: string): Promise<ExportMessage> { return this.call('ExportVolume', { name }); }
+  async unexportVolume(name: string): Promise<void> { await this.call('UnexportVolume', { name }); }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * /healthz (the process is alive), /readyz (recovery finished, serving) and /metrics
+ * (Prometheus text format) for kubelet probes and Prometheus.
+ */
+import { createServer, type Server } from 'node:http';
+import type { Logger } from '../common/log.js';
+import type { VolumeService } from '../cluster/volume-service.js';
+
+export interface HttpContext {
+  volumes: VolumeService;
+  isReady: () => boolean;
+  connectionCount: () => number;
+  log: Logger;
+}
+
+async function metrics(ctx: HttpContext): Promise<string> {
+  const capacity = await ctx.volumes.capacity();
+  const volumes = await ctx.volumes.list();
+  const lines: string[] = [];
+  const gauge = (name: string, help: string, samples: [string, number][]): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+    for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`);
+  };
+  gauge('cairn_pool_total_bytes', 'Bytes the pool can hold.', [['', capacity.totalBytes]]);
+  gauge('cairn_pool_used_bytes', 'Bytes allocated to devices.', [['', capacity.usedBytes]]);
+  gauge('cairn_pool_free_bytes', 'Bytes still free in the pool.', [['', capacity.freeBytes]]);
+  gauge('cairn_pool_provisioned_bytes', 'Sum of the devices\' virtual sizes.', [['', capacity.provisionedBytes]]);
+  gauge('cairn_volume_size_bytes', 'Virtual size of each volume.', volumes.map((v) => [`{volume="${v.name}"}`, v.sizeBytes]));
+  gauge('cairn_volume_allocated_bytes', 'Allocated bytes of each volume.', volumes.map((v) => [`{volume="${v.name}"}`, v.allocatedBytes]));
+  gauge('cairn_volume_healthy', '1 when the volume is healthy.', volumes.map((v) => [`{volume="${v.name}"}`, v.health === 'healthy' ? 1 : 0]));
+  gauge('cairn_nbd_connections', 'Open NBD client connections.', [['', ctx.connectionCount()]]);
+  return `${lines.join('\n')}\n`;
+}
+
+export async function startHttpServer(listen: string, ctx: HttpContext): Promise<Server> {
+  const colon = listen.lastIndexOf(':');
+  const host = listen.slice(0, colon);
+  const port = Number(listen.slice(colon + 1));
+  const server = createServer((req, res) => {
+    const reply = (status: number, body: string, type = 'text/plain; charset=utf-8'): void => {
+      res.writeHead(status, { 'content-type': type }).end(body);
+    };
+    if (req.url === '/healthz') return reply(200, 'ok\n');
+    if (req.url === '/readyz') return ctx.isReady() ? reply(200, 'ready\n') : reply(503, 'recovering\n');
+    if (req.url === '/metrics') {
+      metrics(ctx).then((body) => reply(200, body, 'text/plain; version=0.0.4'), (err: unknown) => {
+        ctx.log.error({ err }, 'metrics failed');
+        reply(500, 'metrics failed\n');
+      });
+      return;
+    }
+    reply(404, 'not found: try /healthz, /readyz or /metrics\n');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
+}

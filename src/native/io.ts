@@ -1,0 +1,47 @@
+/**
+ * Types for the block I/O half of the native addon (native/src/io.cc). Every function
+ * returns a byte count or a negative errno instead of throwing, so the hot path never
+ * builds exception objects.
+ */
+import { createRequire } from 'node:module';
+
+/** Op codes for `ioSubmit`. */
+export const IO_READ = 1;
+export const IO_WRITE = 2;
+export const IO_FDATASYNC = 3;
+/** A write followed by fdatasync on the same thread (FUA). */
+export const IO_WRITE_FDATASYNC = 4;
+
+export interface NativeIo {
+  /**
+   * preadv2(RWF_NOWAIT) on the calling thread: reads only what the page cache holds.
+   * Returns the bytes read before the first uncached byte (possibly 0; bytes past EOF read
+   * as zeros), or -errno.
+   */
+  ioPreadNowait(fd: number, buf: Uint8Array, position: number): number;
+  /** A full pwrite on the calling thread: the byte count or -errno. */
+  ioPwrite(fd: number, buf: Uint8Array, position: number): number;
+  /**
+   * Runs `ops[i]` at `positions[i]` with `bufs[i]` (null for IO_FDATASYNC), in order, in one
+   * libuv threadpool job; writes 0 or -errno into `results[i]`, then calls `callback()`.
+   * Reads fill the whole buffer (zeros past EOF).
+   */
+  ioSubmit(
+    fd: number,
+    ops: Int32Array,
+    positions: Float64Array,
+    bufs: (Uint8Array | null)[],
+    results: Int32Array,
+    callback: () => void,
+  ): void;
+}
+
+const require = createRequire(import.meta.url);
+
+let loaded: NativeIo | undefined;
+
+/** The addon's I/O functions; throws when the addon is not built (`npm install`). */
+export function nativeIo(): NativeIo {
+  loaded ??= require('../../native/build/Release/cairn_native.node') as NativeIo;
+  return loaded;
+}

@@ -1,0 +1,77 @@
+/**
+ * The pool backend interface. A pool turns a node's local storage into thin-provisioned
+ * devices: one per replica and one per snapshot. The `file` backend keeps one sparse file
+ * per device; the `dm` backend one dm-thin device per device. Both report capacity
+ * truthfully and both are idempotent by device id.
+ */
+import type { DeviceId } from '../common/ids.js';
+
+export type PoolKind = 'file' | 'dm';
+
+export interface PoolCapacity {
+  /** Bytes the pool can hold in all (the filesystem's or the thin pool's data size). */
+  totalBytes: number;
+  /** Bytes actually allocated to devices of this pool. */
+  usedBytes: number;
+  /** Bytes still available for new data. */
+  freeBytes: number;
+  /** Sum of the devices' virtual sizes; may exceed totalBytes (thin provisioning). */
+  provisionedBytes: number;
+}
+
+export interface PoolDeviceInfo {
+  id: DeviceId;
+  /** Virtual size as the client sees it. */
+  sizeBytes: number;
+  /** Bytes actually backed by storage (sparse files, thin blocks). */
+  allocatedBytes: number;
+  /** Where the device's bytes live: a file path or a /dev/mapper node. */
+  path: string;
+}
+
+/**
+ * One open device, as the engine does I/O on it. Offsets and lengths are in bytes and must
+ * lie inside [0, sizeBytes); the caller (the NBD server, a replica stream) checks bounds.
+ */
+export interface BlockDevice {
+  readonly id: DeviceId;
+  readonly sizeBytes: number;
+  /** Reads `length` bytes at `offset`. Holes read as zeros. */
+  read(offset: number, length: number): Promise<Buffer>;
+  /** Writes `data` at `offset`. With `fua`, the data is durable when the promise resolves. */
+  write(offset: number, data: Uint8Array, fua?: boolean): Promise<void>;
+  /** Makes every write that completed before this call durable (fdatasync). */
+  flush(): Promise<void>;
+  /** Drops the range; it reads back as zeros afterwards. */
+  trim(offset: number, length: number): Promise<void>;
+  /** Zeroes the range. With `mayTrim` the backend may deallocate it (NBD without NO_HOLE). */
+  writeZeroes(offset: number, length: number, mayTrim: boolean): Promise<void>;
+  /** Closes the device; flushes first. */
+  close(): Promise<void>;
+}
+
+export interface PoolBackend {
+  readonly kind: PoolKind;
+  capacity(): Promise<PoolCapacity>;
+  /**
+   * Creates a zero-filled device. Not an error when a device of that id and size already
+   * exists (returns it); ALREADY_EXISTS when it exists with another size;
+   * RESOURCE_EXHAUSTED when the pool cannot provision it.
+   */
+  create(id: DeviceId, sizeBytes: number): Promise<PoolDeviceInfo>;
+  /** Deletes the device. Not an error when it does not exist. */
+  delete(id: DeviceId): Promise<void>;
+  /** Grows the device to `sizeBytes`. Shrinking is refused with INVALID_ARGUMENT. */
+  resize(id: DeviceId, sizeBytes: number): Promise<PoolDeviceInfo>;
+  /**
+   * Makes `snapshotId` a point-in-time copy of `sourceId`. The caller quiesces writes to
+   * the source first (the write barrier); the backend does not.
+   */
+  snapshot(sourceId: DeviceId, snapshotId: DeviceId): Promise<PoolDeviceInfo>;
+  /** NOT_FOUND when the device does not exist. */
+  inspect(id: DeviceId): Promise<PoolDeviceInfo>;
+  list(): Promise<PoolDeviceInfo[]>;
+  /** Opens the device for I/O. NOT_FOUND when it does not exist. */
+  open(id: DeviceId): Promise<BlockDevice>;
+  close(): Promise<void>;
+}

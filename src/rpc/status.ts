@@ -1,0 +1,42 @@
+/**
+ * The rpc edge: the one place where StorageError becomes a grpc-js status and back.
+ * Codes are the same numbers on both sides (see common/errors.ts).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { Code, StorageError } from '../common/errors.js';
+
+export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
+  if (err instanceof StorageError) {
+    return { code: err.code as number as grpc.status, details: err.message, metadata: new grpc.Metadata() };
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  return { code: grpc.status.INTERNAL, details: `internal error: ${message}`, metadata: new grpc.Metadata() };
+}
+
+export function fromServiceError(err: unknown): StorageError {
+  const e = err as Partial<grpc.ServiceError>;
+  if (typeof e?.code === 'number') {
+    return new StorageError(e.code as number as Code, e.details || e.message || 'unknown error', { cause: err });
+  }
+  return new StorageError(Code.UNKNOWN, err instanceof Error ? err.message : String(err), { cause: err });
+}
+
+/**
+ * Wraps an async handler into a grpc-js unary handler: errors become statuses, and
+ * unexpected ones (not StorageError) are logged by `onUnexpected`.
+ */
+export function unary<Req, Res>(
+  handler: (request: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
+  onUnexpected: (err: unknown, method: string) => void,
+  method: string,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    handler(call.request, call).then(
+      (response) => callback(null, response),
+      (err: unknown) => {
+        if (!(err instanceof StorageError)) onUnexpected(err, method);
+        callback(toServiceError(err) as grpc.ServiceError);
+      },
+    );
+  };
+}

@@ -1,0 +1,216 @@
+/**
+ * The node store: what lives on this node, in SQLite (better-sqlite3, WAL mode). Each
+ * multi-row change is one transaction, so a kill -9 at any moment leaves either the old or
+ * the new state. Calls are synchronous; they are short and local.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { Code, StorageError } from '../common/errors.js';
+import type { DeviceId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
+import type { Logger } from '../common/log.js';
+import { MIGRATIONS, type Migration } from './migrations.js';
+
+export type VolumeState = 'creating' | 'ready' | 'deleting';
+export type ReplicaState = 'in-sync' | 'rebuilding' | 'faulted';
+
+export interface VolumeRecord {
+  id: VolumeId;
+  name: string;
+  sizeBytes: number;
+  state: VolumeState;
+  epoch: number;
+  /** Whether the volume should be served over NBD (restored after a restart). */
+  exported: boolean;
+  createdAt: string;
+}
+
+export interface ReplicaRecord {
+  id: ReplicaId;
+  volumeId: VolumeId;
+  deviceId: DeviceId;
+  state: ReplicaState;
+  createdAt: string;
+}
+
+export interface SnapshotRecord {
+  id: SnapshotId;
+  volumeId: VolumeId;
+  name: string;
+  deviceId: DeviceId;
+  sizeBytes: number;
+  createdAt: string;
+}
+
+interface VolumeRow {
+  id: string; name: string; size_bytes: number; state: VolumeState; epoch: number; exported: number; created_at: string;
+}
+interface ReplicaRow { id: string; volume_id: string; device_id: string; state: ReplicaState; created_at: string }
+interface SnapshotRow { id: string; volume_id: string; name: string; device_id: string; size_bytes: number; created_at: string }
+
+const toVolume = (r: VolumeRow): VolumeRecord => ({
+  id: r.id as VolumeId, name: r.name, sizeBytes: r.size_bytes, state: r.state, epoch: r.epoch, exported: r.exported !== 0, createdAt: r.created_at,
+});
+const toReplica = (r: ReplicaRow): ReplicaRecord => ({
+  id: r.id as ReplicaId, volumeId: r.volume_id as VolumeId, deviceId: r.device_id as DeviceId, state: r.state, createdAt: r.created_at,
+});
+const toSnapshot = (r: SnapshotRow): SnapshotRecord => ({
+  id: r.id as SnapshotId, volumeId: r.volume_id as VolumeId, name: r.name, deviceId: r.device_id as DeviceId, sizeBytes: r.size_bytes, createdAt: r.created_at,
+});
+
+export class NodeStore {
+  private readonly db: Database.Database;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+  }
+
+  /** Opens (creating if needed) the store at `path` and runs pending migrations. */
+  static open(path: string, log: Logger, migrations: readonly Migration[] = MIGRATIONS): NodeStore {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    let db: Database.Database;
+    try {
+      db = new Database(path);
+    } catch (err) {
+      throw new StorageError(Code.UNAVAILABLE, `cannot open the node store at ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    db.pragma('journal_mode = WAL');
+    // FULL: a committed transaction survives power loss, not only a process crash.
+    db.pragma('synchronous = FULL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    const store = new NodeStore(db);
+    store.migrate(migrations, log);
+    return store;
+  }
+
+  private migrate(migrations: readonly Migration[], log: Logger): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    const newest = migrations.reduce((v, m) => Math.max(v, m.version), 0);
+    if (current > newest) {
+      throw new StorageError(Code.FAILED_PRECONDITION,
+        `the node store has schema version ${current}, newer than this cairnd knows (${newest}): run a cairnd at least as new as the one that wrote it`);
+    }
+    for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
+      if (m.version <= current) continue;
+      this.db.transaction(() => {
+        this.db.exec(m.sql);
+        this.db.pragma(`user_version = ${m.version}`);
+      })();
+      log.info({ version: m.version, description: m.description }, 'node store migrated');
+    }
+  }
+
+  schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  // --- meta ---------------------------------------------------------------------------
+
+  getMeta(key: string): string | undefined {
+    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined;
+    return row?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  // --- volumes ------------------------------------------------------------------------
+
+  /** Records a new volume and its replicas in one transaction. ALREADY_EXISTS on a taken name. */
+  insertVolume(volume: VolumeRecord, replicas: ReplicaRecord[]): void {
+    const insertVolume = this.db.prepare(
+      'INSERT INTO volumes (id, name, size_bytes, state, epoch, exported, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    const insertReplica = this.db.prepare('INSERT INTO replicas (id, volume_id, device_id, state, created_at) VALUES (?, ?, ?, ?, ?)');
+    try {
+      this.db.transaction(() => {
+        insertVolume.run(volume.id, volume.name, volume.sizeBytes, volume.state, volume.epoch, volume.exported ? 1 : 0, volume.createdAt);
+        for (const r of replicas) insertReplica.run(r.id, r.volumeId, r.deviceId, r.state, r.createdAt);
+      })();
+    } catch (err) {
+      if ((err as { code?: string }).code?.startsWith('SQLITE_CONSTRAINT')) {
+        throw new StorageError(Code.ALREADY_EXISTS, `volume "${volume.name}" already exists`, { cause: err, details: { volume: volume.name } });
+      }
+      throw err;
+    }
+  }
+
+  getVolume(id: VolumeId): VolumeRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM volumes WHERE id = ?').get(id) as VolumeRow | undefined;
+    return row && toVolume(row);
+  }
+
+  getVolumeByName(name: string): VolumeRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM volumes WHERE name = ?').get(name) as VolumeRow | undefined;
+    return row && toVolume(row);
+  }
+
+  listVolumes(): VolumeRecord[] {
+    return (this.db.prepare('SELECT * FROM volumes ORDER BY name').all() as VolumeRow[]).map(toVolume);
+  }
+
+  /** Updates the given fields of a volume. NOT_FOUND when it does not exist. */
+  updateVolume(id: VolumeId, patch: Partial<Pick<VolumeRecord, 'sizeBytes' | 'state' | 'epoch' | 'exported'>>): VolumeRecord {
+    const current = this.getVolume(id);
+    if (!current) throw new StorageError(Code.NOT_FOUND, `volume ${id} not found`, { details: { volume: id } });
+    const next = { ...current, ...patch };
+    this.db.prepare('UPDATE volumes SET size_bytes = ?, state = ?, epoch = ?, exported = ? WHERE id = ?')
+      .run(next.sizeBytes, next.state, next.epoch, next.exported ? 1 : 0, id);
+    return next;
+  }
+
+  /** Removes the volume with its replicas and snapshots. Not an error when it does not exist. */
+  deleteVolume(id: VolumeId): void {
+    this.db.prepare('DELETE FROM volumes WHERE id = ?').run(id);
+  }
+
+  // --- replicas -----------------------------------------------------------------------
+
+  listReplicas(volumeId?: VolumeId): ReplicaRecord[] {
+    const rows = volumeId === undefined
+      ? this.db.prepare('SELECT * FROM replicas ORDER BY created_at').all()
+      : this.db.prepare('SELECT * FROM replicas WHERE volume_id = ? ORDER BY created_at').all(volumeId);
+    return (rows as ReplicaRow[]).map(toReplica);
+  }
+
+  setReplicaState(id: ReplicaId, state: ReplicaState): void {
+    const info = this.db.prepare('UPDATE replicas SET state = ? WHERE id = ?').run(state, id);
+    if (info.changes === 0) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found`, { details: { replica: id } });
+  }
+
+  // --- snapshots ----------------------------------------------------------------------
+
+  insertSnapshot(snapshot: SnapshotRecord): void {
+    try {
+      this.db.prepare('INSERT INTO snapshots (id, volume_id, name, device_id, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(snapshot.id, snapshot.volumeId, snapshot.name, snapshot.deviceId, snapshot.sizeBytes, snapshot.createdAt);
+    } catch (err) {
+      if ((err as { code?: string }).code?.startsWith('SQLITE_CONSTRAINT')) {
+        throw new StorageError(Code.ALREADY_EXISTS, `snapshot "${snapshot.name}" already exists`, { cause: err, details: { snapshot: snapshot.name } });
+      }
+      throw err;
+    }
+  }
+
+  listSnapshots(volumeId?: VolumeId): SnapshotRecord[] {
+    const rows = volumeId === undefined
+      ? this.db.prepare('SELECT * FROM snapshots ORDER BY created_at').all()
+      : this.db.prepare('SELECT * FROM snapshots WHERE volume_id = ? ORDER BY created_at').all(volumeId);
+    return (rows as SnapshotRow[]).map(toSnapshot);
+  }
+
+  deleteSnapshot(id: SnapshotId): void {
+    this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
+  }
+
+  /** Every device id the store knows of (replicas and snapshots): what the pool must keep. */
+  knownDeviceIds(): Set<DeviceId> {
+    const rows = this.db.prepare('SELECT device_id FROM replicas UNION SELECT device_id FROM snapshots').all() as { device_id: string }[];
+    return new Set(rows.map((r) => r.device_id as DeviceId));
+  }
+}
