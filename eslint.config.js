@@ -9,7 +9,7 @@ export default tseslint.config(
   {
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
-      'no-console': ['error', { allow: [] }],
+      'no-console': 'error',
       eqeqeq: ['error', 'always'],
       'prefer-const': 'error',
     },
@@ -17,5 +17,9 @@ export default tseslint.config(
   {
     files: ['src/cli/**', 'bench/**', 'test/**', 'scripts/**', 'bin/**'],
     rules: { 'no-console': 'off' },
+  },
+  {
+    files: ['bin/**/*.js'],
+    languageOptions: { globals: { process: 'readonly' } },
   },
 );

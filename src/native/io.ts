@@ -3,7 +3,8 @@
  * returns a byte count or a negative errno instead of throwing, so the hot path never
  * builds exception objects.
  */
-import { createRequire } from 'node:module';
+import { Code, StorageError } from '../common/errors.js';
+import { nativeAddon } from './native-addon.js';
 
 /** Op codes for `ioSubmit`. */
 export const IO_READ = 1;
@@ -36,12 +37,15 @@ export interface NativeIo {
   ): void;
 }
 
-const require = createRequire(import.meta.url);
-
 let loaded: NativeIo | undefined;
 
-/** The addon's I/O functions; throws when the addon is not built (`npm install`). */
+/** The addon's I/O functions; FAILED_PRECONDITION when the addon is not built (`npm install`). */
 export function nativeIo(): NativeIo {
-  loaded ??= require('../../native/build/Release/cairn_native.node') as NativeIo;
+  if (loaded) return loaded;
+  const addon = nativeAddon() as unknown as Partial<NativeIo>;
+  if (typeof addon.ioSubmit !== 'function' || typeof addon.ioPreadNowait !== 'function' || typeof addon.ioPwrite !== 'function') {
+    throw new StorageError(Code.FAILED_PRECONDITION, 'native addon lacks the block I/O functions (native/src/io.cc): rebuild it with npm install');
+  }
+  loaded = addon as NativeIo;
   return loaded;
 }

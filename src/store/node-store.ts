@@ -93,10 +93,14 @@ export class NodeStore {
     }
     for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
       if (m.version <= current) continue;
-      this.db.transaction(() => {
-        this.db.exec(m.sql);
-        this.db.pragma(`user_version = ${m.version}`);
-      })();
+      try {
+        this.db.transaction(() => {
+          this.db.exec(m.sql);
+          this.db.pragma(`user_version = ${m.version}`);
+        })();
+      } catch (err) {
+        throw new StorageError(Code.INTERNAL, `node store migration ${m.version} (${m.description}) failed and was rolled back: ${(err as Error).message}`, { cause: err });
+      }
       log.info({ version: m.version, description: m.description }, 'node store migrated');
     }
   }

@@ -1,0 +1,65 @@
+/** Runs one fio job and reads the figures the benchmark reports from its JSON output. */
+import { spawn } from 'node:child_process';
+import { readFile, rm } from 'node:fs/promises';
+
+export interface Workload {
+  name: string;
+  rw: 'randwrite' | 'randread' | 'write' | 'read';
+  blockSize: string;
+  iodepth: number;
+}
+
+export interface FioResult {
+  iops: number;
+  bytesPerSec: number;
+  ioBytes: number;
+  runtimeSec: number;
+  /** Client CPU seconds (fio's usr + sys over the run). */
+  cpuSec: number;
+}
+
+export type FioTarget = { kind: 'nbd'; socketPath: string } | { kind: 'file'; path: string };
+
+function targetArgs(t: FioTarget): string[] {
+  if (t.kind === 'nbd') return ['--ioengine=nbd', `--uri=nbd+unix:///?socket=${t.socketPath}`];
+  return ['--ioengine=libaio', '--direct=1', `--filename=${t.path}`];
+}
+
+export async function runFio(target: FioTarget, w: Workload, durationSec: number, outPath: string): Promise<FioResult> {
+  const args = [
+    '--name=bench', `--rw=${w.rw}`, `--bs=${w.blockSize}`, `--iodepth=${w.iodepth}`, '--numjobs=1', '--size=1G',
+    `--runtime=${durationSec}`, '--time_based', '--output-format=json', `--output=${outPath}`, ...targetArgs(target),
+  ];
+  const stderr: string[] = [];
+  const code = await new Promise<number | null>((resolve, reject) => {
+    const child = spawn('fio', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    child.stderr.on('data', (d: Buffer) => stderr.push(d.toString()));
+    child.on('error', reject);
+    child.on('close', resolve);
+  });
+  if (code !== 0) throw new Error(`fio exited with ${code}: ${stderr.join('').slice(-500)}`);
+  const text = await readFile(outPath, 'utf8');
+  await rm(outPath, { force: true });
+  return parseFioJson(text.slice(text.indexOf('{')));
+}
+
+interface FioJobSide {
+  iops: number;
+  bw_bytes: number;
+  io_bytes: number;
+  runtime: number;
+}
+
+export function parseFioJson(text: string): FioResult {
+  const doc = JSON.parse(text) as { jobs: { read: FioJobSide; write: FioJobSide; usr_cpu: number; sys_cpu: number; job_runtime: number }[] };
+  const job = doc.jobs[0];
+  if (!job) throw new Error('fio JSON has no job');
+  const runtimeSec = job.job_runtime / 1000;
+  return {
+    iops: job.read.iops + job.write.iops,
+    bytesPerSec: job.read.bw_bytes + job.write.bw_bytes,
+    ioBytes: job.read.io_bytes + job.write.io_bytes,
+    runtimeSec,
+    cpuSec: ((job.usr_cpu + job.sys_cpu) / 100) * runtimeSec,
+  };
+}

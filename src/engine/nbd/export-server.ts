@@ -1,0 +1,124 @@
+/**
+ * An NBD server for one exported volume on its own unix socket (fixed newstyle only).
+ * Every connection shares the one BlockDevice, so a FLUSH on any connection (fdatasync of
+ * the device) covers writes completed on all of them: CAN_MULTI_CONN is honest.
+ */
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { Code, StorageError, fromNodeError } from '../../common/errors.js';
+import type { Logger } from '../../common/log.js';
+import type { BlockDevice } from '../../pool/backend.js';
+import { NbdConnection, type ConnectionContext } from './connection.js';
+import { newStats, type ServerStats } from './stats.js';
+
+export interface NbdExportServerOptions {
+  /** The export name clients ask for; "" (the default export) is accepted too. */
+  name: string;
+  device: BlockDevice;
+  log: Logger;
+  readOnly?: boolean;
+  /** Shown by NBD_INFO_DESCRIPTION (nbdinfo). */
+  description?: string;
+}
+
+export type NbdExportStats = ServerStats & { name: string; sizeBytes: number; readOnly: boolean };
+
+export class NbdExportServer {
+  private readonly server: Server;
+  private readonly connections = new Set<NbdConnection>();
+  private readonly stats_: ServerStats = newStats();
+  private readonly ctx: ConnectionContext;
+  private readonly log: Logger;
+  private socketPath: string | undefined;
+  private closing: Promise<void> | undefined;
+  private nextConnId = 1;
+
+  constructor(private readonly options: NbdExportServerOptions) {
+    this.log = options.log.child({ export: options.name });
+    this.ctx = {
+      exp: {
+        name: options.name,
+        description: options.description ?? `Cairn volume ${options.name}`,
+        sizeBytes: options.device.sizeBytes,
+        readOnly: options.readOnly ?? false,
+      },
+      device: options.device,
+      stats: this.stats_,
+      log: this.log,
+      isShuttingDown: () => this.closing !== undefined,
+    };
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.onConnection(socket));
+    this.server.on('error', (err) => this.log.error({ err }, 'nbd server error'));
+  }
+
+  get name(): string {
+    return this.options.name;
+  }
+
+  /** Listens on `socketPath` (a stale socket file there is removed first), mode 0600. */
+  async listen(socketPath: string): Promise<void> {
+    if (this.socketPath !== undefined) throw new StorageError(Code.FAILED_PRECONDITION, 'nbd server is already listening', { details: { socketPath } });
+    await removeStaleSocket(socketPath);
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => reject(fromNodeError(err, 'listen on nbd socket', { socketPath }));
+      this.server.once('error', onError);
+      this.server.listen(socketPath, () => {
+        this.server.off('error', onError);
+        resolve();
+      });
+    });
+    this.socketPath = socketPath;
+    await chmod(socketPath, 0o600);
+    this.log.info({ socketPath, sizeBytes: this.ctx.exp.sizeBytes, readOnly: this.ctx.exp.readOnly }, 'nbd export listening');
+  }
+
+  /**
+   * Stops accepting, lets in-flight requests finish and be answered, flushes the device and
+   * ends every connection. The device stays open (its owner closes it).
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  stats(): NbdExportStats {
+    return { ...this.stats_, name: this.options.name, sizeBytes: this.ctx.exp.sizeBytes, readOnly: this.ctx.exp.readOnly };
+  }
+
+  private async doClose(): Promise<void> {
+    const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.all([...this.connections].map((c) => c.shutdown()));
+    await stopped;
+    try {
+      await this.options.device.flush();
+    } finally {
+      if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
+      this.log.info({ ...this.stats_ }, 'nbd export closed');
+    }
+  }
+
+  private onConnection(socket: Socket): void {
+    if (this.closing !== undefined) {
+      socket.destroy();
+      return;
+    }
+    this.stats_.connections++;
+    this.stats_.connectionsTotal++;
+    const conn = new NbdConnection(socket, this.ctx, this.log.child({ conn: this.nextConnId++ }));
+    this.connections.add(conn);
+    void conn.closed.then(() => this.connections.delete(conn));
+  }
+}
+
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  try {
+    const st = await lstat(socketPath);
+    if (!st.isSocket()) {
+      throw new StorageError(Code.ALREADY_EXISTS, 'nbd socket path exists and is not a socket', { details: { socketPath } });
+    }
+    await unlink(socketPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw fromNodeError(err, 'remove stale nbd socket', { socketPath });
+  }
+}

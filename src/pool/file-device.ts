@@ -1,0 +1,274 @@
+/**
+ * The file backend's I/O path: one sparse file per device, served like nbdkit's file
+ * plugin. Writes land in the page cache; FLUSH is fdatasync; FUA is write then fdatasync
+ * (honest durability); trim punches a hole; writeZeroes uses ZERO_RANGE (or a hole when the
+ * caller allows it).
+ *
+ * The strategy (measured, see docs/architecture.md "NBD data path"):
+ * - Reads first try preadv2(RWF_NOWAIT) on the event loop: a page-cache hit costs about
+ *   1 µs and no thread hop. Whatever is not cached goes to the thread pool, so a cold read
+ *   never stalls the event loop.
+ * - Writes and fdatasync are queued and, once per event-loop turn, handed to the libuv
+ *   thread pool in batches (one hop for many requests), so the kernel's write cost runs
+ *   beside the event loop and a slow write (dirty throttling, journal) never blocks it.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
+import type { DeviceId } from '../common/ids.js';
+import type { Logger } from '../common/log.js';
+import type { BlockDevice } from './backend.js';
+import { Code, StorageError, SystemError, codeForErrno, fromNodeError } from '../common/errors.js';
+import { IO_FDATASYNC, IO_READ, IO_WRITE, IO_WRITE_FDATASYNC, nativeIo, type NativeIo } from '../native/io.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate } from '../native/index.js';
+
+/** At most this many ops, or this many bytes, go to one thread-pool job. */
+const MAX_OPS_PER_JOB = 16;
+const MAX_BYTES_PER_JOB = 4 << 20;
+/** Reads up to this size are carved from a shared slab instead of their own allocation. */
+const SLAB_MAX_READ_BYTES = 64 << 10;
+const SLAB_BYTES = 1 << 20;
+/** Writes up to this size go to the page cache on the event loop (larger ones: thread pool). */
+const SYNC_WRITE_MAX_BYTES = 256 << 10;
+/** A page-cache write slower than this sends writes to the thread pool for a while. */
+const SLOW_SYNC_WRITE_MS = 2;
+const SYNC_WRITE_BACKOFF_MS = 1000;
+/** writeZeroes falls back to plain writes of zeros in chunks of this size. */
+const ZERO_CHUNK_BYTES = 1 << 20;
+
+const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([name, num]) => [num, name]));
+
+function errnoError(negErrno: number, syscall: string, details: Record<string, unknown>): SystemError {
+  const errno = -negErrno;
+  const errnoName = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+  return new SystemError(codeForErrno(errnoName), `${syscall} failed: ${errnoName}`, { errno, errnoName, syscall }, { details });
+}
+
+interface Pending {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** Queues I/O ops during one event-loop turn and submits them to the thread pool in jobs. */
+class IoBatcher {
+  private ops: number[] = [];
+  private positions: number[] = [];
+  private bufs: (Uint8Array | null)[] = [];
+  private waiters: Pending[] = [];
+  private scheduled = false;
+  private inFlightJobs = 0;
+  private idleWaiters: (() => void)[] = [];
+  private readonly submitBound = (): void => this.submit();
+
+  constructor(
+    private readonly io: NativeIo,
+    private readonly fd: number,
+    private readonly id: DeviceId,
+  ) {}
+
+  enqueue(op: number, position: number, buf: Uint8Array | null): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.ops.push(op);
+      this.positions.push(position);
+      this.bufs.push(buf);
+      this.waiters.push({ resolve, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        queueMicrotask(this.submitBound);
+      }
+    });
+  }
+
+  /** Resolves once every submitted job has completed. */
+  idle(): Promise<void> {
+    if (this.inFlightJobs === 0 && this.ops.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private submit(): void {
+    this.scheduled = false;
+    const count = this.ops.length;
+    let start = 0;
+    while (start < count) {
+      let end = start;
+      let bytes = 0;
+      while (end < count && end - start < MAX_OPS_PER_JOB && (end === start || bytes + (this.bufs[end]?.byteLength ?? 0) <= MAX_BYTES_PER_JOB)) {
+        bytes += this.bufs[end]?.byteLength ?? 0;
+        end++;
+      }
+      this.submitJob(start, end);
+      start = end;
+    }
+    this.ops = [];
+    this.positions = [];
+    this.bufs = [];
+    this.waiters = [];
+  }
+
+  private submitJob(start: number, end: number): void {
+    const n = end - start;
+    const ops = Int32Array.from(this.ops.slice(start, end));
+    const positions = Float64Array.from(this.positions.slice(start, end));
+    const bufs = this.bufs.slice(start, end);
+    const waiters = this.waiters.slice(start, end);
+    const results = new Int32Array(n);
+    this.inFlightJobs++;
+    this.io.ioSubmit(this.fd, ops, positions, bufs, results, () => {
+      this.inFlightJobs--;
+      for (let i = 0; i < n; i++) {
+        const r = results[i]!;
+        const w = waiters[i]!;
+        if (r >= 0) w.resolve();
+        else w.reject(errnoError(r, ops[i] === IO_READ ? 'pread' : ops[i] === IO_FDATASYNC ? 'fdatasync' : 'pwrite', { device: this.id, offset: positions[i] }));
+      }
+      if (this.inFlightJobs === 0 && this.ops.length === 0) {
+        const waiting = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const w of waiting) w();
+      }
+    });
+  }
+}
+
+class FileBlockDevice implements BlockDevice {
+  private slab: Buffer = Buffer.allocUnsafe(0);
+  private slabPos = 0;
+  private closed = false;
+  /** While set (a performance.now() time), writes go to the thread pool. */
+  private asyncWritesUntilMs = 0;
+  private readonly batcher: IoBatcher;
+
+  constructor(
+    readonly id: DeviceId,
+    readonly sizeBytes: number,
+    private readonly handle: FileHandle,
+    private readonly io: NativeIo,
+    private readonly log: Logger,
+  ) {
+    this.batcher = new IoBatcher(io, handle.fd, id);
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    if (this.closed) return Promise.reject(this.closedError());
+    const buf = this.allocRead(length);
+    const got = this.io.ioPreadNowait(this.handle.fd, buf, offset);
+    if (got === length) return Promise.resolve(buf);
+    if (got < 0 && got !== -osConstants.errno.EAGAIN) return Promise.reject(errnoError(got, 'preadv2', { device: this.id, offset }));
+    const done = Math.max(got, 0);
+    return this.batcher.enqueue(IO_READ, offset + done, buf.subarray(done)).then(() => buf);
+  }
+
+  write(offset: number, data: Uint8Array, fua = false): Promise<void> {
+    if (this.closed) return Promise.reject(this.closedError());
+    if (!fua && data.byteLength <= SYNC_WRITE_MAX_BYTES && this.syncWrites()) {
+      const t0 = performance.now();
+      const r = this.io.ioPwrite(this.handle.fd, data, offset);
+      if (performance.now() - t0 > SLOW_SYNC_WRITE_MS) this.backOffSyncWrites();
+      return r < 0 ? Promise.reject(errnoError(r, 'pwrite', { device: this.id, offset })) : Promise.resolve();
+    }
+    return this.batcher.enqueue(fua ? IO_WRITE_FDATASYNC : IO_WRITE, offset, data);
+  }
+
+  flush(): Promise<void> {
+    if (this.closed) return Promise.reject(this.closedError());
+    return this.batcher.enqueue(IO_FDATASYNC, 0, null);
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    if (this.closed) throw this.closedError();
+    await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+  }
+
+  async writeZeroes(offset: number, length: number, mayTrim: boolean): Promise<void> {
+    if (this.closed) throw this.closedError();
+    if (mayTrim) {
+      await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+      return;
+    }
+    try {
+      await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+    } catch (err) {
+      if (!(err instanceof SystemError) || err.code !== Code.UNIMPLEMENTED) throw err;
+      await this.writeZeroBuffers(offset, length);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.batcher.idle();
+      await this.handle.datasync();
+    } finally {
+      await this.handle.close();
+      this.log.debug({ device: this.id }, 'file device closed');
+    }
+  }
+
+  /** Whether writes may go to the page cache on the event loop right now. */
+  private syncWrites(): boolean {
+    return this.asyncWritesUntilMs === 0 || (performance.now() >= this.asyncWritesUntilMs && this.resumeSyncWrites());
+  }
+
+  private resumeSyncWrites(): boolean {
+    this.asyncWritesUntilMs = 0;
+    return true;
+  }
+
+  /**
+   * A page-cache write blocked (dirty throttling, journal): the event loop must not wait on
+   * the next ones, so writes take the thread pool for a while.
+   */
+  private backOffSyncWrites(): void {
+    if (this.asyncWritesUntilMs === 0) this.log.debug({ device: this.id }, 'slow page-cache write: writes move to the thread pool');
+    this.asyncWritesUntilMs = performance.now() + SYNC_WRITE_BACKOFF_MS;
+  }
+
+  private async writeZeroBuffers(offset: number, length: number): Promise<void> {
+    const zeros = Buffer.alloc(Math.min(length, ZERO_CHUNK_BYTES));
+    const writes: Promise<void>[] = [];
+    for (let at = 0; at < length; at += zeros.length) {
+      writes.push(this.batcher.enqueue(IO_WRITE, offset + at, zeros.subarray(0, Math.min(zeros.length, length - at))));
+    }
+    await Promise.all(writes);
+  }
+
+  private async fallocate(mode: number, offset: number, length: number): Promise<void> {
+    try {
+      await fallocate(this.handle.fd, mode, offset, length);
+    } catch (err) {
+      throw fromNodeError(err, 'fallocate', { device: this.id, offset, length });
+    }
+  }
+
+  /** Small reads share a slab: one allocation serves many requests. */
+  private allocRead(length: number): Buffer {
+    if (length > SLAB_MAX_READ_BYTES) return Buffer.allocUnsafe(length);
+    if (this.slabPos + length > this.slab.length) {
+      this.slab = Buffer.allocUnsafe(SLAB_BYTES);
+      this.slabPos = 0;
+    }
+    const buf = this.slab.subarray(this.slabPos, this.slabPos + length);
+    this.slabPos += (length + 7) & ~7;
+    return buf;
+  }
+
+  private closedError(): StorageError {
+    return new StorageError(Code.FAILED_PRECONDITION, 'device is closed', { details: { device: this.id } });
+  }
+}
+
+/**
+ * Opens the file at `path` as a block device of `sizeBytes`. NOT_FOUND when it does not
+ * exist. Bytes past the end of a shorter file read as zeros.
+ */
+export async function openFileDevice(path: string, id: DeviceId, sizeBytes: number, log: Logger): Promise<BlockDevice> {
+  const io = nativeIo();
+  let handle: FileHandle;
+  try {
+    handle = await open(path, 'r+');
+  } catch (err) {
+    throw fromNodeError(err, 'open device file', { device: id, path });
+  }
+  log.debug({ device: id, path, sizeBytes }, 'file device opened');
+  return new FileBlockDevice(id, sizeBytes, handle, io, log);
+}
