@@ -61,7 +61,7 @@ function buildProgram(): Command {
     print(g().output, s, () => keyValues([
       ['Node', s.nodeName], ['Version', s.version], ['Uptime', `${s.uptimeSeconds} s`],
       ['Pool', `${s.pool.backend} at ${s.pool.path}`],
-      ['Capacity', `${formatBytes(s.pool.totalBytes)} total, ${formatBytes(s.pool.usedBytes)} used (${percent(s.pool.usedBytes, s.pool.totalBytes)}), ${formatBytes(s.pool.freeBytes)} free`],
+      ['Capacity', `${formatBytes(s.pool.freeBytes)} free of ${formatBytes(s.pool.totalBytes)}; volumes use ${formatBytes(s.pool.usedBytes)} (${percent(s.pool.usedBytes, s.pool.totalBytes)})`],
       ['Provisioned', `${formatBytes(s.pool.provisionedBytes)} (${percent(s.pool.provisionedBytes, s.pool.totalBytes)} of capacity)`],
       ['Volumes', `${s.volumeCount} (${s.exportedCount} exported, ${s.nbdConnectionCount} NBD connection(s))`],
     ]));
