@@ -1,0 +1,190 @@
+/**
+ * NbdExportServer over a file device, driven by real NBD clients (qemu-io, nbdinfo,
+ * nbdcopy, qemu-img) and by a raw client that breaks the protocol on purpose while a
+ * well-behaved client keeps using another export. Needs qemu-utils and libnbd-bin.
+ */
+import anyTest, { type TestFn } from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as P from '../../src/engine/nbd/protocol.js';
+import { execFileAsync, makeTempDir, recordingLogger, removeDir, startExport, type NbdExportFixture } from '../helpers/nbd-fixture.js';
+import { RawNbdClient } from '../helpers/nbd-raw-client.js';
+import { startTraffic, type Traffic } from '../helpers/nbd-traffic.js';
+import { ABUSE_CASES } from '../helpers/nbd-abuse-cases.js';
+
+interface Ctx {
+  dir: string;
+  a: NbdExportFixture;
+  b: NbdExportFixture;
+  ro: NbdExportFixture;
+  warnings: Record<string, unknown>[];
+  traffic: Traffic;
+}
+const test = anyTest as TestFn<Ctx>;
+const MiB = 1 << 20;
+
+const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+test.before(async (t) => {
+  const dir = await makeTempDir();
+  const { log, warnings } = recordingLogger();
+  const a = await startExport(dir, 'vol-a', 64 * MiB, { log });
+  const b = await startExport(dir, 'vol-b', 16 * MiB);
+  const ro = await startExport(dir, 'vol-ro', 4 * MiB, { readOnly: true });
+  const traffic = await startTraffic(b.socketPath, 'vol-b');
+  t.context = { dir, a, b, ro, warnings, traffic };
+});
+
+test.after.always(async (t) => {
+  const { a, b, ro, dir } = t.context;
+  await Promise.allSettled([a.close(), b.close(), ro.close()]);
+  await removeDir(dir);
+});
+
+test.serial('qemu-io writes patterns and reads them back', async (t) => {
+  const { a } = t.context;
+  const { stdout } = await execFileAsync('qemu-io', [
+    '-f', 'raw', a.uri,
+    '-c', 'write -P 0xab 0 1M', '-c', 'write -P 0xcd 1M 64k', '-c', 'write -z 2M 1M',
+    '-c', 'read -P 0xab 0 1M', '-c', 'read -P 0xcd 1M 64k', '-c', 'read -P 0 2M 1M',
+    '-c', 'discard 4M 1M', '-c', 'read -P 0 4M 1M', '-c', 'flush',
+  ]);
+  t.notRegex(stdout, /fail|error/i);
+  const file = await readFile(a.file);
+  t.true(file.subarray(0, MiB).every((x) => x === 0xab));
+  t.true(file.subarray(MiB, MiB + 65536).every((x) => x === 0xcd));
+});
+
+test.serial('nbdinfo reports size, block sizes and flags', async (t) => {
+  const { stdout } = await execFileAsync('nbdinfo', ['--json', t.context.a.uri]);
+  const exp = (JSON.parse(stdout) as { exports: Record<string, unknown>[] }).exports[0]!;
+  t.like(exp, {
+    'export-name': 'vol-a', 'export-size': 64 * MiB, block_size_minimum: 512, block_size_preferred: 4096,
+    block_size_maximum: 32 * MiB, can_multi_conn: true, can_flush: true, can_fua: true, can_trim: true, can_zero: true, is_read_only: false,
+  });
+  const list = await execFileAsync('nbdinfo', ['--list', '--json', `nbd+unix://?socket=${t.context.a.socketPath}`]);
+  t.is((JSON.parse(list.stdout) as { exports: { 'export-name': string }[] }).exports[0]!['export-name'], 'vol-a');
+});
+
+test.serial('nbdcopy round trip keeps every byte', async (t) => {
+  const { a, dir } = t.context;
+  const src = randomBytes(64 * MiB);
+  await writeFile(join(dir, 'src.bin'), src);
+  await execFileAsync('nbdcopy', [join(dir, 'src.bin'), a.uri]);
+  await execFileAsync('nbdcopy', [a.uri, join(dir, 'out.bin')]);
+  t.is(sha256(await readFile(join(dir, 'out.bin'))), sha256(src));
+});
+
+test.serial('qemu-img convert into the export, then qemu-img compare', async (t) => {
+  const { a, dir } = t.context;
+  const img = join(dir, 'image.qcow2');
+  await execFileAsync('qemu-img', ['create', '-f', 'qcow2', img, '64M']);
+  await execFileAsync('qemu-io', ['-f', 'qcow2', img, '-c', 'write -P 0x5a 3M 5M', '-c', 'write -P 0x11 40M 128k']);
+  await execFileAsync('qemu-img', ['convert', '-n', '-f', 'qcow2', '-O', 'raw', img, a.uri]);
+  const { stdout } = await execFileAsync('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', img, a.uri]);
+  t.regex(stdout, /identical/i);
+});
+
+test.serial('two connections: a flush on one covers a write completed on the other', async (t) => {
+  const { a } = t.context;
+  const c1 = await RawNbdClient.connect(a.socketPath);
+  const c2 = await RawNbdClient.connect(a.socketPath);
+  const f1 = await c1.negotiate('vol-a', false);
+  await c2.negotiate('', true);
+  t.truthy(f1.flags & P.NBD_FLAG_CAN_MULTI_CONN);
+  const data = randomBytes(8192);
+  c1.request({ type: P.NBD_CMD_WRITE, cookie: 11n, offset: 8 * MiB, data });
+  t.like(await c1.readReply(), { error: 0, cookie: 11n, structured: false });
+  c2.request({ type: P.NBD_CMD_FLUSH, cookie: 12n });
+  t.like(await c2.readReply(), { error: 0, cookie: 12n });
+  c2.request({ type: P.NBD_CMD_READ, cookie: 13n, offset: 8 * MiB, length: 8192 });
+  const r = await c2.readReply();
+  t.true(r.data.equals(data));
+  const onDisk = await readFile(a.file);
+  t.true(onDisk.subarray(8 * MiB, 8 * MiB + 8192).equals(data));
+  t.true(a.server.stats().connections >= 2);
+  for (const c of [c1, c2]) c.request({ type: P.NBD_CMD_DISC, cookie: 0n });
+  t.true(await c1.waitClosed());
+  t.true(await c2.waitClosed());
+});
+
+test.serial('many requests in flight are answered by cookie (simple replies with data)', async (t) => {
+  const c = await RawNbdClient.connect(t.context.a.socketPath);
+  await c.negotiate('vol-a', false);
+  const blocks = new Map<bigint, Buffer>();
+  for (let i = 0; i < 64; i++) {
+    const data = randomBytes(4096);
+    blocks.set(BigInt(1000 + i), data);
+    c.request({ type: P.NBD_CMD_WRITE, cookie: BigInt(1000 + i), offset: 16 * MiB + i * 4096, data, flags: i % 8 === 0 ? P.NBD_CMD_FLAG_FUA : 0 });
+  }
+  const seen = new Set<bigint>();
+  for (let i = 0; i < 64; i++) seen.add((await c.readReply()).cookie);
+  t.is(seen.size, 64);
+  for (let i = 0; i < 64; i++) c.request({ type: P.NBD_CMD_READ, cookie: BigInt(2000 + i), offset: 16 * MiB + i * 4096, length: 4096 });
+  for (let i = 0; i < 64; i++) {
+    const r = await c.readReply(4096);
+    t.true(r.data.equals(blocks.get(r.cookie - 1000n)!));
+  }
+  c.destroy();
+});
+
+test.serial('a read-only export refuses writes with EPERM and serves reads', async (t) => {
+  const c = await RawNbdClient.connect(t.context.ro.socketPath);
+  const { flags } = await c.negotiate('vol-ro', true);
+  t.truthy(flags & P.NBD_FLAG_READ_ONLY);
+  c.request({ type: P.NBD_CMD_WRITE, cookie: 1n, offset: 0, data: Buffer.alloc(4096, 1) });
+  t.like(await c.readReply(), { error: P.NBD_EPERM, cookie: 1n });
+  c.request({ type: P.NBD_CMD_TRIM, cookie: 2n, offset: 0, length: 4096 });
+  t.like(await c.readReply(), { error: P.NBD_EPERM, cookie: 2n });
+  c.request({ type: P.NBD_CMD_READ, cookie: 3n, offset: 0, length: 4096 });
+  const r = await c.readReply();
+  t.true(r.data.equals(Buffer.alloc(4096)));
+  c.destroy();
+});
+
+for (const abuse of ABUSE_CASES) {
+  test.serial(`abuse: ${abuse.name}`, async (t) => {
+    const { a, warnings } = t.context;
+    const before = warnings.length;
+    const c = await RawNbdClient.connect(a.socketPath);
+    try {
+      await abuse.run(t, c, a);
+    } finally {
+      c.destroy();
+    }
+    if (abuse.warns) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      t.is(warnings.length - before, 1, 'one warn line for the misbehaving client');
+    }
+    // The export still serves a fresh, well-behaved client.
+    const ok = await RawNbdClient.connect(a.socketPath);
+    await ok.negotiate('vol-a', true);
+    ok.request({ type: P.NBD_CMD_READ, cookie: 7n, offset: 0, length: 512 });
+    t.is((await ok.readReply()).error, 0);
+    ok.destroy();
+  });
+}
+
+test.serial('the other export kept working through all the abuse', async (t) => {
+  const result = await t.context.traffic.stop();
+  t.deepEqual(result.errors, []);
+  t.is(result.mismatches, 0);
+  t.true(result.rounds > 0);
+});
+
+test.serial('close() answers in-flight requests, flushes and ends connections', async (t) => {
+  const { dir } = t.context;
+  const fx = await startExport(dir, 'vol-close', 4 * MiB);
+  const c = await RawNbdClient.connect(fx.socketPath);
+  await c.negotiate('', true);
+  const data = randomBytes(65536);
+  c.request({ type: P.NBD_CMD_WRITE, cookie: 5n, offset: 0, data });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const closing = fx.server.close();
+  t.like(await c.readReply(), { error: 0, cookie: 5n });
+  t.true(await c.waitClosed());
+  await closing;
+  await fx.device.close();
+  t.true((await readFile(fx.file)).subarray(0, 65536).equals(data));
+});
