@@ -46,4 +46,34 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    // Replicas hosted for the replica service (src/replica/) belong to volumes whose record
+    // lives in the cluster store, not in this node's `volumes` table, so the foreign key
+    // goes; a trigger keeps "deleting a local volume deletes its replicas". New columns:
+    // the newest volume epoch the replica has seen (fencing) and its rebuild progress.
+    version: 2,
+    description: 'replica epochs and rebuild progress; replicas of volumes recorded elsewhere',
+    sql: `
+      CREATE TABLE replicas_v2 (
+        id                   TEXT PRIMARY KEY,
+        volume_id            TEXT NOT NULL,
+        device_id            TEXT NOT NULL UNIQUE,
+        state                TEXT NOT NULL CHECK (state IN ('in-sync', 'rebuilding', 'faulted')),
+        created_at           TEXT NOT NULL,
+        epoch                INTEGER NOT NULL DEFAULT 0 CHECK (epoch >= 0),
+        rebuild_done_bytes   INTEGER NOT NULL DEFAULT 0,
+        rebuild_total_bytes  INTEGER NOT NULL DEFAULT 0,
+        rebuild_checkpoint   BLOB
+      );
+      INSERT INTO replicas_v2 (id, volume_id, device_id, state, created_at)
+        SELECT id, volume_id, device_id, state, created_at FROM replicas;
+      DROP TABLE replicas;
+      ALTER TABLE replicas_v2 RENAME TO replicas;
+      CREATE INDEX replicas_by_volume ON replicas(volume_id);
+      CREATE TRIGGER replicas_follow_volume AFTER DELETE ON volumes
+      BEGIN
+        DELETE FROM replicas WHERE volume_id = OLD.id;
+      END;
+    `,
+  },
 ];

@@ -217,4 +217,83 @@ export class NodeStore {
     const rows = this.db.prepare('SELECT device_id FROM replicas UNION SELECT device_id FROM snapshots').all() as { device_id: string }[];
     return new Set(rows.map((r) => r.device_id as DeviceId));
   }
+
+  // --- hosted replicas (the replica service, src/replica/) ----------------------------
+  // Rows of `replicas` seen with their epoch and rebuild progress (migration 2). Replicas
+  // of volumes recorded in the cluster store have no row in `volumes`.
+
+  getHostedReplica(id: ReplicaId): HostedReplicaRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM replicas WHERE id = ?').get(id) as HostedReplicaRow | undefined;
+    return row && toHostedReplica(row);
+  }
+
+  listHostedReplicas(): HostedReplicaRecord[] {
+    return (this.db.prepare('SELECT * FROM replicas ORDER BY created_at, id').all() as HostedReplicaRow[]).map(toHostedReplica);
+  }
+
+  /** Records a replica this node hosts. ALREADY_EXISTS when its id or device id is taken. */
+  insertHostedReplica(r: HostedReplicaRecord): void {
+    try {
+      this.db.prepare(`INSERT INTO replicas (id, volume_id, device_id, state, created_at, epoch, rebuild_done_bytes, rebuild_total_bytes, rebuild_checkpoint)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(r.id, r.volumeId, r.deviceId, r.state, r.createdAt, r.epoch, r.rebuild.doneBytes, r.rebuild.totalBytes, r.rebuild.checkpoint);
+    } catch (err) {
+      if ((err as { code?: string }).code?.startsWith('SQLITE_CONSTRAINT')) {
+        throw new StorageError(Code.ALREADY_EXISTS, `replica ${r.id} or its device ${r.deviceId} already exists`, { cause: err, details: { replica: r.id } });
+      }
+      throw err;
+    }
+  }
+
+  /** Forgets a hosted replica. Not an error when it does not exist. */
+  deleteHostedReplica(id: ReplicaId): void {
+    this.db.prepare('DELETE FROM replicas WHERE id = ?').run(id);
+  }
+
+  /**
+   * Raises the replica's epoch to `epoch` when that is newer and returns the stored one.
+   * Durable when it returns (synchronous=FULL). NOT_FOUND when there is no such replica.
+   */
+  raiseReplicaEpoch(id: ReplicaId, epoch: number): number {
+    const raise = this.db.prepare('UPDATE replicas SET epoch = ? WHERE id = ? AND epoch < ?');
+    const read = this.db.prepare('SELECT epoch FROM replicas WHERE id = ?');
+    const stored = this.db.transaction(() => {
+      raise.run(epoch, id, epoch);
+      return read.get(id) as { epoch: number } | undefined;
+    })();
+    if (!stored) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found`, { details: { replica: id } });
+    return stored.epoch;
+  }
+
+  /** Sets a hosted replica's state and rebuild progress together. NOT_FOUND when absent. */
+  setReplicaRebuild(id: ReplicaId, state: ReplicaState, rebuild: RebuildProgressRecord): void {
+    const info = this.db.prepare('UPDATE replicas SET state = ?, rebuild_done_bytes = ?, rebuild_total_bytes = ?, rebuild_checkpoint = ? WHERE id = ?')
+      .run(state, rebuild.doneBytes, rebuild.totalBytes, rebuild.checkpoint, id);
+    if (info.changes === 0) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found`, { details: { replica: id } });
+  }
 }
+
+// --- hosted replicas: records ---------------------------------------------------------
+
+export interface RebuildProgressRecord {
+  doneBytes: number;
+  totalBytes: number;
+  /** Opaque to the store: what the rebuilding engine needs to resume. */
+  checkpoint: Buffer;
+}
+
+export interface HostedReplicaRecord extends ReplicaRecord {
+  /** The newest volume epoch this replica has seen. */
+  epoch: number;
+  rebuild: RebuildProgressRecord;
+}
+
+interface HostedReplicaRow extends ReplicaRow {
+  epoch: number; rebuild_done_bytes: number; rebuild_total_bytes: number; rebuild_checkpoint: Buffer | null;
+}
+
+const toHostedReplica = (r: HostedReplicaRow): HostedReplicaRecord => ({
+  ...toReplica(r),
+  epoch: r.epoch,
+  rebuild: { doneBytes: r.rebuild_done_bytes, totalBytes: r.rebuild_total_bytes, checkpoint: r.rebuild_checkpoint ?? Buffer.alloc(0) },
+});

@@ -1,0 +1,78 @@
+/**
+ * Region checksums: SHA-256 of each region's bytes as read, holes as zeros. SHA-256 runs
+ * at about 1.6 GB/s on one core with the CPU's SHA extensions (node:crypto, OpenSSL), is
+ * collision-resistant (two replicas agree only if their bytes do), and needs no new
+ * dependency. A region that reads as all zeros (a hole, or zeros written) skips the hash:
+ * a memcmp finds it and the digest of a zero region of that length, computed once, is
+ * used, so sparse replicas are compared at read speed.
+ */
+import { createHash } from 'node:crypto';
+import { Code, StorageError } from '../common/errors.js';
+import type { BlockDevice } from '../pool/backend.js';
+
+export const CHECKSUM_ALGORITHM = 'sha256';
+export const REGION_ALIGNMENT_BYTES = 4096;
+export const MAX_REGION_BYTES = 64 << 20;
+export const MAX_REGIONS_PER_CALL = 65536;
+
+const zeroDigests = new Map<number, Buffer>();
+let zeros = Buffer.alloc(0);
+
+function zeroBuffer(lengthBytes: number): Buffer {
+  if (zeros.length < lengthBytes) zeros = Buffer.alloc(lengthBytes);
+  return zeros.subarray(0, lengthBytes);
+}
+
+/** The digest of `lengthBytes` zeros. */
+export function zeroDigest(lengthBytes: number): Buffer {
+  let d = zeroDigests.get(lengthBytes);
+  if (!d) {
+    d = createHash(CHECKSUM_ALGORITHM).update(zeroBuffer(lengthBytes)).digest();
+    if (zeroDigests.size < 64) zeroDigests.set(lengthBytes, d);
+  }
+  return d;
+}
+
+/** The digest of one region's bytes. */
+export function regionDigest(data: Buffer): Buffer {
+  return data.equals(zeroBuffer(data.length)) ? zeroDigest(data.length) : createHash(CHECKSUM_ALGORITHM).update(data).digest();
+}
+
+/** Throws INVALID_ARGUMENT or OUT_OF_RANGE for a region size or count outside the limits. */
+export function checkRegions(lengthBytes: number, regionBytes: number): number {
+  if (!Number.isSafeInteger(regionBytes) || regionBytes <= 0 || regionBytes % REGION_ALIGNMENT_BYTES !== 0 || regionBytes > MAX_REGION_BYTES) {
+    throw new StorageError(Code.INVALID_ARGUMENT,
+      `region size ${regionBytes} is not valid: use a positive multiple of ${REGION_ALIGNMENT_BYTES} up to ${MAX_REGION_BYTES} bytes`);
+  }
+  const regions = Math.ceil(lengthBytes / regionBytes);
+  if (regions > MAX_REGIONS_PER_CALL) {
+    throw new StorageError(Code.OUT_OF_RANGE,
+      `${regions} regions of ${regionBytes} bytes exceed the limit of ${MAX_REGIONS_PER_CALL} per call: checksum a shorter range or use larger regions`);
+  }
+  return regions;
+}
+
+/**
+ * One digest per region of [offset, offset + lengthBytes); the last region may be
+ * shorter. The caller checks the range. Reads one region ahead of the one it hashes.
+ */
+export async function checksumRegions(device: BlockDevice, offset: number, lengthBytes: number, regionBytes: number, signal?: AbortSignal): Promise<Buffer[]> {
+  const count = checkRegions(lengthBytes, regionBytes);
+  const end = offset + lengthBytes;
+  const readRegion = (i: number): Promise<Buffer> => {
+    const at = offset + i * regionBytes;
+    return device.read(at, Math.min(regionBytes, end - at));
+  };
+  const digests: Buffer[] = [];
+  let next = count > 0 ? readRegion(0) : undefined;
+  for (let i = 0; i < count; i++) {
+    if (signal?.aborted) {
+      void next?.catch(() => undefined);
+      throw new StorageError(Code.CANCELLED, 'checksum cancelled');
+    }
+    const data = await next!;
+    next = i + 1 < count ? readRegion(i + 1) : undefined;
+    digests.push(regionDigest(data));
+  }
+  return digests;
+}

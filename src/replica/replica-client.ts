@@ -1,0 +1,124 @@
+/**
+ * A client of a peer's replica service, for the engine and the control loops: promises for
+ * the control calls and `openIoStream` for block I/O (see io-stream.ts).
+ *
+ * Errors are StorageErrors with the peer's gRPC code. A peer that cannot be reached (down,
+ * refused our certificate, presented one our CA did not sign) is UNAVAILABLE; control
+ * calls fail after `deadlineMs` (30 s by default).
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../common/log.js';
+import { silentLogger } from '../common/log.js';
+import { fromServiceError } from '../rpc/status.js';
+import { peerChannelCredentials, type PeerTlsConfig } from '../rpc/tls.js';
+import type { RebuildProgressRecord } from '../store/node-store.js';
+import { DEFAULT_REPLICA_LIMITS } from './io-types.js';
+import { IoStream, type IoStreamOptions } from './io-stream.js';
+import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from './replica-manager.js';
+import {
+  IO_METHOD_PATH, checksumFromWire, refToWire, replicaServiceConstructor, statusViewFromWire,
+  type ChecksumRangeMessage, type IoBatchMessage, type IoReplyBatchMessage, type ReplicaStatusMessage,
+} from './replica-wire.js';
+
+export interface ReplicaClientOptions {
+  log?: Logger;
+  /** Deadline of each control call; 30000 by default. */
+  deadlineMs?: number;
+  /** The name to check the server's certificate against, when it is not the dialled host. */
+  serverName?: string;
+  /** The largest reply frame accepted; the server's default frame limit by default. */
+  maxFrameBytes?: number;
+}
+
+type UnaryMethod = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: unknown) => void) => void;
+
+export class ReplicaClient {
+  private readonly client: grpc.Client;
+  private readonly deadlineMs: number;
+
+  constructor(readonly address: string, tls: PeerTlsConfig, options: ReplicaClientOptions = {}) {
+    const Ctor = replicaServiceConstructor();
+    const frameBytes = options.maxFrameBytes ?? DEFAULT_REPLICA_LIMITS.maxFrameBytes;
+    const channelOptions: grpc.ChannelOptions = {
+      'grpc.max_receive_message_length': frameBytes,
+      'grpc.max_send_message_length': frameBytes,
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.keepalive_timeout_ms': 5_000,
+      'grpc.keepalive_permit_without_calls': 1,
+    };
+    if (options.serverName) channelOptions['grpc.ssl_target_name_override'] = options.serverName;
+    this.client = new Ctor(address, peerChannelCredentials(tls, options.log ?? silentLogger()), channelOptions);
+    this.deadlineMs = options.deadlineMs ?? 30_000;
+  }
+
+  createReplica(ref: ReplicaRefInput, sizeBytes: number, epoch: number, inSync: boolean): Promise<ReplicaStatusView> {
+    return this.status('CreateReplica', { replica: refToWire(ref), sizeBytes, epoch, inSync });
+  }
+
+  /** Not an error when the peer has no such replica. */
+  async deleteReplica(ref: ReplicaRefInput, epoch: number): Promise<void> {
+    await this.call('DeleteReplica', { replica: refToWire(ref), epoch });
+  }
+
+  /** `ref.volumeId` may be empty. */
+  getReplicaStatus(ref: ReplicaRefInput): Promise<ReplicaStatusView> {
+    return this.status('GetReplicaStatus', { replica: refToWire(ref) });
+  }
+
+  async listReplicas(): Promise<ReplicaStatusView[]> {
+    const res = await this.call<{ replicas: ReplicaStatusMessage[] }>('ListReplicas', {});
+    return res.replicas.map(statusViewFromWire);
+  }
+
+  async checksumRange(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, regionBytes: number): Promise<ChecksumRangeResult> {
+    return checksumFromWire(await this.call<ChecksumRangeMessage>('ChecksumRange', { replica: refToWire(ref), epoch, offset, lengthBytes, regionBytes }));
+  }
+
+  startRebuild(ref: ReplicaRefInput, epoch: number, totalBytes: number, restart = false): Promise<ReplicaStatusView> {
+    return this.status('StartRebuild', { replica: refToWire(ref), epoch, totalBytes, restart });
+  }
+
+  updateRebuildProgress(ref: ReplicaRefInput, epoch: number, progress: RebuildProgressRecord): Promise<ReplicaStatusView> {
+    return this.status('UpdateRebuildProgress', { replica: refToWire(ref), epoch, ...progress });
+  }
+
+  finishRebuild(ref: ReplicaRefInput, epoch: number): Promise<ReplicaStatusView> {
+    return this.status('FinishRebuild', { replica: refToWire(ref), epoch });
+  }
+
+  /** Opens an Io stream to one replica at `epoch`. */
+  openIoStream(ref: ReplicaRefInput, epoch: number, options?: IoStreamOptions): IoStream {
+    const call = this.client.makeBidiStreamRequest(IO_METHOD_PATH,
+      (m: IoBatchMessage) => replicaServiceConstructor().service.Io!.requestSerialize(m),
+      (b: Buffer) => replicaServiceConstructor().service.Io!.responseDeserialize(b) as IoReplyBatchMessage) as grpc.ClientDuplexStream<IoBatchMessage, IoReplyBatchMessage>;
+    return new IoStream(call, ref, epoch, options);
+  }
+
+  /** The underlying channel, for tests that send raw frames. */
+  get grpcClient(): grpc.Client {
+    return this.client;
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  private async status(method: string, request: object): Promise<ReplicaStatusView> {
+    return statusViewFromWire(await this.call<ReplicaStatusMessage>(method, request));
+  }
+
+  private call<Res>(method: string, request: object): Promise<Res> {
+    const fn = (this.client as unknown as Record<string, UnaryMethod>)[method]!;
+    return new Promise<Res>((resolve, reject) => {
+      fn.call(this.client, request, { deadline: Date.now() + this.deadlineMs }, (err, res) => {
+        if (err) reject(fromServiceError(err));
+        else resolve(res as Res);
+      });
+    });
+  }
+}
+
+/** Dials a peer's replica service at "host:port". The connection is made on first use. */
+export function connect(address: string, tls: PeerTlsConfig, options?: ReplicaClientOptions): ReplicaClient {
+  return new ReplicaClient(address, tls, options);
+}

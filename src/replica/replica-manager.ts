@@ -1,0 +1,271 @@
+/**
+ * The replicas this node hosts (no gRPC here): create, delete, status, checksums and the
+ * rebuild marks, each fenced by epoch, plus the `Replica` objects that serve I/O.
+ *
+ * A replica is recorded in the node store before its device is made and forgotten after
+ * its device is gone, so a crash in between leaves a record that the same call, repeated,
+ * completes. Control calls on one replica run one after another (a per-replica lock);
+ * calls on different replicas run concurrently.
+ */
+import { Code, StorageError } from '../common/errors.js';
+import { asDeviceId, type ReplicaId, type VolumeId } from '../common/ids.js';
+import { KeyedLock } from '../common/keyed-lock.js';
+import type { Logger } from '../common/log.js';
+import type { PoolBackend } from '../pool/backend.js';
+import type { HostedReplicaRecord, NodeStore, RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
+import { CHECKSUM_ALGORITHM, checkRegions, checksumRegions } from './checksum.js';
+import { DEFAULT_REPLICA_LIMITS, type ReplicaLimits } from './io-types.js';
+import { Replica } from './replica.js';
+
+export interface ReplicaRefInput {
+  replicaId: string;
+  /** Must match the replica's volume; may be empty only where a method says so. */
+  volumeId: string;
+}
+
+export interface ReplicaStatusView {
+  replicaId: ReplicaId;
+  volumeId: VolumeId;
+  sizeBytes: number;
+  allocatedBytes: number;
+  epoch: number;
+  state: ReplicaState;
+  /** Set while rebuilding. */
+  rebuild: RebuildProgressRecord | undefined;
+  createdAt: string;
+}
+
+export interface ChecksumRangeResult {
+  algorithm: string;
+  offset: number;
+  regionBytes: number;
+  digests: Buffer[];
+}
+
+export interface ReplicaManagerOptions {
+  pool: PoolBackend;
+  store: NodeStore;
+  log: Logger;
+  limits?: Partial<ReplicaLimits>;
+}
+
+export const MAX_CHECKPOINT_BYTES = 64 << 10;
+const NO_PROGRESS: RebuildProgressRecord = Object.freeze({ doneBytes: 0, totalBytes: 0, checkpoint: Buffer.alloc(0) });
+const MAX_VOLUME_ID_LENGTH = 128;
+
+function wholeBytes(value: number, what: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new StorageError(Code.INVALID_ARGUMENT, `${what} must be a whole number of bytes, got ${value}`);
+  return value;
+}
+
+export class ReplicaManager {
+  readonly limits: ReplicaLimits;
+  private readonly replicas = new Map<ReplicaId, Promise<Replica>>();
+  private readonly locks = new KeyedLock();
+  /** Replicas being deleted: no new I/O opens them. */
+  private readonly deleting = new Set<ReplicaId>();
+  private closed = false;
+
+  constructor(private readonly opts: ReplicaManagerOptions) {
+    this.limits = { ...DEFAULT_REPLICA_LIMITS, ...opts.limits };
+  }
+
+  /** The replica for I/O. NOT_FOUND when this node has no such replica of that volume. */
+  async open(ref: ReplicaRefInput, anyVolume = false): Promise<Replica> {
+    if (this.closed) throw new StorageError(Code.UNAVAILABLE, 'the replica service is shutting down');
+    const id = this.parseRef(ref, anyVolume);
+    let loading = this.replicas.get(id);
+    if (!loading && this.deleting.has(id)) throw this.notFound(ref);
+    if (!loading) {
+      loading = this.load(id);
+      this.replicas.set(id, loading);
+      loading.catch(() => this.replicas.get(id) === loading && this.replicas.delete(id));
+    }
+    const replica = await loading;
+    if (!anyVolume && replica.volumeId !== ref.volumeId) throw this.notFound(ref);
+    return replica;
+  }
+
+  async create(ref: ReplicaRefInput, sizeBytes: number, epoch: number, inSync: boolean): Promise<ReplicaStatusView> {
+    const id = this.parseRef(ref);
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+      throw new StorageError(Code.INVALID_ARGUMENT, `replica size must be a positive multiple of 512 bytes, got ${sizeBytes}`, { details: { replica: id } });
+    }
+    return this.locks.run(id, async () => {
+      const existing = this.opts.store.getHostedReplica(id);
+      if (existing && existing.volumeId !== ref.volumeId) {
+        throw new StorageError(Code.ALREADY_EXISTS, `replica ${id} already exists for volume ${existing.volumeId}, not ${ref.volumeId}`, { details: { replica: id } });
+      }
+      if (existing) {
+        await this.fence(existing, epoch);
+      } else {
+        wholeBytes(epoch, 'epoch');
+        this.opts.store.insertHostedReplica({
+          id, volumeId: ref.volumeId as VolumeId, deviceId: asDeviceId(id), state: inSync ? 'in-sync' : 'rebuilding',
+          createdAt: new Date().toISOString(), epoch, rebuild: NO_PROGRESS,
+        });
+      }
+      try {
+        await this.opts.pool.create(asDeviceId(id), sizeBytes);
+      } catch (err) {
+        if (!existing) this.opts.store.deleteHostedReplica(id);
+        throw err;
+      }
+      if (!existing) this.opts.log.info({ replica: id, volume: ref.volumeId, sizeBytes, epoch, inSync }, 'replica created');
+      return this.statusOf(id);
+    });
+  }
+
+  /** Deletes the replica and its device. Not an error when this node has no such replica. */
+  async delete(ref: ReplicaRefInput, epoch: number): Promise<void> {
+    const id = this.parseRef(ref);
+    await this.locks.run(id, async () => {
+      const record = this.opts.store.getHostedReplica(id);
+      if (!record) return;
+      if (record.volumeId !== ref.volumeId) {
+        this.opts.log.warn({ replica: id, volume: ref.volumeId, replicaVolume: record.volumeId }, 'replica delete names another volume; nothing deleted');
+        return;
+      }
+      await this.fence(record, epoch);
+      this.deleting.add(id);
+      try {
+        const loaded = this.replicas.get(id);
+        this.replicas.delete(id);
+        if (loaded) await loaded.then((r) => r.close(), () => undefined);
+        await this.opts.pool.delete(record.deviceId);
+        this.opts.store.deleteHostedReplica(id);
+      } finally {
+        this.deleting.delete(id);
+      }
+      this.opts.log.info({ replica: id, volume: record.volumeId, epoch }, 'replica deleted');
+    });
+  }
+
+  /** NOT_FOUND when absent. `ref.volumeId` may be empty. */
+  async status(ref: ReplicaRefInput): Promise<ReplicaStatusView> {
+    const id = this.parseRef(ref, ref.volumeId === '');
+    const record = this.opts.store.getHostedReplica(id);
+    if (!record || (ref.volumeId !== '' && record.volumeId !== ref.volumeId)) throw this.notFound(ref);
+    return this.statusOf(id);
+  }
+
+  async list(): Promise<ReplicaStatusView[]> {
+    const out: ReplicaStatusView[] = [];
+    for (const r of this.opts.store.listHostedReplicas()) {
+      out.push(await this.statusOf(r.id).catch(() => this.view(r, 0, 0)));
+    }
+    return out;
+  }
+
+  async checksumRange(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, regionBytes: number, signal?: AbortSignal): Promise<ChecksumRangeResult> {
+    const replica = await this.open(ref);
+    replica.admitEpoch(epoch);
+    replica.checkRange(offset, lengthBytes, 'checksum');
+    checkRegions(lengthBytes, regionBytes);
+    await replica.writesSettled();
+    const digests = await checksumRegions(await replica.openedDevice(), offset, lengthBytes, regionBytes, signal);
+    return { algorithm: CHECKSUM_ALGORITHM, offset, regionBytes, digests };
+  }
+
+  /** Marks the replica rebuilding; keeps recorded progress unless `restart`. */
+  startRebuild(ref: ReplicaRefInput, epoch: number, totalBytes: number, restart: boolean): Promise<ReplicaStatusView> {
+    return this.changeRebuild(ref, epoch, (record) => {
+      const resume = record.state === 'rebuilding' && !restart;
+      const base = resume ? record.rebuild : NO_PROGRESS;
+      return { state: 'rebuilding', rebuild: { ...base, totalBytes: wholeBytes(totalBytes, 'total bytes') || base.totalBytes } };
+    }, 'replica rebuild started');
+  }
+
+  updateRebuildProgress(ref: ReplicaRefInput, epoch: number, progress: RebuildProgressRecord): Promise<ReplicaStatusView> {
+    return this.changeRebuild(ref, epoch, (record) => {
+      if (record.state !== 'rebuilding') {
+        throw new StorageError(Code.FAILED_PRECONDITION, `replica ${record.id} is ${record.state}, not rebuilding: call StartRebuild first`, { details: { replica: record.id } });
+      }
+      if (progress.checkpoint.byteLength > MAX_CHECKPOINT_BYTES) {
+        throw new StorageError(Code.INVALID_ARGUMENT, `rebuild checkpoint of ${progress.checkpoint.byteLength} bytes exceeds the limit of ${MAX_CHECKPOINT_BYTES}`);
+      }
+      return { state: 'rebuilding', rebuild: { doneBytes: wholeBytes(progress.doneBytes, 'done bytes'), totalBytes: wholeBytes(progress.totalBytes, 'total bytes'), checkpoint: progress.checkpoint } };
+    });
+  }
+
+  /** Marks the replica in sync. Idempotent. */
+  finishRebuild(ref: ReplicaRefInput, epoch: number): Promise<ReplicaStatusView> {
+    return this.changeRebuild(ref, epoch, () => ({ state: 'in-sync', rebuild: NO_PROGRESS }), 'replica rebuild finished');
+  }
+
+  /** Closes every open device (waiting for requests in flight). Idempotent. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const loaded = [...this.replicas.values()];
+    this.replicas.clear();
+    await Promise.allSettled(loaded.map((p) => p.then((r) => r.close())));
+  }
+
+  private async changeRebuild(ref: ReplicaRefInput, epoch: number,
+    next: (record: HostedReplicaRecord) => { state: ReplicaState; rebuild: RebuildProgressRecord }, event?: string): Promise<ReplicaStatusView> {
+    const id = this.parseRef(ref);
+    return this.locks.run(id, async () => {
+      const replica = await this.open(ref);
+      replica.admitEpoch(epoch);
+      const record = this.opts.store.getHostedReplica(id);
+      if (!record) throw this.notFound(ref);
+      const change = next(record);
+      this.opts.store.setReplicaRebuild(id, change.state, change.rebuild);
+      replica.state = change.state;
+      if (event) this.opts.log.info({ replica: id, volume: record.volumeId, epoch, totalBytes: change.rebuild.totalBytes, doneBytes: change.rebuild.doneBytes }, event);
+      return this.statusOf(id);
+    });
+  }
+
+  /** Refuses a stale epoch and durably adopts a newer one, through the open replica if any. */
+  private async fence(record: HostedReplicaRecord, epoch: number): Promise<void> {
+    const loaded = this.replicas.get(record.id);
+    const replica = loaded && await loaded.catch(() => undefined);
+    if (replica && !replica.isClosed) return replica.admitEpoch(epoch);
+    wholeBytes(epoch, 'epoch');
+    if (epoch < record.epoch) {
+      throw new StorageError(Code.FAILED_PRECONDITION, `stale epoch ${epoch} < ${record.epoch}: replica ${record.id} has been fenced by a newer engine of volume ${record.volumeId}`,
+        { details: { replica: record.id, epoch, newestEpoch: record.epoch } });
+    }
+    if (epoch > record.epoch) this.opts.store.raiseReplicaEpoch(record.id, epoch);
+  }
+
+  private async load(id: ReplicaId): Promise<Replica> {
+    const record = this.opts.store.getHostedReplica(id);
+    if (!record) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found on this node`, { details: { replica: id } });
+    const info = await this.opts.pool.inspect(record.deviceId).catch((err: unknown) => {
+      throw new StorageError(Code.NOT_FOUND, `replica ${id} has no device on this node (an interrupted create?): create it again`, { cause: err, details: { replica: id } });
+    });
+    return new Replica({
+      record, sizeBytes: info.sizeBytes, store: this.opts.store, limits: this.limits,
+      openDevice: () => this.opts.pool.open(record.deviceId), log: this.opts.log,
+    });
+  }
+
+  private async statusOf(id: ReplicaId): Promise<ReplicaStatusView> {
+    const record = this.opts.store.getHostedReplica(id);
+    if (!record) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found on this node`, { details: { replica: id } });
+    const info = await this.opts.pool.inspect(record.deviceId);
+    return this.view(record, info.sizeBytes, info.allocatedBytes);
+  }
+
+  private view(r: HostedReplicaRecord, sizeBytes: number, allocatedBytes: number): ReplicaStatusView {
+    return {
+      replicaId: r.id, volumeId: r.volumeId, sizeBytes, allocatedBytes, epoch: r.epoch, state: r.state,
+      rebuild: r.state === 'rebuilding' ? r.rebuild : undefined, createdAt: r.createdAt,
+    };
+  }
+
+  private parseRef(ref: ReplicaRefInput, anyVolume = false): ReplicaId {
+    if (!ref.replicaId) throw new StorageError(Code.INVALID_ARGUMENT, 'the request names no replica');
+    const id = asDeviceId(ref.replicaId) as string as ReplicaId;
+    if (!anyVolume && (!ref.volumeId || ref.volumeId.length > MAX_VOLUME_ID_LENGTH)) {
+      throw new StorageError(Code.INVALID_ARGUMENT, `replica ${id}: the request names no valid volume id`, { details: { replica: id } });
+    }
+    return id;
+  }
+
+  private notFound(ref: ReplicaRefInput): StorageError {
+    return new StorageError(Code.NOT_FOUND, `replica ${ref.replicaId} of volume ${ref.volumeId} not found on this node`, { details: { replica: ref.replicaId, volume: ref.volumeId } });
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * The replica service on the peer port: thin gRPC handlers over the replica manager, and
+ * one IoStreamHandler per Io stream. Errors become gRPC statuses only here.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { Code, StorageError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import type { PoolBackend } from '../pool/backend.js';
+import { unary } from '../rpc/status.js';
+import { peerServerCredentials, type PeerTlsConfig } from '../rpc/tls.js';
+import type { NodeStore } from '../store/node-store.js';
+import type { ReplicaLimits } from './io-types.js';
+import { IoStreamHandler } from './io-stream-handler.js';
+import { ReplicaManager, type ReplicaRefInput } from './replica-manager.js';
+import {
+  replicaServerDefinition, statusViewToWire, type IoBatchMessage, type IoReplyBatchMessage, type MalformedFrame, type ReplicaRefMessage,
+} from './replica-wire.js';
+
+export interface ReplicaServerOptions {
+  /** "host:port"; port 0 picks a free one. */
+  listen: string;
+  pool: PoolBackend;
+  store: NodeStore;
+  log: Logger;
+  tls: PeerTlsConfig;
+  /** Share a manager with other users of the same replicas; one is made otherwise. */
+  manager?: ReplicaManager;
+  limits?: Partial<ReplicaLimits>;
+  /** How long close() lets calls finish before it cuts them; 5000 by default. */
+  shutdownTimeoutMs?: number;
+}
+
+export interface ReplicaServer {
+  port: number;
+  manager: ReplicaManager;
+  /** Stops accepting calls, lets running ones finish (up to the timeout), closes devices. */
+  close(): Promise<void>;
+}
+
+interface Fenced { replica: ReplicaRefMessage | null; epoch: number }
+
+function ref(m: { replica: ReplicaRefMessage | null }): ReplicaRefInput {
+  return { replicaId: m.replica?.replicaId ?? '', volumeId: m.replica?.volumeId ?? '' };
+}
+
+function handlers(manager: ReplicaManager, log: Logger): grpc.UntypedServiceImplementation {
+  const onUnexpected = (err: unknown, method: string): void => log.error({ err, method }, 'replica call failed unexpectedly');
+  const h = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req) => fn(req), onUnexpected, method);
+  return {
+    Io: ((call: grpc.ServerDuplexStream<IoBatchMessage | MalformedFrame, IoReplyBatchMessage>) => {
+      new IoStreamHandler(call, manager, log);
+    }) as grpc.handleBidiStreamingCall<IoBatchMessage | MalformedFrame, IoReplyBatchMessage>,
+    CreateReplica: h('CreateReplica', async (req: Fenced & { sizeBytes: number; inSync: boolean }) =>
+      statusViewToWire(await manager.create(ref(req), req.sizeBytes, req.epoch, req.inSync))),
+    DeleteReplica: h('DeleteReplica', async (req: Fenced) => {
+      await manager.delete(ref(req), req.epoch);
+      return {};
+    }),
+    GetReplicaStatus: h('GetReplicaStatus', async (req: Fenced) => statusViewToWire(await manager.status(ref(req)))),
+    ListReplicas: h('ListReplicas', async () => ({ replicas: (await manager.list()).map(statusViewToWire) })),
+    ChecksumRange: h('ChecksumRange', async (req: Fenced & { offset: number; lengthBytes: number; regionBytes: number }) =>
+      manager.checksumRange(ref(req), req.epoch, req.offset, req.lengthBytes, req.regionBytes)),
+    StartRebuild: h('StartRebuild', async (req: Fenced & { totalBytes: number; restart: boolean }) =>
+      statusViewToWire(await manager.startRebuild(ref(req), req.epoch, req.totalBytes, req.restart))),
+    UpdateRebuildProgress: h('UpdateRebuildProgress', async (req: Fenced & { doneBytes: number; totalBytes: number; checkpoint: Buffer }) =>
+      statusViewToWire(await manager.updateRebuildProgress(ref(req), req.epoch, { doneBytes: req.doneBytes, totalBytes: req.totalBytes, checkpoint: req.checkpoint }))),
+    FinishRebuild: h('FinishRebuild', async (req: Fenced) => statusViewToWire(await manager.finishRebuild(ref(req), req.epoch))),
+  };
+}
+
+function bind(server: grpc.Server, listen: string, credentials: grpc.ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(listen, credentials, (err, port) => {
+      if (err) reject(new StorageError(Code.UNAVAILABLE, `cannot listen for peers on ${listen}: ${err.message}`, { cause: err }));
+      else resolve(port);
+    });
+  });
+}
+
+export async function startReplicaServer(opts: ReplicaServerOptions): Promise<ReplicaServer> {
+  const log = opts.log;
+  const manager = opts.manager ?? new ReplicaManager({ pool: opts.pool, store: opts.store, log, limits: opts.limits });
+  const credentials = peerServerCredentials(opts.tls, log);
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': manager.limits.maxFrameBytes,
+    'grpc.max_send_message_length': manager.limits.maxFrameBytes,
+    'grpc.keepalive_time_ms': 10_000,
+    'grpc.keepalive_timeout_ms': 5_000,
+  });
+  server.addService(replicaServerDefinition(), handlers(manager, log));
+  const port = await bind(server, opts.listen, credentials);
+  log.info({ listen: opts.listen, port, tls: opts.tls.insecure !== true }, 'replica service listening');
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => server.forceShutdown(), opts.shutdownTimeoutMs ?? 5000);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      if (!opts.manager) await manager.close();
+      log.info({ port }, 'replica service stopped');
+    })();
+    return closing;
+  };
+  return { port, manager, close };
+}
