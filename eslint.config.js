@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'native/build/**', 'node_modules/**', '.cairn/**'] },
+  { ignores: ['dist/**', 'native/build/**', 'node_modules/**', '.cairn/**', 'test/vm/.cache/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

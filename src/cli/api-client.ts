@@ -10,6 +10,7 @@ export interface NodeStatusMessage {
   volumeCount: number; exportedCount: number; nbdConnectionCount: number;
 }
 export interface ReplicaMessage { id: string; nodeName: string; deviceId: string; state: string; allocatedBytes: number }
+export interface AttachmentMessage { devicePath: string; method: string; uri: string }
 export interface ExportMessage { uri: string; socketPath: string; connectionCount: number }
 export interface VolumeMessage {
   id: string; name: string; sizeBytes: number; allocatedBytes: number; state: string; health: string;
@@ -46,6 +47,8 @@ export class ApiClient {
   async deleteVolume(name: string, force: boolean): Promise<void> { await this.call('DeleteVolume', { name, force }); }
   exportVolume(name: string): Promise<ExportMessage> { return this.call('ExportVolume', { name }); }
   async unexportVolume(name: string): Promise<void> { await this.call('UnexportVolume', { name }); }
+  attachVolume(name: string): Promise<AttachmentMessage> { return this.call('AttachVolume', { name }); }
+  async detachVolume(name: string): Promise<void> { await this.call('DetachVolume', { name }); }
 
   close(): void {
     this.client.close();

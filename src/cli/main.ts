@@ -94,6 +94,14 @@ function buildProgram(): Command {
     await c.unexportVolume(name);
     print(g().output, { unexported: name }, () => `volume ${name} unexported`);
   }));
+  volume.command('attach <name>').description('attach the volume to a kernel block device on this node and print its path').action((name: string) => withClient(g(), async (c) => {
+    const a = await c.attachVolume(name);
+    print(g().output, a, () => a.devicePath);
+  }));
+  volume.command('detach <name>').description('detach the volume\'s kernel block device (unmount it first)').action((name: string) => withClient(g(), async (c) => {
+    await c.detachVolume(name);
+    print(g().output, { detached: name }, () => `volume ${name} detached`);
+  }));
   return program;
 }
 

@@ -7,6 +7,7 @@ import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { VolumeService, VolumeView } from '../cluster/volume-service.js';
 import type { ExportInfo } from '../engine/export-manager.js';
+import type { KernelAttacher } from '../engine/kernel-attach.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
 import { unary } from '../rpc/status.js';
 import { VERSION } from './version.js';
@@ -47,6 +48,8 @@ export interface ApiContext {
   poolPath: string;
   startedAt: number;
   connectionCount: () => number;
+  /** Kernel block devices for volumes (AttachVolume / DetachVolume). */
+  attacher: KernelAttacher;
   log: Logger;
 }
 
@@ -77,6 +80,15 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
     ExportVolume: h('ExportVolume', async (req: NameRequest) => exportMessage(await ctx.volumes.export(requireName(req)))),
     UnexportVolume: h('UnexportVolume', async (req: NameRequest) => {
       await ctx.volumes.unexport(requireName(req));
+      return {};
+    }),
+    AttachVolume: h('AttachVolume', async (req: NameRequest) => {
+      const exported = await ctx.volumes.export(requireName(req));
+      const a = await ctx.attacher.attach(req.name, exported.socketPath);
+      return { devicePath: a.devicePath, method: a.method, uri: exported.uri };
+    }),
+    DetachVolume: h('DetachVolume', async (req: NameRequest) => {
+      await ctx.attacher.detach(requireName(req));
       return {};
     }),
   };

@@ -12,8 +12,11 @@ import { parseSize } from '../common/units.js';
 export interface DaemonConfig {
   nodeName: string;
   dataDir: string;
-  poolBackend: 'file';
+  /** auto: dm where device-mapper is present and pool devices are set, else file (main.ts logs the choice). */
+  poolBackend: 'file' | 'dm' | 'auto';
   poolDir: string;
+  /** Block devices of the dm pool, in order. */
+  poolDevices: string[];
   /** Caps the pool's capacity below what its filesystem has; 0 means the filesystem's size. */
   poolCapacityBytes: number;
   apiSocket: string;
@@ -38,7 +41,8 @@ export interface SettingSpec {
 export const SETTINGS: readonly SettingSpec[] = [
   { key: 'nodeName', flag: '--node-name <name>', env: 'CAIRN_NODE_NAME', description: 'this node\'s name in the cluster', defaultText: 'the host name' },
   { key: 'dataDir', flag: '--data-dir <dir>', env: 'CAIRN_DATA_DIR', description: 'where cairnd keeps its state', defaultText: '/var/lib/cairn' },
-  { key: 'poolBackend', flag: '--pool-backend <kind>', env: 'CAIRN_POOL_BACKEND', description: 'pool backend: file', defaultText: 'file' },
+  { key: 'poolBackend', flag: '--pool-backend <kind>', env: 'CAIRN_POOL_BACKEND', description: 'pool backend: file, dm, or auto (dm where device-mapper is present and --pool-devices is set, else file)', defaultText: 'auto' },
+  { key: 'poolDevices', flag: '--pool-devices <list>', env: 'CAIRN_POOL_DEVICES', description: 'comma-separated block devices of the dm pool, e.g. /dev/sdb,/dev/sdc', defaultText: 'none' },
   { key: 'poolDir', flag: '--pool-dir <dir>', env: 'CAIRN_POOL_DIR', description: 'directory of the file pool', defaultText: '<data-dir>/pool' },
   { key: 'poolCapacityBytes', flag: '--pool-capacity <size>', env: 'CAIRN_POOL_CAPACITY', description: 'cap on the pool size, e.g. 100GiB; 0 = the filesystem\'s size', defaultText: '0' },
   { key: 'apiSocket', flag: '--api-socket <path>', env: 'CAIRN_API_SOCKET', description: 'unix socket of the cairnctl gRPC API', defaultText: '<data-dir>/cairnd.sock' },
@@ -70,8 +74,12 @@ export function resolveConfig(flags: Partial<Record<keyof DaemonConfig, string>>
   const path = (text: string): string => (isAbsolute(text) ? text : resolve(text));
 
   const dataDir = path(raw('dataDir') ?? '/var/lib/cairn');
-  const poolBackend = raw('poolBackend') ?? 'file';
-  if (poolBackend !== 'file') throw invalid(spec('poolBackend'), poolBackend, 'this build supports the file backend');
+  const poolBackend = raw('poolBackend') ?? 'auto';
+  if (poolBackend !== 'file' && poolBackend !== 'dm' && poolBackend !== 'auto') throw invalid(spec('poolBackend'), poolBackend, 'use file, dm or auto');
+  const devicesText = raw('poolDevices') ?? '';
+  const poolDevices = devicesText.split(',').map((d) => d.trim()).filter(Boolean);
+  for (const d of poolDevices) if (!isAbsolute(d)) throw invalid(spec('poolDevices'), devicesText, 'write absolute block device paths, e.g. /dev/sdb,/dev/sdc');
+  if (poolBackend === 'dm' && poolDevices.length === 0) throw invalid(spec('poolDevices'), devicesText, 'the dm backend needs at least one block device');
 
   const capacityText = raw('poolCapacityBytes') ?? '0';
   let poolCapacityBytes: number;
@@ -108,6 +116,7 @@ export function resolveConfig(flags: Partial<Record<keyof DaemonConfig, string>>
     dataDir,
     poolBackend,
     poolDir: path(raw('poolDir') ?? join(dataDir, 'pool')),
+    poolDevices: Object.freeze(poolDevices) as string[],
     poolCapacityBytes,
     apiSocket,
     nbdSocketDir,

@@ -11,12 +11,13 @@ import { join } from 'node:path';
 import { createLogger, type Logger } from '../common/log.js';
 import { VolumeService } from '../cluster/volume-service.js';
 import { ExportManager } from '../engine/export-manager.js';
-import { FileBackend } from '../pool/file-backend.js';
+import { KernelAttacher } from '../engine/kernel-attach.js';
 import { NodeStore } from '../store/node-store.js';
 import { apiHandlers, apiServiceDefinition } from './api-service.js';
 import { resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
 import { startHttpServer } from './http-server.js';
 import { acquirePidFile } from './pid-file.js';
+import { openPool } from './pool-factory.js';
 import { VERSION } from './version.js';
 
 function parseFlags(argv: string[]): Partial<Record<keyof DaemonConfig, string>> {
@@ -46,15 +47,16 @@ async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const releasePid = acquirePidFile(join(config.dataDir, 'cairnd.pid'));
   const store = NodeStore.open(join(config.dataDir, 'node.db'), log);
-  const pool = await FileBackend.open({ dir: config.poolDir, log: log.child({ pool: 'file' }), capacityBytes: config.poolCapacityBytes || undefined });
+  const pool = await openPool(config, log);
   const exports = new ExportManager(config.nbdSocketDir, log.child({ component: 'nbd' }));
   const volumes = new VolumeService({ nodeName: config.nodeName, store, pool, exports, log });
+  const attacher = new KernelAttacher({ log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach') });
   let ready = false;
   const startedAt = Date.now();
 
   const api = await startApi(config.apiSocket, apiHandlers({
     volumes, nodeName: config.nodeName, poolKind: pool.kind, poolPath: config.poolDir, startedAt,
-    connectionCount: () => exports.connectionCount(), log,
+    connectionCount: () => exports.connectionCount(), attacher, log,
   }));
   let http: Server | undefined;
   if (config.httpListen) http = await startHttpServer(config.httpListen, { volumes, isReady: () => ready, connectionCount: () => exports.connectionCount(), log });
@@ -78,6 +80,7 @@ async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
     timer.unref();
     await new Promise<void>((resolve) => api.tryShutdown(() => resolve()));
     http?.close();
+    await attacher.detachAll();
     await volumes.shutdown();
     await pool.close();
     store.close();

@@ -5,7 +5,7 @@
  * DeviceMapperUnavailableError (UNAVAILABLE); a missing named device is a NOT_FOUND
  * SystemError (ENXIO); other failures are SystemError with the ioctl's name as syscall.
  */
-import { Code, StorageError } from '../common/errors.js';
+import { Code, StorageError, SystemError } from '../common/errors.js';
 import { DeviceMapperUnavailableError, fromDeviceMapperError } from './native-errors.js';
 import { checkCString, checkUint } from './native-args.js';
 import { nativeAddon, type DmDeviceInfo, type DmListEntry, type DmStatus, type DmTarget, type DmVersion } from './native-addon.js';
@@ -45,12 +45,22 @@ export async function dmVersion(): Promise<DmVersion> {
   return dmCall(() => nativeAddon().dmVersion(), {});
 }
 
-/** Creates a device with no table (DM_DEV_CREATE); returns its dev numbers and state. */
+/**
+ * Creates a device with no table (DM_DEV_CREATE); returns its dev numbers and state. A
+ * taken name or uuid is ALREADY_EXISTS (the kernel answers EBUSY, kept as errnoName).
+ */
 export async function dmCreate(name: string, options: { uuid?: string } = {}): Promise<DmDeviceInfo> {
   checkName(name);
   const uuid = options.uuid ?? '';
   checkCString(uuid, 'uuid', 0, UUID_MAX_BYTES);
-  return dmCall(() => nativeAddon().dmCreate(name, uuid), { name, uuid });
+  try {
+    return await dmCall(() => nativeAddon().dmCreate(name, uuid), { name, uuid });
+  } catch (err) {
+    if (err instanceof SystemError && err.errnoName === 'EBUSY') {
+      throw new SystemError(Code.ALREADY_EXISTS, `a device-mapper device named "${name}" (or with its uuid) already exists`, err, { cause: err, details: { name, uuid } });
+    }
+    throw err;
+  }
 }
 
 /** Loads a table into the inactive slot (DM_TABLE_LOAD); dmResume makes it live. */

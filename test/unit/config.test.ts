@@ -11,6 +11,14 @@ test('defaults derive from the data directory', (t) => {
   t.is(c.logFormat, 'json', 'not a TTY: JSON logs');
   t.is(c.httpListen, '127.0.0.1:9470');
   t.true(Object.isFrozen(c));
+  t.is(c.poolBackend, 'auto', 'dm where device-mapper is present, else file');
+  t.deepEqual(c.poolDevices, []);
+});
+
+test('pool devices are a comma list', (t) => {
+  const c = resolveConfig({ poolBackend: 'dm' }, { CAIRN_POOL_DEVICES: '/dev/sdb, /dev/sdc' }, false);
+  t.is(c.poolBackend, 'dm');
+  t.deepEqual(c.poolDevices, ['/dev/sdb', '/dev/sdc']);
 });
 
 test('flags win over the environment, which wins over defaults', (t) => {
@@ -28,7 +36,9 @@ test('bad settings name the flag and the variable', (t) => {
     [{ poolCapacityBytes: 'lots' }, /--pool-capacity/],
     [{ httpListen: 'nonsense' }, /host:port/],
     [{ apiSocket: `/tmp/${'x'.repeat(120)}` }, /107 bytes/],
-    [{ poolBackend: 'zfs' }, /file backend/],
+    [{ poolBackend: 'zfs' }, /use file, dm or auto/],
+    [{ poolBackend: 'dm' }, /--pool-devices .*needs at least one block device/],
+    [{ poolDevices: 'sdb' }, /absolute block device paths/],
   ];
   for (const [flags, message] of cases) {
     const err = t.throws(() => resolveConfig(flags, {}, false), { instanceOf: StorageError });
