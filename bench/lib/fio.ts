@@ -18,10 +18,10 @@ export interface FioResult {
   cpuSec: number;
 }
 
-export type FioTarget = { kind: 'nbd'; socketPath: string } | { kind: 'file'; path: string };
+export type FioTarget = { kind: 'nbd'; uri: string } | { kind: 'file'; path: string };
 
 function targetArgs(t: FioTarget): string[] {
-  if (t.kind === 'nbd') return ['--ioengine=nbd', `--uri=nbd+unix:///?socket=${t.socketPath}`];
+  if (t.kind === 'nbd') return ['--ioengine=nbd', `--uri=${t.uri}`];
   return ['--ioengine=libaio', '--direct=1', `--filename=${t.path}`];
 }
 

@@ -4,10 +4,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -33,6 +35,49 @@ int64_t FullRead(int fd, uint8_t* buf, size_t len, int64_t pos) {
   return static_cast<int64_t>(done);
 }
 
+// Advances `iov` from entry *i past `n` bytes (entries are adjusted in place).
+void Consume(std::vector<struct iovec>& iov, size_t* i, size_t n) {
+  while (n > 0 && *i < iov.size()) {
+    if (n >= iov[*i].iov_len) {
+      n -= iov[*i].iov_len;
+      (*i)++;
+    } else {
+      iov[*i].iov_base = static_cast<uint8_t*>(iov[*i].iov_base) + n;
+      iov[*i].iov_len -= n;
+      n = 0;
+    }
+  }
+}
+
+// Fills every byte of `iov` (consumed in place), zeros past EOF. Bytes, or -errno.
+int64_t FullReadv(int fd, std::vector<struct iovec>& iov, int64_t pos) {
+  if (iov.size() == 1) return FullRead(fd, static_cast<uint8_t*>(iov[0].iov_base), iov[0].iov_len, pos);
+  size_t i = 0;
+  int64_t done = 0;
+  while (i < iov.size()) {
+    if (iov[i].iov_len == 0) {
+      i++;
+      continue;
+    }
+    int count = static_cast<int>(std::min<size_t>(iov.size() - i, IOV_MAX));
+    ssize_t n = preadv(fd, &iov[i], count, pos + done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) {
+      for (; i < iov.size(); i++) {
+        memset(iov[i].iov_base, 0, iov[i].iov_len);
+        done += static_cast<int64_t>(iov[i].iov_len);
+      }
+      break;
+    }
+    done += n;
+    Consume(iov, &i, static_cast<size_t>(n));
+  }
+  return done;
+}
+
 int64_t FullWrite(int fd, const uint8_t* buf, size_t len, int64_t pos) {
   size_t done = 0;
   while (done < len) {
@@ -44,6 +89,28 @@ int64_t FullWrite(int fd, const uint8_t* buf, size_t len, int64_t pos) {
     done += static_cast<size_t>(n);
   }
   return static_cast<int64_t>(done);
+}
+
+// Writes every byte of `iov` (consumed in place: entries are advanced past what was
+// written), IOV_MAX entries per call. Returns bytes written, or -errno.
+int64_t FullWritev(int fd, std::vector<struct iovec>& iov, int64_t pos) {
+  size_t i = 0;
+  int64_t done = 0;
+  while (i < iov.size()) {
+    if (iov[i].iov_len == 0) {
+      i++;
+      continue;
+    }
+    int count = static_cast<int>(std::min<size_t>(iov.size() - i, IOV_MAX));
+    ssize_t n = pwritev(fd, &iov[i], count, pos + done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    done += n;
+    Consume(iov, &i, static_cast<size_t>(n));
+  }
+  return done;
 }
 
 int64_t DataSync(int fd) {
@@ -63,33 +130,60 @@ bool BufferArg(const Napi::Value& v, uint8_t** data, size_t* len) {
   return true;
 }
 
-// ioPreadNowait(fd, buf, position): reads from the page cache only. Returns the bytes read
-// before the first byte that is not cached (possibly 0), or -errno for any other error.
-Napi::Value PreadNowait(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+// A Uint8Array, or an array of them (scatter-gather), as iovecs appended to `iov`.
+bool IovecArg(const Napi::Value& v, std::vector<struct iovec>* iov) {
   uint8_t* data;
   size_t len;
-  if (info.Length() < 3 || !info[0].IsNumber() || !BufferArg(info[1], &data, &len) || !info[2].IsNumber()) {
+  if (BufferArg(v, &data, &len)) {
+    iov->push_back({data, len});
+    return true;
+  }
+  if (!v.IsArray()) return false;
+  Napi::Array parts = v.As<Napi::Array>();
+  uint32_t n = parts.Length();
+  iov->reserve(iov->size() + n);
+  for (uint32_t i = 0; i < n; i++) {
+    if (!BufferArg(parts.Get(i), &data, &len)) return false;
+    iov->push_back({data, len});
+  }
+  return true;
+}
+
+// ioPreadNowait(fd, buf | bufs[], position): reads from the page cache only, into one
+// buffer or several back to back. Returns the bytes read before the first byte that is
+// not cached (possibly 0), or -errno for any other error.
+Napi::Value PreadNowait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<struct iovec> iov;
+  if (info.Length() < 3 || !info[0].IsNumber() || !IovecArg(info[1], &iov) || !info[2].IsNumber()) {
     Napi::TypeError::New(env, "ioPreadNowait(fd, buf, position)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   int fd = info[0].As<Napi::Number>().Int32Value();
   int64_t pos = info[2].As<Napi::Number>().Int64Value();
-  size_t done = 0;
-  while (done < len) {
-    struct iovec iov = {data + done, len - done};
-    ssize_t n = preadv2(fd, &iov, 1, pos + static_cast<int64_t>(done), RWF_NOWAIT);
+  size_t i = 0;
+  int64_t done = 0;
+  while (i < iov.size()) {
+    if (iov[i].iov_len == 0) {
+      i++;
+      continue;
+    }
+    int count = static_cast<int>(std::min<size_t>(iov.size() - i, IOV_MAX));
+    ssize_t n = preadv2(fd, &iov[i], count, pos + done, RWF_NOWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;
       return Napi::Number::New(env, done > 0 ? static_cast<double>(done) : -static_cast<double>(errno));
     }
     if (n == 0) {
-      memset(data + done, 0, len - done);
-      done = len;
+      for (; i < iov.size(); i++) {
+        memset(iov[i].iov_base, 0, iov[i].iov_len);
+        done += static_cast<int64_t>(iov[i].iov_len);
+      }
       break;
     }
-    done += static_cast<size_t>(n);
+    done += n;
+    Consume(iov, &i, static_cast<size_t>(n));
   }
   return Napi::Number::New(env, static_cast<double>(done));
 }
@@ -108,10 +202,36 @@ Napi::Value Pwrite(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(FullWrite(fd, data, len, pos)));
 }
 
+// ioPwritev(fd, bufs: Uint8Array[], position): writes the buffers back to back with
+// pwritev on the calling thread. Bytes or -errno.
+Napi::Value Pwritev(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<struct iovec> iov;
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsArray() || !IovecArg(info[1], &iov) || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "ioPwritev(fd, bufs, position)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int64_t pos = info[2].As<Napi::Number>().Int64Value();
+  return Napi::Number::New(env, static_cast<double>(FullWritev(fd, iov, pos)));
+}
+
+// ioDupFd(fd): a close-on-exec duplicate of `fd` (the NBD server re-wraps an accepted
+// socket with a reader of its own, see src/engine/nbd/socket-reader.ts). fd or -errno.
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    Napi::TypeError::New(env, "ioDupFd(fd)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int r = fcntl(info[0].As<Napi::Number>().Int32Value(), F_DUPFD_CLOEXEC, 0);
+  return Napi::Number::New(env, r < 0 ? -errno : r);
+}
+
+// One op of a batch. A read has one buffer (iov[0]); a write has one or more.
 struct BatchOp {
   int32_t op;
-  uint8_t* data;
-  size_t len;
+  std::vector<struct iovec> iov;
   int64_t pos;
 };
 
@@ -124,14 +244,14 @@ class BatchWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     for (size_t i = 0; i < ops_.size(); i++) {
-      const BatchOp& o = ops_[i];
+      BatchOp& o = ops_[i];
       int64_t r = 0;
       switch (o.op) {
-        case kRead: r = FullRead(fd_, o.data, o.len, o.pos); break;
-        case kWrite: r = FullWrite(fd_, o.data, o.len, o.pos); break;
+        case kRead: r = FullReadv(fd_, o.iov, o.pos); break;
+        case kWrite: r = Write(o); break;
         case kSync: r = DataSync(fd_); break;
         case kWriteSync:
-          r = FullWrite(fd_, o.data, o.len, o.pos);
+          r = Write(o);
           if (r >= 0) {
             int64_t s = DataSync(fd_);
             if (s < 0) r = s;
@@ -146,6 +266,11 @@ class BatchWorker : public Napi::AsyncWorker {
   void OnOK() override { Callback().Call({}); }
 
  private:
+  int64_t Write(BatchOp& o) {
+    if (o.iov.size() == 1) return FullWrite(fd_, static_cast<const uint8_t*>(o.iov[0].iov_base), o.iov[0].iov_len, o.pos);
+    return FullWritev(fd_, o.iov, o.pos);
+  }
+
   int fd_;
   std::vector<BatchOp> ops_;
   int32_t* results_;
@@ -154,7 +279,8 @@ class BatchWorker : public Napi::AsyncWorker {
 
 // ioSubmit(fd, ops: Int32Array, positions: Float64Array, bufs: (Uint8Array|null)[],
 //          results: Int32Array, callback): runs the ops in order on one threadpool thread,
-// writes 0 or -errno per op into `results`, then calls `callback()`.
+// writes 0 or -errno per op into `results`, then calls `callback()`. A read's or write's
+// buffer may be an array of Uint8Arrays, filled or written back to back (preadv/pwritev).
 Napi::Value Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 6 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
@@ -177,11 +303,10 @@ Napi::Value Submit(const Napi::CallbackInfo& info) {
     BatchOp& o = list[i];
     o.op = ops[i];
     o.pos = static_cast<int64_t>(positions[i]);
-    o.data = nullptr;
-    o.len = 0;
     Napi::Value b = bufs[static_cast<uint32_t>(i)];
-    if (o.op != kSync && !BufferArg(b, &o.data, &o.len)) {
-      Napi::TypeError::New(env, "ioSubmit: a read or write op needs a Uint8Array").ThrowAsJavaScriptException();
+    if (o.op == kSync) continue;
+    if (!IovecArg(b, &o.iov)) {
+      Napi::TypeError::New(env, "ioSubmit: a read or write op needs a Uint8Array or an array of them").ThrowAsJavaScriptException();
       return env.Undefined();
     }
   }
@@ -200,5 +325,7 @@ Napi::Value Submit(const Napi::CallbackInfo& info) {
 void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("ioPreadNowait", Napi::Function::New(env, PreadNowait, "ioPreadNowait"));
   exports.Set("ioPwrite", Napi::Function::New(env, Pwrite, "ioPwrite"));
+  exports.Set("ioPwritev", Napi::Function::New(env, Pwritev, "ioPwritev"));
+  exports.Set("ioDupFd", Napi::Function::New(env, DupFd, "ioDupFd"));
   exports.Set("ioSubmit", Napi::Function::New(env, Submit, "ioSubmit"));
 }

@@ -40,6 +40,20 @@ export interface BlockDevice {
   read(offset: number, length: number): Promise<Buffer>;
   /** Writes `data` at `offset`. With `fua`, the data is durable when the promise resolves. */
   write(offset: number, data: Uint8Array, fua?: boolean): Promise<void>;
+  /**
+   * Optional scatter-gather write: writes `parts` back to back at `offset`, exactly as
+   * write() would write their concatenation (same durability, same `fua`), without joining
+   * them into one buffer first. The NBD server passes a payload that arrived in several
+   * socket chunks this way; for a device without it, it joins the parts and calls write().
+   * The caller does not touch `parts` until the promise settles.
+   */
+  writev?(offset: number, parts: readonly Uint8Array[], fua?: boolean): Promise<void>;
+  /**
+   * Optional read into caller-owned buffers: fills `targets` back to back from `offset`
+   * (one gather read), exactly as read(offset, their total length) would. Lets the NBD
+   * server read into buffers it reuses; for a device without it, it calls read().
+   */
+  readInto?(offset: number, targets: readonly Uint8Array[]): Promise<void>;
   /** Makes every write that completed before this call durable (fdatasync). */
   flush(): Promise<void>;
   /** Drops the range; it reads back as zeros afterwards. */

@@ -8,6 +8,7 @@ import type { DeviceId } from '../../src/common/ids.js';
 import { pino } from 'pino';
 import { silentLogger, type Logger } from '../../src/common/log.js';
 import type { BlockDevice } from '../../src/pool/backend.js';
+import type { ByteBudget } from '../../src/engine/nbd/byte-budget.js';
 import { NbdExportServer } from '../../src/engine/nbd/export-server.js';
 import { openFileDevice } from '../../src/pool/file-device.js';
 
@@ -27,15 +28,24 @@ export async function makeTempDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), 'cairn-nbd-test-'));
 }
 
-export async function startExport(
-  dir: string, name: string, sizeBytes: number, opts: { readOnly?: boolean; log?: Logger } = {},
-): Promise<NbdExportFixture> {
+export interface ExportFixtureOptions {
+  readOnly?: boolean;
+  log?: Logger;
+  /** The export's own byte budget (default: the process-wide one). */
+  budget?: ByteBudget;
+  /** false: receive through node's 'data' chunks (the fallback path). */
+  receiveInPlace?: boolean;
+}
+
+export async function startExport(dir: string, name: string, sizeBytes: number, opts: ExportFixtureOptions = {}): Promise<NbdExportFixture> {
   const file = join(dir, `${name}.img`);
   await writeFile(file, '');
   await truncate(file, sizeBytes);
   const log = opts.log ?? silentLogger();
   const device = await openFileDevice(file, name as DeviceId, sizeBytes, log);
-  const server = new NbdExportServer({ name, device, log, readOnly: opts.readOnly ?? false });
+  const server = new NbdExportServer({
+    name, device, log, readOnly: opts.readOnly ?? false, budget: opts.budget, receiveInPlace: opts.receiveInPlace,
+  });
   const socketPath = join(dir, `${name}.sock`);
   await server.listen(socketPath);
   return {

@@ -30,14 +30,17 @@ export interface Reply {
 }
 
 export class RawNbdClient {
-  private buf: Buffer = Buffer.alloc(0);
+  /** Received bytes not read yet, as the chunks they came in (no quadratic re-joining). */
+  private chunks: Buffer[] = [];
+  private buffered = 0;
   private closedFlag = false;
   private wake: (() => void) | undefined;
   readonly closed: Promise<void>;
 
   private constructor(private readonly socket: Socket) {
     socket.on('data', (d: Buffer) => {
-      this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+      this.chunks.push(d);
+      this.buffered += d.length;
       this.wake?.();
     });
     socket.on('error', () => undefined);
@@ -65,6 +68,19 @@ export class RawNbdClient {
     this.socket.write(bytes);
   }
 
+  /**
+   * Sends `bytes` in pieces of `pieceBytes`, yielding to the event loop between pieces, so
+   * that the server receives them in many separate reads.
+   */
+  async sendInPieces(bytes: Uint8Array, pieceBytes: number): Promise<void> {
+    for (let at = 0; at < bytes.byteLength; at += pieceBytes) {
+      if (!this.socket.write(bytes.subarray(at, Math.min(bytes.byteLength, at + pieceBytes)))) {
+        await new Promise<void>((resolve) => this.socket.once('drain', resolve));
+      }
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  }
+
   /** Closes our side (half-close, like a client that stops mid-message). */
   endWrites(): void {
     this.socket.end();
@@ -77,10 +93,10 @@ export class RawNbdClient {
   /** Exactly `n` bytes; ConnectionClosedError when the server closes first. */
   async readExact(n: number, timeoutMs = 10_000): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
-    while (this.buf.length < n) {
+    while (this.buffered < n) {
       if (this.closedFlag) throw new ConnectionClosedError();
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out waiting for ${n} bytes (have ${this.buf.length})`);
+      if (left <= 0) throw new Error(`timed out waiting for ${n} bytes (have ${this.buffered})`);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
         this.wake = () => {
@@ -90,8 +106,30 @@ export class RawNbdClient {
       });
       this.wake = undefined;
     }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
+    return this.take(n);
+  }
+
+  /** The first `n` buffered bytes (there are at least `n`). */
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let have = 0;
+      while (have < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length, n - have);
+        c.copy(out, have, 0, k);
+        have += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
     return out;
   }
 
@@ -173,7 +211,8 @@ export class RawNbdClient {
 
   private async peek(n: number): Promise<Buffer> {
     const b = await this.readExact(n);
-    this.buf = Buffer.concat([b, this.buf]);
+    this.chunks.unshift(b);
+    this.buffered += n;
     return b;
   }
 }

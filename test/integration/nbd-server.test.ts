@@ -7,6 +7,8 @@ import anyTest, { type TestFn } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ByteBudget } from '../../src/engine/nbd/byte-budget.js';
+import * as C from '../../src/engine/nbd/codec.js';
 import * as P from '../../src/engine/nbd/protocol.js';
 import { execFileAsync, makeTempDir, recordingLogger, removeDir, startExport, type NbdExportFixture } from '../helpers/nbd-fixture.js';
 import { RawNbdClient } from '../helpers/nbd-raw-client.js';
@@ -25,6 +27,21 @@ const test = anyTest as TestFn<Ctx>;
 const MiB = 1 << 20;
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Reads `length` bytes at `offset` in one NBD read (structured replies) and returns them. */
+async function readBack(c: RawNbdClient, cookie: bigint, offset: number, length: number): Promise<Buffer> {
+  c.request({ type: P.NBD_CMD_READ, cookie, offset, length });
+  const r = await c.readReply();
+  if (r.error !== 0 || r.cookie !== cookie) throw new Error(`read ${cookie}: error ${r.error}, cookie ${r.cookie}`);
+  return r.data;
+}
+
+/** Waits (up to 10 s) until `check` holds; returns whether it did. */
+async function eventually(check: () => boolean): Promise<boolean> {
+  for (let i = 0; i < 200 && !check(); i++) await delay(50);
+  return check();
+}
 
 test.before(async (t) => {
   const dir = await makeTempDir();
@@ -141,6 +158,97 @@ test.serial('a read-only export refuses writes with EPERM and serves reads', asy
   const r = await c.readReply();
   t.true(r.data.equals(Buffer.alloc(4096)));
   c.destroy();
+});
+
+for (const receiveInPlace of [true, false]) {
+  test.serial(`writes split across many socket reads read back intact (${receiveInPlace ? 'received in place' : 'data events'})`, async (t) => {
+    const fx = await startExport(t.context.dir, `vol-split-${receiveInPlace}`, 16 * MiB, { receiveInPlace });
+    const c = await RawNbdClient.connect(fx.socketPath);
+    try {
+      await c.negotiate('', true);
+      // One 3 MiB write in 997-byte pieces: the header itself arrives split.
+      const big = randomBytes(3 * MiB + 100);
+      await c.sendInPieces(C.encodeRequest({ type: P.NBD_CMD_WRITE, cookie: 1n, offset: 4096, data: big }), 997);
+      t.like(await c.readReply(), { error: 0, cookie: 1n });
+      // The header with a few payload bytes, then the rest in two later sends.
+      const mid = randomBytes(MiB);
+      const req = C.encodeRequest({ type: P.NBD_CMD_WRITE, cookie: 2n, offset: 8 * MiB, data: mid, flags: P.NBD_CMD_FLAG_FUA });
+      c.send(req.subarray(0, 40));
+      await delay(20);
+      c.send(req.subarray(40, 300_000));
+      await delay(20);
+      c.send(req.subarray(300_000));
+      t.like(await c.readReply(), { error: 0, cookie: 2n });
+      // A pipeline of writes of mixed sizes in one send.
+      const blocks: { offset: number; data: Buffer }[] = [];
+      let offset = 10 * MiB;
+      for (const n of [4096, 100_000, MiB, 512, 300_000, 2 * MiB + 3]) {
+        blocks.push({ offset, data: randomBytes(n) });
+        offset += n;
+      }
+      c.send(Buffer.concat(blocks.map((b, i) => C.encodeRequest({ type: P.NBD_CMD_WRITE, cookie: BigInt(100 + i), offset: b.offset, data: b.data }))));
+      const cookies = new Set<bigint>();
+      for (const _ of blocks) {
+        const r = await c.readReply();
+        t.is(r.error, 0);
+        cookies.add(r.cookie);
+      }
+      t.is(cookies.size, blocks.length);
+      t.true((await readBack(c, 3n, 4096, big.length)).equals(big));
+      t.true((await readBack(c, 4n, 8 * MiB, mid.length)).equals(mid));
+      for (const [i, b] of blocks.entries()) t.true((await readBack(c, BigInt(200 + i), b.offset, b.data.length)).equals(b.data), `block ${i}`);
+      const onDisk = await readFile(fx.file);
+      t.true(onDisk.subarray(4096, 4096 + big.length).equals(big));
+    } finally {
+      c.destroy();
+      await fx.close();
+    }
+  });
+}
+
+test.serial('back-pressure: clients with more than the byte budget in flight get every reply right', async (t) => {
+  const budget = new ByteBudget(32 * MiB);
+  const fx = await startExport(t.context.dir, 'vol-budget', 160 * MiB, { budget });
+  const c1 = await RawNbdClient.connect(fx.socketPath);
+  const c2 = await RawNbdClient.connect(fx.socketPath);
+  let peak = 0;
+  const timer = setInterval(() => (peak = Math.max(peak, budget.usedBytes)), 1);
+  try {
+    await c1.negotiate('', true);
+    await c2.negotiate('', false);
+    // 96 MiB of writes on one connection and 32 MiB on another, all sent at once.
+    const chunks = Array.from({ length: 32 }, () => randomBytes(4 * MiB));
+    for (let i = 0; i < 32; i++) (i < 24 ? c1 : c2).request({ type: P.NBD_CMD_WRITE, cookie: BigInt(i), offset: i * 4 * MiB, data: chunks[i]! });
+    const seen = new Set<bigint>();
+    for (let i = 0; i < 24; i++) seen.add((await c1.readReply()).cookie);
+    for (let i = 0; i < 8; i++) seen.add((await c2.readReply()).cookie);
+    t.is(seen.size, 32);
+    // 96 MiB of reads (replies the client only reads once all are sent) and one 32 MiB read.
+    for (let i = 0; i < 24; i++) c1.request({ type: P.NBD_CMD_READ, cookie: BigInt(100 + i), offset: i * 4 * MiB, length: 4 * MiB });
+    c2.request({ type: P.NBD_CMD_READ, cookie: 999n, offset: 96 * MiB, length: 32 * MiB });
+    for (let i = 0; i < 24; i++) {
+      const r = await c1.readReply();
+      t.is(r.error, 0);
+      t.true(r.data.equals(chunks[Number(r.cookie) - 100]!), `read ${r.cookie}`);
+    }
+    const last = await c2.readReply(32 * MiB);
+    t.like(last, { error: 0, cookie: 999n });
+    t.true(last.data.equals(Buffer.concat(chunks.slice(24))));
+    t.true(peak <= 32 * MiB, `peak ${peak}`);
+    t.true(await eventually(() => budget.usedBytes === 0));
+    // A client that stops reading with reads in flight and goes away gives its bytes back.
+    const c3 = await RawNbdClient.connect(fx.socketPath);
+    await c3.negotiate('', true);
+    for (let i = 0; i < 16; i++) c3.request({ type: P.NBD_CMD_READ, cookie: BigInt(i), offset: i * 4 * MiB, length: 4 * MiB });
+    await delay(50);
+    c3.destroy();
+    t.true(await eventually(() => budget.usedBytes === 0));
+  } finally {
+    clearInterval(timer);
+    c1.destroy();
+    c2.destroy();
+    await fx.close();
+  }
 });
 
 for (const abuse of ABUSE_CASES) {

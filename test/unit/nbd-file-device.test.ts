@@ -35,6 +35,39 @@ test('writes read back, small and large, many at once; holes read as zeros', asy
   await removeDir(dir);
 });
 
+test('writev writes its parts back to back; readInto fills several targets; both small and large, with FUA', async (t) => {
+  const { dir, file, dev } = await device();
+  const whole = randomBytes(3 * MiB + 1234);
+  // Uneven parts, as a payload arrives: a slice with the header's chunk, then blocks.
+  const cuts = [0, 1000, 65536, 65537, 300_000, 2 * MiB, whole.length];
+  const parts = cuts.slice(1).map((end, i) => whole.subarray(cuts[i], end));
+  await dev.writev!(MiB, parts);
+  const small = [randomBytes(100), randomBytes(3996)];
+  await dev.writev!(512, small, true);
+  const targets = [Buffer.alloc(4096), Buffer.alloc(MiB), Buffer.alloc(whole.length - MiB - 4096)];
+  await dev.readInto!(MiB, targets);
+  t.true(Buffer.concat(targets).equals(whole));
+  const back = [Buffer.alloc(1), Buffer.alloc(4095)];
+  await dev.readInto!(512, back);
+  t.true(Buffer.concat(back).equals(Buffer.concat(small)));
+  t.true((await readFile(file)).subarray(MiB, MiB + whole.length).equals(whole));
+  await dev.close();
+  await removeDir(dir);
+});
+
+test('readInto past the end of a shorter file fills zeros in every target', async (t) => {
+  const { dir, file, dev } = await device(MiB);
+  await dev.write(0, Buffer.alloc(8192, 7));
+  await truncate(file, 6000);
+  const targets = [Buffer.alloc(4096, 1), Buffer.alloc(4096, 1), Buffer.alloc(300_000, 1)];
+  await dev.readInto!(0, targets);
+  const all = Buffer.concat(targets);
+  t.true(all.subarray(0, 6000).every((x) => x === 7));
+  t.true(all.subarray(6000).every((x) => x === 0));
+  await dev.close();
+  await removeDir(dir);
+});
+
 test('trim and writeZeroes read back as zeros; the file keeps its size', async (t) => {
   const { dir, file, dev } = await device();
   await dev.write(0, Buffer.alloc(3 * MiB, 0xee));

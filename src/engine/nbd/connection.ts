@@ -1,17 +1,22 @@
 /**
- * One NBD client: the handshake over raw bytes, then the transmission phase. Requests are
- * parsed straight out of each socket chunk (a write's payload is a zero-copy slice when the
- * chunk holds all of it), run concurrently on the device, and answered in any order by
- * cookie through a ReplyWriter that batches a turn's replies into one write.
+ * One NBD client: the handshake over raw bytes, then the transmission phase. Bytes arrive
+ * where the connection chooses (socket-reader.ts); requests are parsed out of them (a
+ * write's payload stays in the slices and buffers it arrived in, see request-reader.ts),
+ * admitted against the daemon's byte budget, run concurrently on the device, and answered
+ * in any order by cookie through a ReplyWriter that batches a turn's replies into one write.
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { BlockDevice } from '../../pool/backend.js';
+import type { BufferPool } from './buffer-pool.js';
+import type { ByteBudget } from './byte-budget.js';
 import * as C from './codec.js';
 import * as P from './protocol.js';
 import { KNOWN_CLIENT_FLAGS, exportNameReply, handleOption, type ExportDescriptor, type NegotiationState } from './handshake.js';
 import { ReplyWriter } from './reply-writer.js';
+import { RequestReader } from './request-reader.js';
 import { RequestRunner } from './request-runner.js';
+import { ReadArea, adoptSocket, type ReadSink } from './socket-reader.js';
 import type { ServerStats } from './stats.js';
 
 /** After we end a session, a client that keeps its side open is cut off after this. */
@@ -24,11 +29,20 @@ export interface ConnectionContext {
   device: BlockDevice;
   stats: ServerStats;
   log: Logger;
+  /** Bytes of request data the daemon may hold at once, shared by every connection. */
+  budget: ByteBudget;
+  /** Where read replies and large write payloads get their buffers. */
+  pool: BufferPool;
+  /** Receive into buffers of our choosing (socket-reader.ts); false: node's 'data' chunks. */
+  receiveInPlace: boolean;
   isShuttingDown(): boolean;
 }
 
-export class NbdConnection {
+export class NbdConnection implements ReadSink {
   readonly closed: Promise<void>;
+  private readonly socket: Socket;
+  private readonly direct: boolean;
+  private readonly area = new ReadArea();
   private phase: 'handshake' | 'transmission' | 'done' = 'handshake';
   private hsBuf: Buffer = Buffer.alloc(0);
   private hsStep: HandshakeStep = 'flags';
@@ -36,16 +50,20 @@ export class NbdConnection {
   private hsNeed = P.CLIENT_FLAGS_BYTES;
   private readonly negotiation: NegotiationState = { noZeroes: false, structuredReplies: false, shuttingDown: false };
   private runner: RequestRunner | undefined;
+  private reader: RequestReader | undefined;
   private warned = false;
   private endTimer: NodeJS.Timeout | undefined;
 
+  /** `accepted` comes paused from the server (pauseOnConnect) and may be replaced. */
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     private readonly ctx: ConnectionContext,
     private readonly log: Logger,
   ) {
+    const { socket, direct } = adoptSocket(accepted, this, log, ctx.receiveInPlace);
+    this.socket = socket;
+    this.direct = direct;
     this.closed = new Promise((resolve) => socket.once('close', () => this.onClose(resolve)));
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
     socket.on('error', (err: NodeJS.ErrnoException) => this.log.debug({ err: err.code ?? err.message }, 'nbd socket error'));
     socket.write(C.encodeHandshake());
@@ -85,23 +103,33 @@ export class NbdConnection {
     this.socket.destroy();
   }
 
-  private onData(chunk: Buffer): void {
-    if (this.phase === 'transmission') this.runner!.onData(chunk);
-    else if (this.phase === 'handshake') this.onHandshakeData(chunk);
+  readTarget(): Buffer {
+    return this.reader ? this.reader.readTarget() : this.area.region();
+  }
+
+  received(target: Buffer, n: number): void {
+    if (this.reader) this.reader.received(target, n);
+    else this.chunk(this.area.commit(target, n));
+  }
+
+  chunk(data: Buffer): void {
+    if (this.phase === 'transmission') this.reader!.chunk(data);
+    else if (this.phase === 'handshake') this.onHandshakeData(data);
   }
 
   private onEnd(): void {
     if (this.phase === 'handshake') {
       if (this.hsBuf.length > 0 || this.hsStep !== 'option-header') this.warn('disconnected during handshake');
       this.end();
-    } else if (this.runner) {
-      this.runner.onEnd();
+    } else if (this.reader) {
+      this.reader.onEnd();
     }
   }
 
   private onClose(resolve: () => void): void {
     this.phase = 'done';
     if (this.endTimer !== undefined) clearTimeout(this.endTimer);
+    this.reader?.onClose();
     this.runner?.onClose();
     this.ctx.stats.connections--;
     resolve();
@@ -117,7 +145,7 @@ export class NbdConnection {
     if (this.phase === 'transmission' && this.hsBuf.length > 0) {
       const rest = this.hsBuf;
       this.hsBuf = Buffer.alloc(0);
-      this.runner!.onData(rest);
+      this.reader!.chunk(rest);
     }
   }
 
@@ -170,6 +198,7 @@ export class NbdConnection {
     this.phase = 'transmission';
     const writer = new ReplyWriter(this.socket, () => this.runner?.resumeIfPossible());
     this.runner = new RequestRunner(this.socket, this.ctx, writer, this.negotiation.structuredReplies, this);
+    this.reader = new RequestReader(this.ctx, this.runner, this, this.area, this.direct);
     this.log.debug({ structuredReplies: this.negotiation.structuredReplies }, 'nbd transmission started');
   }
 }

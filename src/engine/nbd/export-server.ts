@@ -8,6 +8,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { Code, StorageError, fromNodeError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { BlockDevice } from '../../pool/backend.js';
+import { sharedBufferPool, type BufferPool } from './buffer-pool.js';
+import { sharedByteBudget, type ByteBudget } from './byte-budget.js';
 import { NbdConnection, type ConnectionContext } from './connection.js';
 import { newStats, type ServerStats } from './stats.js';
 
@@ -19,6 +21,20 @@ export interface NbdExportServerOptions {
   readOnly?: boolean;
   /** Shown by NBD_INFO_DESCRIPTION (nbdinfo). */
   description?: string;
+  /**
+   * Bytes of request data held in memory at once (reads until their reply is sent, writes
+   * until the device has them), with back-pressure past it. Default: one budget of 64 MiB
+   * shared by every export in the process (sharedByteBudget()).
+   */
+  budget?: ByteBudget;
+  /** Buffers for reads and large write payloads. Default: one pool shared by the process. */
+  bufferPool?: BufferPool;
+  /**
+   * Receive requests into buffers the server chooses, large write payloads straight into
+   * their own (the default); false reads node's 'data' chunks instead (the fallback path,
+   * kept selectable for tests).
+   */
+  receiveInPlace?: boolean;
 }
 
 export type NbdExportStats = ServerStats & { name: string; sizeBytes: number; readOnly: boolean };
@@ -45,9 +61,12 @@ export class NbdExportServer {
       device: options.device,
       stats: this.stats_,
       log: this.log,
+      budget: options.budget ?? sharedByteBudget(),
+      pool: options.bufferPool ?? sharedBufferPool(),
+      receiveInPlace: options.receiveInPlace ?? true,
       isShuttingDown: () => this.closing !== undefined,
     };
-    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.onConnection(socket));
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.onConnection(socket));
     this.server.on('error', (err) => this.log.error({ err }, 'nbd server error'));
   }
 

@@ -2,13 +2,15 @@
  * Batches a connection's replies: headers and small payloads are copied into an arena, and
  * everything queued during one event-loop turn goes out in a single write (a writev when
  * large payloads ride along). Arena bytes are never rewritten once queued, so a write the
- * kernel has not taken yet stays intact.
+ * kernel has not taken yet stays intact. A reply's data is reported sent (its `sent`
+ * callback) once it is copied into the arena or the socket is done with it, so the caller
+ * can reuse the buffer.
  */
 import type { Socket } from 'node:net';
 import * as C from './codec.js';
 import * as P from './protocol.js';
 
-const ARENA_BYTES = 1 << 20;
+const ARENA_BYTES = 256 << 10;
 /** Payloads up to this size are copied into the arena; larger ones are written as they are. */
 const COPY_MAX_BYTES = 64 << 10;
 
@@ -17,6 +19,8 @@ export class ReplyWriter {
   private pos = 0;
   private flushedTo = 0;
   private readonly out: Buffer[] = [];
+  /** For each entry of `out`, what to call once the socket is done with it. */
+  private readonly outSent: ((() => void) | undefined)[] = [];
   private scheduled = false;
   private readonly flushBound = (): void => {
     this.scheduled = false;
@@ -41,20 +45,23 @@ export class ReplyWriter {
     this.schedule();
   }
 
-  /** A simple reply followed by read data (no structured replies negotiated). */
-  simpleData(cookieHi: number, cookieLo: number, data: Buffer): void {
-    const small = data.length <= COPY_MAX_BYTES;
-    const at = this.reserve(P.SIMPLE_REPLY_BYTES + (small ? data.length : 0));
+  /**
+   * A simple reply followed by read data (no structured replies negotiated): `length`
+   * bytes in `parts`. `sent` runs once the parts may be reused.
+   */
+  simpleData(cookieHi: number, cookieLo: number, parts: readonly Buffer[], length: number, sent: () => void): void {
+    const small = length <= COPY_MAX_BYTES;
+    const at = this.reserve(P.SIMPLE_REPLY_BYTES + (small ? length : 0));
     this.pos = C.writeSimpleReply(this.arena, at, 0, cookieHi, cookieLo);
-    this.appendData(data, small);
+    this.appendData(parts, small, sent);
   }
 
-  /** One final OFFSET_DATA chunk carrying the whole read. */
-  offsetData(cookieHi: number, cookieLo: number, offset: number, data: Buffer): void {
-    const small = data.length <= COPY_MAX_BYTES;
-    const at = this.reserve(28 + (small ? data.length : 0));
-    this.pos = C.writeOffsetDataHeader(this.arena, at, cookieHi, cookieLo, offset, data.length);
-    this.appendData(data, small);
+  /** One final OFFSET_DATA chunk carrying the whole read (`length` bytes in `parts`). */
+  offsetData(cookieHi: number, cookieLo: number, offset: number, parts: readonly Buffer[], length: number, sent: () => void): void {
+    const small = length <= COPY_MAX_BYTES;
+    const at = this.reserve(28 + (small ? length : 0));
+    this.pos = C.writeOffsetDataHeader(this.arena, at, cookieHi, cookieLo, offset, length);
+    this.appendData(parts, small, sent);
   }
 
   /** A final NBD_REPLY_TYPE_NONE chunk (a zero-length read). */
@@ -74,35 +81,45 @@ export class ReplyWriter {
   flush(): void {
     this.takeArena();
     const n = this.out.length;
-    if (n === 0 || this.socket.destroyed || !this.socket.writable) {
+    if (n === 0) return;
+    if (this.socket.destroyed || !this.socket.writable) {
+      for (let i = 0; i < n; i++) this.outSent[i]?.();
       this.out.length = 0;
+      this.outSent.length = 0;
       return;
     }
     let ok: boolean;
     if (n === 1) {
-      ok = this.socket.write(this.out[0]!);
+      ok = this.socket.write(this.out[0]!, this.outSent[0]);
     } else {
       this.socket.cork();
       ok = true;
-      for (let i = 0; i < n; i++) ok = this.socket.write(this.out[i]!) && ok;
+      for (let i = 0; i < n; i++) ok = this.socket.write(this.out[i]!, this.outSent[i]) && ok;
       this.socket.uncork();
     }
     this.out.length = 0;
+    this.outSent.length = 0;
     if (!ok) this.blocked = true;
   }
 
-  private appendData(data: Buffer, small: boolean): void {
+  private appendData(parts: readonly Buffer[], small: boolean, sent: () => void): void {
     if (small) {
-      data.copy(this.arena, this.pos);
-      this.pos += data.length;
-    } else {
-      // A large payload goes out now: the client starts on it while later reads run.
-      this.takeArena();
-      this.out.push(data);
-      this.flush();
+      for (const part of parts) {
+        part.copy(this.arena, this.pos);
+        this.pos += part.length;
+      }
+      sent();
+      this.schedule();
       return;
     }
-    this.schedule();
+    // A large payload goes out now (one writev): the client starts on it while later reads run.
+    this.takeArena();
+    const last = parts.length - 1;
+    for (let i = 0; i <= last; i++) {
+      this.out.push(parts[i]!);
+      this.outSent.push(i === last ? sent : undefined);
+    }
+    this.flush();
   }
 
   private schedule(): void {
@@ -116,6 +133,7 @@ export class ReplyWriter {
   private takeArena(): void {
     if (this.pos > this.flushedTo) {
       this.out.push(this.arena.subarray(this.flushedTo, this.pos));
+      this.outSent.push(undefined);
       this.flushedTo = this.pos;
     }
   }

@@ -1,21 +1,24 @@
 /**
- * The transmission phase of one connection: parses requests out of socket chunks, checks
- * them, runs them on the device concurrently and answers each by cookie. Request objects
- * are pooled with their completion callbacks bound once, so the steady state allocates
- * little more than the device's own promises.
+ * The execution half of a connection's transmission phase: admits requests against the
+ * connection's limits and the daemon's shared byte budget, runs them on the device
+ * concurrently, and answers each by cookie. Request objects are pooled with their
+ * completion callbacks bound once, and read data lands in pooled buffers, so the steady
+ * state allocates little more than the device's own promises.
+ *
+ * A request's bytes are held from admission until its memory is free again: a read's until
+ * its reply has been handed to the socket, a write's until the device has its payload.
  */
 import type { Socket } from 'node:net';
-import * as C from './codec.js';
 import * as P from './protocol.js';
 import type { ConnectionContext } from './connection.js';
 import { nbdErrno } from './errno-map.js';
 import type { ReplyWriter } from './reply-writer.js';
+import type { RequestHeader } from './codec.js';
 
-/** Back-pressure: stop reading from the client past these. */
+/** A connection stops reading past this many requests in flight... */
 const MAX_INFLIGHT_REQUESTS = 512;
-const MAX_INFLIGHT_BYTES = 128 << 20;
-/** A rejected write's payload is skipped up to this size; beyond it the client is cut off. */
-const MAX_SKIP_BYTES = 256 << 20;
+/** ...or past this many bytes (unless it holds none), whatever the shared budget has left. */
+const MAX_CONNECTION_BYTES = P.BLOCK_SIZE_MAX;
 
 /** What the runner needs from its connection. */
 export interface ConnectionHost {
@@ -25,257 +28,81 @@ export interface ConnectionHost {
   end(): void;
 }
 
-class Req {
+export type StopReason = 'disc' | 'shutdown' | 'eof';
+
+export class Req {
   type = 0;
   flags = 0;
   cookieHi = 0;
   cookieLo = 0;
   offset = 0;
   length = 0;
-  /** Bytes this request holds against the connection's budget. */
+  /** Budget bytes this request holds. */
   heldBytes = 0;
+  /** Pooled memory for read data or the tail of a write payload, given back when done... */
+  readonly owned: Buffer[] = [];
+  /** ...and the views of it that hold exactly the data. */
+  readonly views: Buffer[] = [];
+  /** Read data from a device without readInto(). */
+  data: Buffer | undefined = undefined;
   readonly onOk: () => void;
-  readonly onRead: (data: Buffer) => void;
+  readonly onRead: () => void;
+  readonly onReadData: (data: Buffer) => void;
   readonly onErr: (err: unknown) => void;
+  readonly onSent: () => void;
 
   constructor(runner: RequestRunner) {
     this.onOk = () => runner.completeOk(this);
-    this.onRead = (data) => runner.completeRead(this, data);
+    this.onRead = () => runner.completeRead(this);
+    this.onReadData = (data) => {
+      this.data = data;
+      runner.completeRead(this);
+    };
     this.onErr = (err) => runner.completeErr(this, err);
+    this.onSent = () => runner.finish(this);
   }
 }
 
 export class RequestRunner {
-  private readonly hdr = Buffer.allocUnsafe(P.REQUEST_HEADER_BYTES);
-  private hdrHave = 0;
-  private readonly cur = C.newRequestHeader();
-  private payload: Buffer | undefined;
-  private payloadHave = 0;
-  private payloadReq: Req | undefined;
-  private skip = 0;
-  private inflight = 0;
-  private inflightBytes = 0;
-  private paused = false;
-  private stopping: 'disc' | 'shutdown' | 'eof' | undefined;
+  stopping: StopReason | undefined;
   private closed = false;
+  private inflight = 0;
+  private heldBytes = 0;
+  private paused = false;
+  private stalled = false;
+  private admitWaiter: { bytes: number; ready: () => void } | undefined;
+  private cancelBudgetWait: (() => void) | undefined;
   private readonly pool: Req[] = [];
-  private readonly sizeBytes: number;
-  private readonly readOnly: boolean;
 
   constructor(
     private readonly socket: Socket,
     private readonly ctx: ConnectionContext,
     private readonly writer: ReplyWriter,
-    private readonly structured: boolean,
-    private readonly violations: ConnectionHost,
-  ) {
-    this.sizeBytes = ctx.exp.sizeBytes;
-    this.readOnly = ctx.exp.readOnly;
+    readonly structured: boolean,
+    private readonly host: ConnectionHost,
+  ) {}
+
+  /** Takes what a request of `bytes` needs, if it may start now. */
+  tryAdmit(bytes: number): boolean {
+    if (!this.localRoom(bytes)) return false;
+    if (bytes > 0 && !this.ctx.budget.tryTake(bytes)) return false;
+    this.heldBytes += bytes;
+    return true;
   }
 
-  onData(chunk: Buffer): void {
-    const n = chunk.length;
-    let at = 0;
-    while (at < n && this.stopping === undefined) {
-      if (this.skip > 0) {
-        const k = Math.min(this.skip, n - at);
-        this.skip -= k;
-        at += k;
-      } else if (this.payload) {
-        at = this.fillPayload(chunk, at);
-      } else {
-        let hbuf = chunk;
-        let hat = at;
-        if (this.hdrHave > 0 || n - at < P.REQUEST_HEADER_BYTES) {
-          const k = Math.min(P.REQUEST_HEADER_BYTES - this.hdrHave, n - at);
-          chunk.copy(this.hdr, this.hdrHave, at, at + k);
-          this.hdrHave += k;
-          at += k;
-          if (this.hdrHave < P.REQUEST_HEADER_BYTES) break;
-          this.hdrHave = 0;
-          hbuf = this.hdr;
-          hat = 0;
-        } else {
-          at += P.REQUEST_HEADER_BYTES;
-        }
-        if (!C.readRequestHeader(hbuf, hat, this.cur)) {
-          this.violations.abort('bad request magic', { magic: hbuf.readUInt32BE(hat) });
-          return;
-        }
-        at = this.onRequest(chunk, at);
-      }
-    }
-    this.applyBackPressure();
+  /**
+   * Stops reading the socket until a request of `bytes` can be admitted; then takes the
+   * bytes and calls `ready`. One waiter at a time (the reader stalls on it).
+   */
+  waitAdmit(bytes: number, ready: () => void): void {
+    this.admitWaiter = { bytes, ready };
+    this.stalled = true;
+    this.pauseReading();
+    this.retryAdmit();
   }
 
-  /** The client closed its side. */
-  onEnd(): void {
-    if (this.stopping === undefined && (this.hdrHave > 0 || this.payload !== undefined || this.skip > 0)) {
-      this.violations.warn('disconnected mid-request', { pendingHeaderBytes: this.hdrHave, payloadBytes: this.payloadHave });
-    }
-    this.dropPayload();
-    this.stop('eof');
-  }
-
-  onClose(): void {
-    this.closed = true;
-    this.dropPayload();
-  }
-
-  /** Stops taking requests; ends the socket once those in flight are answered. */
-  stop(reason: 'disc' | 'shutdown' | 'eof'): void {
-    if (this.stopping === undefined) this.stopping = reason;
-    if (reason === 'shutdown') this.socket.pause();
-    if (this.inflight === 0) this.finish();
-  }
-
-  resumeIfPossible(): void {
-    if (this.paused && this.stopping === undefined && !this.writer.blocked && this.inflight < MAX_INFLIGHT_REQUESTS && this.inflightBytes < MAX_INFLIGHT_BYTES) {
-      this.paused = false;
-      this.socket.resume();
-    }
-  }
-
-  completeOk(req: Req): void {
-    if (!this.closed) this.writer.simple(0, req.cookieHi, req.cookieLo);
-    this.release(req);
-  }
-
-  completeRead(req: Req, data: Buffer): void {
-    if (!this.closed) {
-      if (this.structured) this.writer.offsetData(req.cookieHi, req.cookieLo, req.offset, data);
-      else this.writer.simpleData(req.cookieHi, req.cookieLo, data);
-    }
-    this.ctx.stats.bytesRead += req.length;
-    this.release(req);
-  }
-
-  completeErr(req: Req, err: unknown): void {
-    const errno = nbdErrno(err);
-    this.ctx.stats.ioErrors++;
-    if (this.ctx.stats.ioErrors === 1 || this.ctx.stats.ioErrors % 1000 === 0) {
-      this.ctx.log.warn({ err, errno, type: req.type, offset: req.offset, length: req.length, ioErrors: this.ctx.stats.ioErrors }, 'nbd request failed');
-    }
-    this.replyError(req.type, req.cookieHi, req.cookieLo, errno, 'I/O error');
-    this.release(req);
-  }
-
-  private finish(): void {
-    this.writer.flush();
-    this.violations.end();
-  }
-
-  private applyBackPressure(): void {
-    if (!this.paused && (this.writer.blocked || this.inflight >= MAX_INFLIGHT_REQUESTS || this.inflightBytes >= MAX_INFLIGHT_BYTES)) {
-      this.paused = true;
-      this.socket.pause();
-    }
-  }
-
-  private replyError(type: number, cookieHi: number, cookieLo: number, errno: number, message: string): void {
-    this.ctx.stats.errorReplies++;
-    if (this.closed) return;
-    if (this.structured && type === P.NBD_CMD_READ) this.writer.structuredError(cookieHi, cookieLo, errno, message);
-    else this.writer.simple(errno, cookieHi, cookieLo);
-  }
-
-  /** Handles the header in `this.cur`; returns where parsing continues in `chunk`. */
-  private onRequest(chunk: Buffer, at: number): number {
-    const h = this.cur;
-    this.ctx.stats.requests++;
-    if (h.type === P.NBD_CMD_DISC) {
-      this.stop('disc');
-      return chunk.length;
-    }
-    const errno = this.check(h);
-    if (h.type === P.NBD_CMD_WRITE) {
-      if (h.length > MAX_SKIP_BYTES) {
-        this.violations.abort('write payload too large', { length: h.length });
-        return chunk.length;
-      }
-      if (errno !== 0) {
-        this.replyError(h.type, h.cookieHi, h.cookieLo, errno, 'write rejected');
-        this.skip = h.length;
-        return at;
-      }
-      return this.startWrite(chunk, at);
-    }
-    if (errno !== 0) {
-      this.replyError(h.type, h.cookieHi, h.cookieLo, errno, errno === P.NBD_EINVAL ? 'invalid request' : 'request rejected');
-      return at;
-    }
-    this.run(this.take(0), undefined);
-    return at;
-  }
-
-  /** 0 when the request may run, else the NBD error to answer with. */
-  private check(h: C.RequestHeader): number {
-    const end = h.offset + h.length;
-    switch (h.type) {
-      case P.NBD_CMD_READ:
-        if ((h.flags & ~(P.NBD_CMD_FLAG_FUA | (this.structured ? P.NBD_CMD_FLAG_DF : 0))) !== 0) return P.NBD_EINVAL;
-        if (h.length > P.BLOCK_SIZE_MAX || end > this.sizeBytes) return P.NBD_EINVAL;
-        return 0;
-      case P.NBD_CMD_WRITE:
-        if ((h.flags & ~P.NBD_CMD_FLAG_FUA) !== 0 || h.length > P.BLOCK_SIZE_MAX) return P.NBD_EINVAL;
-        if (this.readOnly) return P.NBD_EPERM;
-        return end > this.sizeBytes ? P.NBD_ENOSPC : 0;
-      case P.NBD_CMD_FLUSH:
-        return (h.flags & ~P.NBD_CMD_FLAG_FUA) !== 0 ? P.NBD_EINVAL : 0;
-      case P.NBD_CMD_TRIM:
-        if ((h.flags & ~P.NBD_CMD_FLAG_FUA) !== 0) return P.NBD_EINVAL;
-        if (this.readOnly) return P.NBD_EPERM;
-        return end > this.sizeBytes ? P.NBD_EINVAL : 0;
-      case P.NBD_CMD_WRITE_ZEROES:
-        if ((h.flags & ~(P.NBD_CMD_FLAG_FUA | P.NBD_CMD_FLAG_NO_HOLE)) !== 0) return P.NBD_EINVAL;
-        if (this.readOnly) return P.NBD_EPERM;
-        return end > this.sizeBytes ? P.NBD_ENOSPC : 0;
-      default:
-        return P.NBD_EINVAL;
-    }
-  }
-
-  private startWrite(chunk: Buffer, at: number): number {
-    const len = this.cur.length;
-    const req = this.take(len);
-    if (chunk.length - at >= len) {
-      this.run(req, chunk.subarray(at, at + len));
-      return at + len;
-    }
-    this.payload = Buffer.allocUnsafe(len);
-    this.payloadHave = chunk.copy(this.payload, 0, at);
-    this.payloadReq = req;
-    return chunk.length;
-  }
-
-  private fillPayload(chunk: Buffer, at: number): number {
-    const payload = this.payload!;
-    const k = Math.min(payload.length - this.payloadHave, chunk.length - at);
-    chunk.copy(payload, this.payloadHave, at, at + k);
-    this.payloadHave += k;
-    if (this.payloadHave === payload.length) {
-      const req = this.payloadReq!;
-      this.payload = undefined;
-      this.payloadReq = undefined;
-      this.payloadHave = 0;
-      this.run(req, payload);
-    }
-    return at + k;
-  }
-
-  private dropPayload(): void {
-    if (this.payloadReq) {
-      const req = this.payloadReq;
-      this.payload = undefined;
-      this.payloadReq = undefined;
-      this.payloadHave = 0;
-      this.release(req);
-    }
-  }
-
-  /** A pooled request filled from `this.cur`, counted as in flight. */
-  private take(heldBytes: number): Req {
-    const h = this.cur;
+  /** A pooled request for header `h`, counted as in flight; `heldBytes` were admitted for it. */
+  take(h: RequestHeader, heldBytes: number): Req {
     const req = this.pool.pop() ?? new Req(this);
     req.type = h.type;
     req.flags = h.flags;
@@ -283,21 +110,54 @@ export class RequestRunner {
     req.cookieLo = h.cookieLo;
     req.offset = h.offset;
     req.length = h.length;
-    req.heldBytes = heldBytes + (h.type === P.NBD_CMD_READ ? h.length : 0);
+    req.heldBytes = heldBytes;
     this.inflight++;
-    this.inflightBytes += req.heldBytes;
     return req;
   }
 
-  private release(req: Req): void {
-    this.inflight--;
-    this.inflightBytes -= req.heldBytes;
-    this.pool.push(req);
-    if (this.paused) this.resumeIfPossible();
-    if (this.stopping !== undefined && this.inflight === 0) this.finish();
+  /** Gives back bytes admitted for a request that will not run (its connection broke off). */
+  unadmit(bytes: number): void {
+    this.giveBytes(bytes);
   }
 
-  private run(req: Req, data: Buffer | undefined): void {
+  /** Stops taking requests; ends the socket once those in flight are answered. */
+  stop(reason: StopReason): void {
+    if (this.stopping === undefined) this.stopping = reason;
+    if (reason === 'shutdown') this.socket.pause();
+    if (this.inflight === 0) this.end();
+  }
+
+  /** The socket closed: every byte this connection holds goes back to the shared budget. */
+  onClose(): void {
+    this.closed = true;
+    this.cancelBudgetWait?.();
+    this.cancelBudgetWait = undefined;
+    this.admitWaiter = undefined;
+    this.ctx.budget.give(this.heldBytes);
+    this.heldBytes = 0;
+  }
+
+  /** Stops reading while the socket's write buffer is full. */
+  applyBackPressure(): void {
+    if (this.writer.blocked) this.pauseReading();
+  }
+
+  resumeIfPossible(): void {
+    if (this.paused && !this.stalled && this.stopping === undefined && !this.writer.blocked && !this.closed) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  replyError(type: number, cookieHi: number, cookieLo: number, errno: number, message: string): void {
+    this.ctx.stats.errorReplies++;
+    if (this.closed) return;
+    if (this.structured && type === P.NBD_CMD_READ) this.writer.structuredError(cookieHi, cookieLo, errno, message);
+    else this.writer.simple(errno, cookieHi, cookieLo);
+  }
+
+  /** Runs an admitted request; a write's payload is one buffer or its parts in order. */
+  run(req: Req, payload: Buffer | Buffer[] | undefined): void {
     const dev = this.ctx.device;
     const stats = this.ctx.stats;
     const fua = (req.flags & P.NBD_CMD_FLAG_FUA) !== 0;
@@ -306,12 +166,17 @@ export class RequestRunner {
         case P.NBD_CMD_READ:
           stats.readRequests++;
           if (req.length === 0) return this.emptyRead(req);
-          dev.read(req.offset, req.length).then(req.onRead, req.onErr);
+          if (dev.readInto) {
+            this.ctx.pool.take(req.length, req.views, req.owned);
+            dev.readInto(req.offset, req.views).then(req.onRead, req.onErr);
+          } else {
+            dev.read(req.offset, req.length).then(req.onReadData, req.onErr);
+          }
           return;
         case P.NBD_CMD_WRITE:
           stats.writeRequests++;
           stats.bytesWritten += req.length;
-          dev.write(req.offset, data!, fua).then(req.onOk, req.onErr);
+          this.write(req, payload!, fua).then(req.onOk, req.onErr);
           return;
         case P.NBD_CMD_FLUSH:
           stats.flushRequests++;
@@ -334,12 +199,107 @@ export class RequestRunner {
     }
   }
 
+  completeOk(req: Req): void {
+    if (!this.closed) this.writer.simple(0, req.cookieHi, req.cookieLo);
+    this.finish(req);
+  }
+
+  completeRead(req: Req): void {
+    this.ctx.stats.bytesRead += req.length;
+    if (this.closed) return this.finish(req);
+    if (req.data) req.views.push(req.data);
+    if (this.structured) this.writer.offsetData(req.cookieHi, req.cookieLo, req.offset, req.views, req.length, req.onSent);
+    else this.writer.simpleData(req.cookieHi, req.cookieLo, req.views, req.length, req.onSent);
+  }
+
+  completeErr(req: Req, err: unknown): void {
+    const errno = nbdErrno(err);
+    const stats = this.ctx.stats;
+    stats.ioErrors++;
+    if (stats.ioErrors === 1 || stats.ioErrors % 1000 === 0) {
+      this.ctx.log.warn({ err, errno, type: req.type, offset: req.offset, length: req.length, ioErrors: stats.ioErrors }, 'nbd request failed');
+    }
+    this.replyError(req.type, req.cookieHi, req.cookieLo, errno, 'I/O error');
+    this.finish(req);
+  }
+
+  /** The request is answered and its memory free: give back its buffer and bytes. */
+  finish(req: Req): void {
+    if (req.owned.length > 0) this.ctx.pool.give(req.owned);
+    req.views.length = 0;
+    req.data = undefined;
+    this.inflight--;
+    this.giveBytes(req.heldBytes);
+    this.pool.push(req);
+    if (this.admitWaiter) this.retryAdmit();
+    if (this.paused) this.resumeIfPossible();
+    if (this.stopping !== undefined && this.inflight === 0) this.end();
+  }
+
+  private localRoom(bytes: number): boolean {
+    if (this.inflight >= MAX_INFLIGHT_REQUESTS) return false;
+    return bytes === 0 || this.heldBytes === 0 || this.heldBytes + bytes <= MAX_CONNECTION_BYTES;
+  }
+
+  private retryAdmit(): void {
+    const w = this.admitWaiter;
+    if (!w || this.cancelBudgetWait || !this.localRoom(w.bytes)) return;
+    const granted = (): void => {
+      this.cancelBudgetWait = undefined;
+      this.admitWaiter = undefined;
+      if (this.closed) {
+        this.ctx.budget.give(w.bytes);
+        return;
+      }
+      this.heldBytes += w.bytes;
+      this.stalled = false;
+      w.ready();
+      this.resumeIfPossible();
+    };
+    if (w.bytes === 0) {
+      queueMicrotask(granted);
+      this.cancelBudgetWait = () => undefined;
+    } else {
+      this.cancelBudgetWait = this.ctx.budget.wait(w.bytes, granted);
+    }
+  }
+
+  private giveBytes(bytes: number): void {
+    if (this.closed || bytes === 0) return;
+    this.heldBytes -= bytes;
+    this.ctx.budget.give(bytes);
+  }
+
+  private pauseReading(): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  /** Every request is answered: end our side, and read on (discarding) to see the client's end. */
+  private end(): void {
+    this.writer.flush();
+    this.paused = false;
+    this.socket.resume();
+    this.host.end();
+  }
+
+  /** A payload in one piece is written as is; one in parts with writev when the device has it. */
+  private write(req: Req, payload: Buffer | Buffer[], fua: boolean): Promise<void> {
+    const dev = this.ctx.device;
+    if (!Array.isArray(payload)) return dev.write(req.offset, payload, fua);
+    if (payload.length === 1) return dev.write(req.offset, payload[0]!, fua);
+    if (dev.writev) return dev.writev(req.offset, payload, fua);
+    return dev.write(req.offset, Buffer.concat(payload, req.length), fua);
+  }
+
   private emptyRead(req: Req): void {
     if (!this.closed) {
       if (this.structured) this.writer.structuredDone(req.cookieHi, req.cookieLo);
       else this.writer.simple(0, req.cookieHi, req.cookieLo);
     }
-    this.release(req);
+    this.finish(req);
   }
 
   private thenFlushIf(fua: boolean, done: Promise<void>): Promise<void> {
