@@ -11,7 +11,12 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# A fresh /tmp, unless the checkout (and with it the share) lives under /tmp: a tmpfs there
+# would hide it. The overlay root is writable anyway (its upper layer is a tmpfs).
+case "$share" in
+  /tmp/*) ;;
+  *) mount -t tmpfs -o mode=1777 tmpfs /tmp ;;
+esac
 mount -t tmpfs tmpfs /run
 . "$share/env.sh"
 finish() {
