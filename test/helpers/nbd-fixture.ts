@@ -35,6 +35,8 @@ export interface ExportFixtureOptions {
   budget?: ByteBudget;
   /** false: receive through node's 'data' chunks (the fallback path). */
   receiveInPlace?: boolean;
+  /** Disconnect a client whose replies wait unread this long (default: the server's). */
+  replyStallTimeoutMs?: number;
 }
 
 export async function startExport(dir: string, name: string, sizeBytes: number, opts: ExportFixtureOptions = {}): Promise<NbdExportFixture> {
@@ -45,6 +47,7 @@ export async function startExport(dir: string, name: string, sizeBytes: number, 
   const device = await openFileDevice(file, name as DeviceId, sizeBytes, log);
   const server = new NbdExportServer({
     name, device, log, readOnly: opts.readOnly ?? false, budget: opts.budget, receiveInPlace: opts.receiveInPlace,
+    replyStallTimeoutMs: opts.replyStallTimeoutMs,
   });
   const socketPath = join(dir, `${name}.sock`);
   await server.listen(socketPath);

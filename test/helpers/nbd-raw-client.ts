@@ -60,6 +60,11 @@ export class RawNbdClient {
     });
   }
 
+  /** Stops taking bytes from the socket: the server's replies pile up unread. */
+  stopReading(): void {
+    this.socket.pause();
+  }
+
   get isClosed(): boolean {
     return this.closedFlag;
   }

@@ -296,3 +296,36 @@ test.serial('close() answers in-flight requests, flushes and ends connections', 
   await fx.device.close();
   t.true((await readFile(fx.file)).subarray(0, 65536).equals(data));
 });
+
+test.serial('a client that stops reading its replies is cut off, its budget comes back, and other exports carry on', async (t) => {
+  const budget = new ByteBudget(40 * MiB);
+  const { log, warnings } = recordingLogger();
+  const stalled = await startExport(t.context.dir, 'vol-stall', 64 * MiB, { budget, log, replyStallTimeoutMs: 300 });
+  const other = await startExport(t.context.dir, 'vol-other', 64 * MiB, { budget });
+  const c = await RawNbdClient.connect(stalled.socketPath);
+  const o = await RawNbdClient.connect(other.socketPath);
+  try {
+    await c.negotiate('', true);
+    c.stopReading();
+    // 32 MiB of reads whose replies the client never takes: they hold most of the budget.
+    for (let i = 0; i < 8; i++) c.request({ type: P.NBD_CMD_READ, cookie: BigInt(i), offset: i * 4 * MiB, length: 4 * MiB });
+    t.true(await eventually(() => warnings.length > 0 && stalled.server.stats().connections === 0), 'the server disconnected the client that stopped reading');
+    t.true(await eventually(() => budget.usedBytes === 0), 'its bytes went back to the shared budget');
+    t.true(warnings.some((w) => w.reason === 'client stopped reading its replies'), 'one warning says why');
+
+    // A full-size request on another export now gets the budget it needs.
+    await o.negotiate('', true);
+    const data = randomBytes(32 * MiB);
+    o.request({ type: P.NBD_CMD_WRITE, cookie: 1n, offset: 0, data });
+    t.like(await o.readReply(), { error: 0, cookie: 1n });
+    o.request({ type: P.NBD_CMD_READ, cookie: 2n, offset: 0, length: 32 * MiB });
+    const r = await o.readReply();
+    t.is(r.error, 0);
+    t.true(r.data.equals(data), 'the other export\'s bytes read back');
+  } finally {
+    c.destroy();
+    o.destroy();
+    await stalled.close();
+    await other.close();
+  }
+});

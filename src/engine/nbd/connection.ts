@@ -35,6 +35,8 @@ export interface ConnectionContext {
   pool: BufferPool;
   /** Receive into buffers of our choosing (socket-reader.ts); false: node's 'data' chunks. */
   receiveInPlace: boolean;
+  /** A client that takes none of its waiting replies for this long is disconnected. */
+  replyStallTimeoutMs: number;
   isShuttingDown(): boolean;
 }
 
@@ -196,7 +198,8 @@ export class NbdConnection implements ReadSink {
 
   private enterTransmission(): void {
     this.phase = 'transmission';
-    const writer = new ReplyWriter(this.socket, () => this.runner?.resumeIfPossible());
+    const writer = new ReplyWriter(this.socket, () => this.runner?.resumeIfPossible(), this.ctx.replyStallTimeoutMs,
+      () => this.abort('client stopped reading its replies', { replyStallTimeoutMs: this.ctx.replyStallTimeoutMs }));
     this.runner = new RequestRunner(this.socket, this.ctx, writer, this.negotiation.structuredReplies, this);
     this.reader = new RequestReader(this.ctx, this.runner, this, this.area, this.direct);
     this.log.debug({ structuredReplies: this.negotiation.structuredReplies }, 'nbd transmission started');

@@ -23,7 +23,7 @@ export interface NbdExportServerOptions {
   description?: string;
   /**
    * Bytes of request data held in memory at once (reads until their reply is sent, writes
-   * until the device has them), with back-pressure past it. Default: one budget of 64 MiB
+   * until the device has them), with back-pressure past it. Default: one budget of 48 MiB
    * shared by every export in the process (sharedByteBudget()).
    */
   budget?: ByteBudget;
@@ -35,7 +35,15 @@ export interface NbdExportServerOptions {
    * kept selectable for tests).
    */
   receiveInPlace?: boolean;
+  /**
+   * A client whose replies wait unread for this long is disconnected, so that it cannot
+   * hold the shared byte budget from every other export. Default 60 s: longer than the
+   * kernel nbd driver's own 30 s request timeout.
+   */
+  replyStallTimeoutMs?: number;
 }
+
+export const DEFAULT_REPLY_STALL_TIMEOUT_MS = 60_000;
 
 export type NbdExportStats = ServerStats & { name: string; sizeBytes: number; readOnly: boolean };
 
@@ -64,6 +72,7 @@ export class NbdExportServer {
       budget: options.budget ?? sharedByteBudget(),
       pool: options.bufferPool ?? sharedBufferPool(),
       receiveInPlace: options.receiveInPlace ?? true,
+      replyStallTimeoutMs: options.replyStallTimeoutMs ?? DEFAULT_REPLY_STALL_TIMEOUT_MS,
       isShuttingDown: () => this.closing !== undefined,
     };
     this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.onConnection(socket));

@@ -28,15 +28,31 @@ export class ReplyWriter {
   };
   /** The socket's buffer is over its high-water mark: stop reading requests until 'drain'. */
   blocked = false;
+  private stallTimer: NodeJS.Timeout | undefined;
 
+  /**
+   * `onStall` runs when the client has not taken any of its replies for `stallTimeoutMs`
+   * while they wait: such a client pins the daemon's shared byte budget, so the caller
+   * disconnects it.
+   */
   constructor(
     private readonly socket: Socket,
     private readonly onDrain: () => void,
+    private readonly stallTimeoutMs: number,
+    private readonly onStall: () => void,
   ) {
     socket.on('drain', () => {
       this.blocked = false;
+      this.clearStallTimer();
       this.onDrain();
     });
+    socket.once('close', () => this.clearStallTimer());
+  }
+
+  private clearStallTimer(): void {
+    if (this.stallTimer === undefined) return;
+    clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
   }
 
   simple(error: number, cookieHi: number, cookieLo: number): void {
@@ -99,7 +115,16 @@ export class ReplyWriter {
     }
     this.out.length = 0;
     this.outSent.length = 0;
-    if (!ok) this.blocked = true;
+    if (!ok) {
+      this.blocked = true;
+      if (this.stallTimer === undefined && !this.socket.destroyed) {
+        this.stallTimer = setTimeout(() => {
+          this.stallTimer = undefined;
+          if (this.blocked) this.onStall();
+        }, this.stallTimeoutMs);
+        this.stallTimer.unref();
+      }
+    }
   }
 
   private appendData(parts: readonly Buffer[], small: boolean, sent: () => void): void {
