@@ -7,10 +7,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient } from '../../src/cli/api-client.js';
+import { freePort } from '../../test/helpers/daemon.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -33,16 +33,6 @@ export function checkBuild(): void {
   if (stale.length > 0) console.warn(`warning: ${stale.length} file(s) under src/ changed since the last build (e.g. ${stale[0]}): run npm run build`);
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export interface BenchVolume {
   pid: number;

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { Code, StorageError, fromNodeError } from '../common/errors.js';
 import type { DeviceId } from '../common/ids.js';
 import type { DiskExtent } from './dm-layout.js';
+import { syncDirectory } from '../common/fs-sync.js';
 
 export const STATE_FILE = 'dm-pool.json';
 const STATE_VERSION = 1;
@@ -83,15 +84,6 @@ export async function loadPoolState(dir: string): Promise<DmPoolState | undefine
   return checkState(path, parsed);
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /** Writes the state atomically: temp file, fsync, rename over the old one, fsync the directory. */
 export async function savePoolState(dir: string, state: DmPoolState): Promise<void> {
   const path = join(dir, STATE_FILE);
@@ -106,7 +98,7 @@ export async function savePoolState(dir: string, state: DmPoolState): Promise<vo
       await fh.close();
     }
     await rename(temp, path);
-    await syncDir(dir);
+    await syncDirectory(dir);
   } catch (err) {
     await unlink(temp).catch(() => undefined);
     throw fromNodeError(err, 'write dm pool state', { path });

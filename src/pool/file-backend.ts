@@ -30,6 +30,7 @@ import type { Logger } from '../common/log.js';
 import type { BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo } from './backend.js';
 import { openFileDevice } from './file-device.js';
 import { cloneOrCopy } from './file-copy.js';
+import { syncDirectory } from '../common/fs-sync.js';
 
 export interface FileBackendOptions {
   /** The pool directory; created if missing. */
@@ -53,15 +54,6 @@ function isMissing(err: unknown): boolean {
 function checkSize(sizeBytes: number): void {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % SECTOR_BYTES !== 0) {
     throw new StorageError(Code.INVALID_ARGUMENT, 'device size must be a positive multiple of 512 bytes', { details: { sizeBytes } });
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 
@@ -112,7 +104,7 @@ export class FileBackend implements PoolBackend {
         this.log.warn({ pool: this.dir, file: name }, 'stale temp file removed');
         removed++;
       }
-      if (removed > 0) await syncDir(this.devicesDir);
+      if (removed > 0) await syncDirectory(this.devicesDir);
     } catch (err) {
       throw fromNodeError(err, 'open file pool', { pool: this.dir });
     }
@@ -165,7 +157,7 @@ export class FileBackend implements PoolBackend {
         if (isMissing(err)) return;
         throw fromNodeError(err, 'delete device', { device: id });
       }
-      await syncDir(this.devicesDir).catch((err: unknown) => {
+      await syncDirectory(this.devicesDir).catch((err: unknown) => {
         throw fromNodeError(err, 'sync pool directory', { device: id });
       });
       this.log.info({ device: id }, 'device deleted');
@@ -335,7 +327,7 @@ export class FileBackend implements PoolBackend {
         await fh.close();
       }
       await rename(temp, this.pathOf(id));
-      await syncDir(this.devicesDir);
+      await syncDirectory(this.devicesDir);
     } catch (err) {
       await unlink(temp).catch(() => undefined);
       throw fromNodeError(err, 'make device file', { device: id });

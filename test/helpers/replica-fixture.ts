@@ -2,6 +2,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { isStorageError, type Code } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
 import { FileBackend } from '../../src/pool/file-backend.js';
 import type { IoRequest, IoResult, ReplicaLimits } from '../../src/replica/io-types.js';
@@ -82,4 +83,14 @@ export async function startReplicaNode(tls: PeerTlsConfig, limits?: Partial<Repl
       await fx.cleanup();
     },
   };
+}
+
+/** The StorageError code a call ends with, 'resolved' if it succeeds, or what else it threw. */
+export async function codeOf(p: Promise<unknown>): Promise<Code | string> {
+  try {
+    await p;
+    return 'resolved';
+  } catch (err) {
+    return isStorageError(err) ? err.code : `not a StorageError: ${String(err)}`;
+  }
 }

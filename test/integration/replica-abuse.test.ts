@@ -6,12 +6,12 @@
 import anyTest, { type TestFn } from 'ava';
 import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
-import { Code, isStorageError } from '../../src/common/errors.js';
+import { Code } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
 import { connect } from '../../src/replica/replica-client.js';
 import { replicaServiceConstructor } from '../../src/replica/replica-wire.js';
 import type { PeerTlsFiles } from '../../src/rpc/tls.js';
-import { filled, startReplicaNode, type ReplicaNode } from '../helpers/replica-fixture.js';
+import { codeOf, filled, startReplicaNode, type ReplicaNode } from '../helpers/replica-fixture.js';
 import { rawIo } from '../helpers/replica-raw.js';
 import { makeTestPki, type TestPki } from '../helpers/tls.js';
 
@@ -32,14 +32,6 @@ test.after.always(async (t) => {
   t.context.pki?.cleanup();
 });
 
-async function codeOf(p: Promise<unknown>): Promise<Code | string> {
-  try {
-    await p;
-    return 'resolved';
-  } catch (err) {
-    return isStorageError(err) ? err.code : `not a StorageError: ${String(err)}`;
-  }
-}
 
 test('bad input gets exact refusals while a good stream keeps working', async (t) => {
   const c = connect(t.context.node.address, t.context.clientTls, { log, deadlineMs: 10_000 });

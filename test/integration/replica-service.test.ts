@@ -4,12 +4,12 @@
  * keeps working.
  */
 import anyTest, { type TestFn } from 'ava';
-import { Code, StorageError, isStorageError } from '../../src/common/errors.js';
+import { Code, StorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
 import { connect, type ReplicaClient } from '../../src/replica/replica-client.js';
 import type { ChecksumRangeResult } from '../../src/replica/replica-manager.js';
 import { makeTestPki, type TestPki } from '../helpers/tls.js';
-import { filled, startReplicaNode, type ReplicaNode } from '../helpers/replica-fixture.js';
+import { codeOf, filled, startReplicaNode, type ReplicaNode } from '../helpers/replica-fixture.js';
 import type { PeerTlsConfig } from '../../src/rpc/tls.js';
 
 const test = anyTest as TestFn<{ pki: TestPki; serverTls: PeerTlsConfig; clientTls: PeerTlsConfig }>;
@@ -34,14 +34,6 @@ function client(t: { context: { clientTls: PeerTlsConfig }; teardown: (fn: () =>
   return c;
 }
 
-async function codeOf(p: Promise<unknown>): Promise<Code | string> {
-  try {
-    await p;
-    return 'resolved';
-  } catch (err) {
-    return isStorageError(err) ? err.code : `not a StorageError: ${String(err)}`;
-  }
-}
 
 test('control calls and I/O round trip: bytes written are read back, flush and FUA succeed', async (t) => {
   const n = await node(t);
