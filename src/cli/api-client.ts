@@ -9,13 +9,45 @@ export interface NodeStatusMessage {
   nodeName: string; version: string; uptimeSeconds: number; pool: PoolStatusMessage;
   volumeCount: number; exportedCount: number; nbdConnectionCount: number;
 }
-export interface ReplicaMessage { id: string; nodeName: string; deviceId: string; state: string; allocatedBytes: number }
+export interface RebuildProgressMessage { doneBytes: number; totalBytes: number; bytesPerSecond: number }
+export interface ReplicaMessage {
+  id: string; nodeName: string; deviceId: string; state: string; allocatedBytes: number;
+  /** ISO 8601; empty from a daemon that does not report it. */
+  since: string;
+  /** Empty while in sync. */
+  reason: string;
+  /** null unless rebuilding. */
+  rebuild: RebuildProgressMessage | null;
+  dirtyBytes: number;
+}
 export interface AttachmentMessage { devicePath: string; method: string; uri: string }
 export interface ExportMessage { uri: string; socketPath: string; connectionCount: number }
 export interface VolumeMessage {
   id: string; name: string; sizeBytes: number; allocatedBytes: number; state: string; health: string;
   epoch: number; createdAt: string; replicas: ReplicaMessage[]; export: ExportMessage | null;
+  replicasWanted: number;
+  /** Empty when no node runs the volume's engine. */
+  engineNode: string;
 }
+export interface ClusterStatusMessage {
+  cluster: string; store: string; nodeName: string;
+  /** Empty when no node leads the repair loop. */
+  repairLeader: string;
+  nodes: { total: number; up: number };
+  volumes: { total: number; healthy: number; degraded: number; faulted: number };
+}
+export interface NodeMessage {
+  name: string; nodeId: string; peerAddress: string; zone: string; labels: Record<string, string>; up: boolean;
+  totalBytes: number; freeBytes: number; version: string; heartbeatAt: string;
+}
+export interface VerifyMismatchMessage { offset: number; lengthBytes: number; replicas: string[] }
+export interface VerifyMessage { volume: string; replicas: string[]; regionBytes: number; regionsCompared: number; mismatches: VerifyMismatchMessage[] }
+export interface CreateVolumeOptions {
+  /** 0 or undefined: the cluster default. */
+  replicas?: number;
+  preferredNode?: string;
+}
+export interface ExportOptions { takeover?: boolean; force?: boolean }
 
 type UnaryMethod<Res> = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: Res) => void) => void;
 
@@ -41,14 +73,21 @@ export class ApiClient {
   }
 
   status(): Promise<NodeStatusMessage> { return this.call('GetStatus', {}); }
-  createVolume(name: string, sizeBytes: number): Promise<VolumeMessage> { return this.call('CreateVolume', { name, sizeBytes }); }
+  createVolume(name: string, sizeBytes: number, options: CreateVolumeOptions = {}): Promise<VolumeMessage> {
+    return this.call('CreateVolume', { name, sizeBytes, replicas: options.replicas ?? 0, preferredNode: options.preferredNode ?? '' });
+  }
   async listVolumes(): Promise<VolumeMessage[]> { return (await this.call<{ volumes: VolumeMessage[] }>('ListVolumes', {})).volumes; }
   getVolume(name: string): Promise<VolumeMessage> { return this.call('GetVolume', { name }); }
   async deleteVolume(name: string, force: boolean): Promise<void> { await this.call('DeleteVolume', { name, force }); }
-  exportVolume(name: string): Promise<ExportMessage> { return this.call('ExportVolume', { name }); }
+  exportVolume(name: string, options: ExportOptions = {}): Promise<ExportMessage> {
+    return this.call('ExportVolume', { name, takeover: Boolean(options.takeover), force: Boolean(options.force) });
+  }
   async unexportVolume(name: string): Promise<void> { await this.call('UnexportVolume', { name }); }
   attachVolume(name: string): Promise<AttachmentMessage> { return this.call('AttachVolume', { name }); }
   async detachVolume(name: string): Promise<void> { await this.call('DetachVolume', { name }); }
+  clusterStatus(): Promise<ClusterStatusMessage> { return this.call('GetClusterStatus', {}); }
+  async listNodes(): Promise<NodeMessage[]> { return (await this.call<{ nodes: NodeMessage[] }>('ListNodes', {})).nodes; }
+  verifyVolume(name: string): Promise<VerifyMessage> { return this.call('VerifyVolume', { name }); }
 
   close(): void {
     this.client.close();

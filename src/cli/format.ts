@@ -1,4 +1,10 @@
-/** Human output for cairnctl: aligned tables and key/value blocks. */
+/**
+ * Human output for cairnctl: aligned tables, key/value blocks, progress bars, and the
+ * renderings of the API's messages. Pure functions of their input (the clock is passed in),
+ * so they are unit-tested without a daemon.
+ */
+import { formatBytes } from '../common/units.js';
+import type { ClusterStatusMessage, NodeMessage, RebuildProgressMessage, VerifyMessage, VolumeMessage } from './api-client.js';
 
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -13,4 +19,115 @@ export function keyValues(pairs: [string, string][]): string {
 
 export function percent(part: number, whole: number): string {
   return whole > 0 ? `${((part / whole) * 100).toFixed(1)}%` : '-';
+}
+
+/** 15 -> "15s", 125 -> "2m05s", 3720 -> "1h02m", 97200 -> "1d03h". Whole seconds, rounded up. */
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.ceil(seconds));
+  const two = (n: number): string => String(n).padStart(2, '0');
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${two(s % 60)}s`;
+  if (s < 86_400) return `${Math.floor(s / 3600)}h${two(Math.floor((s % 3600) / 60))}m`;
+  return `${Math.floor(s / 86_400)}d${two(Math.floor((s % 86_400) / 3600))}h`;
+}
+
+/** How long ago an ISO 8601 time was: "4m12s ago"; "-" when there is no time. */
+export function formatAge(iso: string, nowMs: number): string {
+  const at = iso ? Date.parse(iso) : Number.NaN;
+  if (Number.isNaN(at)) return '-';
+  return `${formatDuration(Math.max(0, nowMs - at) / 1000)} ago`;
+}
+
+/**
+ * A rebuild's progress on one line:
+ * `[#########-----------] 45.2% 2.3 GiB/5 GiB 180 MiB/s ETA 16s`.
+ * The percentage shows 100.0% only when the copy is complete (99.9% at most before); the ETA
+ * is "-" while the rate is unknown (0).
+ */
+export function progressBar(p: RebuildProgressMessage, width = 20): string {
+  const total = Math.max(0, p.totalBytes);
+  const done = Math.min(Math.max(0, p.doneBytes), total);
+  const fraction = total > 0 ? done / total : 1;
+  const filled = Math.floor(fraction * width);
+  const pct = `${(done < total ? Math.min(99.9, Math.round(fraction * 1000) / 10) : 100).toFixed(1)}%`;
+  const rate = Math.max(0, p.bytesPerSecond);
+  const eta = rate > 0 ? formatDuration((total - done) / rate) : '-';
+  return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${pct} ${formatBytes(done)}/${formatBytes(total)} ${formatBytes(rate)}/s ETA ${eta}`;
+}
+
+function inSyncCount(v: VolumeMessage): number {
+  return v.replicas.filter((r) => r.state === 'in-sync').length;
+}
+
+/** `volume list`: one row per volume; REPLICAS is in-sync/total. */
+export function volumeRows(volumes: VolumeMessage[]): string {
+  return table(['NAME', 'SIZE', 'ALLOCATED', 'STATE', 'HEALTH', 'REPLICAS', 'EXPORT'], volumes.map((v) => [
+    v.name, formatBytes(v.sizeBytes), formatBytes(v.allocatedBytes), v.state, v.health, `${inSyncCount(v)}/${v.replicas.length}`, v.export ? v.export.uri : '-',
+  ]));
+}
+
+/** Why each out-of-sync replica is out, and what it missed; one line each. */
+function replicaNotes(v: VolumeMessage): string[] {
+  return v.replicas.filter((r) => r.state !== 'in-sync' && (r.reason || r.dirtyBytes > 0)).map((r) => {
+    const missed = r.dirtyBytes > 0 ? `${formatBytes(r.dirtyBytes)} to resync` : '';
+    return `${r.id} on ${r.nodeName} is ${r.state}: ${[r.reason, missed].filter(Boolean).join('; ')}`;
+  });
+}
+
+/** `volume inspect`: the volume's facts, its replica table, and notes on replicas out of sync. */
+export function volumeDetail(v: VolumeMessage, nowMs: number): string {
+  const wanted = v.replicasWanted || v.replicas.length;
+  const head = keyValues([
+    ['Name', v.name], ['ID', v.id], ['Size', `${formatBytes(v.sizeBytes)} (${v.sizeBytes} bytes)`],
+    ['Allocated', `${formatBytes(v.allocatedBytes)} (${percent(v.allocatedBytes, v.sizeBytes)})`],
+    ['State', v.state], ['Health', v.health], ['Replicas', `${inSyncCount(v)}/${wanted} in sync`],
+    ['Engine node', v.engineNode || 'none'], ['Epoch', String(v.epoch)], ['Created', v.createdAt],
+    ['Export', v.export ? `${v.export.uri} (${v.export.connectionCount} client(s))` : 'not exported'],
+  ]);
+  const replicas = table(['REPLICA', 'NODE', 'STATE', 'SINCE', 'ALLOCATED', 'PROGRESS'], v.replicas.map((r) => [
+    r.id, r.nodeName, r.state, formatAge(r.since, nowMs), formatBytes(r.allocatedBytes), r.state === 'rebuilding' && r.rebuild ? progressBar(r.rebuild) : '-',
+  ]));
+  const notes = replicaNotes(v);
+  return [head, '', replicas, ...(notes.length ? ['', ...notes] : [])].join('\n');
+}
+
+/** `node list`. */
+export function nodeRows(nodes: NodeMessage[]): string {
+  return table(['NAME', 'ADDRESS', 'ZONE', 'STATE', 'FREE', 'TOTAL', 'VERSION'], nodes.map((n) => [
+    n.name, n.peerAddress || '-', n.zone || '-', n.up ? 'up' : 'down', formatBytes(n.freeBytes), formatBytes(n.totalBytes), n.version || '-',
+  ]));
+}
+
+/** `cluster status`. */
+export function clusterStatusText(s: ClusterStatusMessage): string {
+  const v = s.volumes;
+  return keyValues([
+    ['Cluster', s.cluster],
+    ['Store', s.store === 'embedded' ? 'embedded (single node)' : s.store],
+    ['Answered by', s.nodeName],
+    ['Nodes', `${s.nodes.up}/${s.nodes.total} up`],
+    ['Repair leader', s.repairLeader || 'none'],
+    ['Volumes', `${v.total} (${v.healthy} healthy, ${v.degraded} degraded, ${v.faulted} faulted)`],
+  ]);
+}
+
+/** How many regions the mismatching ranges of a verification cover. */
+export function mismatchedRegions(r: VerifyMessage): number {
+  if (r.regionBytes <= 0) return r.mismatches.length;
+  return r.mismatches.reduce((n, m) => n + Math.max(1, Math.ceil(m.lengthBytes / r.regionBytes)), 0);
+}
+
+/** `volume verify`: the verdict when the replicas agree, else the ranges where they differ. */
+export function verifyText(r: VerifyMessage): string {
+  if (r.mismatches.length === 0) {
+    const lines = [`replicas of ${r.volume} agree: ${r.regionsCompared} regions of ${formatBytes(r.regionBytes)} compared`];
+    if (r.replicas.length === 1) lines.push(`(only one in-sync replica, ${r.replicas[0]}: there was nothing to compare it with)`);
+    if (r.replicas.length === 0) lines.push('(no in-sync replica: there was nothing to compare)');
+    return lines.join('\n');
+  }
+  const rows = r.mismatches.map((m) => [String(m.offset), formatBytes(m.offset), formatBytes(m.lengthBytes), m.replicas.join(',')]);
+  return [
+    `reference replica: ${r.replicas[0] ?? '-'}; compared: ${r.replicas.join(', ')}`,
+    table(['OFFSET', 'AT', 'LENGTH', 'DIFFERING REPLICAS'], rows),
+  ].join('\n');
 }

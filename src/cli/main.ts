@@ -7,8 +7,8 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Code, StorageError } from '../common/errors.js';
 import { formatBytes, parseSize } from '../common/units.js';
-import { ApiClient, type VolumeMessage } from './api-client.js';
-import { keyValues, percent, table } from './format.js';
+import { ApiClient } from './api-client.js';
+import { clusterStatusText, keyValues, mismatchedRegions, nodeRows, percent, verifyText, volumeDetail, volumeRows } from './format.js';
 
 type Output = 'table' | 'json';
 interface GlobalOptions { apiSocket?: string; output: Output }
@@ -24,21 +24,12 @@ function print(output: Output, json: unknown, human: () => string): void {
   console.log(output === 'json' ? JSON.stringify(json, null, 2) : human());
 }
 
-function volumeRows(volumes: VolumeMessage[]): string {
-  return table(['NAME', 'SIZE', 'ALLOCATED', 'STATE', 'HEALTH', 'REPLICAS', 'EXPORT'], volumes.map((v) => [
-    v.name, formatBytes(v.sizeBytes), formatBytes(v.allocatedBytes), v.state, v.health, String(v.replicas.length), v.export ? v.export.uri : '-',
-  ]));
-}
-
-function volumeDetail(v: VolumeMessage): string {
-  const head = keyValues([
-    ['Name', v.name], ['ID', v.id], ['Size', `${formatBytes(v.sizeBytes)} (${v.sizeBytes} bytes)`],
-    ['Allocated', `${formatBytes(v.allocatedBytes)} (${percent(v.allocatedBytes, v.sizeBytes)})`],
-    ['State', v.state], ['Health', v.health], ['Epoch', String(v.epoch)], ['Created', v.createdAt],
-    ['Export', v.export ? `${v.export.uri} (${v.export.connectionCount} client(s))` : 'not exported'],
-  ]);
-  const replicas = table(['REPLICA', 'NODE', 'STATE', 'ALLOCATED'], v.replicas.map((r) => [r.id, r.nodeName, r.state, formatBytes(r.allocatedBytes)]));
-  return `${head}\n\n${replicas}`;
+/** --replicas: a whole number ≥ 1 (the daemon checks the upper bound against the cluster). */
+function parseReplicas(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new StorageError(Code.INVALID_ARGUMENT, `--replicas "${text}": write a whole number from 1 to 3`);
+  return n;
 }
 
 async function withClient<T>(g: GlobalOptions, fn: (client: ApiClient) => Promise<T>): Promise<T> {
@@ -69,9 +60,13 @@ function buildProgram(): Command {
 
   const volume = program.command('volume').description('create, list, inspect, export and delete volumes');
   volume.command('create <name>').description('create a thin-provisioned volume').requiredOption('--size <size>', 'size, e.g. 10GiB, 512MiB')
-    .action((name: string, opts: { size: string }) => withClient(g(), async (c) => {
-      const v = await c.createVolume(name, parseSize(opts.size));
-      print(g().output, v, () => `volume ${v.name} created (${formatBytes(v.sizeBytes)})`);
+    .option('--replicas <n>', 'replicas on distinct nodes, 1-3 [default: the cluster\'s --default-replicas]')
+    .option('--prefer-node <node>', 'place a replica on this node when it qualifies (e.g. where the volume will be used)')
+    .action((name: string, opts: { size: string; replicas?: string; preferNode?: string }) => withClient(g(), async (c) => {
+      const replicas = parseReplicas(opts.replicas);
+      const v = await c.createVolume(name, parseSize(opts.size), { ...(replicas ? { replicas } : {}), ...(opts.preferNode ? { preferredNode: opts.preferNode } : {}) });
+      const nodes = [...new Set(v.replicas.map((r) => r.nodeName))].join(', ');
+      print(g().output, v, () => `volume ${v.name} created (${formatBytes(v.sizeBytes)}, ${v.replicas.length} replica(s) on ${nodes || 'no node'})`);
     }));
   volume.command('list').alias('ls').description('list volumes').action(() => withClient(g(), async (c) => {
     const vs = await c.listVolumes();
@@ -79,17 +74,25 @@ function buildProgram(): Command {
   }));
   volume.command('inspect <name>').description('show a volume with its replicas').action((name: string) => withClient(g(), async (c) => {
     const v = await c.getVolume(name);
-    print(g().output, v, () => volumeDetail(v));
+    print(g().output, v, () => volumeDetail(v, Date.now()));
+  }));
+  volume.command('verify <name>').description('compare the in-sync replicas region by region; exits 1 when they differ').action((name: string) => withClient(g(), async (c) => {
+    const r = await c.verifyVolume(name);
+    print(g().output, r, () => verifyText(r));
+    if (r.mismatches.length > 0) throw new StorageError(Code.DATA_LOSS, `replicas of ${r.volume} differ in ${mismatchedRegions(r)} regions`);
   }));
   volume.command('delete <name>').alias('rm').description('delete a volume and its data').option('--force', 'delete even while NBD clients are connected')
     .action((name: string, opts: { force?: boolean }) => withClient(g(), async (c) => {
       await c.deleteVolume(name, Boolean(opts.force));
       print(g().output, { deleted: name }, () => `volume ${name} deleted`);
     }));
-  volume.command('export <name>').description('serve the volume over NBD and print its URI').action((name: string) => withClient(g(), async (c) => {
-    const e = await c.exportVolume(name);
-    print(g().output, e, () => e.uri);
-  }));
+  volume.command('export <name>').description('run the volume on this node, serve it over NBD and print its URI')
+    .option('--takeover', 'failover: start the volume here although another node\'s engine holds it (refused while that node is up)')
+    .option('--force', 'with --takeover (implied): take the volume even while the holding node is up; its engine is fenced')
+    .action((name: string, opts: { takeover?: boolean; force?: boolean }) => withClient(g(), async (c) => {
+      const e = await c.exportVolume(name, { takeover: Boolean(opts.takeover || opts.force), force: Boolean(opts.force) });
+      print(g().output, e, () => e.uri);
+    }));
   volume.command('unexport <name>').description('stop serving the volume over NBD').action((name: string) => withClient(g(), async (c) => {
     await c.unexportVolume(name);
     print(g().output, { unexported: name }, () => `volume ${name} unexported`);
@@ -101,6 +104,17 @@ function buildProgram(): Command {
   volume.command('detach <name>').description('detach the volume\'s kernel block device (unmount it first)').action((name: string) => withClient(g(), async (c) => {
     await c.detachVolume(name);
     print(g().output, { detached: name }, () => `volume ${name} detached`);
+  }));
+
+  const cluster = program.command('cluster').description('the cluster as a whole');
+  cluster.command('status').description('store, nodes up, repair leader and volume health').action(() => withClient(g(), async (c) => {
+    const s = await c.clusterStatus();
+    print(g().output, s, () => clusterStatusText(s));
+  }));
+  const node = program.command('node').description('the nodes of the cluster');
+  node.command('list').alias('ls').description('list nodes, up and down').action(() => withClient(g(), async (c) => {
+    const ns = await c.listNodes();
+    print(g().output, ns, () => (ns.length ? nodeRows(ns) : 'no nodes registered'));
   }));
   return program;
 }

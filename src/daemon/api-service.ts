@@ -1,11 +1,12 @@
 /**
  * The cairnctl gRPC API (proto/cairn/api/v1/api.proto): thin handlers that validate,
- * call the volume service, and build the reply.
+ * call the volume service (`VolumeApi`), and build the reply from its views.
  */
 import * as grpc from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import type { VolumeService, VolumeView } from '../cluster/volume-service.js';
+import type { NodeStatus } from '../cluster/node-registry.js';
+import type { ClusterStatusView, ReplicaView, VerifyResult, VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import type { ExportInfo } from '../engine/export-manager.js';
 import type { KernelAttacher } from '../engine/kernel-attach.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
@@ -26,6 +27,20 @@ function exportMessage(info: ExportInfo | undefined): object | null {
   return info ? { uri: info.uri, socketPath: info.socketPath, connectionCount: info.connectionCount } : null;
 }
 
+function replicaMessage(r: ReplicaView): object {
+  return {
+    id: r.id,
+    nodeName: r.nodeName,
+    deviceId: r.deviceId,
+    state: r.state,
+    allocatedBytes: r.allocatedBytes,
+    since: r.since,
+    reason: r.reason ?? '',
+    rebuild: r.rebuild ? { doneBytes: r.rebuild.doneBytes, totalBytes: r.rebuild.totalBytes, bytesPerSecond: Math.round(r.rebuild.bytesPerSecond) } : null,
+    dirtyBytes: r.dirtyBytes,
+  };
+}
+
 function volumeMessage(v: VolumeView): object {
   return {
     id: v.id,
@@ -36,13 +51,41 @@ function volumeMessage(v: VolumeView): object {
     health: v.health,
     epoch: v.epoch,
     createdAt: v.createdAt,
-    replicas: v.replicas.map((r) => ({ id: r.id, nodeName: r.nodeName, deviceId: r.deviceId, state: r.state, allocatedBytes: r.allocatedBytes })),
+    replicas: v.replicas.map(replicaMessage),
     export: exportMessage(v.export),
+    replicasWanted: v.replicasWanted,
+    engineNode: v.engineNode ?? '',
   };
 }
 
+function clusterStatusMessage(s: ClusterStatusView): object {
+  return { cluster: s.cluster, store: s.store, nodeName: s.nodeName, repairLeader: s.repairLeader ?? '', nodes: { ...s.nodes }, volumes: { ...s.volumes } };
+}
+
+function nodeMessage(n: NodeStatus): object {
+  return {
+    name: n.name, nodeId: n.nodeId, peerAddress: n.peerAddress, zone: n.zone ?? '', labels: { ...n.labels }, up: n.up,
+    totalBytes: n.capacity.totalBytes, freeBytes: n.capacity.freeBytes, version: n.version, heartbeatAt: n.heartbeatAt,
+  };
+}
+
+function verifyMessage(r: VerifyResult): object {
+  return {
+    volume: r.volume, replicas: [...r.replicas], regionBytes: r.regionBytes, regionsCompared: r.regionsCompared,
+    mismatches: r.mismatches.map((m) => ({ offset: m.offset, lengthBytes: m.lengthBytes, replicas: [...m.replicas] })),
+  };
+}
+
+/** A proto3 uint32 replica count: 0 (unset) means the cluster default. */
+function replicasOption(replicas: number | undefined): { replicas?: number } {
+  return replicas ? { replicas } : {};
+}
+
+interface CreateVolumeRequest extends NameRequest { sizeBytes: number; replicas?: number; preferredNode?: string }
+interface ExportVolumeRequest extends NameRequest { takeover?: boolean; force?: boolean }
+
 export interface ApiContext {
-  volumes: VolumeService;
+  volumes: VolumeApi;
   nodeName: string;
   poolKind: string;
   poolPath: string;
@@ -69,15 +112,20 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
         nbdConnectionCount: ctx.connectionCount(),
       };
     }),
-    CreateVolume: h('CreateVolume', async (req: { name: string; sizeBytes: number }) =>
-      volumeMessage(await ctx.volumes.create(requireName(req), req.sizeBytes))),
+    CreateVolume: h('CreateVolume', async (req: CreateVolumeRequest) => volumeMessage(await ctx.volumes.create(requireName(req), req.sizeBytes, {
+      ...replicasOption(req.replicas),
+      ...(req.preferredNode ? { preferredNode: req.preferredNode } : {}),
+    }))),
     ListVolumes: h('ListVolumes', async () => ({ volumes: (await ctx.volumes.list()).map(volumeMessage) })),
     GetVolume: h('GetVolume', async (req: NameRequest) => volumeMessage(await ctx.volumes.get(requireName(req)))),
     DeleteVolume: h('DeleteVolume', async (req: NameRequest & { force: boolean }) => {
       await ctx.volumes.delete(requireName(req), req.force);
       return {};
     }),
-    ExportVolume: h('ExportVolume', async (req: NameRequest) => exportMessage(await ctx.volumes.export(requireName(req)))),
+    ExportVolume: h('ExportVolume', async (req: ExportVolumeRequest) => exportMessage(await ctx.volumes.export(requireName(req), {
+      ...(req.takeover ? { takeover: true } : {}),
+      ...(req.force ? { force: true } : {}),
+    }))),
     UnexportVolume: h('UnexportVolume', async (req: NameRequest) => {
       await ctx.volumes.unexport(requireName(req));
       return {};
@@ -91,6 +139,9 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
       await ctx.attacher.detach(requireName(req));
       return {};
     }),
+    GetClusterStatus: h('GetClusterStatus', async () => clusterStatusMessage(await ctx.volumes.clusterStatus())),
+    ListNodes: h('ListNodes', async () => ({ nodes: (await ctx.volumes.nodes()).map(nodeMessage) })),
+    VerifyVolume: h('VerifyVolume', async (req: NameRequest) => verifyMessage(await ctx.volumes.verify(requireName(req)))),
   };
 }
 

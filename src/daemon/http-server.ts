@@ -4,10 +4,10 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { Logger } from '../common/log.js';
-import type { VolumeService } from '../cluster/volume-service.js';
+import type { VolumeApi } from '../cluster/volume-views.js';
 
 export interface HttpContext {
-  volumes: VolumeService;
+  volumes: VolumeApi;
   isReady: () => boolean;
   connectionCount: () => number;
   log: Logger;
@@ -28,6 +28,13 @@ async function metrics(ctx: HttpContext): Promise<string> {
   gauge('cairn_volume_size_bytes', 'Virtual size of each volume.', volumes.map((v) => [`{volume="${v.name}"}`, v.sizeBytes]));
   gauge('cairn_volume_allocated_bytes', 'Allocated bytes of each volume.', volumes.map((v) => [`{volume="${v.name}"}`, v.allocatedBytes]));
   gauge('cairn_volume_healthy', '1 when the volume is healthy.', volumes.map((v) => [`{volume="${v.name}"}`, v.health === 'healthy' ? 1 : 0]));
+  gauge('cairn_volume_health', 'The volume\'s health: 1 for the state it is in (healthy, degraded or faulted).', volumes.flatMap((v) =>
+    (['healthy', 'degraded', 'faulted'] as const).map((h): [string, number] => [`{volume="${v.name}",health="${h}"}`, v.health === h ? 1 : 0])));
+  gauge('cairn_volume_in_sync_replicas', 'Replicas of the volume in the in-sync set.', volumes.map((v) => [`{volume="${v.name}"}`, v.replicas.filter((r) => r.state === 'in-sync').length]));
+  gauge('cairn_volume_replicas_wanted', 'Replicas the volume should have.', volumes.map((v) => [`{volume="${v.name}"}`, v.replicasWanted]));
+  const rebuilding = volumes.flatMap((v) => v.replicas.filter((r) => r.rebuild).map((r) => ({ v, r, p: r.rebuild! })));
+  gauge('cairn_replica_rebuild_done_bytes', 'Bytes a rebuilding replica has copied so far.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.doneBytes]));
+  gauge('cairn_replica_rebuild_total_bytes', 'Bytes a rebuilding replica copies in all.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.totalBytes]));
   gauge('cairn_nbd_connections', 'Open NBD client connections.', [['', ctx.connectionCount()]]);
   return `${lines.join('\n')}\n`;
 }

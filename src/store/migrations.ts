@@ -76,4 +76,27 @@ export const MIGRATIONS: readonly Migration[] = [
       END;
     `,
   },
+  {
+    // The volume engine's dirty-region maps: one bitmap per (volume, replica) that is out of
+    // sync, kept on the engine's node so that a returning replica costs only the regions it
+    // missed (src/engine/volume-engine.ts). Written with synchronous=FULL before the write
+    // that set a bit is acknowledged.
+    //
+    // The trigger of migration 2 goes: volumes now live in the cluster store, and the import
+    // of legacy single-node volumes deletes their rows from `volumes`; that must not delete
+    // the hosted replicas (their rows in `replicas`) which keep serving the imported volume.
+    version: 3,
+    description: 'dirty-region maps of out-of-sync replicas; deleting a local volume row no longer deletes hosted replicas',
+    sql: `
+      CREATE TABLE dirty_maps (
+        volume_id     TEXT NOT NULL,
+        replica_id    TEXT NOT NULL,
+        region_bytes  INTEGER NOT NULL CHECK (region_bytes > 0),
+        bits          BLOB NOT NULL,
+        updated_at    TEXT NOT NULL,
+        PRIMARY KEY (volume_id, replica_id)
+      );
+      DROP TRIGGER IF EXISTS replicas_follow_volume;
+    `,
+  },
 ];

@@ -271,6 +271,58 @@ export class NodeStore {
       .run(state, rebuild.doneBytes, rebuild.totalBytes, rebuild.checkpoint, id);
     if (info.changes === 0) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found`, { details: { replica: id } });
   }
+
+  // --- dirty-region maps (the volume engine, src/engine/; migration 3) ----------------
+  // One bitmap per out-of-sync replica of a volume whose engine runs on this node.
+
+  loadDirtyMap(volumeId: VolumeId, replicaId: ReplicaId): DirtyMapRecord | undefined {
+    const row = this.db.prepare('SELECT region_bytes, bits FROM dirty_maps WHERE volume_id = ? AND replica_id = ?').get(volumeId, replicaId) as
+      { region_bytes: number; bits: Buffer } | undefined;
+    return row && { regionBytes: row.region_bytes, bits: row.bits };
+  }
+
+  /** Replaces the map. Durable when it returns (synchronous=FULL). */
+  saveDirtyMap(volumeId: VolumeId, replicaId: ReplicaId, regionBytes: number, bits: Buffer): void {
+    this.db.prepare(`INSERT INTO dirty_maps (volume_id, replica_id, region_bytes, bits, updated_at) VALUES (?, ?, ?, ?, ?)
+      ON CONFLICT(volume_id, replica_id) DO UPDATE SET region_bytes = excluded.region_bytes, bits = excluded.bits, updated_at = excluded.updated_at`)
+      .run(volumeId, replicaId, regionBytes, bits, new Date().toISOString());
+  }
+
+  /** Not an error when there is no such map. */
+  deleteDirtyMap(volumeId: VolumeId, replicaId: ReplicaId): void {
+    this.db.prepare('DELETE FROM dirty_maps WHERE volume_id = ? AND replica_id = ?').run(volumeId, replicaId);
+  }
+
+  /** The maps under the names the engine expects (`DirtyMapStore` of src/engine/engine-types.ts). */
+  dirtyMaps(): NodeDirtyMaps {
+    return new NodeDirtyMaps(this);
+  }
+}
+
+export interface DirtyMapRecord {
+  regionBytes: number;
+  /** Bit r is byte r >> 3, mask 1 << (r & 7). */
+  bits: Buffer;
+}
+
+/**
+ * The node store's dirty-region maps as the engine's `DirtyMapStore`. It matches that
+ * interface structurally: the store layer does not import from the engine layer above it.
+ */
+export class NodeDirtyMaps {
+  constructor(private readonly store: NodeStore) {}
+
+  load(volumeId: VolumeId, replicaId: ReplicaId): DirtyMapRecord | undefined {
+    return this.store.loadDirtyMap(volumeId, replicaId);
+  }
+
+  save(volumeId: VolumeId, replicaId: ReplicaId, regionBytes: number, bits: Buffer): void {
+    this.store.saveDirtyMap(volumeId, replicaId, regionBytes, bits);
+  }
+
+  delete(volumeId: VolumeId, replicaId: ReplicaId): void {
+    this.store.deleteDirtyMap(volumeId, replicaId);
+  }
 }
 
 // --- hosted replicas: records ---------------------------------------------------------

@@ -7,9 +7,10 @@ import { join } from 'node:path';
 import { Daemon } from '../helpers/daemon.js';
 import { run } from '../helpers/run.js';
 import type { ExportMessage, NodeStatusMessage, VolumeMessage } from '../../src/cli/api-client.js';
-import { NodeStore } from '../../src/store/node-store.js';
+import { EmbeddedStore } from '../../src/cluster/store/embedded-store.js';
+import { createVolumeDoc, updateVolumeDoc } from '../../src/cluster/volume-doc.js';
 import { silentLogger } from '../../src/common/log.js';
-import type { DeviceId, ReplicaId, VolumeId } from '../../src/common/ids.js';
+import type { NodeId, ReplicaId, VolumeId } from '../../src/common/ids.js';
 
 const GiB = 1024 ** 3;
 
@@ -130,21 +131,28 @@ test('bad flags stop cairnd with a clear message and exit code 2', async (t) => 
 });
 
 test('cairnd finishes a creation and a deletion that a crash interrupted', async (t) => {
-  const d = await Daemon.start();
+  const d = await Daemon.start({ extraArgs: ['--node-name', 'solo'] });
   t.teardown(() => d.destroy());
   await d.ctl(['volume', 'create', 'doomed', '--size', '8MiB']);
   await d.stop();
 
-  // What the store holds after a kill -9 in the middle of each operation.
-  const store = NodeStore.open(join(d.dataDir, 'node.db'), silentLogger());
-  const now = new Date().toISOString();
-  store.insertVolume({ id: 'vol-half' as VolumeId, name: 'half-made', sizeBytes: 16 << 20, state: 'creating', epoch: 0, exported: false, createdAt: now },
-    [{ id: 'rep-half' as ReplicaId, volumeId: 'vol-half' as VolumeId, deviceId: 'rep-half' as DeviceId, state: 'in-sync', createdAt: now }]);
-  store.updateVolume(store.getVolumeByName('doomed')!.id, { state: 'deleting' });
-  store.close();
+  // What the cluster store holds after a kill -9 in the middle of each operation.
+  const store = EmbeddedStore.open({ path: join(d.dataDir, 'cluster.db'), cluster: 'default', log: silentLogger() });
+  const longAgo = new Date(Date.now() - 60_000).toISOString();
+  t.true(await createVolumeDoc(store, {
+    id: 'vol-half' as VolumeId, name: 'half-made', sizeBytes: 16 << 20, createdAt: longAgo, state: 'creating', replicasWanted: 1,
+    regionBytes: 1 << 20, epoch: 1, engine: null, replicas: [{ id: 'rep-half' as ReplicaId, nodeId: 'solo' as NodeId, state: 'in-sync', since: longAgo }],
+  }));
+  await updateVolumeDoc(store, 'doomed', (doc) => ({ ...doc, state: 'deleting', epoch: doc.epoch + 1 }));
+  await store.close();
 
   await d.launch();
-  const volumes = await d.ctlJson<VolumeMessage[]>(['volume', 'list']);
+  let volumes: VolumeMessage[] = [];
+  for (let i = 0; i < 100; i++) {
+    volumes = await d.ctlJson<VolumeMessage[]>(['volume', 'list']);
+    if (volumes.length === 1 && volumes[0]!.state === 'ready') break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
   t.deepEqual(volumes.map((v) => [v.name, v.state, v.health]), [['half-made', 'ready', 'healthy']]);
   const status = await d.ctlJson<NodeStatusMessage>(['status']);
   t.is(status.pool.provisionedBytes, 16 << 20, 'the doomed volume\'s device is gone and the half-made one exists');

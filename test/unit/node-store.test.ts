@@ -7,6 +7,7 @@ import { Code, StorageError } from '../../src/common/errors.js';
 import type { DeviceId, ReplicaId, SnapshotId, VolumeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import { MIGRATIONS } from '../../src/store/migrations.js';
+import type { DirtyMapStore } from '../../src/engine/engine-types.js';
 import { NodeStore, type ReplicaRecord, type VolumeRecord } from '../../src/store/node-store.js';
 
 const log = silentLogger();
@@ -64,7 +65,7 @@ test('a taken volume name is ALREADY_EXISTS and leaves no partial rows', (t) => 
   t.is(store.listReplicas().length, 1, 'the second volume\'s replica row was rolled back with it');
 });
 
-test('deleting a volume removes its replicas and snapshots in one step', (t) => {
+test('deleting a volume row removes its snapshots but keeps its hosted replicas (migration 3)', (t) => {
   const store = NodeStore.open(':memory:', log);
   t.teardown(() => store.close());
   const { v, r } = volume('gone');
@@ -72,9 +73,47 @@ test('deleting a volume removes its replicas and snapshots in one step', (t) => 
   store.insertSnapshot({ id: 'snap-1' as SnapshotId, volumeId: v.id, name: 's1', deviceId: 'dev-s1' as DeviceId, sizeBytes: v.sizeBytes, createdAt: v.createdAt });
   store.deleteVolume(v.id);
   t.is(store.getVolume(v.id), undefined);
-  t.deepEqual(store.listReplicas(), []);
+  t.deepEqual(store.listReplicas(), [r], 'the replica serves the volume from the cluster store now: it stays');
   t.deepEqual(store.listSnapshots(), []);
   t.notThrows(() => store.deleteVolume(v.id), 'deleting again is not an error');
+});
+
+test('dirty maps: saved, replaced, loaded after a reopen, deleted; one per (volume, replica)', (t) => {
+  const { path, cleanup } = tempDb();
+  t.teardown(cleanup);
+  const vol = 'vol-1' as VolumeId;
+  const a = 'rep-a' as ReplicaId;
+  let store = NodeStore.open(path, log);
+  const maps: DirtyMapStore = store.dirtyMaps();
+  t.is(maps.load(vol, a), undefined);
+  maps.save(vol, a, 1 << 20, Buffer.from([0b101, 0]));
+  maps.save(vol, a, 2 << 20, Buffer.from([0b111]));
+  maps.save(vol, 'rep-b' as ReplicaId, 1 << 20, Buffer.from([1]));
+  maps.save('vol-2' as VolumeId, a, 1 << 20, Buffer.from([2]));
+  store.close();
+
+  store = NodeStore.open(path, log);
+  t.teardown(() => store.close());
+  t.deepEqual(store.loadDirtyMap(vol, a), { regionBytes: 2 << 20, bits: Buffer.from([0b111]) }, 'the second save replaced the first');
+  t.deepEqual(store.dirtyMaps().load('vol-2' as VolumeId, a), { regionBytes: 1 << 20, bits: Buffer.from([2]) });
+  store.dirtyMaps().delete(vol, a);
+  t.is(store.loadDirtyMap(vol, a), undefined);
+  t.deepEqual(store.loadDirtyMap(vol, 'rep-b' as ReplicaId)?.bits, Buffer.from([1]), 'other maps stay');
+  t.notThrows(() => store.deleteDirtyMap(vol, a), 'deleting again is not an error');
+});
+
+test('migration 3 on a version-2 store keeps hosted replicas when a legacy volume row is deleted', (t) => {
+  const { path, cleanup } = tempDb();
+  t.teardown(cleanup);
+  const v2 = NodeStore.open(path, log, MIGRATIONS.filter((m) => m.version <= 2));
+  const { v, r } = volume('legacy');
+  v2.insertVolume(v, [r]);
+  v2.close();
+  const store = NodeStore.open(path, log);
+  t.teardown(() => store.close());
+  t.true(store.schemaVersion() >= 3);
+  store.deleteVolume(v.id);
+  t.deepEqual(store.listHostedReplicas().map((h) => h.id), [r.id]);
 });
 
 test('updating a missing volume is NOT_FOUND', (t) => {

@@ -20,7 +20,7 @@ test('migration 2 keeps existing replicas, and deleting a local volume still del
     [{ id: 'rep-1' as ReplicaId, volumeId: 'vol-1' as VolumeId, deviceId: 'rep-1' as DeviceId, state: 'in-sync', createdAt: now }]);
   v1.close();
 
-  const store = NodeStore.open(path, log);
+  const store = NodeStore.open(path, log, MIGRATIONS.filter((m) => m.version <= 2));
   t.teardown(() => store.close());
   t.is(store.schemaVersion(), 2);
   t.like(store.getHostedReplica('rep-1' as ReplicaId), { id: 'rep-1', volumeId: 'vol-1', state: 'in-sync', epoch: 0 });

@@ -1,0 +1,157 @@
+/**
+ * The repair loop. Every cairnd runs it; only the elected leader (role "repair") acts, and
+ * each change it makes is guarded by its leadership as well as by the document's revision,
+ * so a deposed leader changes nothing.
+ *
+ * Each pass (every `intervalMs`, and soon after a volume document changes):
+ * - a volume being deleted: delete the replicas left on nodes that are back, then the document;
+ * - a volume whose creation a crash interrupted (`creating` for over 10 s): create its
+ *   missing replicas and mark it ready, or undo it when that fails;
+ * - a replica faulted for longer than `repairWaitMs`, or missing (fewer replicas than
+ *   wanted): create a new replica on another node (placement, never next to its siblings),
+ *   then swap it into the document in state `rebuilding`. The volume's engine sees the
+ *   change and rebuilds it from an in-sync replica; the old replica is deleted where its
+ *   node can be reached.
+ */
+import { Code, StorageError, isStorageError } from '../common/errors.js';
+import { newReplicaId, type NodeId } from '../common/ids.js';
+import type { Logger } from '../common/log.js';
+import type { ReplicaConnector } from '../engine/engine-types.js';
+import type { ClusterVolumeService } from './cluster-volume-service.js';
+import type { LeaderElection } from './leader-election.js';
+import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
+import { placeReplicas } from './placement.js';
+import type { ClusterStore } from './store/cluster-store.js';
+import { listVolumeDocs, updateVolumeDoc, type VolumeDoc, type VolumeReplicaEntry } from './volume-doc.js';
+
+/** A `creating` document older than this was left by a crash: finish it (or undo it). */
+const CREATING_GRACE_MS = 10_000;
+
+export interface RepairLoopOptions {
+  store: ClusterStore;
+  election: LeaderElection;
+  connector: ReplicaConnector;
+  volumes: ClusterVolumeService;
+  /** How long a replica stays faulted before it is replaced. */
+  repairWaitMs: number;
+  /** Time between passes; default 5000 ms. */
+  intervalMs?: number;
+  log: Logger;
+}
+
+export class RepairLoop {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private closed = false;
+  /** Volumes whose last placement failed, so the warning is not repeated every pass. */
+  private readonly stuck = new Map<string, string>();
+  private readonly log: Logger;
+
+  constructor(private readonly opts: RepairLoopOptions) {
+    this.log = opts.log.child({ component: 'repair' });
+  }
+
+  start(): void {
+    const tick = (): void => {
+      if (this.closed) return;
+      this.runPass().finally(() => {
+        if (!this.closed) this.timer = setTimeout(tick, this.opts.intervalMs ?? 5000);
+      });
+    };
+    this.timer = setTimeout(tick, this.opts.intervalMs ?? 5000);
+  }
+
+  /** One pass, if this node leads; passes never overlap. */
+  runPass(): Promise<void> {
+    if (!this.opts.election.isLeader()) return Promise.resolve();
+    this.running ??= this.pass().catch((err: unknown) => {
+      if (isStorageError(err, Code.UNAVAILABLE)) this.log.debug({ err: (err as Error).message }, 'repair pass skipped: cluster store unavailable');
+      else this.log.error({ err }, 'repair pass failed');
+    }).finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    await this.running;
+  }
+
+  private async pass(): Promise<void> {
+    const [{ docs }, nodes] = await Promise.all([listVolumeDocs(this.opts.store), listNodes(this.opts.store, this.log)]);
+    for (const { doc } of docs) {
+      if (this.closed || !this.opts.election.isLeader()) return;
+      try {
+        if (doc.state === 'deleting') await this.finishDelete(doc, nodes);
+        else if (doc.state === 'creating' && Date.now() - Date.parse(doc.createdAt) > CREATING_GRACE_MS) await this.opts.volumes.finishCreate(doc);
+        else if (doc.state === 'ready') await this.repair(doc, nodes);
+      } catch (err) {
+        this.log.warn({ volume: doc.name, err: (err as Error).message }, 'repair of volume failed; retrying next pass');
+      }
+    }
+  }
+
+  private async finishDelete(doc: VolumeDoc, nodes: NodeStatus[]): Promise<void> {
+    const up = new Set(nodes.filter((n) => n.up).map((n) => n.nodeId));
+    if (doc.replicas.some((r) => up.has(r.nodeId))) await this.opts.volumes.finishDelete(doc);
+  }
+
+  private async repair(doc: VolumeDoc, nodes: NodeStatus[]): Promise<void> {
+    const now = Date.now();
+    const overdue = doc.replicas.filter((r) => r.state === 'faulted' && now - Date.parse(r.since) >= this.opts.repairWaitMs);
+    const missing = Math.max(0, doc.replicasWanted - doc.replicas.length);
+    if (overdue.length === 0 && missing === 0) {
+      this.stuck.delete(doc.name);
+      return;
+    }
+    if (!doc.replicas.some((r) => r.state === 'in-sync')) return; // nothing to rebuild from
+    // One change per volume and pass: the next pass sees the document as it became.
+    await this.replace(doc, overdue[0], nodes);
+  }
+
+  /** Places a new replica, creates it, swaps it into the document for `old` (or adds it). */
+  private async replace(doc: VolumeDoc, old: VolumeReplicaEntry | undefined, nodes: NodeStatus[]): Promise<void> {
+    let target: NodeId;
+    try {
+      const placed = placeReplicas({ replicas: 1, sizeBytes: doc.sizeBytes, nodes: toPlacementNodes(nodes), existing: doc.replicas.map((r) => r.nodeId) });
+      target = placed.nodeIds[0]!;
+    } catch (err) {
+      const why = (err as Error).message;
+      if (this.stuck.get(doc.name) !== why) this.log.warn({ volume: doc.name, replica: old?.id, why }, 'cannot place a replacement replica yet');
+      this.stuck.set(doc.name, why);
+      return;
+    }
+    this.stuck.delete(doc.name);
+    const id = newReplicaId();
+    const ref = { replicaId: id, volumeId: doc.id };
+    const control = await this.opts.connector.control(target);
+    await control.createReplica(ref, doc.sizeBytes, doc.epoch, false);
+    try {
+      await updateVolumeDoc(this.opts.store, doc.name, (d) => {
+        if (d.state !== 'ready') throw new StorageError(Code.ABORTED, `volume "${doc.name}" is ${d.state}`);
+        if (old && d.replicas.find((r) => r.id === old.id)?.state !== 'faulted') throw new StorageError(Code.ABORTED, `replica ${old.id} is no longer faulted`);
+        if (!old && d.replicas.length >= d.replicasWanted) throw new StorageError(Code.ABORTED, `volume "${doc.name}" has its replicas`);
+        const replicas = d.replicas.filter((r) => r.id !== old?.id);
+        replicas.push({
+          id, nodeId: target, state: 'rebuilding', since: new Date().toISOString(),
+          reason: old ? `replaces ${old.id} on ${old.nodeId} (${old.reason ?? 'faulted'})` : 'added to reach the wanted replica count',
+        });
+        return { ...d, replicas };
+      }, () => {
+        const guard = this.opts.election.guard();
+        if (!guard) throw new StorageError(Code.ABORTED, 'no longer the repair leader');
+        return [guard];
+      });
+    } catch (err) {
+      await control.deleteReplica(ref, doc.epoch).catch(() => undefined);
+      throw err;
+    }
+    this.log.info({ volume: doc.name, replica: id, node: target, replaces: old?.id, replacedNode: old?.nodeId }, 'replacement replica added; the engine rebuilds it');
+    if (old) {
+      await this.opts.connector.control(old.nodeId).then((c) => c.deleteReplica({ replicaId: old.id, volumeId: doc.id }, doc.epoch))
+        .catch((err: unknown) => this.log.info({ volume: doc.name, replica: old.id, node: old.nodeId, err: (err as Error).message }, 'replaced replica not deleted now (its node is away)'));
+    }
+  }
+}

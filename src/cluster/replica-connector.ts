@@ -1,0 +1,106 @@
+/**
+ * Reaches replicas wherever they live: the ones on this node through the local replica
+ * manager (no network, still fenced by epoch), the others over the peer port with one
+ * gRPC channel per peer. Peer addresses come from the node registry and are looked up
+ * again when a peer cannot be reached (it may have moved).
+ */
+import { Code, StorageError } from '../common/errors.js';
+import type { NodeId, VolumeId } from '../common/ids.js';
+import type { Logger } from '../common/log.js';
+import { withTimeout } from '../common/timeout.js';
+import type { ReplicaConnector, ReplicaControl, ReplicaIo } from '../engine/engine-types.js';
+import { LocalReplicaIo, RemoteReplicaIo } from '../engine/replica-io.js';
+import { ReplicaClient } from '../replica/replica-client.js';
+import type { ReplicaManager } from '../replica/replica-manager.js';
+import type { PeerTlsConfig } from '../rpc/tls.js';
+import { listNodes } from './node-registry.js';
+import type { ClusterStore } from './store/cluster-store.js';
+import type { VolumeReplicaEntry } from './volume-doc.js';
+
+export interface PeerConnectorOptions {
+  nodeId: NodeId;
+  manager: ReplicaManager;
+  store: ClusterStore;
+  tls: PeerTlsConfig;
+  log: Logger;
+  /** Deadline of control calls and of a stream's first answer; 10000 ms by default. */
+  deadlineMs?: number;
+}
+
+/** ReplicaManager's calls under the ReplicaControl names: the local node's control. */
+export function localControl(manager: ReplicaManager): ReplicaControl {
+  return {
+    createReplica: (ref, sizeBytes, epoch, inSync) => manager.create(ref, sizeBytes, epoch, inSync),
+    deleteReplica: (ref, epoch) => manager.delete(ref, epoch),
+    getReplicaStatus: (ref) => manager.status(ref),
+    checksumRange: (ref, epoch, offset, lengthBytes, regionBytes) => manager.checksumRange(ref, epoch, offset, lengthBytes, regionBytes),
+    startRebuild: (ref, epoch, totalBytes, restart = false) => manager.startRebuild(ref, epoch, totalBytes, restart),
+    updateRebuildProgress: (ref, epoch, progress) => manager.updateRebuildProgress(ref, epoch, progress),
+    finishRebuild: (ref, epoch) => manager.finishRebuild(ref, epoch),
+  };
+}
+
+export class PeerConnector implements ReplicaConnector {
+  private readonly clients = new Map<NodeId, { address: string; client: ReplicaClient }>();
+  private readonly local: ReplicaControl;
+  private readonly deadlineMs: number;
+  private closed = false;
+
+  constructor(private readonly opts: PeerConnectorOptions) {
+    this.local = localControl(opts.manager);
+    this.deadlineMs = opts.deadlineMs ?? 10_000;
+  }
+
+  async openIo(volumeId: VolumeId, replica: VolumeReplicaEntry, epoch: number): Promise<ReplicaIo> {
+    const ref = { replicaId: replica.id, volumeId };
+    if (replica.nodeId === this.opts.nodeId) {
+      const r = await this.opts.manager.open(ref);
+      r.admitEpoch(epoch);
+      return new LocalReplicaIo(r, epoch, replica.nodeId);
+    }
+    const client = await this.client(replica.nodeId);
+    const stream = client.openIoStream(ref, epoch);
+    try {
+      await withTimeout(stream.ready, this.deadlineMs, `replica ${replica.id} on node ${replica.nodeId}`);
+    } catch (err) {
+      stream.cancel();
+      if (err instanceof StorageError && err.code === Code.UNAVAILABLE) this.forget(replica.nodeId);
+      throw err;
+    }
+    return new RemoteReplicaIo(stream, replica.id, replica.nodeId);
+  }
+
+  async control(nodeId: NodeId): Promise<ReplicaControl> {
+    if (nodeId === this.opts.nodeId) return this.local;
+    return this.client(nodeId);
+  }
+
+  /** Drops the cached channel to a peer, so the next call looks its address up again. */
+  forget(nodeId: NodeId): void {
+    const entry = this.clients.get(nodeId);
+    if (!entry) return;
+    this.clients.delete(nodeId);
+    entry.client.close();
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const { client } of this.clients.values()) client.close();
+    this.clients.clear();
+  }
+
+  private async client(nodeId: NodeId): Promise<ReplicaClient> {
+    if (this.closed) throw new StorageError(Code.UNAVAILABLE, 'the peer connector is closed (cairnd is stopping)');
+    const cached = this.clients.get(nodeId);
+    if (cached) return cached.client;
+    const nodes = await listNodes(this.opts.store, this.opts.log);
+    const node = nodes.find((n) => n.nodeId === nodeId);
+    if (!node) throw new StorageError(Code.UNAVAILABLE, `node ${nodeId} is not registered in the cluster; is its cairnd running?`, { details: { node: nodeId } });
+    if (!node.peerAddress) throw new StorageError(Code.UNAVAILABLE, `node ${nodeId} serves no peer port (started without --peer-listen)`, { details: { node: nodeId } });
+    const again = this.clients.get(nodeId);
+    if (again) return again.client;
+    const client = new ReplicaClient(node.peerAddress, this.opts.tls, { log: this.opts.log, deadlineMs: this.deadlineMs });
+    this.clients.set(nodeId, { address: node.peerAddress, client });
+    return client;
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * The volume document: one JSON value per volume in the cluster store, at
+ * `volumes/<name>`. It is the single source of truth for a volume's size, its replicas and
+ * where they live, which of them are in sync, its epoch and which node runs its engine.
+ *
+ * The in-sync set is the replicas whose state is `in-sync`. It changes only by
+ * compare-and-swap on the document's mod revision (`updateVolumeDoc`), so two writers can
+ * never both believe their change won.
+ */
+import { Code, StorageError } from '../common/errors.js';
+import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
+import type { ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
+import { guardFor } from './store/cluster-store.js';
+
+/** in-sync: serves reads, takes writes. rebuilding: takes writes, is being copied to. faulted: neither. */
+export type ReplicaHealth = 'in-sync' | 'rebuilding' | 'faulted';
+export type VolumeDocState = 'creating' | 'ready' | 'deleting';
+
+export interface VolumeReplicaEntry {
+  id: ReplicaId;
+  nodeId: NodeId;
+  state: ReplicaHealth;
+  /** When the state last changed (ISO 8601): the repair loop measures "faulted for how long" from it. */
+  since: string;
+  /** Why the replica left the in-sync set, for operators. */
+  reason?: string;
+}
+
+export interface VolumeEngineEntry {
+  nodeId: NodeId;
+  /** The epoch this engine was started with. An engine whose epoch is not the document's is fenced. */
+  epoch: number;
+  /** Whether the engine runs and serves NBD; restarted after a daemon restart when true. */
+  exported: boolean;
+  startedAt: string;
+  /**
+   * Set when the engine stopped cleanly (cairnd shut down gracefully after flushing every
+   * replica). An engine that stopped any other way while exported may have left writes in
+   * flight on some replicas only, so the next engine reconciles the in-sync replicas.
+   */
+  cleanStop?: boolean;
+}
+
+export interface VolumeDoc {
+  id: VolumeId;
+  name: string;
+  sizeBytes: number;
+  createdAt: string;
+  state: VolumeDocState;
+  /** The replication factor asked for; the repair loop keeps `replicas.length` at it. */
+  replicasWanted: number;
+  /** Granularity of dirty-region maps, rebuild copies and checksums: a power of two ≥ 1 MiB. */
+  regionBytes: number;
+  /** Bumped by every engine start (rule 3); replicas refuse anything older. */
+  epoch: number;
+  /**
+   * The engine that owns the volume's I/O while `exported`; after an unexport it stays,
+   * with `exported: false`, as the record of which node ran the last engine (its
+   * dirty-region maps are valid only if no other node's engine ran since).
+   */
+  engine: VolumeEngineEntry | null;
+  replicas: VolumeReplicaEntry[];
+}
+
+export interface StoredVolumeDoc {
+  doc: VolumeDoc;
+  modRevision: number;
+}
+
+export const VOLUMES_PREFIX = 'volumes/';
+export const volumeKey = (name: string): string => `${VOLUMES_PREFIX}${name}`;
+
+/** Regions are at least 1 MiB, and a volume has at most 256 Ki of them (a 32 KiB bitmap). */
+export const MIN_REGION_BYTES = 1 << 20;
+export const MAX_REGIONS = 256 * 1024;
+
+export function regionBytesFor(sizeBytes: number): number {
+  let region = MIN_REGION_BYTES;
+  while (Math.ceil(sizeBytes / region) > MAX_REGIONS) region *= 2;
+  return region;
+}
+
+export function inSyncReplicas(doc: VolumeDoc): VolumeReplicaEntry[] {
+  return doc.replicas.filter((r) => r.state === 'in-sync');
+}
+
+export function volumeHealth(doc: VolumeDoc): 'healthy' | 'degraded' | 'faulted' {
+  const inSync = inSyncReplicas(doc).length;
+  if (inSync === 0) return 'faulted';
+  return inSync < Math.max(doc.replicasWanted, doc.replicas.length) ? 'degraded' : 'healthy';
+}
+
+const isObject = (v: JsonValue | undefined): v is { [key: string]: JsonValue } => typeof v === 'object' && v !== null && !Array.isArray(v);
+const STATES: readonly string[] = ['in-sync', 'rebuilding', 'faulted'];
+const DOC_STATES: readonly string[] = ['creating', 'ready', 'deleting'];
+
+function malformed(key: string, why: string): StorageError {
+  return new StorageError(Code.DATA_LOSS, `volume document at "${key}" is malformed (${why}); fix or delete the key in the cluster store`, { details: { key } });
+}
+
+/** Reads a stored document; DATA_LOSS (naming the key) when it does not have the expected shape. */
+export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
+  if (!isObject(value)) throw malformed(key, 'not an object');
+  const v = value;
+  const str = (name: string): string => {
+    if (typeof v[name] !== 'string') throw malformed(key, `${name} is not a string`);
+    return v[name];
+  };
+  const num = (name: string, o: { [key: string]: JsonValue } = v): number => {
+    const n = o[name];
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw malformed(key, `${name} is not a whole number`);
+    return n;
+  };
+  const state = str('state');
+  if (!DOC_STATES.includes(state)) throw malformed(key, `unknown state ${state}`);
+  if (!Array.isArray(v.replicas)) throw malformed(key, 'replicas is not a list');
+  const replicas = v.replicas.map((r): VolumeReplicaEntry => {
+    if (!isObject(r) || typeof r.id !== 'string' || typeof r.nodeId !== 'string' || typeof r.state !== 'string' || !STATES.includes(r.state)
+      || typeof r.since !== 'string' || (r.reason !== undefined && typeof r.reason !== 'string')) {
+      throw malformed(key, 'a replica entry lacks id, nodeId, state or since');
+    }
+    const entry: VolumeReplicaEntry = { id: r.id as ReplicaId, nodeId: r.nodeId as NodeId, state: r.state as ReplicaHealth, since: r.since };
+    if (typeof r.reason === 'string') entry.reason = r.reason;
+    return entry;
+  });
+  let engine: VolumeEngineEntry | null = null;
+  if (v.engine !== null && v.engine !== undefined) {
+    const e = v.engine;
+    if (!isObject(e) || typeof e.nodeId !== 'string' || typeof e.exported !== 'boolean' || typeof e.startedAt !== 'string') throw malformed(key, 'engine entry');
+    engine = { nodeId: e.nodeId as NodeId, epoch: num('epoch', e), exported: e.exported, startedAt: e.startedAt };
+    if (e.cleanStop === true) engine.cleanStop = true;
+  }
+  return {
+    id: str('id') as VolumeId, name: str('name'), sizeBytes: num('sizeBytes'), createdAt: str('createdAt'), state: state as VolumeDocState,
+    replicasWanted: num('replicasWanted'), regionBytes: num('regionBytes'), epoch: num('epoch'), engine, replicas,
+  };
+}
+
+export function volumeDocToJson(doc: VolumeDoc): JsonValue {
+  return {
+    id: doc.id, name: doc.name, sizeBytes: doc.sizeBytes, createdAt: doc.createdAt, state: doc.state,
+    replicasWanted: doc.replicasWanted, regionBytes: doc.regionBytes, epoch: doc.epoch,
+    engine: doc.engine && {
+      nodeId: doc.engine.nodeId, epoch: doc.engine.epoch, exported: doc.engine.exported, startedAt: doc.engine.startedAt,
+      ...(doc.engine.cleanStop ? { cleanStop: true } : {}),
+    },
+    replicas: doc.replicas.map((r) => ({ id: r.id, nodeId: r.nodeId, state: r.state, since: r.since, ...(r.reason === undefined ? {} : { reason: r.reason }) })),
+  };
+}
+
+function stored(kv: KeyValue): StoredVolumeDoc {
+  return { doc: parseVolumeDoc(kv.key, kv.value), modRevision: kv.modRevision };
+}
+
+export async function getVolumeDoc(store: ClusterStore, name: string): Promise<StoredVolumeDoc | undefined> {
+  const kv = await store.get(volumeKey(name));
+  return kv && stored(kv);
+}
+
+/** Every volume document. A malformed one is skipped and reported through `onMalformed`. */
+export async function listVolumeDocs(store: ClusterStore, onMalformed?: (err: StorageError) => void): Promise<{ docs: StoredVolumeDoc[]; revision: number }> {
+  const { items, revision } = await store.list(VOLUMES_PREFIX);
+  const docs: StoredVolumeDoc[] = [];
+  for (const kv of items) {
+    try {
+      docs.push(stored(kv));
+    } catch (err) {
+      onMalformed?.(err as StorageError);
+    }
+  }
+  return { docs, revision };
+}
+
+/** Writes a new document; false when one of that name exists already. */
+export async function createVolumeDoc(store: ClusterStore, doc: VolumeDoc): Promise<boolean> {
+  const key = volumeKey(doc.name);
+  const r = await store.txn({ guards: [{ key, modRevision: 0 }], ops: [{ type: 'put', key, value: volumeDocToJson(doc) }] });
+  return r.succeeded;
+}
+
+/** What a mutation returns: the next document, `undefined` for "nothing to change", or `'delete'`. */
+export type VolumeDocMutation = VolumeDoc | undefined | 'delete';
+
+const MAX_CAS_ATTEMPTS = 20;
+
+/**
+ * Read, mutate, compare-and-swap, and on a lost race read again and re-decide. `mutate`
+ * gets a fresh copy each time and may throw to give up (its error propagates). NOT_FOUND
+ * when the volume does not exist. Returns the document as stored afterwards (undefined
+ * after a delete). UNAVAILABLE from the store propagates: the caller decides whether to retry.
+ * `extraGuards` must hold too (e.g. the repair leader's key); when one of them fails the
+ * update gives up with ABORTED.
+ */
+export async function updateVolumeDoc(store: ClusterStore, name: string, mutate: (doc: VolumeDoc) => VolumeDocMutation,
+  extraGuards: () => readonly Guard[] = () => []): Promise<StoredVolumeDoc | undefined> {
+  const key = volumeKey(name);
+  for (let attempt = 1; attempt <= MAX_CAS_ATTEMPTS; attempt++) {
+    const current = await store.get(key);
+    if (!current) throw new StorageError(Code.NOT_FOUND, `volume "${name}" not found`, { details: { volume: name } });
+    const before = stored(current);
+    const next = mutate(structuredClone(before.doc));
+    if (next === undefined) return before;
+    const ops = next === 'delete'
+      ? [{ type: 'delete' as const, key }]
+      : [{ type: 'put' as const, key, value: volumeDocToJson(next) }];
+    const r = await store.txn({ guards: [guardFor(key, current), ...extraGuards()], ops });
+    if (r.succeeded) return next === 'delete' ? undefined : { doc: next, modRevision: r.revision };
+    const now = r.current.get(key);
+    if (now?.modRevision === current.modRevision) {
+      throw new StorageError(Code.ABORTED, `volume "${name}" was not changed: another guard of the change failed (leadership moved?)`, { details: { volume: name } });
+    }
+  }
+  throw new StorageError(Code.ABORTED, `volume "${name}" kept changing while being updated (${MAX_CAS_ATTEMPTS} attempts); try again`, { details: { volume: name } });
+}

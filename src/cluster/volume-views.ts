@@ -1,0 +1,100 @@
+/**
+ * What the volume service shows to the API, cairnctl and /metrics: one place that says
+ * what a volume, a replica, a node and the cluster look like from outside.
+ */
+import type { ExportInfo } from '../engine/export-manager.js';
+import type { PoolCapacity } from '../pool/backend.js';
+import type { NodeStatus } from './node-registry.js';
+import type { ReplicaHealth, VolumeDocState } from './volume-doc.js';
+
+export type VolumeHealth = 'healthy' | 'degraded' | 'faulted';
+
+export interface ReplicaView {
+  id: string;
+  nodeName: string;
+  deviceId: string;
+  state: ReplicaHealth;
+  /** When the state last changed (ISO 8601). */
+  since: string;
+  /** Why it left the in-sync set. */
+  reason?: string;
+  /** Bytes backed by storage on its node; 0 when its node could not be asked. */
+  allocatedBytes: number;
+  /** While rebuilding. */
+  rebuild?: { doneBytes: number; totalBytes: number; bytesPerSecond: number };
+  /** Bytes of regions the replica missed (known to the engine), what a resync will copy. */
+  dirtyBytes: number;
+}
+
+export interface VolumeView {
+  id: string;
+  name: string;
+  sizeBytes: number;
+  state: VolumeDocState;
+  health: VolumeHealth;
+  epoch: number;
+  createdAt: string;
+  replicasWanted: number;
+  /** The node running the volume's engine, if any. */
+  engineNode: string | undefined;
+  allocatedBytes: number;
+  replicas: ReplicaView[];
+  /** Set while the volume is exported by this node. */
+  export: ExportInfo | undefined;
+}
+
+export interface VerifyMismatch {
+  offset: number;
+  lengthBytes: number;
+  /** Replica ids whose digest differs from the first in-sync replica's. */
+  replicas: string[];
+}
+
+export interface VerifyResult {
+  volume: string;
+  /** The replicas compared (the in-sync ones; the first is the reference). */
+  replicas: string[];
+  regionBytes: number;
+  regionsCompared: number;
+  mismatches: VerifyMismatch[];
+}
+
+export interface ClusterStatusView {
+  cluster: string;
+  store: 'etcd' | 'embedded';
+  nodeName: string;
+  /** The node leading the repair loop, if any. */
+  repairLeader: string | undefined;
+  nodes: { total: number; up: number };
+  volumes: { total: number; healthy: number; degraded: number; faulted: number };
+}
+
+export interface CreateVolumeOptions {
+  /** 1-3; the cluster default when undefined. */
+  replicas?: number;
+  /** Place a replica on this node when it qualifies (locality). */
+  preferredNode?: string;
+}
+
+export interface ExportOptions {
+  /**
+   * Start the volume here although another node's engine holds it (failover). Refused
+   * while that node is up, unless `force`.
+   */
+  takeover?: boolean;
+  force?: boolean;
+}
+
+/** The operations the API serves. */
+export interface VolumeApi {
+  create(name: string, sizeBytes: number, options?: CreateVolumeOptions): Promise<VolumeView>;
+  delete(name: string, force?: boolean): Promise<void>;
+  export(name: string, options?: ExportOptions): Promise<ExportInfo>;
+  unexport(name: string): Promise<void>;
+  get(name: string): Promise<VolumeView>;
+  list(): Promise<VolumeView[]>;
+  verify(name: string): Promise<VerifyResult>;
+  capacity(): Promise<PoolCapacity>;
+  clusterStatus(): Promise<ClusterStatusView>;
+  nodes(): Promise<NodeStatus[]>;
+}

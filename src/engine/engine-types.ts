@@ -1,0 +1,88 @@
+/**
+ * What the volume engine needs from the layers around it, as interfaces: I/O to one
+ * replica (local or remote), the replica control calls, the volume document's in-sync
+ * changes (compare-and-swap in the cluster store), and the node-local dirty-region maps.
+ * The daemon wires real implementations; unit tests may fake them.
+ */
+import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
+import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from '../replica/replica-manager.js';
+import type { RebuildProgressRecord } from '../store/node-store.js';
+import type { VolumeReplicaEntry } from '../cluster/volume-doc.js';
+
+/** Block I/O to one replica at one epoch. Errors are StorageErrors (a stale epoch is FAILED_PRECONDITION). */
+export interface ReplicaIo {
+  readonly replicaId: ReplicaId;
+  readonly nodeId: NodeId;
+  /** True for the replica on this node (direct I/O, no network). */
+  readonly local: boolean;
+  write(offset: number, data: Uint8Array, fua: boolean): Promise<void>;
+  read(offset: number, lengthBytes: number): Promise<Buffer>;
+  flush(): Promise<void>;
+  trim(offset: number, lengthBytes: number): Promise<void>;
+  writeZeroes(offset: number, lengthBytes: number, mayTrim: boolean): Promise<void>;
+  /** Waits for requests in flight, then releases the connection. */
+  close(): Promise<void>;
+  /** Drops the connection now; pending requests reject. */
+  cancel(): void;
+}
+
+/** The replica service's control calls, on this node (direct) or a peer (gRPC). */
+export interface ReplicaControl {
+  createReplica(ref: ReplicaRefInput, sizeBytes: number, epoch: number, inSync: boolean): Promise<ReplicaStatusView>;
+  deleteReplica(ref: ReplicaRefInput, epoch: number): Promise<void>;
+  getReplicaStatus(ref: ReplicaRefInput): Promise<ReplicaStatusView>;
+  checksumRange(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, regionBytes: number): Promise<ChecksumRangeResult>;
+  startRebuild(ref: ReplicaRefInput, epoch: number, totalBytes: number, restart?: boolean): Promise<ReplicaStatusView>;
+  updateRebuildProgress(ref: ReplicaRefInput, epoch: number, progress: RebuildProgressRecord): Promise<ReplicaStatusView>;
+  finishRebuild(ref: ReplicaRefInput, epoch: number): Promise<ReplicaStatusView>;
+}
+
+/** Reaches replicas wherever they live. */
+export interface ReplicaConnector {
+  /**
+   * Opens I/O to the replica at `epoch`; resolves once the replica accepted the epoch.
+   * UNAVAILABLE when its node cannot be reached, FAILED_PRECONDITION for a stale epoch,
+   * NOT_FOUND when the node has no such replica.
+   */
+  openIo(volumeId: VolumeId, replica: VolumeReplicaEntry, epoch: number): Promise<ReplicaIo>;
+  /** Control calls to the replica service of `nodeId`. UNAVAILABLE when the node is unknown or down. */
+  control(nodeId: NodeId): Promise<ReplicaControl>;
+}
+
+/**
+ * The engine's changes to its volume document. Each is a compare-and-swap guarded by the
+ * engine's epoch: when the document's epoch is no longer the engine's, it rejects with
+ * FAILED_PRECONDITION ("fenced") and the engine must stop acknowledging anything. While the
+ * store is unreachable it keeps retrying (I/O that waits on it waits too): a write the
+ * replica missed is never acknowledged before the replica left the in-sync set.
+ */
+export interface EngineControl {
+  /** The replicas leave the in-sync set (state `faulted`, with the reason). Durable when resolved. */
+  markFaulted(ids: readonly ReplicaId[], reason: string): Promise<void>;
+  /** Marks a returning or new replica `rebuilding` (for operators; it stays out of the in-sync set). */
+  markRebuilding(id: ReplicaId): Promise<void>;
+  /** The replica joins the in-sync set, after its rebuild and checksum comparison agreed. */
+  markInSync(id: ReplicaId): Promise<void>;
+}
+
+/**
+ * Persisted dirty-region maps, one per (volume, replica) that is not in sync, on the
+ * engine's node. A set bit is a region the replica may lack. `save` is durable when it
+ * returns (SQLite, synchronous=FULL).
+ */
+export interface DirtyMapStore {
+  load(volumeId: VolumeId, replicaId: ReplicaId): { regionBytes: number; bits: Buffer } | undefined;
+  save(volumeId: VolumeId, replicaId: ReplicaId, regionBytes: number, bits: Buffer): void;
+  delete(volumeId: VolumeId, replicaId: ReplicaId): void;
+}
+
+/** A replica's state as the engine sees it, for `cairnctl volume inspect` and metrics. */
+export interface EngineReplicaView {
+  replicaId: ReplicaId;
+  nodeId: NodeId;
+  state: 'in-sync' | 'rebuilding' | 'faulted';
+  /** While rebuilding. */
+  rebuild?: { doneBytes: number; totalBytes: number; bytesPerSecond: number };
+  /** Bytes of regions marked dirty (what a resync will copy). */
+  dirtyBytes: number;
+}

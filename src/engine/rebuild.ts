@@ -1,0 +1,332 @@
+/**
+ * Rebuild of one replica (the target) from an in-sync one (the source): copy the regions
+ * the target lacks, checkpoint what is durably copied, compare region checksums, and only
+ * then mark the target in sync on its node. The engine sends live writes to the target
+ * all along (write-only); `RegionLocks` keep a live write and the copy of its region from
+ * interleaving, so the target never ends with the source's older bytes.
+ *
+ * Order of the steps and why:
+ * 1. StartRebuild on the target (keeps its recorded progress: the map already says what
+ *    an earlier attempt copied, so a resumed rebuild copies only what is still set).
+ * 2. Copy every set region, `concurrency` at a time, each under an exclusive region lock,
+ *    throttled by a token bucket. Regions that read as zeros go as write-zeroes so the
+ *    target stays thin. Regions are read and written in chunks of at most 4 MiB so
+ *    memory stays bounded (concurrency × 4 MiB) even with 64 MiB regions.
+ * 3. About once a second (and at the end): flush the target, then clear the bits of the
+ *    regions written before that flush, persist the map, and record progress on the
+ *    target. A bit is never cleared before the target made its region durable.
+ * 4. Compare checksums of the regions copied in this round, source against target, in
+ *    runs of at most 64 regions under exclusive locks. Mismatches are set again and
+ *    copied again, at most 3 rounds in all; then DATA_LOSS.
+ * 5. FinishRebuild. The engine then marks the replica in sync in the cluster store.
+ *
+ * While this runs the engine must not set bits of `map` (a live write the target failed
+ * faults the target and aborts the rebuild instead): a bit set again after its region was
+ * copied could be cleared by the next checkpoint.
+ */
+import { Code, StorageError, isStorageError } from '../common/errors.js';
+import type { VolumeId } from '../common/ids.js';
+import type { Logger } from '../common/log.js';
+import type { VolumeReplicaEntry } from '../cluster/volume-doc.js';
+import { MAX_CHECKPOINT_BYTES, type ReplicaRefInput } from '../replica/replica-manager.js';
+import type { ReplicaControl, ReplicaIo } from './engine-types.js';
+import type { RegionLocks, RegionMap } from './region-map.js';
+import { TokenBucket, systemClock } from './token-bucket.js';
+
+export interface RebuildProgress { doneBytes: number; totalBytes: number; bytesPerSecond: number }
+
+export interface RebuildContext {
+  volumeId: VolumeId;
+  target: VolumeReplicaEntry;
+  epoch: number;
+  sizeBytes: number;
+  regionBytes: number;
+  /** An in-sync replica. */
+  source: ReplicaIo;
+  targetIo: ReplicaIo;
+  sourceControl: ReplicaControl;
+  targetControl: ReplicaControl;
+  /** Regions the target lacks; runRebuild clears bits as regions are durably copied. */
+  map: RegionMap;
+  /** The engine saves `map` (synchronously durable). */
+  persistMap(): void;
+  locks: RegionLocks;
+  /** 0 = unlimited. */
+  rateBytesPerSec: number;
+  /** Regions copied at once, default 4. */
+  concurrency?: number;
+  signal: AbortSignal;
+  log: Logger;
+  /** Called about once a second and at the end with the progress of this run. */
+  onProgress?(p: RebuildProgress): void;
+}
+
+export interface RebuildResult {
+  /** Bytes of the regions copied (data and zeros, every round). */
+  copiedBytes: number;
+  /** Of `copiedBytes`, those sent as write-zeroes. */
+  zeroedBytes: number;
+  /** Regions whose checksums agreed between source and target. */
+  regionsVerified: number;
+  durationMs: number;
+}
+
+export const REBUILD_ROUNDS = 3;
+export const DEFAULT_REBUILD_CONCURRENCY = 4;
+export const CHECKPOINT_INTERVAL_MS = 1000;
+export const VERIFY_RUN_REGIONS = 64;
+export const COPY_CHUNK_BYTES = 4 << 20;
+const LOG_INTERVAL_MS = 10_000;
+
+let zeros = Buffer.alloc(0);
+/** Whether every byte of `data` is zero (such a region is copied as write-zeroes). */
+export function isZero(data: Buffer): boolean {
+  if (zeros.length < data.length) zeros = Buffer.alloc(Math.max(data.length, COPY_CHUNK_BYTES));
+  return data.equals(zeros.subarray(0, data.length));
+}
+
+function cancelledError(ctx: RebuildContext): StorageError {
+  return new StorageError(Code.CANCELLED, `rebuild of replica ${ctx.target.id} of volume ${ctx.volumeId} cancelled`,
+    { details: { replica: ctx.target.id, volume: ctx.volumeId } });
+}
+
+export async function runRebuild(ctx: RebuildContext): Promise<RebuildResult> {
+  return new RebuildRun(ctx).run();
+}
+
+class RebuildRun {
+  private readonly ref: ReplicaRefInput;
+  private readonly sourceRef: ReplicaRefInput;
+  private readonly bucket: TokenBucket;
+  private readonly concurrency: number;
+  private readonly log: Logger;
+  private readonly startedAt = systemClock.now();
+  private totalBytes = 0;
+  /** Bytes of regions copied in this run (progress). */
+  private copiedBytes = 0;
+  private zeroedBytes = 0;
+  /** Bytes of regions whose bits were cleared after a flush. */
+  private durableBytes = 0;
+  private regionsVerified = 0;
+  /** Regions written to the target since the last flush was asked for. */
+  private unflushed: number[] = [];
+  private checkpointTail: Promise<void> = Promise.resolve();
+  private checkpointRunning = false;
+  private lastCheckpointAt = this.startedAt;
+  private lastLogAt = this.startedAt;
+  private lastLoggedBytes = 0;
+  /** The first error of a copy worker or a background checkpoint. */
+  private failure: unknown;
+  private failed = false;
+
+  constructor(private readonly ctx: RebuildContext) {
+    this.ref = { replicaId: ctx.target.id, volumeId: ctx.volumeId };
+    this.sourceRef = { replicaId: ctx.source.replicaId, volumeId: ctx.volumeId };
+    this.concurrency = Math.max(1, Math.floor(ctx.concurrency ?? DEFAULT_REBUILD_CONCURRENCY));
+    this.bucket = new TokenBucket(ctx.rateBytesPerSec, ctx.regionBytes);
+    this.log = ctx.log.child({ volume: ctx.volumeId, replica: ctx.target.id, source: ctx.source.replicaId, epoch: ctx.epoch });
+    if (ctx.map.regionBytes !== ctx.regionBytes || ctx.map.sizeBytes !== ctx.sizeBytes) {
+      throw new StorageError(Code.INVALID_ARGUMENT,
+        `the region map (${ctx.map.sizeBytes} bytes in regions of ${ctx.map.regionBytes}) does not match the volume (${ctx.sizeBytes} bytes in regions of ${ctx.regionBytes})`);
+    }
+  }
+
+  async run(): Promise<RebuildResult> {
+    const { ctx } = this;
+    if (ctx.signal.aborted) throw cancelledError(ctx);
+    this.totalBytes = ctx.map.dirtyBytes();
+    await ctx.targetControl.startRebuild(this.ref, ctx.epoch, this.totalBytes, false);
+    this.log.info({ totalBytes: this.totalBytes, regions: ctx.map.count(), rateBytesPerSec: ctx.rateBytesPerSec, concurrency: this.concurrency }, 'replica rebuild copying');
+    for (let round = 1; ; round++) {
+      const copied = await this.copyRound();
+      const mismatched = await this.verify(copied);
+      if (mismatched.length === 0) break;
+      for (const r of mismatched) ctx.map.set(r);
+      ctx.persistMap();
+      this.log.warn({ round, regions: mismatched.length, firstRegion: mismatched[0] }, 'replica rebuild found regions that differ from the source');
+      if (round >= REBUILD_ROUNDS) {
+        throw new StorageError(Code.DATA_LOSS,
+          `replica ${ctx.target.id} still differs from its source in ${mismatched.length} regions after ${REBUILD_ROUNDS} rebuild rounds; it stays faulted: check its disk`,
+          { details: { replica: ctx.target.id, volume: ctx.volumeId, regions: mismatched.length } });
+      }
+      for (const r of mismatched) this.totalBytes += ctx.map.regionLength(r);
+    }
+    await ctx.targetControl.finishRebuild(this.ref, ctx.epoch);
+    const result: RebuildResult = {
+      copiedBytes: this.copiedBytes, zeroedBytes: this.zeroedBytes, regionsVerified: this.regionsVerified, durationMs: Math.round(systemClock.now() - this.startedAt),
+    };
+    this.log.info({ ...result, totalBytes: this.totalBytes }, 'replica rebuild finished');
+    return result;
+  }
+
+  /** Copies every set region; returns them once all are flushed and cleared. */
+  private async copyRound(): Promise<number[]> {
+    const { map, signal } = this.ctx;
+    const copied: number[] = [];
+    let cursor = 0;
+    const next = (): number => {
+      if (this.failed || signal.aborted) return -1;
+      const r = map.nextSet(cursor);
+      if (r >= 0) cursor = r + 1;
+      return r;
+    };
+    const worker = async (): Promise<void> => {
+      for (let r = next(); r >= 0; r = next()) {
+        try {
+          await this.copyRegion(r);
+        } catch (err) {
+          if (!(signal.aborted && isStorageError(err, Code.CANCELLED))) this.fail(err);
+          return;
+        }
+        copied.push(r);
+        this.unflushed.push(r);
+        this.afterRegion();
+      }
+    };
+    await Promise.all(Array.from({ length: this.concurrency }, worker));
+    await this.checkpointTail;
+    if (this.failed) throw this.failure;
+    if (signal.aborted) {
+      // Keep what is already copied: flush it and clear its bits, then give up.
+      await this.checkpoint().catch((err: unknown) => this.log.warn({ err }, 'replica rebuild could not save its progress when cancelled'));
+      throw cancelledError(this.ctx);
+    }
+    await this.checkpoint();
+    this.report(true);
+    return copied.sort((a, b) => a - b);
+  }
+
+  private async copyRegion(r: number): Promise<void> {
+    const { map, locks, source, targetIo, signal } = this.ctx;
+    const offset = map.regionOffset(r);
+    const length = map.regionLength(r);
+    await this.bucket.take(length, signal);
+    const release = await locks.exclusive(r, 1);
+    try {
+      for (let at = 0; at < length; at += COPY_CHUNK_BYTES) {
+        const chunk = Math.min(COPY_CHUNK_BYTES, length - at);
+        const data = await source.read(offset + at, chunk);
+        if (data.length !== chunk) {
+          throw new StorageError(Code.INTERNAL, `source replica ${source.replicaId} returned ${data.length} bytes for a read of ${chunk} at ${offset + at}`);
+        }
+        if (isZero(data)) {
+          await targetIo.writeZeroes(offset + at, chunk, true);
+          this.zeroedBytes += chunk;
+        } else {
+          await targetIo.write(offset + at, data, false);
+        }
+      }
+    } finally {
+      release();
+    }
+    this.copiedBytes += length;
+  }
+
+  /** After each copied region: a checkpoint about once a second, progress now and then. */
+  private afterRegion(): void {
+    if (!this.checkpointRunning && systemClock.now() - this.lastCheckpointAt >= CHECKPOINT_INTERVAL_MS) {
+      this.checkpoint().catch((err: unknown) => this.fail(err));
+    }
+    this.report(false);
+  }
+
+  /** Flushes the target, then clears the bits of the regions written before the flush and records progress. Serialised. */
+  private checkpoint(): Promise<void> {
+    this.checkpointRunning = true;
+    const done = this.checkpointTail.then(() => this.saveCheckpoint());
+    this.checkpointTail = done.then(() => { this.checkpointRunning = false; }, () => { this.checkpointRunning = false; });
+    return done;
+  }
+
+  private async saveCheckpoint(): Promise<void> {
+    const { map, targetIo, targetControl, epoch } = this.ctx;
+    const regions = this.unflushed;
+    this.unflushed = [];
+    if (regions.length > 0) {
+      await targetIo.flush();
+      for (const r of regions) {
+        map.clear(r);
+        this.durableBytes += map.regionLength(r);
+      }
+      this.ctx.persistMap();
+    }
+    const bits = map.toBuffer();
+    const checkpoint = bits.length <= MAX_CHECKPOINT_BYTES ? bits : Buffer.alloc(0);
+    await targetControl.updateRebuildProgress(this.ref, epoch, { doneBytes: Math.min(this.durableBytes, this.totalBytes), totalBytes: this.totalBytes, checkpoint });
+    this.lastCheckpointAt = systemClock.now();
+    this.ctx.onProgress?.(this.progress());
+  }
+
+  /** Compares checksums of `regions` (sorted) between source and target; returns those that differ. */
+  private async verify(regions: readonly number[]): Promise<number[]> {
+    const mismatched: number[] = [];
+    for (const [first, count] of contiguousRuns(regions, VERIFY_RUN_REGIONS)) {
+      if (this.ctx.signal.aborted) throw cancelledError(this.ctx);
+      const differ = await this.verifyRun(first, count);
+      this.regionsVerified += count - differ.length;
+      mismatched.push(...differ);
+    }
+    return mismatched;
+  }
+
+  private async verifyRun(first: number, count: number): Promise<number[]> {
+    const { map, locks, sourceControl, targetControl, epoch, regionBytes } = this.ctx;
+    const offset = map.regionOffset(first);
+    const end = map.regionOffset(first + count - 1) + map.regionLength(first + count - 1);
+    const release = await locks.exclusive(first, count);
+    let sums;
+    try {
+      sums = await Promise.all([
+        sourceControl.checksumRange(this.sourceRef, epoch, offset, end - offset, regionBytes),
+        targetControl.checksumRange(this.ref, epoch, offset, end - offset, regionBytes),
+      ]);
+    } finally {
+      release();
+    }
+    const [s, t] = sums;
+    if (s.algorithm !== t.algorithm || s.digests.length !== count || t.digests.length !== count) {
+      throw new StorageError(Code.INTERNAL,
+        `checksums of regions ${first}..${first + count - 1} do not compare: source gave ${s.digests.length} ${s.algorithm} digests, target ${t.digests.length} ${t.algorithm} digests`);
+    }
+    const differ: number[] = [];
+    for (let i = 0; i < count; i++) {
+      if (!s.digests[i]!.equals(t.digests[i]!)) differ.push(first + i);
+    }
+    return differ;
+  }
+
+  private fail(err: unknown): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.failure = err;
+  }
+
+  private progress(): RebuildProgress {
+    const seconds = (systemClock.now() - this.startedAt) / 1000;
+    return { doneBytes: Math.min(this.copiedBytes, this.totalBytes), totalBytes: this.totalBytes, bytesPerSecond: seconds > 0 ? Math.round(this.copiedBytes / seconds) : 0 };
+  }
+
+  /** Logs (and reports) progress every 10 % of the total or 10 s, and at the end of a round. */
+  private report(force: boolean): void {
+    const now = systemClock.now();
+    const step = this.totalBytes / 10;
+    if (!force && this.copiedBytes - this.lastLoggedBytes < step && now - this.lastLogAt < LOG_INTERVAL_MS) return;
+    this.lastLogAt = now;
+    this.lastLoggedBytes = this.copiedBytes;
+    const p = this.progress();
+    const etaSeconds = p.bytesPerSecond > 0 ? Math.round((p.totalBytes - p.doneBytes) / p.bytesPerSecond) : null;
+    this.ctx.onProgress?.(p);
+    this.log.info({ ...p, etaSeconds }, 'replica rebuild progress');
+  }
+}
+
+/** Sorted regions as [first, count] runs of consecutive regions, each at most `max` long. */
+export function contiguousRuns(regions: readonly number[], max: number): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (const r of regions) {
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === r && last[1] < max) last[1]++;
+    else runs.push([r, 1]);
+  }
+  return runs;
+}

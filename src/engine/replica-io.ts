@@ -1,0 +1,155 @@
+/**
+ * The engine's I/O to one replica (`ReplicaIo`), in its two forms:
+ *
+ * - `LocalReplicaIo`: the replica on this node, straight into its `Replica` (no gRPC, no
+ *   copy). Every call is one `runBatch` at the engine's epoch, so the replica fences it
+ *   exactly as it fences a remote stream. Requests above 4 MiB are split so that none
+ *   exceeds the replica's batch limit.
+ * - `RemoteReplicaIo`: a replica on a peer, over one `IoStream` (which batches).
+ */
+import { Code, StorageError } from '../common/errors.js';
+import type { NodeId, ReplicaId } from '../common/ids.js';
+import type { IoStream } from '../replica/io-stream.js';
+import type { IoOp, IoResult } from '../replica/io-types.js';
+import type { Replica } from '../replica/replica.js';
+import type { ReplicaIo } from './engine-types.js';
+
+/** The largest request sent to a local replica in one batch (its default batch limit is 8 MiB). */
+export const LOCAL_CHUNK_BYTES = 4 << 20;
+
+interface Pending {
+  resolve: (data: Buffer | undefined) => void;
+  reject: (err: StorageError) => void;
+}
+
+export class LocalReplicaIo implements ReplicaIo {
+  readonly replicaId: ReplicaId;
+  readonly local = true;
+  private nextSeq = 1;
+  private readonly pending = new Map<number, Pending>();
+  private failure: StorageError | undefined;
+  private closing = false;
+  private drainWaiters: (() => void)[] = [];
+  private readonly sink = (r: IoResult): void => this.onResult(r);
+
+  constructor(private readonly replica: Replica, readonly epoch: number, readonly nodeId: NodeId) {
+    this.replicaId = replica.id;
+  }
+
+  write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    if (data.byteLength <= LOCAL_CHUNK_BYTES) return this.submit('write', offset, data.byteLength, data, fua, false).then(ignore);
+    const parts: Promise<unknown>[] = [];
+    for (let at = 0; at < data.byteLength; at += LOCAL_CHUNK_BYTES) {
+      const part = data.subarray(at, Math.min(at + LOCAL_CHUNK_BYTES, data.byteLength));
+      parts.push(this.submit('write', offset + at, part.byteLength, part, fua, false));
+    }
+    return Promise.all(parts).then(ignore);
+  }
+
+  async read(offset: number, lengthBytes: number): Promise<Buffer> {
+    if (lengthBytes <= LOCAL_CHUNK_BYTES) return (await this.submit('read', offset, lengthBytes, undefined, false, false)) ?? Buffer.alloc(0);
+    const parts: Promise<Buffer | undefined>[] = [];
+    for (let at = 0; at < lengthBytes; at += LOCAL_CHUNK_BYTES) {
+      parts.push(this.submit('read', offset + at, Math.min(LOCAL_CHUNK_BYTES, lengthBytes - at), undefined, false, false));
+    }
+    return Buffer.concat((await Promise.all(parts)).map((b) => b ?? Buffer.alloc(0)));
+  }
+
+  flush(): Promise<void> {
+    return this.submit('flush', 0, 0, undefined, false, false).then(ignore);
+  }
+
+  trim(offset: number, lengthBytes: number): Promise<void> {
+    return this.submit('trim', offset, lengthBytes, undefined, false, false).then(ignore);
+  }
+
+  writeZeroes(offset: number, lengthBytes: number, mayTrim: boolean): Promise<void> {
+    return this.submit('write-zeroes', offset, lengthBytes, undefined, false, mayTrim).then(ignore);
+  }
+
+  /** Refuses new requests and waits for those in flight. The replica itself stays open (the replica manager owns it). */
+  async close(): Promise<void> {
+    this.closing = true;
+    if (this.pending.size > 0) await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  cancel(): void {
+    if (this.failure) return;
+    this.failure = new StorageError(Code.CANCELLED, `I/O to replica ${this.replicaId} cancelled`, { details: { replica: this.replicaId } });
+    const all = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of all) p.reject(this.failure);
+    this.wakeDrainWaiters();
+  }
+
+  /** Requests submitted and not yet answered. */
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  private submit(op: IoOp, offset: number, lengthBytes: number, data: Uint8Array | undefined, fua: boolean, mayTrim: boolean): Promise<Buffer | undefined> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closing) {
+      return Promise.reject(new StorageError(Code.FAILED_PRECONDITION, `I/O to replica ${this.replicaId} is closing`, { details: { replica: this.replicaId } }));
+    }
+    return new Promise((resolve, reject) => {
+      const seq = this.nextSeq++;
+      this.pending.set(seq, { resolve, reject });
+      this.replica.runBatch(this.epoch, [{ seq, op, offset, lengthBytes, data, fua, mayTrim }], this.sink);
+    });
+  }
+
+  private onResult(r: IoResult): void {
+    const p = this.pending.get(r.seq);
+    if (!p) return; // cancelled meanwhile
+    this.pending.delete(r.seq);
+    if (r.error) p.reject(r.error);
+    else p.resolve(r.data);
+    if (this.pending.size === 0 && this.drainWaiters.length > 0) this.wakeDrainWaiters();
+  }
+
+  private wakeDrainWaiters(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+  }
+}
+
+/** A replica on a peer, through one Io stream; each call maps 1:1 to the stream's. */
+export class RemoteReplicaIo implements ReplicaIo {
+  readonly local = false;
+
+  constructor(private readonly stream: IoStream, readonly replicaId: ReplicaId, readonly nodeId: NodeId) {}
+
+  write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    return this.stream.write(offset, data, fua);
+  }
+
+  read(offset: number, lengthBytes: number): Promise<Buffer> {
+    return this.stream.read(offset, lengthBytes);
+  }
+
+  flush(): Promise<void> {
+    return this.stream.flush();
+  }
+
+  trim(offset: number, lengthBytes: number): Promise<void> {
+    return this.stream.trim(offset, lengthBytes);
+  }
+
+  writeZeroes(offset: number, lengthBytes: number, mayTrim: boolean): Promise<void> {
+    return this.stream.writeZeroes(offset, lengthBytes, mayTrim);
+  }
+
+  close(): Promise<void> {
+    return this.stream.end();
+  }
+
+  cancel(): void {
+    this.stream.cancel();
+  }
+}
+
+function ignore(): void {
+  return undefined;
+}
