@@ -327,7 +327,7 @@ function printRecovery(b: Bench, size: number, cp: CpSample[], full: RecoverySam
     ['full rebuild: reconnect .. healthy', fmtMs(fullAfterReconnect), fmt(mbps(size, fullAfterReconnect)), '', fullAfterReconnect ? `${(size / fullAfterReconnect / 1e3 / cpMbps).toFixed(2)} x cp` : ''],
     ['full rebuild: node ready .. healthy', fmtMs(fullReady), fmt(mbps(size, fullReady)), '', `${(size / fullReady / 1e3 / cpMbps).toFixed(2)} x cp`],
     ['full rebuild: restart .. healthy', fmtMs(fullTotal), fmt(mbps(size, fullTotal)), '', `${(size / fullTotal / 1e3 / cpMbps).toFixed(2)} x cp`],
-    [`resync ${dirtyCount}/${regions} regions: engine copy + verify`, fmtMs(rsCopyMs), '', cpuPerGiB(resync), pct(rsCopyMs, fullCopyMs)],
+    [`resync ${dirtyCount}/${regions} regions: engine copy + verify`, fmtMs(rsCopyMs), '', '', pct(rsCopyMs, fullCopyMs)],
     ['resync: reconnect .. healthy', fmtMs(rsAfterReconnect), '', '', pct(rsAfterReconnect, fullAfterReconnect)],
     ['resync: node ready .. healthy', fmtMs(rsReady), '', '', pct(rsReady, fullReady)],
     ['resync: restart .. healthy', fmtMs(rsTotal), '', '', pct(rsTotal, fullTotal)],

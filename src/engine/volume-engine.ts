@@ -13,8 +13,9 @@
  *   write is acknowledged, many at once: group commit), so its return copies only those.
  * - Reads come from the local in-sync replica, else the first in-sync remote one; a read
  *   error faults that replica and the read is retried on another.
- * - A flush is acknowledged once every remaining in-sync replica flushed; one that failed
- *   is faulted with its whole map set (which writes it made durable is unknown).
+ * - A flush is acknowledged once every remaining in-sync replica flushed. A replica that
+ *   fails (a flush or anything else) is faulted with the regions it acknowledged since its
+ *   last successful flush marked too: its node may have lost them from its page cache.
  * - Out-of-sync replicas are retried every `reconnectIntervalMs`; one that answers is
  *   marked rebuilding, gets every live write from then on, and is copied from an in-sync
  *   source (`runRebuild`); it rejoins the in-sync set after the copy and the checksum
@@ -101,6 +102,10 @@ class Member {
   /** The base may come from the target's rebuild checkpoint (the document said it was rebuilding). */
   checkpointOk = false;
   deferred: RegionMap | undefined;
+  /** Regions written on `io` since the last flush was sent: lost if its node crashes before a flush. */
+  unflushed: RegionMap | undefined;
+  /** The `unflushed` maps of flushes still in flight. */
+  readonly flushing = new Set<RegionMap>();
   rebuild: RebuildRun | undefined;
   /** The commit that makes its fault durable, while pending: writes it misses wait for it. */
   faultPending: Promise<void> | undefined;
@@ -461,7 +466,8 @@ export class VolumeEngine implements BlockDevice {
     const inSyncCount = this.inSync.length;
     if (inSyncCount === 0) throw this.noInSync();
     const errs = await Promise.all(targets.map((m) => this.send(m, Kind.Flush, 0, 0, undefined, false)));
-    const wait = errs.some((e) => e !== undefined) ? this.afterFailures(targets, inSyncCount, errs, 0, 0, true) : undefined;
+    // A replica whose flush failed is faulted; fault() marks what it had not flushed.
+    const wait = errs.some((e) => e !== undefined) ? this.afterFailures(targets, inSyncCount, errs, 0, 0, false) : undefined;
     if (wait) await wait;
     if (this.fencedError) throw this.fencedError;
   }
@@ -482,8 +488,18 @@ export class VolumeEngine implements BlockDevice {
     const counts = m.inflight;
     const slot = this.tick & MASK;
     counts[slot]!++;
+    let covered: RegionMap | undefined;
+    if (kind === Kind.Flush && m.unflushed) {
+      covered = m.unflushed;
+      m.unflushed = undefined;
+      m.flushing.add(covered);
+    }
     try {
       await this.issue(io, kind, offset, lengthBytes, data, flag);
+      if (covered) m.flushing.delete(covered);
+      else if (kind !== Kind.Flush && !(kind === Kind.Write && flag) && m.io === io) {
+        (m.unflushed ??= new RegionMap(this.sizeBytes, this.regionBytes)).markRange(offset, lengthBytes);
+      }
       return undefined;
     } catch (err) {
       return this.asError(m, err);
@@ -560,6 +576,7 @@ export class VolumeEngine implements BlockDevice {
     io?.cancel();
     m.rebuild?.abort.abort();
     m.map ??= new RegionMap(this.sizeBytes, this.regionBytes);
+    this.markUnflushed(m);
     if (was === 'in-sync') this.sourceGone(m);
     this.rebuildSets();
     const p = this.queueCommit(m, reason);
@@ -569,6 +586,20 @@ export class VolumeEngine implements BlockDevice {
     };
     p.then(clear, clear);
     this.log.warn({ replica: m.id, node: m.entry.nodeId, role: was, reason, inSync: this.inSync.map((x) => x.id) }, 'replica left the I/O path; faulting it');
+  }
+
+  /**
+   * What the replica acknowledged but had not flushed may be lost with its node (a crash
+   * keeps the page cache, a power loss does not): those regions are marked missed too.
+   */
+  private markUnflushed(m: Member): void {
+    const maps = [...m.flushing];
+    if (m.unflushed) maps.push(m.unflushed);
+    m.unflushed = undefined;
+    m.flushing.clear();
+    if (maps.length === 0) return;
+    const into = m.rebuild?.copying ? (m.deferred ??= new RegionMap(this.sizeBytes, this.regionBytes)) : m.map!;
+    for (const u of maps) for (let r = u.nextSet(0); r >= 0; r = u.nextSet(r + 1)) into.set(r);
   }
 
   /** Rebuilds copying from `m` stop; they start again from an in-sync source. */

@@ -67,6 +67,12 @@ export class EtcdProcess {
       '--log-level', 'error', '--logger', 'zap',
     ], { stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
+    // A test worker that dies must not leave etcd behind.
+    const reap = (): void => {
+      child.kill('SIGKILL');
+    };
+    process.once('exit', reap);
+    child.once('exit', () => process.removeListener('exit', reap));
     child.stderr?.on('data', (chunk: Buffer) => {
       this.stderrTail = (this.stderrTail + chunk.toString()).slice(-2000);
     });

@@ -229,6 +229,21 @@ test('a failed replica is faulted durably before the write is acknowledged; its 
   t.deepEqual(await c.bytes(2, 6 * MiB, 4096), filled(4096, 0), 'the faulted replica never got it');
 });
 
+test('a replica that fails is faulted with what it acknowledged since its last flush marked, not its whole map', async (t) => {
+  const c = await cluster(t, 3);
+  const e = await c.start();
+  await e.write(0, filled(4096, 1)); // region 0: flushed below, so durable everywhere
+  await e.flush();
+  await e.write(3 * MiB, filled(4096, 2)); // region 3: acknowledged, not flushed
+  await e.write(5 * MiB, filled(4096, 3), true); // region 5: FUA, durable when acknowledged
+  c.connector.last(c.ids[2]!).mode = 'error'; // its node goes away: the flush fails there
+  await e.flush();
+  t.is(stateOf(e, c.ids[2]!), 'faulted');
+  t.deepEqual(dirtyRegions(c.dirty, c.ids[2]!), [3], 'only the region written since its last flush (FUA writes are durable)');
+  await e.write(9 * MiB, filled(4096, 4)); // missed while faulted
+  t.deepEqual(dirtyRegions(c.dirty, c.ids[2]!), [3, 9]);
+});
+
 test('the last in-sync replica is never faulted: the error reaches the caller', async (t) => {
   const c = await cluster(t, 2);
   const e = await c.start();
