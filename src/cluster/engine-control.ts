@@ -8,7 +8,7 @@
  * in-sync set (rule 1). A document whose epoch is no longer the engine's means a newer
  * engine took the volume over: FAILED_PRECONDITION, and the engine fences itself.
  */
-import { Code, StorageError, isStorageError } from '../common/errors.js';
+import { Code, STALE_EPOCH, StorageError, isStorageError } from '../common/errors.js';
 import type { ReplicaId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import type { EngineControl } from '../engine/engine-types.js';
@@ -46,7 +46,7 @@ export class DocEngineControl implements EngineControl {
       if (doc.epoch !== this.epoch || doc.state !== 'ready') {
         throw new StorageError(Code.FAILED_PRECONDITION,
           `volume "${this.name}" is now at epoch ${doc.epoch} (${doc.state}); this engine of epoch ${this.epoch} is fenced`,
-          { details: { volume: this.name, epoch: this.epoch, newestEpoch: doc.epoch } });
+          { details: { reason: STALE_EPOCH, volume: this.name, epoch: this.epoch, newestEpoch: doc.epoch } });
       }
       let changed = false;
       const now = new Date().toISOString();

@@ -40,6 +40,24 @@ export class StorageError extends Error {
   }
 }
 
+/**
+ * `details.reason` of an error that a replica refused because a newer engine of the volume
+ * has been there (fencing, rule 3); `details.newestEpoch` says which epoch. It travels
+ * across the peer protocol, so that engines decide on it, never on the message text.
+ */
+export const STALE_EPOCH = 'STALE_EPOCH';
+
+/** A refusal of a stale epoch (see STALE_EPOCH). */
+export function staleEpochError(replica: string, volume: string, epoch: number, newestEpoch: number): StorageError {
+  return new StorageError(Code.FAILED_PRECONDITION,
+    `stale epoch ${epoch} < ${newestEpoch}: replica ${replica} has been fenced by a newer engine of volume ${volume}`,
+    { details: { reason: STALE_EPOCH, replica, volume, epoch, newestEpoch } });
+}
+
+export function isStaleEpoch(err: unknown): boolean {
+  return err instanceof StorageError && err.details.reason === STALE_EPOCH;
+}
+
 /** A failed system call, from the native addon or from node's fs. */
 export class SystemError extends StorageError {
   readonly errno: number;

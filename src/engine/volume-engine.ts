@@ -32,7 +32,7 @@
  * Hot path: no timer or closure per request beyond the promises; timeouts are found by one
  * sweep timer that looks at per-replica counters of requests in flight by start interval.
  */
-import { Code, StorageError, fromNodeError, isStorageError } from '../common/errors.js';
+import { Code, StorageError, fromNodeError, isStaleEpoch, isStorageError } from '../common/errors.js';
 import type { DeviceId, NodeId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { withTimeout } from '../common/timeout.js';
@@ -129,7 +129,6 @@ interface CommitBatch {
 
 const noop = (): void => undefined;
 const isCallerFault = (e: StorageError): boolean => e.code === Code.INVALID_ARGUMENT || e.code === Code.OUT_OF_RANGE;
-const isStale = (e: unknown): boolean => isStorageError(e, Code.FAILED_PRECONDITION) && e.message.includes('stale epoch');
 const newestEpochOf = (e: StorageError): number | undefined => (typeof e.details.newestEpoch === 'number' ? e.details.newestEpoch : undefined);
 const join = (a: Promise<void> | undefined, b: Promise<void> | undefined): Promise<void> | undefined => (!a ? b : !b ? a : Promise.all([a, b]).then(noop));
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -235,7 +234,7 @@ export class VolumeEngine implements BlockDevice {
       } catch (raw) {
         if (this.fencedError) throw this.fencedError;
         const err = this.asError(m, raw);
-        if (isStale(err)) throw this.fence(newestEpochOf(err), err);
+        if (isStaleEpoch(err)) throw this.fence(newestEpochOf(err), err);
         if (isCallerFault(err)) throw err;
         if (m.removed || m.role !== 'in-sync' || m.io !== io) continue; // dropped meanwhile: the next choice
         if (this.inSync.length <= 1) throw err;
@@ -386,7 +385,7 @@ export class VolumeEngine implements BlockDevice {
         return;
       }
       const err = this.asError(m, r.reason);
-      if (isStale(err)) stale ??= err;
+      if (isStaleEpoch(err)) stale ??= err;
       failed.push(m);
       reasons.push(`${m.id} on node ${m.entry.nodeId}: ${err.message}`);
     });
@@ -525,7 +524,7 @@ export class VolumeEngine implements BlockDevice {
         if (i < inSyncCount && targets[i]!.role === 'in-sync') survivors++;
         continue;
       }
-      if (isStale(e)) throw this.fence(newestEpochOf(e), e);
+      if (isStaleEpoch(e)) throw this.fence(newestEpochOf(e), e);
       if (i >= inSyncCount) continue; // a write-only target: any error faults it
       if (isCallerFault(e)) callerError ??= e;
       else inSyncError ??= e;
@@ -739,7 +738,7 @@ export class VolumeEngine implements BlockDevice {
       if (gone()) throw new StorageError(Code.CANCELLED, 'engine state changed');
     } catch (err) {
       io?.cancel();
-      if (isStale(err)) this.fence(newestEpochOf(err as StorageError), err);
+      if (isStaleEpoch(err)) this.fence(newestEpochOf(err as StorageError), err);
       else if (!isStorageError(err, Code.CANCELLED)) this.log.debug({ replica: m.id, node: m.entry.nodeId, err: (err as Error).message }, 'replica still unreachable');
       return;
     } finally {
@@ -856,7 +855,7 @@ export class VolumeEngine implements BlockDevice {
 
   private rebuildFailed(m: Member, run: RebuildRun, err: unknown): void {
     if (this.closing || this.fencedError || m.removed) return;
-    if (isStale(err)) {
+    if (isStaleEpoch(err)) {
       this.fence(newestEpochOf(err as StorageError), err);
       return;
     }

@@ -7,7 +7,7 @@
  * completes. Control calls on one replica run one after another (a per-replica lock);
  * calls on different replicas run concurrently.
  */
-import { Code, StorageError } from '../common/errors.js';
+import { Code, StorageError, staleEpochError } from '../common/errors.js';
 import { asDeviceId, type ReplicaId, type VolumeId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
@@ -224,8 +224,7 @@ export class ReplicaManager {
     if (replica && !replica.isClosed) return replica.admitEpoch(epoch);
     wholeBytes(epoch, 'epoch');
     if (epoch < record.epoch) {
-      throw new StorageError(Code.FAILED_PRECONDITION, `stale epoch ${epoch} < ${record.epoch}: replica ${record.id} has been fenced by a newer engine of volume ${record.volumeId}`,
-        { details: { replica: record.id, epoch, newestEpoch: record.epoch } });
+      throw staleEpochError(record.id, record.volumeId, epoch, record.epoch);
     }
     if (epoch > record.epoch) this.opts.store.raiseReplicaEpoch(record.id, epoch);
   }

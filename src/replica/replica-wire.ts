@@ -21,7 +21,7 @@ export interface IoRequestMessage {
   seq: number; op: WireIoOp | number; offset: number; lengthBytes: number; data: Uint8Array; fua: boolean; mayTrim: boolean;
 }
 export interface IoBatchMessage { replica: ReplicaRefMessage | null; epoch: number; requests: IoRequestMessage[] }
-export interface RequestStatusMessage { code: number; errnoName: string; message: string }
+export interface RequestStatusMessage { code: number; errnoName: string; message: string; reason: string; newestEpoch: number }
 export interface IoReplyMessage { seq: number; status: RequestStatusMessage | null; data: Uint8Array }
 export interface IoReplyBatchMessage { replies: IoReplyMessage[]; epoch: number }
 export interface RebuildProgressMessage { doneBytes: number; totalBytes: number; checkpoint: Uint8Array }
@@ -58,12 +58,15 @@ export function refToWire(ref: ReplicaRefInput): ReplicaRefMessage {
 /** A StorageError as a per-request status: code, errno name, message. */
 export function statusToWire(err: StorageError): RequestStatusMessage {
   const errnoName = err instanceof SystemError ? err.errnoName : typeof err.details.errnoName === 'string' ? err.details.errnoName : '';
-  return { code: err.code, errnoName, message: err.message };
+  const reason = typeof err.details.reason === 'string' ? err.details.reason : '';
+  const newestEpoch = typeof err.details.newestEpoch === 'number' ? err.details.newestEpoch : 0;
+  return { code: err.code, errnoName, message: err.message, reason, newestEpoch };
 }
 
 /** A per-request status as an error: a SystemError when it names a known errno. */
-export function statusFromWire(s: RequestStatusMessage, details: Record<string, unknown>): StorageError {
+export function statusFromWire(s: RequestStatusMessage, fields: Record<string, unknown>): StorageError {
   const code = Number.isInteger(s.code) && s.code > 0 && s.code <= Code.UNAUTHENTICATED ? s.code as Code : Code.UNKNOWN;
+  const details = s.reason ? { ...fields, reason: s.reason, ...(s.newestEpoch ? { newestEpoch: s.newestEpoch } : {}) } : fields;
   const errno = s.errnoName ? ERRNO_NUMBERS[s.errnoName] : undefined;
   if (errno !== undefined) return new SystemError(code, s.message, { errno, errnoName: s.errnoName, syscall: 'replica' }, { details });
   return new StorageError(code, s.message || `request failed with code ${code}`, { details });

@@ -13,7 +13,7 @@
  * write (write, trim, write-zeroes) accepted on this replica before it, then makes them
  * durable.
  */
-import { Code, StorageError, fromNodeError } from '../common/errors.js';
+import { Code, StorageError, fromNodeError, staleEpochError } from '../common/errors.js';
 import type { DeviceId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import type { BlockDevice } from '../pool/backend.js';
@@ -89,9 +89,7 @@ export class Replica {
       throw new StorageError(Code.INVALID_ARGUMENT, `epoch ${epoch} is not valid: use a whole number from 0`, { details: { replica: this.id } });
     }
     if (epoch < this.epochValue) {
-      throw new StorageError(Code.FAILED_PRECONDITION,
-        `stale epoch ${epoch} < ${this.epochValue}: replica ${this.id} has been fenced by a newer engine of volume ${this.volumeId}`,
-        { details: { replica: this.id, volume: this.volumeId, epoch, newestEpoch: this.epochValue } });
+      throw staleEpochError(this.id, this.volumeId, epoch, this.epochValue);
     }
     if (epoch === this.epochValue) return;
     let stored: number;

@@ -5,9 +5,16 @@
 import * as grpc from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
 
+/** Trailing metadata that carries `details.reason` (and a stale epoch's `newestEpoch`) across. */
+const REASON_KEY = 'cairn-reason';
+const NEWEST_EPOCH_KEY = 'cairn-newest-epoch';
+
 export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
   if (err instanceof StorageError) {
-    return { code: err.code as number as grpc.status, details: err.message, metadata: new grpc.Metadata() };
+    const metadata = new grpc.Metadata();
+    if (typeof err.details.reason === 'string') metadata.set(REASON_KEY, err.details.reason);
+    if (typeof err.details.newestEpoch === 'number') metadata.set(NEWEST_EPOCH_KEY, String(err.details.newestEpoch));
+    return { code: err.code as number as grpc.status, details: err.message, metadata };
   }
   const message = err instanceof Error ? err.message : String(err);
   return { code: grpc.status.INTERNAL, details: `internal error: ${message}`, metadata: new grpc.Metadata() };
@@ -16,7 +23,12 @@ export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
 export function fromServiceError(err: unknown): StorageError {
   const e = err as Partial<grpc.ServiceError>;
   if (typeof e?.code === 'number') {
-    return new StorageError(e.code as number as Code, e.details || e.message || 'unknown error', { cause: err });
+    const details: Record<string, unknown> = {};
+    const reason = e.metadata?.get(REASON_KEY)[0];
+    if (typeof reason === 'string') details.reason = reason;
+    const newest = Number(e.metadata?.get(NEWEST_EPOCH_KEY)[0]);
+    if (Number.isSafeInteger(newest) && newest > 0) details.newestEpoch = newest;
+    return new StorageError(e.code as number as Code, e.details || e.message || 'unknown error', { cause: err, details });
   }
   return new StorageError(Code.UNKNOWN, err instanceof Error ? err.message : String(err), { cause: err });
 }

@@ -4,7 +4,7 @@
  * keeps working.
  */
 import anyTest, { type TestFn } from 'ava';
-import { Code, StorageError } from '../../src/common/errors.js';
+import { Code, StorageError, isStaleEpoch } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
 import { connect, type ReplicaClient } from '../../src/replica/replica-client.js';
 import type { ChecksumRangeResult } from '../../src/replica/replica-manager.js';
@@ -97,11 +97,15 @@ test('fencing: a newer engine fences the older one, which is refused while the n
   const refused = await t.throwsAsync(old.write(0, filled(4096, 0xee)));
   t.is((refused as StorageError).code, Code.FAILED_PRECONDITION);
   t.regex(refused!.message, /stale epoch 1 < 2/);
+  t.true(isStaleEpoch(refused), 'the reason crosses the wire, so engines need not read the message');
+  t.is((refused as StorageError).details.newestEpoch, 2);
   await newer.write(4096, filled(4096, 0x02));
   t.true((await newer.read(0, 8192)).equals(Buffer.concat([filled(4096, 0x01), filled(4096, 0x02)])));
   // A stream opened later at the old epoch is refused at once; so are fenced control calls.
   const late = c.openIoStream(ref, 1);
-  t.is(await codeOf(late.ready), Code.FAILED_PRECONDITION);
+  const lateRefusal = await late.ready.catch((err: unknown) => err);
+  t.is((lateRefusal as StorageError).code, Code.FAILED_PRECONDITION);
+  t.true(isStaleEpoch(lateRefusal), 'a stream refused at open carries the reason in its trailers');
   t.is(await codeOf(late.write(0, filled(4096, 0xee))), Code.FAILED_PRECONDITION);
   t.is(await codeOf(c.finishRebuild(ref, 1)), Code.FAILED_PRECONDITION);
   t.is(await codeOf(c.checksumRange(ref, 1, 0, MiB, MiB)), Code.FAILED_PRECONDITION);
