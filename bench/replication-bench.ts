@@ -17,13 +17,14 @@
  *   npm run build && npm run bench:replication -- [--runtime 20] [--reps 3] [--quick]
  *       [--rf 1,2,3] [--workloads 4k-randwrite,1M-write] [--parts fio,rebuild]
  *       [--rebuild-mib 1024] [--rebuild-reps 1] [--resync-reps 3] [--resync-percent 1]
- *       [--peer-insecure] [--cpu-prof DIR] [--json OUT]
+ *       [--peer-insecure] [--cpu-prof DIR] [--json OUT] [--h2-window BYTES]
  *
  * Each flag has an env var: BENCH_RUNTIME, BENCH_REPS, BENCH_RF, BENCH_WORKLOADS,
  * BENCH_PARTS, BENCH_REBUILD_MIB, BENCH_REBUILD_REPS, BENCH_RESYNC_REPS,
  * BENCH_RESYNC_PERCENT, BENCH_CPU_PROF, BENCH_JSON. With --cpu-prof, extra runs (not in
  * the medians) profile every cairnd's JS thread: one fio run per workload at the highest
- * replica count, and one extra full rebuild.
+ * replica count, and one extra full rebuild. --h2-window is a diagnostic experiment that
+ * changes the daemons (see experimentHttp2Window); its figures are not Cairn's.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
@@ -36,7 +37,7 @@ import { etcdMissingReason } from '../test/helpers/etcd.js';
 import { checkBuild } from './lib/cairnd.js';
 import { runFio, type FioResult, type Workload } from './lib/fio.js';
 import { loadAverage, machineFacts, median, printTable } from './lib/machine.js';
-import { ClusterProfiler, printProfiles } from './lib/profiling.js';
+import { ClusterProfiler, experimentHttp2Window, printProfiles } from './lib/profiling.js';
 import {
   cairndProcesses, copyToExport, describeSample, dirtyRegions, measureRecovery, syncAll, timeCp, waitHealthy, writeRandomFile,
   type BenchVolumeRef, type CpSample, type RecoveryContext, type RecoverySample,
@@ -65,6 +66,7 @@ interface Options {
   insecure: boolean;
   cpuProfDir: string | undefined;
   json: string | undefined;
+  h2WindowBytes: number | undefined;
 }
 
 function options(): Options {
@@ -84,6 +86,7 @@ function options(): Options {
       'peer-insecure': { type: 'boolean', default: false },
       'cpu-prof': { type: 'string', default: env.BENCH_CPU_PROF },
       json: { type: 'string', default: env.BENCH_JSON },
+      'h2-window': { type: 'string', default: env.BENCH_H2_WINDOW },
     },
   });
   const positive = (name: string, v: string): number => {
@@ -104,6 +107,7 @@ function options(): Options {
     resyncReps: values.quick ? 1 : positive('resync-reps', values['resync-reps']),
     resyncPercent: positive('resync-percent', values['resync-percent']),
     insecure: values['peer-insecure'], cpuProfDir: values['cpu-prof'], json: values.json,
+    h2WindowBytes: values['h2-window'] ? positive('h2-window', values['h2-window']) : undefined,
   };
 }
 
@@ -350,6 +354,10 @@ async function main(): Promise<void> {
   const dir = await mkdtemp('/tmp/cairn-repl-bench-');
   if (opts.cpuProfDir) await mkdir(opts.cpuProfDir, { recursive: true });
   const profiler = opts.cpuProfDir ? ClusterProfiler.enable(opts.cpuProfDir) : undefined;
+  if (opts.h2WindowBytes) {
+    experimentHttp2Window(opts.h2WindowBytes);
+    console.log(`EXPERIMENT: every cairnd runs with HTTP/2 windows of ${opts.h2WindowBytes} bytes (a preload patches node:http2); these are not Cairn's figures`);
+  }
   console.log('Machine:');
   for (const line of machineFacts(dir)) console.log(`  ${line}`);
   const cluster = await Cluster.start({ nodes: 3, tls: opts.insecure ? 'insecure' : true, flags: CLUSTER_FLAGS, extraArgs: ['--log-level', 'info'] });

@@ -1,19 +1,30 @@
 // Loaded into the cairnd processes of a benchmark through NODE_OPTIONS="--import <this file>"
 // (node refuses --cpu-prof in NODE_OPTIONS, and the cluster harness starts cairnd itself).
-// It does nothing unless CAIRN_BENCH_PROF_DIR is set and the script is cairnd. Then SIGUSR2
-// starts a V8 CPU profile of the JS thread, and the next SIGUSR2 stops it and writes
-// <dir>/<node-name>.<pid>.<n>.cpuprofile (written under a temporary name, then renamed, so a
-// reader never sees half a file). A profile still running at exit is written too.
+// It does nothing in other node processes (cairnctl), and nothing unless asked:
+//
+// - CAIRN_BENCH_PROF_DIR=<dir>: SIGUSR2 starts a V8 CPU profile of the JS thread; the next
+//   SIGUSR2 stops it and writes <dir>/<node-name>.<pid>.<n>.cpuprofile (under a temporary
+//   name first, so a reader never sees half a file). A profile running at exit is written.
+// - CAIRN_BENCH_H2_WINDOW=<bytes>: a diagnostic experiment, not Cairn's code. Every HTTP/2
+//   server and client session of the process (grpc-js: the replica service, the engine's
+//   replica clients, etcd) advertises <bytes> as its stream window and widens its
+//   connection window to <bytes>, instead of node's 64 KiB default that grpc-js's server
+//   keeps. It shows what flow control costs the replication data path.
 import { renameSync, writeFileSync } from 'node:fs';
+import http2 from 'node:http2';
 import { Session } from 'node:inspector';
 import { join } from 'node:path';
 import process from 'node:process';
 
-const dir = process.env.CAIRN_BENCH_PROF_DIR;
-const script = process.argv[1] ?? '';
-if (dir && script.endsWith('cairnd.js')) {
+const isCairnd = (process.argv[1] ?? '').endsWith('cairnd.js');
+
+function nodeName() {
   const at = process.argv.lastIndexOf('--node-name');
-  const node = at > 0 ? process.argv[at + 1] : 'cairnd';
+  return at > 0 ? process.argv[at + 1] : 'cairnd';
+}
+
+function installProfiler(dir) {
+  const node = nodeName();
   let session;
   let written = 0;
   const start = () => {
@@ -39,4 +50,36 @@ if (dir && script.endsWith('cairnd.js')) {
   process.on('exit', () => {
     if (session) stop();
   });
+}
+
+function widenHttp2Windows(windowBytes) {
+  const widen = (session) => {
+    try {
+      session.setLocalWindowSize(windowBytes);
+    } catch {
+      // a session already closing
+    }
+  };
+  const withWindow = (options) => ({ ...options, settings: { ...options?.settings, initialWindowSize: windowBytes } });
+  for (const name of ['createServer', 'createSecureServer']) {
+    const original = http2[name];
+    http2[name] = function (options, ...rest) {
+      const server = typeof options === 'function' ? original.call(this, withWindow({}), options, ...rest) : original.call(this, withWindow(options), ...rest);
+      server.on('session', widen);
+      return server;
+    };
+  }
+  const connect = http2.connect;
+  http2.connect = function (authority, options, ...rest) {
+    const session = typeof options === 'function' ? connect.call(this, authority, withWindow({}), options, ...rest) : connect.call(this, authority, withWindow(options), ...rest);
+    session.once('connect', () => widen(session));
+    return session;
+  };
+}
+
+if (isCairnd) {
+  const dir = process.env.CAIRN_BENCH_PROF_DIR;
+  if (dir) installProfiler(dir);
+  const windowBytes = Number(process.env.CAIRN_BENCH_H2_WINDOW ?? 0);
+  if (windowBytes > 0) widenHttp2Windows(windowBytes);
 }

@@ -2,7 +2,9 @@
  * CPU profiles of the cairnd processes of a cluster, phase by phase. `enable` must run
  * before the daemons start: it makes every node process started afterwards load
  * cpu-prof-preload.mjs, which profiles a cairnd between two SIGUSR2 (node does not take
- * --cpu-prof in NODE_OPTIONS, and the cluster harness starts the daemons itself).
+ * --cpu-prof in NODE_OPTIONS, and the cluster harness starts the daemons itself). The same
+ * preload can also widen the HTTP/2 flow-control windows of every cairnd, as an experiment
+ * (`experimentHttp2Window`).
  */
 import { readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,13 +18,30 @@ export interface ProfiledProcess {
   pid: number;
 }
 
+/** Makes every node process this process starts from now on load the preload (it acts only in cairnd, on the variables it is given). */
+function loadPreload(): void {
+  const flag = `--import=${pathToFileURL(PRELOAD).href}`;
+  const current = process.env.NODE_OPTIONS ?? '';
+  if (!current.includes(flag)) process.env.NODE_OPTIONS = `${current} ${flag}`.trim();
+}
+
+/**
+ * An experiment, not Cairn's code: every cairnd started from now on advertises `bytes` as
+ * its HTTP/2 stream window and widens its connection windows to `bytes` (grpc-js's server
+ * keeps node's 64 KiB default, so a 1 MiB write to a peer waits for ~16 WINDOW_UPDATEs).
+ */
+export function experimentHttp2Window(bytes: number): void {
+  process.env.CAIRN_BENCH_H2_WINDOW = String(bytes);
+  loadPreload();
+}
+
 export class ClusterProfiler {
   private constructor(readonly dir: string) {}
 
   /** Sets NODE_OPTIONS and CAIRN_BENCH_PROF_DIR for the processes this process starts from now on. */
   static enable(dir: string): ClusterProfiler {
     process.env.CAIRN_BENCH_PROF_DIR = dir;
-    process.env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --import=${pathToFileURL(PRELOAD).href}`.trim();
+    loadPreload();
     return new ClusterProfiler(dir);
   }
 

@@ -65,6 +65,8 @@ interface RunningEngine {
   engine: VolumeEngine;
   control: DocEngineControl;
   epoch: number;
+  /** A rebuild-only engine (no NBD) started for the repair loop. */
+  headless?: boolean;
 }
 
 export class ClusterVolumeService implements VolumeApi {
@@ -215,7 +217,7 @@ export class ClusterVolumeService implements VolumeApi {
   private async startExport(name: string, options: ExportOptions): Promise<ExportInfo> {
     const current = this.opts.exports.get(name);
     if (current && this.engines.get(name)?.engine.fenced === false) return current;
-    if (current) await this.stopEngine(name);
+    if (current || this.engines.has(name)) await this.stopEngine(name); // a fenced one, or a rebuild-only one
     const doc = this.requireReady(await getVolumeDoc(this.store, name), name);
     const holder = doc.engine?.exported ? doc.engine.nodeId : undefined;
     if (holder && holder !== this.opts.nodeId) {
@@ -246,7 +248,7 @@ export class ClusterVolumeService implements VolumeApi {
     const engine = await this.startEngine(started!.doc, doc.engine?.nodeId);
     if (doc.engine?.exported && !doc.engine.cleanStop) {
       // The previous engine stopped uncleanly: writes it had in flight may sit on some replicas only.
-      engine.reconcile();
+      void engine.reconcile();
     }
     try {
       return await this.opts.exports.start(name, engine);
@@ -282,6 +284,48 @@ export class ClusterVolumeService implements VolumeApi {
     this.engines.set(doc.name, { engine, control, epoch: doc.epoch });
     this.log.info({ volume: doc.name, epoch: doc.epoch, replicas: doc.replicas.length }, 'volume engine started');
     return engine;
+  }
+
+  /**
+   * For the repair leader: runs a rebuild-only engine (no NBD) on this node for a volume
+   * that no node exports but whose out-of-sync replicas could be rebuilt now. An export
+   * anywhere later fences it (epoch + 1). Returns whether one runs here now.
+   */
+  async startRebuilder(name: string, nodes: readonly NodeStatus[]): Promise<boolean> {
+    return this.locks.run(name, async () => {
+      if (this.engines.has(name)) return true;
+      const doc = (await getVolumeDoc(this.store, name))?.doc;
+      if (!doc || doc.state !== 'ready' || doc.engine?.exported || inSyncReplicas(doc).length === 0) return false;
+      const up = new Set(nodes.filter((n) => n.up).map((n) => n.nodeId));
+      if (!doc.replicas.some((r) => r.state !== 'in-sync' && up.has(r.nodeId))) return false;
+      const other = doc.engine?.headless && !doc.engine.cleanStop && doc.engine.nodeId !== this.opts.nodeId ? doc.engine.nodeId : undefined;
+      if (other && up.has(other)) return false; // that node's rebuilder still runs
+      const started = await updateVolumeDoc(this.store, name, (d) => {
+        if (d.state !== 'ready' || d.engine?.exported) throw new StorageError(Code.ABORTED, `volume "${name}" was exported meanwhile`);
+        const epoch = d.epoch + 1;
+        return { ...d, epoch, engine: { nodeId: this.opts.nodeId, epoch, exported: false, headless: true, startedAt: new Date().toISOString() } };
+      });
+      await this.startEngine(started!.doc, doc.engine?.nodeId);
+      this.engines.get(name)!.headless = true;
+      this.log.info({ volume: name, epoch: started!.doc.epoch }, 'rebuild-only engine started for a volume nobody exports');
+      return true;
+    });
+  }
+
+  /** Stops the rebuild-only engines whose replicas are all in sync again (or that were fenced). */
+  async reapRebuilders(): Promise<void> {
+    for (const [name, running] of [...this.engines]) {
+      if (!running.headless) continue;
+      if (!running.engine.fenced && !running.engine.replicaViews().every((v) => v.state === 'in-sync')) continue;
+      await this.locks.run(name, async () => {
+        if (this.engines.get(name) !== running) return;
+        await this.stopEngine(name);
+        await updateVolumeDoc(this.store, name, (d) => (d.epoch === running.epoch && d.engine?.nodeId === this.opts.nodeId
+          ? { ...d, engine: { ...d.engine, headless: false, cleanStop: true } } : undefined))
+          .catch((err: unknown) => this.log.warn({ volume: name, err: (err as Error).message }, 'rebuild-only engine stop not recorded'));
+        this.log.info({ volume: name, fenced: running.engine.fenced }, 'rebuild-only engine stopped');
+      });
+    }
   }
 
   private async onFenced(name: string, epoch: number, err: StorageError): Promise<void> {

@@ -7,11 +7,14 @@
  * - a volume being deleted: delete the replicas left on nodes that are back, then the document;
  * - a volume whose creation a crash interrupted (`creating` for over 10 s): create its
  *   missing replicas and mark it ready, or undo it when that fails;
- * - a replica faulted for longer than `repairWaitMs`, or missing (fewer replicas than
+ * - a replica faulted for longer than `repairWaitMs`, or on a node down for that long, or
+ *   missing (fewer replicas than
  *   wanted): create a new replica on another node (placement, never next to its siblings),
  *   then swap it into the document in state `rebuilding`. The volume's engine sees the
  *   change and rebuilds it from an in-sync replica; the old replica is deleted where its
- *   node can be reached.
+ *   node can be reached;
+ * - a volume that no node exports but has replicas out of sync on nodes that are up: the
+ *   leader runs a rebuild-only engine for it (no NBD) until they are in sync again.
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import { newReplicaId, type NodeId } from '../common/ids.js';
@@ -54,7 +57,8 @@ export class RepairLoop {
   start(): void {
     const tick = (): void => {
       if (this.closed) return;
-      this.runPass().finally(() => {
+      this.opts.volumes.reapRebuilders().catch((err: unknown) => this.log.warn({ err }, 'stopping rebuild-only engines failed'))
+        .then(() => this.runPass()).finally(() => {
         if (!this.closed) this.timer = setTimeout(tick, this.opts.intervalMs ?? 5000);
       });
     };
@@ -86,7 +90,10 @@ export class RepairLoop {
       try {
         if (doc.state === 'deleting') await this.finishDelete(doc, nodes);
         else if (doc.state === 'creating' && Date.now() - Date.parse(doc.createdAt) > CREATING_GRACE_MS) await this.opts.volumes.finishCreate(doc);
-        else if (doc.state === 'ready') await this.repair(doc, nodes);
+        else if (doc.state === 'ready') {
+          await this.repair(doc, nodes);
+          if (!doc.engine?.exported && doc.replicas.some((r) => r.state !== 'in-sync')) await this.opts.volumes.startRebuilder(doc.name, nodes);
+        }
       } catch (err) {
         this.log.warn({ volume: doc.name, err: (err as Error).message }, 'repair of volume failed; retrying next pass');
       }
@@ -100,7 +107,12 @@ export class RepairLoop {
 
   private async repair(doc: VolumeDoc, nodes: NodeStatus[]): Promise<void> {
     const now = Date.now();
-    const overdue = doc.replicas.filter((r) => r.state === 'faulted' && now - Date.parse(r.since) >= this.opts.repairWaitMs);
+    const wait = this.opts.repairWaitMs;
+    const downSince = new Map(nodes.filter((n) => !n.up).map((n) => [n.nodeId, Date.parse(n.heartbeatAt)]));
+    // Faulted for too long, or on a node down for too long (no engine may have noticed, e.g.
+    // a volume nobody exports; the node's last heartbeat is when it was last known up).
+    const overdue = doc.replicas.filter((r) => (r.state === 'faulted' && now - Date.parse(r.since) >= wait)
+      || (downSince.has(r.nodeId) && now - downSince.get(r.nodeId)! >= wait));
     const missing = Math.max(0, doc.replicasWanted - doc.replicas.length);
     if (overdue.length === 0 && missing === 0) {
       this.stuck.delete(doc.name);
@@ -131,7 +143,8 @@ export class RepairLoop {
     try {
       await updateVolumeDoc(this.opts.store, doc.name, (d) => {
         if (d.state !== 'ready') throw new StorageError(Code.ABORTED, `volume "${doc.name}" is ${d.state}`);
-        if (old && d.replicas.find((r) => r.id === old.id)?.state !== 'faulted') throw new StorageError(Code.ABORTED, `replica ${old.id} is no longer faulted`);
+        if (old && d.replicas.find((r) => r.id === old.id)?.state !== old.state) throw new StorageError(Code.ABORTED, `replica ${old.id} changed state meanwhile`);
+        if (!d.replicas.some((r) => r.state === 'in-sync' && r.id !== old?.id)) throw new StorageError(Code.ABORTED, `volume "${doc.name}" would have no in-sync replica left`);
         if (!old && d.replicas.length >= d.replicasWanted) throw new StorageError(Code.ABORTED, `volume "${doc.name}" has its replicas`);
         const replicas = d.replicas.filter((r) => r.id !== old?.id);
         replicas.push({

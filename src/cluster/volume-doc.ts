@@ -39,6 +39,11 @@ export interface VolumeEngineEntry {
    * flight on some replicas only, so the next engine reconciles the in-sync replicas.
    */
   cleanStop?: boolean;
+  /**
+   * A rebuild-only engine (no NBD) that the repair leader runs for a volume nobody
+   * exports, so that its out-of-sync replicas are rebuilt. An export anywhere fences it.
+   */
+  headless?: boolean;
 }
 
 export interface VolumeDoc {
@@ -129,6 +134,7 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
     if (!isObject(e) || typeof e.nodeId !== 'string' || typeof e.exported !== 'boolean' || typeof e.startedAt !== 'string') throw malformed(key, 'engine entry');
     engine = { nodeId: e.nodeId as NodeId, epoch: num('epoch', e), exported: e.exported, startedAt: e.startedAt };
     if (e.cleanStop === true) engine.cleanStop = true;
+    if (e.headless === true) engine.headless = true;
   }
   return {
     id: str('id') as VolumeId, name: str('name'), sizeBytes: num('sizeBytes'), createdAt: str('createdAt'), state: state as VolumeDocState,
@@ -143,6 +149,7 @@ export function volumeDocToJson(doc: VolumeDoc): JsonValue {
     engine: doc.engine && {
       nodeId: doc.engine.nodeId, epoch: doc.engine.epoch, exported: doc.engine.exported, startedAt: doc.engine.startedAt,
       ...(doc.engine.cleanStop ? { cleanStop: true } : {}),
+      ...(doc.engine.headless ? { headless: true } : {}),
     },
     replicas: doc.replicas.map((r) => ({ id: r.id, nodeId: r.nodeId, state: r.state, since: r.since, ...(r.reason === undefined ? {} : { reason: r.reason }) })),
   };

@@ -74,6 +74,8 @@ const enum Kind { Write, Trim, Zeroes, Flush }
 /** Requests in flight are counted per sweep interval in a ring of this many. */
 const RING = 8;
 const MASK = RING - 1;
+/** Longest wait before a replica whose rebuilds keep failing is tried again. */
+const MAX_RETRY_MS = 60_000;
 /** Intervals (of replicaTimeoutMs / 4) after which a request still in flight is overdue. */
 const OVERDUE_INTERVALS = 5;
 
@@ -110,6 +112,9 @@ class Member {
   /** The commit that makes its fault durable, while pending: writes it misses wait for it. */
   faultPending: Promise<void> | undefined;
   connecting = false;
+  /** Rebuilds that failed in a row, and when the next reconnect may be tried (back-off). */
+  failures = 0;
+  retryAt = 0;
   /** The document calls it rebuilding (after its checkpoint was refreshed). */
   announced = false;
   removed = false;
@@ -288,13 +293,15 @@ export class VolumeEngine implements BlockDevice {
   /**
    * After an unclean stop of the previous engine: makes the other in-sync replicas equal
    * to the one reads come from, region by region, in the background (see reconcile.ts).
-   * A replica that fails meanwhile is faulted with its whole map set.
+   * A replica that fails meanwhile is faulted with its whole map set. Resolves when done
+   * (it never rejects: a reconcile that stops is logged).
    */
-  reconcile(): void {
+  reconcile(): Promise<void> {
     const source = this.readMember;
-    if (this.reconciling || this.closing || this.fencedError || !source?.io) return;
+    if (this.reconciling) return this.reconciling.settled;
+    if (this.closing || this.fencedError || !source?.io) return Promise.resolve();
     const others = this.inSync.filter((m) => m !== source && m.io);
-    if (others.length === 0) return;
+    if (others.length === 0) return Promise.resolve();
     const abort = new AbortController();
     const run = async (): Promise<void> => {
       const controlOf = (m: Member): Promise<ReplicaControl> => this.opts.connector.control(m.entry.nodeId);
@@ -317,6 +324,7 @@ export class VolumeEngine implements BlockDevice {
       if (this.reconciling?.abort === abort) this.reconciling = undefined;
     });
     this.reconciling = { abort, settled };
+    return settled;
   }
 
   replicaViews(): EngineReplicaView[] {
@@ -567,6 +575,11 @@ export class VolumeEngine implements BlockDevice {
   /** Takes the replica out of the I/O path; its fault becomes durable in the next commit. */
   private fault(m: Member, reason: string): void {
     const was = m.role;
+    if (was === 'write-only') {
+      // It failed while being rebuilt (a full disk, say): try again later and later, up to a minute.
+      m.failures++;
+      m.retryAt = Date.now() + Math.min(MAX_RETRY_MS, this.reconnectMs * 2 ** Math.min(m.failures, 10));
+    }
     m.role = 'out';
     m.outState = 'faulted';
     const io = m.io;
@@ -722,8 +735,9 @@ export class VolumeEngine implements BlockDevice {
 
   private reconnectAll(): void {
     if (this.closing || this.fencedError) return;
+    const now = Date.now();
     for (const m of this.missing) {
-      if (!m.connecting && !m.faultPending && !m.rebuild) void this.reconnect(m);
+      if (!m.connecting && !m.faultPending && !m.rebuild && now >= m.retryAt) void this.reconnect(m);
     }
   }
 
@@ -783,6 +797,7 @@ export class VolumeEngine implements BlockDevice {
       await this.controlStep(() => this.opts.control.markInSync(m.id));
       if (m.role !== 'write-only' || m.removed) return; // failed meanwhile: its fault, recorded after, stands
       m.role = 'in-sync';
+      m.failures = 0;
       m.map = undefined;
       m.deferred = undefined;
       this.opts.dirtyMaps.delete(this.volumeId, m.id);

@@ -314,5 +314,47 @@ if (missing) {
     await assertReplicasAgree(t, c, 'full', 2);
   });
 
-  // h. Bad peer input is covered by test/integration/replica-abuse.test.ts.
+  test.serial('h. repair: a replica whose node stays down is replaced on another node and rebuilt, exported or not', async (t) => {
+    t.timeout(240_000);
+    const c = await startCluster(t, { nodes: 4, flags: { '--repair-wait-ms': '3000' } });
+    // One volume served by node 0, one nobody exports (a rebuild-only engine must do its rebuild).
+    await c.createVolume('served', '64MiB', 3, 0, ['--prefer-node', 'node-0']);
+    await c.createVolume('idle', '64MiB', 3, 0, ['--prefer-node', 'node-0']);
+    const placed = await c.volume('idle', 0);
+    const served = await c.volume('served', 0);
+    const victim = [1, 2, 3].find((i) => Cluster.replicaOn(placed, i) && Cluster.replicaOn(served, i))!;
+    t.truthy(victim, 'both volumes have a replica on one node other than node 0');
+    // Data in both volumes, written through node 0 (idle is exported only for that).
+    await c.exportVolume(0, 'idle');
+    const wi = await c.writer(0, 'idle', { blockCount: 4096 });
+    await wi.writeAll();
+    await wi.nbd.flush();
+    await wi.nbd.close();
+    t.is((await c.ctl(0, ['volume', 'unexport', 'idle'])).exitCode, 0);
+    await c.exportVolume(0, 'served');
+    const w = await c.writer(0, 'served', { blockCount: 4096 });
+    w.start();
+    await w.waitForAcks(200);
+
+    await c.crash(victim);
+    const spare = [1, 2, 3].find((i) => i !== victim && !Cluster.replicaOn(placed, i))!;
+    for (const name of ['served', 'idle']) {
+      const v = await c.waitFor(() => c.volume(name, 0), (x) => x.health === 'healthy' && !Cluster.replicaOn(x, victim) && Cluster.replicaOn(x, spare)?.state === 'in-sync',
+        `${name}: the replica on node-${victim} replaced by one on node-${spare}, rebuilt and in sync`, 120_000);
+      t.is(v.replicas.length, 3, `${name} keeps 3 replicas`);
+      t.log(`${name}: replaced ${Cluster.replicaOn(name === 'idle' ? placed : served, victim)?.id ?? '?'} on node-${victim} with ${Cluster.replicaOn(v, spare)!.id} on node-${spare}`);
+    }
+    const stats = await w.stop();
+    await w.nbd.flush();
+    assertNoClientErrors(t, stats, 'while a replica was replaced');
+    assertClean(t, await w.verify(), 'after the repair');
+    await assertReplicasAgree(t, c, 'served', 3);
+    await assertReplicasAgree(t, c, 'idle', 3);
+    await c.waitFor(() => c.volume('idle', 0), (x) => x.engineNode === '', 'the rebuild-only engine of idle stopped once it was in sync');
+    await c.exportVolume(0, 'idle');
+    wi.switchTo(await c.nbd(0, 'idle'));
+    assertClean(t, await wi.verify(), 'idle, after its rebuild without an export');
+  });
+
+  // Bad peer input is covered by test/integration/replica-abuse.test.ts.
 }

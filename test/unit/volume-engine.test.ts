@@ -403,3 +403,24 @@ test('the document adds a replica (rebuilt in full, then in sync) and removes on
   e.applyDoc({ ...doc, epoch: 2 });
   t.true(e.fenced, 'a newer epoch in the document fences the engine');
 });
+
+test('reconcile after an unclean stop: the other in-sync replicas are made equal to the read replica, region by region', async (t) => {
+  const c = await cluster(t, 3);
+  // What a crashed engine may leave: writes in flight that reached some replicas only.
+  for (const [i, offset, byte] of [[1, 2 * MiB, 0x11], [2, 2 * MiB + 4096, 0x22], [2, 9 * MiB, 0x33]] as const) {
+    const replica = await c.fxs[i]!.manager.open({ replicaId: c.ids[i]!, volumeId: VOL });
+    const [r] = await runBatch(replica, replica.epoch, [{ seq: 1, op: 'write', offset, lengthBytes: 4096, data: filled(4096, byte) }]);
+    t.falsy(r!.error);
+  }
+  await c.fxs[0]!.manager.open({ replicaId: c.ids[0]!, volumeId: VOL }).then((r) => runBatch(r, r.epoch, [{ seq: 1, op: 'write', offset: 0, lengthBytes: 4096, data: filled(4096, 0x44) }]));
+  const e = await c.start();
+  const live = e.write(12 * MiB, filled(4096, 0x55)); // live I/O goes on meanwhile
+  await e.reconcile();
+  await live;
+  const reference = await c.bytes(0);
+  for (const i of [1, 2]) t.true((await c.bytes(i)).equals(reference), `replica ${i} equals the read replica`);
+  t.deepEqual(await c.bytes(0, 0, 4096), filled(4096, 0x44), 'the read replica\'s own content wins');
+  t.deepEqual(await c.bytes(1, 2 * MiB, 4096), filled(4096, 0), 'what only another replica had is gone everywhere');
+  t.deepEqual(c.control.faulted, [], 'nobody was faulted');
+});
+
