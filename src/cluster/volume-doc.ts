@@ -11,6 +11,7 @@ import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
 import { guardFor } from './store/cluster-store.js';
+import { keys } from './store/keys.js';
 
 /** in-sync: serves reads, takes writes. rebuilding: takes writes, is being copied to. faulted: neither. */
 export type ReplicaHealth = 'in-sync' | 'rebuilding' | 'faulted';
@@ -72,7 +73,7 @@ export interface StoredVolumeDoc {
   modRevision: number;
 }
 
-export const VOLUMES_PREFIX = 'volumes/';
+export const VOLUMES_PREFIX = keys.volumesPrefix;
 export const volumeKey = (name: string): string => `${VOLUMES_PREFIX}${name}`;
 
 /** Regions are at least 1 MiB, and a volume has at most 256 Ki of them (a 32 KiB bitmap). */

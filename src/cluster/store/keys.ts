@@ -3,7 +3,7 @@
  * here return keys relative to that prefix. docs/cluster-store.md lists them all.
  */
 import { Code, StorageError } from '../../common/errors.js';
-import type { NodeId, VolumeId } from '../../common/ids.js';
+import type { NodeId } from '../../common/ids.js';
 
 const CLUSTER_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
@@ -21,8 +21,8 @@ export const keys = {
   node: (id: NodeId): string => `nodes/${id}`,
   /** A node's liveness key, attached to its lease: present while the node is up. */
   nodeAlive: (id: NodeId): string => `nodes/${id}/alive`,
+  /** Volume documents are keyed by name: see volume-doc.ts (`volumeKey`). */
   volumesPrefix: 'volumes/',
-  volume: (id: VolumeId): string => `volumes/${id}`,
   leadersPrefix: 'leaders/',
   /** The key a leader election for `role` campaigns on (e.g. "repair"). */
   leader: (role: string): string => `leaders/${role}`,
