@@ -185,12 +185,13 @@ serverTest(`requests past their deadline count as timeouts and their late replie
   const stats = await w.runFor({ writes: 8 });
   t.is(stats.errors, 8);
   t.true(stats.errorDetails.every((d) => /timeout/.test(d)));
-  await sleep(600);
-  t.true(client.lateReplies > 0, 'the late replies arrived and were matched to their timed-out requests');
+  for (let i = 0; i < 300 && client.lateReplies < 8; i++) await sleep(20); // the server's 400 ms delay, on a busy machine
+  t.is(client.lateReplies, 8, 'the late replies arrived and were matched to their timed-out requests');
   t.false(client.isClosed, 'the connection is still usable');
   const report = await w.verify();
   t.deepEqual(report.mismatches, []);
-  t.is(report.blocksAtUnknownOutcome, 8, 'the timed-out writes did land, and are accepted');
+  // Blocks are picked at random: two of the 8 writes may have gone to one block.
+  t.is(report.blocksAtUnknownOutcome, stats.blocksTouched, 'the timed-out writes did land, and are accepted');
 });
 
 serverTest(`reads assemble hole and data chunks (qemu-nbd sends both)${why}`, async (t) => {
