@@ -12,10 +12,11 @@ import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
 import { guardFor } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
+import type { ReplicaState, VolumeState } from '../store/node-store.js';
 
 /** in-sync: serves reads, takes writes. rebuilding: takes writes, is being copied to. faulted: neither. */
-export type ReplicaHealth = 'in-sync' | 'rebuilding' | 'faulted';
-export type VolumeDocState = 'creating' | 'ready' | 'deleting';
+export type ReplicaHealth = ReplicaState;
+export type VolumeDocState = VolumeState;
 
 export interface VolumeReplicaEntry {
   id: ReplicaId;

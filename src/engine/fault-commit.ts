@@ -1,0 +1,203 @@
+/**
+ * Faults and the group commit (DESIGN.md, rules 1-2). A replica that fails leaves the I/O
+ * path at once (`fault`), and a write a replica misses sets bits of its dirty-region map
+ * (`markMissed`); the write is acknowledged only once both are durable. What is queued
+ * meanwhile is committed together once per turn of the event loop: every changed map saved
+ * once and every newly faulted replica marked in one `EngineControl.markFaulted`. Control
+ * calls run one after another (`controlStep`), so the store sees them in the engine's order;
+ * one refused as FAILED_PRECONDITION fences the engine.
+ */
+import { Code, isStorageError } from '../common/errors.js';
+import type { ReplicaId } from '../common/ids.js';
+import type { EngineControl } from './engine-types.js';
+import { type EngineContext, type EngineLife, type Member, type MemberMaps, join, markOn, newestEpochOf, noop } from './engine-member.js';
+import type { MemberSet } from './member-set.js';
+import { RegionMap } from './region-map.js';
+
+/** Longest wait before a replica whose rebuilds keep failing is tried again. */
+const MAX_RETRY_MS = 60_000;
+
+interface CommitBatch {
+  saves: Set<Member>;
+  faults: Map<Member, string>;
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+export interface FaultCommitDeps {
+  ctx: EngineContext;
+  life: EngineLife;
+  members: MemberSet;
+  maps: MemberMaps;
+  control: EngineControl;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class FaultCommit {
+  private readonly ctx: EngineContext;
+  private readonly life: EngineLife;
+  private readonly members: MemberSet;
+  private readonly maps: MemberMaps;
+  private readonly control: EngineControl;
+  private batch: CommitBatch | undefined;
+  /** Control calls run one after another, so the store sees them in the engine's order. */
+  private controlChain: Promise<unknown> = Promise.resolve();
+
+  constructor(deps: FaultCommitDeps) {
+    this.ctx = deps.ctx;
+    this.life = deps.life;
+    this.members = deps.members;
+    this.maps = deps.maps;
+    this.control = deps.control;
+  }
+
+  /** Takes the replica out of the I/O path; its fault becomes durable in the next commit. */
+  fault(m: Member, reason: string): void {
+    const was = m.role;
+    if (was === 'write-only') {
+      // It failed while being rebuilt (a full disk, say): try again later and later, up to a minute.
+      m.failures++;
+      m.retryAt = Date.now() + Math.min(MAX_RETRY_MS, this.ctx.reconnectMs * 2 ** Math.min(m.failures, 10));
+    }
+    m.role = 'out';
+    m.outState = 'faulted';
+    const io = m.io;
+    m.io = undefined;
+    m.timedOut = false;
+    io?.cancel();
+    m.rebuild?.abort.abort();
+    m.map ??= new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes);
+    this.markUnflushed(m);
+    if (was === 'in-sync') this.sourceGone(m);
+    this.members.refresh();
+    const p = this.queue(m, reason);
+    m.faultPending = p;
+    const clear = (): void => {
+      if (m.faultPending === p) m.faultPending = undefined;
+    };
+    p.then(clear, clear);
+    this.ctx.log.warn({ replica: m.id, node: m.entry.nodeId, role: was, reason, inSync: this.members.inSync.map((x) => x.id) }, 'replica left the I/O path; faulting it');
+  }
+
+  /** Rebuilds copying from `m` stop; they start again from an in-sync source. */
+  sourceGone(m: Member): void {
+    for (const w of this.members.writeOnly) {
+      if (w.rebuild?.sourceId !== m.id) continue;
+      w.rebuild.sourceLost = true;
+      w.rebuild.abort.abort();
+    }
+  }
+
+  /** Marks a write the out-of-sync members miss; returns what its acknowledgement waits for. */
+  noteMissed(offset: number, lengthBytes: number): Promise<void> | undefined {
+    let wait: Promise<void> | undefined;
+    for (const m of this.members.missing) wait = join(wait, this.markMissed(m, offset, lengthBytes, false));
+    return wait;
+  }
+
+  /** Marks what `m` missed (`whole`: everything); returns what the acknowledgement waits for. */
+  markMissed(m: Member, offset: number, lengthBytes: number, whole: boolean): Promise<void> | undefined {
+    let changed: boolean;
+    if (m.rebuild?.copying) {
+      m.deferred ??= new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes);
+      changed = markOn(m.deferred, offset, lengthBytes, whole);
+    } else {
+      m.map ??= new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes);
+      changed = markOn(m.map, offset, lengthBytes, whole);
+    }
+    const commit = changed && m.mapKnown ? this.queue(m) : undefined;
+    return join(m.faultPending, commit);
+  }
+
+  /** One control call after those before it (the store sees them in the engine's order); FAILED_PRECONDITION fences. */
+  controlStep(call: () => Promise<void>): Promise<void> {
+    const run = this.controlChain.then(call).catch((err: unknown) => {
+      if (isStorageError(err, Code.FAILED_PRECONDITION)) throw this.life.fence(newestEpochOf(err), err);
+      throw err;
+    });
+    this.controlChain = run.catch(noop);
+    return run;
+  }
+
+  /**
+   * What the replica acknowledged but had not flushed may be lost with its node (a crash
+   * keeps the page cache, a power loss does not): those regions are marked missed too.
+   */
+  private markUnflushed(m: Member): void {
+    const maps = [...m.flushing];
+    if (m.unflushed) maps.push(m.unflushed);
+    m.unflushed = undefined;
+    m.flushing.clear();
+    if (maps.length === 0) return;
+    const into = m.rebuild?.copying ? (m.deferred ??= new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes)) : m.map!;
+    for (const u of maps) for (let r = u.nextSet(0); r >= 0; r = u.nextSet(r + 1)) into.set(r);
+  }
+
+  private queue(m: Member, faultReason?: string): Promise<void> {
+    let b = this.batch;
+    if (!b) {
+      let resolve!: () => void;
+      let reject!: (err: unknown) => void;
+      const promise = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      promise.catch(noop);
+      const batch: CommitBatch = { saves: new Set(), faults: new Map(), promise, resolve, reject };
+      this.batch = b = batch;
+      setImmediate(() => void this.run(batch));
+    }
+    b.saves.add(m);
+    if (faultReason !== undefined) b.faults.set(m, `replica ${m.id} on node ${m.entry.nodeId}: ${faultReason}`);
+    return b.promise;
+  }
+
+  /** Saves the batch's maps once and marks its faulted replicas once. */
+  private async run(b: CommitBatch): Promise<void> {
+    if (this.batch === b) this.batch = undefined;
+    try {
+      const fenced = this.life.fencedError();
+      if (fenced) throw fenced;
+      const settling = [...b.saves].flatMap((m) => (m.rebuild?.copying ? [m.rebuild.settled] : []));
+      if (settling.length > 0) await Promise.all(settling);
+      for (const m of b.saves) {
+        this.mergeDeferred(m);
+        this.maps.save(m);
+      }
+      if (b.faults.size > 0) {
+        const ids = [...b.faults.keys()].map((m) => m.id);
+        const reason = [...b.faults.values()].join('; ');
+        await this.controlStep(() => this.retryMarkFaulted(ids, reason));
+      }
+      b.resolve();
+    } catch (err) {
+      b.reject(this.life.fencedError() ?? err);
+    }
+  }
+
+  /** The store may be unreachable for a while: keep trying (the I/O that needs it waits). */
+  private async retryMarkFaulted(ids: ReplicaId[], reason: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const fenced = this.life.fencedError();
+      if (fenced) throw fenced;
+      try {
+        await this.control.markFaulted(ids, reason);
+        return;
+      } catch (err) {
+        // Fenced, or the control was closed (the volume service is stopping this engine).
+        if (isStorageError(err, Code.FAILED_PRECONDITION) || isStorageError(err, Code.CANCELLED) || this.life.closing()) throw err;
+        this.ctx.log.warn({ replicas: ids, attempt, err: (err as Error).message }, 'cannot record faulted replicas yet; retrying (I/O that depends on it waits)');
+        await sleep(this.ctx.reconnectMs);
+      }
+    }
+  }
+
+  private mergeDeferred(m: Member): void {
+    const d = m.deferred;
+    if (!d || m.rebuild?.copying || !m.map) return;
+    for (let r = d.nextSet(0); r >= 0; r = d.nextSet(r + 1)) m.map.set(r);
+    m.deferred = undefined;
+  }
+}
