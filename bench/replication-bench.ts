@@ -10,8 +10,8 @@
  *    CPU s/GiB = (fio's CPU + every cairnd's utime+stime) / GiB written.
  * 2. Full rebuild: a 2-replica volume filled with random data; the other replica's node is
  *    killed (-9), the whole volume is written again (its dirty map is full), the node is
- *    restarted and the time to healthy is measured, against `cp --sparse=never` + `sync`
- *    of a file of the same size on the same filesystem.
+ *    restarted and the time to healthy is measured, against `cp --sparse=never` of a file
+ *    of the same size on the same filesystem, then `sync` of the copy.
  * 3. Resync: the same, with only 1 % of the regions written while the node is down.
  *
  *   npm run build && npm run bench:replication -- [--runtime 20] [--reps 3] [--quick]
@@ -43,6 +43,7 @@ import {
   type BenchVolumeRef, type CpSample, type RecoveryContext, type RecoverySample,
 } from './lib/recovery.js';
 import { cpuSeconds, startServer, stopServer, type ServerProcess } from './lib/servers.js';
+import { threadCpu, threadCpuDelta, type ThreadCpu } from './lib/thread-cpu.js';
 
 const WORKLOADS: Workload[] = [
   { name: '4k-randwrite', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
@@ -128,6 +129,8 @@ interface FioSample extends FioResult {
   serverCpuSec: number;
   /** Of serverCpuSec, per cairnd node (node-0 is the engine's). */
   cpuByNode: number[];
+  /** The same split into each process's main thread and its other threads (GC helpers, libuv pool). */
+  threadsByNode: ThreadCpu[];
   load: number;
   /** The volume was not healthy after the run (a replica was faulted): the figure is not an rf=N figure. */
   degraded: boolean;
@@ -152,8 +155,10 @@ async function createExported(b: Bench, name: string, sizeBytes: number, rf: num
 async function measureFio(b: Bench, t: FioTarget, w: Workload): Promise<FioSample> {
   const pids = t.pids();
   const before = await Promise.all(pids.map((p) => cpuSeconds(p)));
+  const threadsBefore = await Promise.all(pids.map((p) => threadCpu(p)));
   const r = await runFio({ kind: 'nbd', uri: t.uri }, w, b.opts.runtimeSec, join(b.dir, 'fio.json'));
   const after = await Promise.all(pids.map((p) => cpuSeconds(p)));
+  const threadsByNode = await Promise.all(pids.map(async (p, i) => threadCpuDelta(await threadCpu(p), threadsBefore[i]!)));
   const cpuByNode = after.map((a, i) => a - before[i]!);
   const load = loadavg()[0]!;
   let degraded = false;
@@ -166,7 +171,12 @@ async function measureFio(b: Bench, t: FioTarget, w: Workload): Promise<FioSampl
     }
   }
   await syncAll();
-  return { ...r, serverCpuSec: cpuByNode.reduce((s, x) => s + x, 0), cpuByNode, load, degraded };
+  return { ...r, serverCpuSec: cpuByNode.reduce((s, x) => s + x, 0), cpuByNode, threadsByNode, load, degraded };
+}
+
+/** "node-0 2.1+0.9 s, ..." : main thread + other threads of each cairnd, in node order. */
+function describeThreads(s: FioSample): string {
+  return s.threadsByNode.map((t, i) => `${i}: ${t.mainSec.toFixed(1)}+${t.otherSec.toFixed(1)}`).join(', ') + ' s (main+other threads)';
 }
 
 function summarize(samples: FioSample[]): { iops: number; mbps: number; cpuPerGiB: number } {
@@ -201,7 +211,7 @@ async function throughputPart(b: Bench): Promise<void> {
         for (const t of targets) {
           const s = await measureFio(b, t, w);
           byTarget.get(t.label)!.push(s);
-          const perNode = t.rf ? `, cairnd cpu by node ${s.cpuByNode.map((c) => c.toFixed(1)).join('/')} s` : `, server cpu ${s.serverCpuSec.toFixed(1)} s`;
+          const perNode = t.rf ? `, cairnd cpu by node ${describeThreads(s)}` : `, server cpu ${s.serverCpuSec.toFixed(1)} s`;
           console.log(`  ${w.name} ${t.label} #${rep + 1}: ${Math.round(s.iops)} IOPS, ${(s.bytesPerSec / 1e6).toFixed(0)} MB/s, fio cpu ${s.cpuSec.toFixed(1)} s${perNode}, load ${s.load.toFixed(1)}${s.degraded ? ' DEGRADED' : ''}`);
         }
       }
@@ -247,7 +257,7 @@ async function profileThroughput(b: Bench, targets: FioTarget[]): Promise<void> 
     b.profiler!.start(procs);
     const s = await measureFio(b, t, w);
     const paths = await b.profiler!.stop(procs, `${w.name}-rf${t.rf}`);
-    console.log(`\nProfiled extra run (not in the table): ${w.name} ${t.label}: ${Math.round(s.iops)} IOPS, ${(s.bytesPerSec / 1e6).toFixed(0)} MB/s, cairnd cpu by node ${s.cpuByNode.map((c) => c.toFixed(1)).join('/')} s`);
+    console.log(`\nProfiled extra run (not in the table): ${w.name} ${t.label}: ${Math.round(s.iops)} IOPS, ${(s.bytesPerSec / 1e6).toFixed(0)} MB/s, cairnd cpu by node ${describeThreads(s)}`);
     await printProfiles(paths);
   }
 }
@@ -274,7 +284,7 @@ async function recoveryPart(b: Bench): Promise<void> {
   for (let rep = 0; rep < Math.max(3, opts.rebuildReps); rep++) {
     const s = await timeCp(files[0]!, join(b.dir, 'cp-target.img'));
     cp.push(s);
-    console.log(`  cp --sparse=never + sync #${rep + 1}: ${Math.round(s.ms)} ms, ${(size / s.ms / 1e3).toFixed(0)} MB/s, cpu ${s.cpuSec.toFixed(1)} s, load ${s.load.toFixed(1)}`);
+    console.log(`  cp --sparse=never + sync of the copy #${rep + 1}: ${Math.round(s.ms)} ms, ${(size / s.ms / 1e3).toFixed(0)} MB/s, cpu ${s.cpuSec.toFixed(1)} s, load ${s.load.toFixed(1)}`);
   }
   const full: RecoverySample[] = [];
   for (let rep = 0; rep < opts.rebuildReps + (b.profiler ? 1 : 0); rep++) {
@@ -326,7 +336,7 @@ function printRecovery(b: Bench, size: number, cp: CpSample[], full: RecoverySam
   console.log(`\nRebuild and resync (${(size / 2 ** 20).toFixed(0)} MiB volume, 2 replicas, --rebuild-rate 0; medians; CPU = every cairnd from the node's /readyz to healthy, per GiB copied)`);
   const rows = [
     ['what', 'time', 'MB/s', 'CPU s/GiB', 'ratio'],
-    ['cp --sparse=never + sync, same filesystem', fmtMs(cpMs), cpMbps.toFixed(0), fmt(median(cp.map((s) => s.cpuSec / (size / GiB))), 2), '1.00 (reference)'],
+    ['cp --sparse=never + sync of the copy, same fs', fmtMs(cpMs), cpMbps.toFixed(0), fmt(median(cp.map((s) => s.cpuSec / (size / GiB))), 2), '1.00 (reference)'],
     ['full rebuild: engine copy + verify (its log)', fmtMs(fullCopyMs), fmt(fullCopyMbps), cpuPerGiB(full), fullCopyMbps ? `${(fullCopyMbps / cpMbps).toFixed(2)} x cp` : ''],
     ['full rebuild: reconnect .. healthy', fmtMs(fullAfterReconnect), fmt(mbps(size, fullAfterReconnect)), '', fullAfterReconnect ? `${(size / fullAfterReconnect / 1e3 / cpMbps).toFixed(2)} x cp` : ''],
     ['full rebuild: node ready .. healthy', fmtMs(fullReady), fmt(mbps(size, fullReady)), '', `${(size / fullReady / 1e3 / cpMbps).toFixed(2)} x cp`],

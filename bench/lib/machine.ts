@@ -29,9 +29,12 @@ export function loadAverage(): string {
   return loadavg().map((l) => l.toFixed(2)).join(' ');
 }
 
+/** The middle value; for an even count, the mean of the two middle ones. */
 export function median(values: number[]): number {
   const s = [...values].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? NaN;
+  const mid = Math.floor(s.length / 2);
+  if (s.length === 0) return NaN;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** Prints rows as a table, the first row the header; the first `textColumns` columns left-aligned. */

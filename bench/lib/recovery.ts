@@ -7,7 +7,7 @@
  * rebuild finished' and others, pino `time` in epoch ms on the same machine).
  *
  * Also the reference: `cp --sparse=never` of a file of the same size on the same
- * filesystem, followed by `sync`.
+ * filesystem, followed by `sync` of the copy (an fsync of that file).
  */
 import { randomFillSync } from 'node:crypto';
 import { open, readFile, rm } from 'node:fs/promises';
@@ -107,14 +107,18 @@ export interface CpSample {
   load: number;
 }
 
-/** `cp --sparse=never src dst` then `sync` (dst removed and everything synced before). */
+/**
+ * `cp --sparse=never src dst` then `sync dst` (an fsync of that file only: a plain `sync`
+ * would also wait for whatever else the machine has dirty). Before it, dst is removed and
+ * everything is synced.
+ */
 export async function timeCp(src: string, dst: string): Promise<CpSample> {
   await rm(dst, { force: true });
   await syncAll();
   const cpu0 = await reapedChildrenCpuSeconds();
   const t0 = performance.now();
   await run('cp', ['--sparse=never', src, dst], { timeoutMs: 600_000 });
-  await syncAll();
+  await run('sync', [dst], { timeoutMs: 600_000 });
   const ms = performance.now() - t0;
   const cpuSec = (await reapedChildrenCpuSeconds()) - cpu0;
   await rm(dst, { force: true });

@@ -16,7 +16,11 @@ export interface ReplicaIo {
   /** True for the replica on this node (direct I/O, no network). */
   readonly local: boolean;
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void>;
+  /** Optional: writes `parts` back to back without joining them (the local replica). */
+  writev?(offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void>;
   read(offset: number, lengthBytes: number): Promise<Buffer>;
+  /** Optional: fills `targets` back to back from `offset` (the local replica). */
+  readInto?(offset: number, targets: readonly Uint8Array[]): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, lengthBytes: number): Promise<void>;
   writeZeroes(offset: number, lengthBytes: number, mayTrim: boolean): Promise<void>;

@@ -18,6 +18,16 @@ import { type RegionLocks, RegionMap } from './region-map.js';
 
 const enum Kind { Write, Trim, Zeroes, Flush }
 
+/** A write's bytes: one buffer, or pieces to write back to back (joined once for replicas that need one buffer). */
+class Payload {
+  private joined: Uint8Array | undefined;
+  constructor(readonly parts: readonly Uint8Array[], readonly lengthBytes: number) {}
+  whole(): Uint8Array {
+    this.joined ??= Buffer.concat(this.parts, this.lengthBytes);
+    return this.joined;
+  }
+}
+
 const isCallerFault = (e: StorageError): boolean => e.code === Code.INVALID_ARGUMENT || e.code === Code.OUT_OF_RANGE;
 
 export interface FanOutDeps {
@@ -48,6 +58,40 @@ export class FanOut {
 
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
     return this.mutate(Kind.Write, offset, data.byteLength, data, fua);
+  }
+
+  /** A write in pieces: the local replica writes them with one pwritev; remote ones get them joined once. */
+  writev(offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void> {
+    let length = 0;
+    for (const p of parts) length += p.byteLength;
+    return this.mutate(Kind.Write, offset, length, new Payload(parts, length), fua);
+  }
+
+  /** A read into caller-owned buffers (straight from the local replica's device when it reads). */
+  async readInto(offset: number, targets: readonly Uint8Array[]): Promise<void> {
+    let length = 0;
+    for (const t of targets) length += t.byteLength;
+    const io = this.members.readMember?.io;
+    if (io?.readInto && this.members.readMember?.role === 'in-sync') {
+      const counts = this.members.readMember.inflight;
+      const slot = this.tick & MASK;
+      counts[slot]!++;
+      try {
+        await io.readInto(offset, targets);
+        this.throwIfFenced();
+        return;
+      } catch {
+        // Decided by the full read path below (fencing, faulting, retrying on another replica).
+      } finally {
+        counts[slot]!--;
+      }
+    }
+    const data = await this.read(offset, length);
+    let at = 0;
+    for (const t of targets) {
+      t.set(data.subarray(at, at + t.byteLength));
+      at += t.byteLength;
+    }
   }
 
   trim(offset: number, lengthBytes: number): Promise<void> {
@@ -159,7 +203,7 @@ export class FanOut {
 
   // --- writes ---------------------------------------------------------------------------
 
-  private mutate(kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | undefined, flag: boolean): Promise<void> {
+  private mutate(kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | Payload | undefined, flag: boolean): Promise<void> {
     const refused = this.refuse(offset, lengthBytes);
     if (refused) return Promise.reject(refused);
     const release = this.locks.tryShared(offset, lengthBytes);
@@ -167,7 +211,7 @@ export class FanOut {
     return this.locks.shared(offset, lengthBytes).then((r) => this.fanOut(kind, offset, lengthBytes, data, flag, r));
   }
 
-  private async fanOut(kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | undefined, flag: boolean, release: () => void): Promise<void> {
+  private async fanOut(kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | Payload | undefined, flag: boolean, release: () => void): Promise<void> {
     let wait: Promise<void> | undefined;
     try {
       this.throwIfFenced();
@@ -193,9 +237,11 @@ export class FanOut {
     this.throwIfFenced();
   }
 
-  private issue(io: ReplicaIo, kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | undefined, flag: boolean): Promise<void> {
+  private issue(io: ReplicaIo, kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | Payload | undefined, flag: boolean): Promise<void> {
     switch (kind) {
-      case Kind.Write: return io.write(offset, data!, flag);
+      case Kind.Write:
+        if (!(data instanceof Payload)) return io.write(offset, data!, flag);
+        return io.writev ? io.writev(offset, data.parts, flag) : io.write(offset, data.whole(), flag);
       case Kind.Trim: return io.trim(offset, lengthBytes);
       case Kind.Zeroes: return io.writeZeroes(offset, lengthBytes, flag);
       default: return io.flush();
@@ -203,7 +249,7 @@ export class FanOut {
   }
 
   /** One target's part of a request: its error, or undefined. */
-  private async send(m: Member, kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | undefined, flag: boolean): Promise<StorageError | undefined> {
+  private async send(m: Member, kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | Payload | undefined, flag: boolean): Promise<StorageError | undefined> {
     const io = m.io;
     if (!io) return this.noIo(m);
     const counts = m.inflight;

@@ -10,8 +10,8 @@
 import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, ReplicaId } from '../common/ids.js';
 import type { IoStream } from '../replica/io-stream.js';
-import type { IoOp, IoResult } from '../replica/io-types.js';
-import type { Replica } from '../replica/replica.js';
+import { totalBytes, type IoOp, type IoResult } from '../replica/io-types.js';
+import { scatter, type Replica } from '../replica/replica.js';
 import type { ReplicaIo } from './engine-types.js';
 
 /** The largest request sent to a local replica in one batch (its default batch limit is 8 MiB). */
@@ -44,6 +44,18 @@ export class LocalReplicaIo implements ReplicaIo {
       parts.push(this.submit('write', offset + at, part.byteLength, part, fua, false));
     }
     return Promise.all(parts).then(ignore);
+  }
+
+  writev(offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void> {
+    const length = totalBytes(parts);
+    if (length > LOCAL_CHUNK_BYTES) return this.write(offset, Buffer.concat(parts, length), fua);
+    return this.submit('write', offset, length, undefined, fua, false, parts).then(ignore);
+  }
+
+  async readInto(offset: number, targets: readonly Uint8Array[]): Promise<void> {
+    const length = totalBytes(targets);
+    if (length > LOCAL_CHUNK_BYTES) return scatter(await this.read(offset, length), targets);
+    await this.submit('read', offset, length, undefined, false, false, undefined, targets);
   }
 
   async read(offset: number, lengthBytes: number): Promise<Buffer> {
@@ -87,7 +99,8 @@ export class LocalReplicaIo implements ReplicaIo {
     return this.pending.size;
   }
 
-  private submit(op: IoOp, offset: number, lengthBytes: number, data: Uint8Array | undefined, fua: boolean, mayTrim: boolean): Promise<Buffer | undefined> {
+  private submit(op: IoOp, offset: number, lengthBytes: number, data: Uint8Array | undefined, fua: boolean, mayTrim: boolean,
+    parts?: readonly Uint8Array[], targets?: readonly Uint8Array[]): Promise<Buffer | undefined> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closing) {
       return Promise.reject(new StorageError(Code.FAILED_PRECONDITION, `I/O to replica ${this.replicaId} is closing`, { details: { replica: this.replicaId } }));
@@ -95,7 +108,7 @@ export class LocalReplicaIo implements ReplicaIo {
     return new Promise((resolve, reject) => {
       const seq = this.nextSeq++;
       this.pending.set(seq, { resolve, reject });
-      this.replica.runBatch(this.epoch, [{ seq, op, offset, lengthBytes, data, fua, mayTrim }], this.sink);
+      this.replica.runBatch(this.epoch, [{ seq, op, offset, lengthBytes, data, fua, mayTrim, parts, targets }], this.sink);
     });
   }
 

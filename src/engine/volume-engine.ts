@@ -161,6 +161,14 @@ export class VolumeEngine implements BlockDevice {
     return this.fanOut.writeZeroes(offset, lengthBytes, mayTrim);
   }
 
+  writev(offset: number, parts: readonly Uint8Array[], fua = false): Promise<void> {
+    return this.fanOut.writev(offset, parts, fua);
+  }
+
+  readInto(offset: number, targets: readonly Uint8Array[]): Promise<void> {
+    return this.fanOut.readInto(offset, targets);
+  }
+
   read(offset: number, lengthBytes: number): Promise<Buffer> {
     return this.fanOut.read(offset, lengthBytes);
   }

@@ -15,6 +15,14 @@ export interface IoRequest {
   lengthBytes: number;
   /** The bytes of a write. */
   data?: Uint8Array;
+  /**
+   * In-process callers only (never on the wire): a write's bytes in pieces, written back
+   * to back with one scatter-gather write instead of `data`; and a read's caller-owned
+   * buffers, filled back to back instead of returning `data`. The caller does not touch
+   * them until the result arrives.
+   */
+  parts?: readonly Uint8Array[];
+  targets?: readonly Uint8Array[];
   fua?: boolean;
   /** For write-zeroes: the range may be deallocated. */
   mayTrim?: boolean;
@@ -48,7 +56,14 @@ export const DEFAULT_REPLICA_LIMITS: Readonly<ReplicaLimits> = Object.freeze({
 
 /** Write data plus read lengths: what a batch costs in memory on both ends. */
 export function requestBytes(r: IoRequest): number {
-  if (r.op === 'write') return r.data?.byteLength ?? 0;
+  if (r.op === 'write') return r.data?.byteLength ?? totalBytes(r.parts);
   if (r.op === 'read') return r.lengthBytes;
   return 0;
+}
+
+/** The bytes of buffers laid back to back. */
+export function totalBytes(parts: readonly Uint8Array[] | undefined): number {
+  let n = 0;
+  if (parts) for (const p of parts) n += p.byteLength;
+  return n;
 }

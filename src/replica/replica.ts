@@ -18,7 +18,7 @@ import type { DeviceId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import type { BlockDevice } from '../pool/backend.js';
 import type { HostedReplicaRecord, NodeStore, ReplicaState } from '../store/node-store.js';
-import { requestBytes, type IoRequest, type IoResult, type ReplicaLimits } from './io-types.js';
+import { requestBytes, totalBytes, type IoRequest, type IoResult, type ReplicaLimits } from './io-types.js';
 
 export interface ReplicaOptions {
   record: HostedReplicaRecord;
@@ -187,10 +187,12 @@ export class Replica {
       switch (r.op) {
         case 'flush':
           return undefined;
-        case 'write':
-          if (!r.data || r.data.byteLength === 0) throw new StorageError(Code.INVALID_ARGUMENT, `${what} carries no data`);
-          this.checkRange(r.offset, r.data.byteLength, what);
+        case 'write': {
+          const length = r.data?.byteLength ?? totalBytes(r.parts);
+          if (length === 0) throw new StorageError(Code.INVALID_ARGUMENT, `${what} carries no data`);
+          this.checkRange(r.offset, length, what);
           return undefined;
+        }
         case 'read':
           if (this.stateValue !== 'in-sync') {
             throw new StorageError(Code.FAILED_PRECONDITION, `${what}: replica ${this.id} is ${this.stateValue} and serves no reads until it is in sync`,
@@ -234,10 +236,15 @@ export class Replica {
     const device = this.device ?? await this.openedDevice();
     switch (r.op) {
       case 'write':
-        await device.write(r.offset, r.data!, r.fua === true);
+        if (!r.parts) await device.write(r.offset, r.data!, r.fua === true);
+        else if (device.writev) await device.writev(r.offset, r.parts, r.fua === true);
+        else await device.write(r.offset, Buffer.concat(r.parts), r.fua === true);
         return undefined;
       case 'read':
-        return device.read(r.offset, r.lengthBytes);
+        if (!r.targets) return device.read(r.offset, r.lengthBytes);
+        if (device.readInto) await device.readInto(r.offset, r.targets);
+        else scatter(await device.read(r.offset, r.lengthBytes), r.targets);
+        return undefined;
       case 'flush':
         await Promise.allSettled(writesBefore!);
         await device.flush();
@@ -261,5 +268,14 @@ export class Replica {
 
   private goneError(): StorageError {
     return new StorageError(Code.NOT_FOUND, `replica ${this.id} of volume ${this.volumeId} was deleted or closed`, { details: { replica: this.id } });
+  }
+}
+
+/** Copies `data` into `targets` back to back. */
+export function scatter(data: Uint8Array, targets: readonly Uint8Array[]): void {
+  let at = 0;
+  for (const t of targets) {
+    t.set(data.subarray(at, at + t.byteLength));
+    at += t.byteLength;
   }
 }

@@ -41,6 +41,21 @@ test('local: writes, reads, flush, trim and write-zeroes; a 9 MiB request is spl
   t.is(io.inflight, 0);
 });
 
+test('local: a write in pieces goes as one scatter-gather write, a read fills caller buffers; both also above the chunk size', async (t) => {
+  const { io } = await localIo(t);
+  const parts = [filled(4096, 1), filled(65536, 2), filled(512, 3)];
+  await io.writev(8192, parts, true);
+  const targets = [Buffer.alloc(512), Buffer.alloc(69632)];
+  await io.readInto(8192, targets);
+  t.true(Buffer.concat(targets).equals(Buffer.concat(parts)));
+  const big = [filled(3 * MiB, 4), filled(3 * MiB, 5)];
+  await io.writev(MiB, big, false);
+  const into = [Buffer.alloc(MiB), Buffer.alloc(5 * MiB)];
+  await io.readInto(MiB, into);
+  t.true(Buffer.concat(into).equals(Buffer.concat(big)));
+  t.is(await codeOf(io.writev(16 * MiB - 4096, [filled(4096, 1), filled(4096, 1)], false)), Code.OUT_OF_RANGE);
+});
+
 test('local: a stale epoch is refused as FAILED_PRECONDITION naming it', async (t) => {
   const { io: old, open } = await localIo(t);
   await old.write(0, filled(512, 1), false);

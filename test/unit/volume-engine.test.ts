@@ -424,3 +424,15 @@ test('reconcile after an unclean stop: the other in-sync replicas are made equal
   t.deepEqual(c.control.faulted, [], 'nobody was faulted');
 });
 
+
+test('a write in pieces and a read into caller buffers (what the NBD server passes) land and come back on every replica', async (t) => {
+  const c = await cluster(t, 2);
+  const e = await c.start();
+  const parts = [filled(4096, 0x61), filled(8192, 0x62), filled(4096, 0x63)];
+  await e.writev(MiB - 8192, parts);
+  const expected = Buffer.concat(parts);
+  for (const i of [0, 1]) t.deepEqual(await c.bytes(i, MiB - 8192, expected.length), expected, `replica ${i}`);
+  const targets = [Buffer.alloc(4096), Buffer.alloc(12288)];
+  await e.readInto(MiB - 8192, targets);
+  t.deepEqual(Buffer.concat(targets), expected);
+});
