@@ -30,6 +30,7 @@ import type { LeaderElection } from './leader-election.js';
 import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
 import { placeReplicas } from './placement.js';
 import type { ClusterStore, Watch } from './store/cluster-store.js';
+import { keys } from './store/keys.js';
 import {
   createVolumeDoc, getVolumeDoc, inSyncReplicas, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth, VOLUMES_PREFIX,
   type VolumeDoc, type VolumeReplicaEntry,
@@ -73,6 +74,7 @@ export class ClusterVolumeService implements VolumeApi {
   private readonly locks = new KeyedLock();
   private readonly engines = new Map<string, RunningEngine>();
   private watch: Watch | undefined;
+  private nodeWatch: Watch | undefined;
   private readonly log: Logger;
 
   constructor(private readonly opts: ClusterVolumeServiceOptions) {
@@ -454,6 +456,16 @@ export class ClusterVolumeService implements VolumeApi {
       },
       onError: (err) => this.log.error({ err: err.message }, 'volume watch ended; engines no longer see document changes until restart'),
     });
+    // A node that registers again is back: engines here try its replicas at once.
+    this.nodeWatch = await this.store.watch(keys.nodesPrefix, {
+      onEvents: (events) => {
+        for (const e of events) {
+          const m = /^nodes\/([^/]+)\/alive$/.exec(e.key);
+          if (e.type !== 'put' || !m) continue;
+          for (const running of this.engines.values()) running.engine.nodeReturned(m[1]!);
+        }
+      },
+    });
     const { docs } = await listVolumeDocs(this.store, (err) => this.log.error({ err: err.message }, 'skipping a malformed volume document'));
     for (const { doc } of docs) {
       if (doc.state !== 'ready' || doc.engine?.nodeId !== this.opts.nodeId || !doc.engine.exported) continue;
@@ -465,6 +477,7 @@ export class ClusterVolumeService implements VolumeApi {
   /** Stops every engine here: in-flight requests finish and every replica is flushed. The documents keep naming this node. */
   async shutdown(): Promise<void> {
     await this.watch?.close();
+    await this.nodeWatch?.close();
     await Promise.allSettled([...this.engines.entries()].map(async ([name, running]) => {
       await this.stopEngine(name);
       await updateVolumeDoc(this.store, name, (d) => (d.epoch === running.epoch && d.engine?.nodeId === this.opts.nodeId

@@ -210,6 +210,14 @@ export class VolumeEngine implements BlockDevice {
   }
 
   /**
+   * A node registered again (its daemon is back): try its out-of-sync replicas now rather
+   * than at the next reconnect tick. Back-off after failed rebuilds still applies.
+   */
+  nodeReturned(nodeId: string): void {
+    if ([...this.members.values()].some((m) => m.entry.nodeId === nodeId && m.role === 'out')) this.rebuilder.reconnectAll();
+  }
+
+  /**
    * After an unclean stop of the previous engine: makes the other in-sync replicas equal
    * to the one reads come from, region by region, in the background (see reconcile.ts).
    * A replica that fails meanwhile is faulted with its whole map set. Resolves when done

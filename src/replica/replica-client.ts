@@ -45,6 +45,10 @@ export class ReplicaClient {
       'grpc.keepalive_time_ms': 10_000,
       'grpc.keepalive_timeout_ms': 5_000,
       'grpc.keepalive_permit_without_calls': 1,
+      // A peer that restarts is back within a second or so: redial quickly (grpc-js starts at 1 s).
+      'grpc.initial_reconnect_backoff_ms': 100,
+      'grpc.min_reconnect_backoff_ms': 100,
+      'grpc.max_reconnect_backoff_ms': 2000,
     };
     if (options.serverName) channelOptions['grpc.ssl_target_name_override'] = options.serverName;
     this.client = new Ctor(address, peerChannelCredentials(tls, options.log ?? silentLogger()), channelOptions);
