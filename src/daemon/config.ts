@@ -65,6 +65,11 @@ export interface DaemonConfig {
   rebuildRateBytes: number;
   /** How long a replica stays faulted before the repair loop replaces it with a new one. */
   repairWaitMs: number;
+  /**
+   * A replica hosted here that no volume document lists (its volume was deleted, or it was
+   * replaced while this node was away) is deleted once it has been so for this long.
+   */
+  orphanGraceMs: number;
   /** Replicas of a volume whose creation does not say (1-3). */
   defaultReplicas: number;
 }
@@ -109,6 +114,7 @@ export const SETTINGS: readonly SettingSpec[] = [
   { key: 'replicaTimeoutMs', flag: '--replica-timeout-ms <ms>', env: 'CAIRN_REPLICA_TIMEOUT_MS', description: 'how long an engine waits for a replica before faulting it', defaultText: '8000' },
   { key: 'rebuildRateBytes', flag: '--rebuild-rate <size>', env: 'CAIRN_REBUILD_RATE', description: 'rebuild copy rate per replica in bytes per second, e.g. 200MiB; 0 = unlimited', defaultText: '256MiB' },
   { key: 'repairWaitMs', flag: '--repair-wait-ms <ms>', env: 'CAIRN_REPAIR_WAIT_MS', description: 'how long a replica stays faulted before the repair loop replaces it', defaultText: '300000' },
+  { key: 'orphanGraceMs', flag: '--orphan-grace-ms <ms>', env: 'CAIRN_ORPHAN_GRACE_MS', description: 'how long a replica no volume lists is kept before it is deleted', defaultText: '600000' },
   { key: 'defaultReplicas', flag: '--default-replicas <n>', env: 'CAIRN_DEFAULT_REPLICAS', description: 'replicas of a volume that does not say (1-3)', defaultText: '3 with --etcd-endpoints, else 1' },
 ];
 
@@ -300,7 +306,7 @@ function resolvePeers(r: Reader, nodeName: string, clustered: boolean): PeerSett
   return { peerListen, peerAddress, peerTlsCa: abs(tls.peerTlsCa), peerTlsCert: abs(tls.peerTlsCert), peerTlsKey: abs(tls.peerTlsKey), peerInsecure };
 }
 
-type TuningSettings = Pick<DaemonConfig, 'nodeTtlMs' | 'replicaTimeoutMs' | 'rebuildRateBytes' | 'repairWaitMs' | 'shutdownTimeoutMs'>;
+type TuningSettings = Pick<DaemonConfig, 'nodeTtlMs' | 'replicaTimeoutMs' | 'rebuildRateBytes' | 'repairWaitMs' | 'orphanGraceMs' | 'shutdownTimeoutMs'>;
 
 function resolveTuning(r: Reader): TuningSettings {
   return {
@@ -309,6 +315,7 @@ function resolveTuning(r: Reader): TuningSettings {
     replicaTimeoutMs: r.wholeNumber('replicaTimeoutMs', 8000, 1, 'a positive whole number of milliseconds'),
     rebuildRateBytes: r.size('rebuildRateBytes', '256MiB', 'write bytes per second such as 200MiB, or 0 for unlimited'),
     repairWaitMs: r.wholeNumber('repairWaitMs', 300_000, 0, 'a whole number of milliseconds (0 replaces a faulted replica at once)'),
+    orphanGraceMs: r.wholeNumber('orphanGraceMs', 600_000, 1000, 'a whole number of milliseconds, at least 1000'),
   };
 }
 

@@ -16,6 +16,7 @@ import { LeaderElection } from '../cluster/leader-election.js';
 import { importLegacyVolumes } from '../cluster/legacy-import.js';
 import { NodeRegistry, type NodeCapacity, type NodeRegistration } from '../cluster/node-registry.js';
 import { RepairLoop } from '../cluster/repair-loop.js';
+import { ReplicaCollector } from '../cluster/replica-gc.js';
 import { PeerConnector } from '../cluster/replica-connector.js';
 import { openClusterStore } from '../cluster/store/open-cluster-store.js';
 import { Code, isStorageError } from '../common/errors.js';
@@ -83,6 +84,7 @@ async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
     defaultReplicas: config.defaultReplicas, replicaTimeoutMs: config.replicaTimeoutMs, rebuildRateBytesPerSec: config.rebuildRateBytes, log,
   });
   const repair = new RepairLoop({ store: cluster, election, connector, volumes, repairWaitMs: config.repairWaitMs, log });
+  const collector = new ReplicaCollector({ store: cluster, manager, graceMs: config.orphanGraceMs, log });
   const attacher = new KernelAttacher({ log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach') });
   let ready = false;
   const startedAt = Date.now();
@@ -108,6 +110,7 @@ async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
   capacityTimer.unref();
   election.start();
   repair.start();
+  collector.start();
   await importLegacyVolumes({ store, cluster, pool, nodeId, log });
   await volumes.recover();
   ready = true;
@@ -134,6 +137,7 @@ async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
     http?.close();
     await attacher.detachAll();
     await repair.close();
+    await collector.close();
     await volumes.shutdown();
     await election.close();
     await registry.close();

@@ -351,6 +351,11 @@ if (missing) {
     await assertReplicasAgree(t, c, 'served', 3);
     await assertReplicasAgree(t, c, 'idle', 3);
     await c.waitFor(() => c.volume('idle', 0), (x) => x.engineNode === '', 'the rebuild-only engine of idle stopped once it was in sync');
+    // The victim comes back: the replicas replaced while it was away are orphans, and go.
+    await c.restart(victim, { args: ['--orphan-grace-ms', '2000'] });
+    const gone = await c.waitFor(() => c.events(victim).filter((e) => e.msg === 'orphan replica deleted').map((e) => String(e.replica)).sort(),
+      (ids) => ids.length >= 2, `node-${victim} deletes the two replicas it lost while away`, 60_000);
+    t.deepEqual(gone, [Cluster.replicaOn(placed, victim)!.id, Cluster.replicaOn(served, victim)!.id].sort());
     await c.exportVolume(0, 'idle');
     wi.switchTo(await c.nbd(0, 'idle'));
     assertClean(t, await wi.verify(), 'idle, after its rebuild without an export');
