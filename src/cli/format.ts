@@ -52,7 +52,9 @@ export function progressBar(p: RebuildProgressMessage, width = 20): string {
   const pct = `${(done < total ? Math.min(99.9, Math.round(fraction * 1000) / 10) : 100).toFixed(1)}%`;
   const rate = Math.max(0, p.bytesPerSecond);
   const eta = rate > 0 ? formatDuration((total - done) / rate) : '-';
-  return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${pct} ${formatBytes(done)}/${formatBytes(total)} ${formatBytes(rate)}/s ETA ${eta}`;
+  // No rate: the rebuild has just started, or this node is not the engine's (which alone measures it).
+  const speed = rate > 0 ? `${formatBytes(rate)}/s` : '-/s';
+  return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${pct} ${formatBytes(done)}/${formatBytes(total)} ${speed} ETA ${eta}`;
 }
 
 function inSyncCount(v: VolumeMessage): number {
