@@ -10,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../common/log.js';
 import { silentLogger } from '../common/log.js';
 import { fromServiceError } from '../rpc/status.js';
+import { peerClientWindowOptions } from '../rpc/http2-window.js';
 import { peerChannelCredentials, type PeerTlsConfig } from '../rpc/tls.js';
 import type { RebuildProgressRecord } from '../store/node-store.js';
 import { DEFAULT_REPLICA_LIMITS } from './io-types.js';
@@ -45,6 +46,7 @@ export class ReplicaClient {
       'grpc.keepalive_time_ms': 10_000,
       'grpc.keepalive_timeout_ms': 5_000,
       'grpc.keepalive_permit_without_calls': 1,
+      ...peerClientWindowOptions(),
       // A peer that restarts is back within a second or so: redial quickly (grpc-js starts at 1 s).
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.min_reconnect_backoff_ms': 100,

@@ -7,6 +7,7 @@ import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { PoolBackend } from '../pool/backend.js';
 import { unary } from '../rpc/status.js';
+import { widenConnectionWindows, widenStreamWindows } from '../rpc/http2-window.js';
 import { peerServerCredentials, type PeerTlsConfig } from '../rpc/tls.js';
 import type { NodeStore } from '../store/node-store.js';
 import type { ReplicaLimits } from './io-types.js';
@@ -88,7 +89,9 @@ export async function startReplicaServer(opts: ReplicaServerOptions): Promise<Re
     'grpc.keepalive_timeout_ms': 5_000,
   });
   server.addService(replicaServerDefinition(), handlers(manager, log));
+  const widened = widenStreamWindows(server);
   const port = await bind(server, opts.listen, credentials);
+  if (!widened || !widenConnectionWindows(server)) log.warn('cannot widen the peer port\'s HTTP/2 windows (grpc-js internals changed); replicated throughput is capped by 64 KiB windows');
   log.info({ listen: opts.listen, port, tls: opts.tls.insecure !== true }, 'replica service listening');
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
