@@ -32,7 +32,7 @@ import { placeReplicas } from './placement.js';
 import type { ClusterStore, Watch } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
 import {
-  createVolumeDoc, getVolumeDoc, inSyncReplicas, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth, VOLUMES_PREFIX,
+  MAX_REPLICAS, createVolumeDoc, getVolumeDoc, inSyncReplicas, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth, VOLUMES_PREFIX,
   type VolumeDoc, type VolumeReplicaEntry,
 } from './volume-doc.js';
 import type {
@@ -43,7 +43,6 @@ import type {
 export const VOLUME_ALIGNMENT_BYTES = 4096;
 /** NBD carries 64-bit sizes, but JavaScript numbers are exact only below 2^53. */
 export const MAX_VOLUME_BYTES = 2 ** 50; // 1 PiB
-export const MAX_REPLICAS = 3;
 /** Regions per ChecksumRange call when verifying. */
 const VERIFY_REGIONS_PER_CALL = 1024;
 

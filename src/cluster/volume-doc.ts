@@ -77,6 +77,9 @@ export interface StoredVolumeDoc {
 export const VOLUMES_PREFIX = keys.volumesPrefix;
 export const volumeKey = (name: string): string => `${VOLUMES_PREFIX}${name}`;
 
+/** A volume has 1 to this many replicas, each on its own node. */
+export const MAX_REPLICAS = 3;
+
 /** Regions are at least 1 MiB, and a volume has at most 256 Ki of them (a 32 KiB bitmap). */
 export const MIN_REGION_BYTES = 1 << 20;
 export const MAX_REGIONS = 256 * 1024;

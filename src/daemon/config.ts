@@ -13,6 +13,7 @@ import { Code, StorageError } from '../common/errors.js';
 import type { LogFormat } from '../common/log.js';
 import { parseSize } from '../common/units.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
+import { MAX_REPLICAS } from '../cluster/volume-doc.js';
 
 export interface DaemonConfig {
   nodeName: string;
@@ -123,7 +124,6 @@ const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as
 export const MAX_SOCKET_PATH = 107;
 export const DEFAULT_PEER_PORT = 9471;
 export const MIN_NODE_TTL_MS = 2000;
-export const MAX_REPLICAS = 3;
 
 /** The same rule as the cluster store's key prefix (src/cluster/store/keys.ts). */
 const CLUSTER_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
