@@ -76,6 +76,8 @@ export class Member {
   unflushed: RegionMap | undefined;
   /** The `unflushed` maps of flushes still in flight. */
   readonly flushing = new Set<RegionMap>();
+  /** A cleared map from the last successful flush, reused as the next `unflushed` (no allocation per flush). */
+  spareUnflushed: RegionMap | undefined;
   rebuild: RebuildRun | undefined;
   /** The commit that makes its fault durable, while pending: writes it misses wait for it. */
   faultPending: Promise<void> | undefined;

@@ -263,9 +263,16 @@ export class FanOut {
     }
     try {
       await this.issue(io, kind, offset, lengthBytes, data, flag);
-      if (covered) m.flushing.delete(covered);
-      else if (kind !== Kind.Flush && !(kind === Kind.Write && flag) && m.io === io) {
-        (m.unflushed ??= new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes)).markRange(offset, lengthBytes);
+      if (covered) {
+        m.flushing.delete(covered);
+        covered.clearAll();
+        m.spareUnflushed = covered;
+      } else if (kind !== Kind.Flush && !(kind === Kind.Write && flag) && m.io === io) {
+        if (!m.unflushed) {
+          m.unflushed = m.spareUnflushed ?? new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes);
+          m.spareUnflushed = undefined;
+        }
+        m.unflushed.markRange(offset, lengthBytes);
       }
       return undefined;
     } catch (err) {

@@ -101,6 +101,13 @@ export class RegionMap {
     }
   }
 
+  /** Clears every bit (without allocating: maps are reused on the I/O path). */
+  clearAll(): void {
+    if (this.setCount === 0) return;
+    this.bits.fill(0);
+    this.setCount = 0;
+  }
+
   setAll(): void {
     this.bits.fill(0xff);
     const tail = this.regionCount & 7;

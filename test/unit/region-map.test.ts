@@ -293,3 +293,13 @@ test('token bucket: a wait rejects with CANCELLED when the signal aborts, and th
   await fake.take(100);
   t.deepEqual(clock.sleeps, [1000, 1000], 'the cancelled take left no debt behind');
 });
+
+test('clearAll empties a map for reuse: no bits, no count, and it marks again', (t) => {
+  const map = RegionMap.full(10 * 1024 * KiB, 1024 * KiB);
+  map.clearAll();
+  t.is(map.count(), 0);
+  t.is(map.nextSet(0), -1);
+  t.true(map.toBuffer().equals(Buffer.alloc(2)));
+  t.true(map.markRange(3 * 1024 * KiB, 1));
+  t.is(map.count(), 1);
+});
