@@ -21,6 +21,9 @@
  * - writev() takes a payload in the pieces it arrived in and writes them with pwritev: a
  *   1 MiB NBD write is never copied into one buffer first. readInto() reads into buffers the
  *   caller reuses (preadv2 RWF_NOWAIT first, then preadv on the thread pool).
+ * - Where preadv2(RWF_NOWAIT) is not supported (EOPNOTSUPP, ENOSYS: an old kernel, some
+ *   network or FUSE filesystems), the device logs it once and reads on the thread pool
+ *   from then on.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
@@ -44,6 +47,9 @@ const SLOW_SYNC_WRITE_MS = 2;
 const SYNC_WRITE_BACKOFF_MS = 1000;
 /** writeZeroes falls back to plain writes of zeros in chunks of this size. */
 const ZERO_CHUNK_BYTES = 1 << 20;
+
+/** preadv2(RWF_NOWAIT) answers these where the kernel or the filesystem cannot do it at all. */
+const NOWAIT_UNSUPPORTED = new Set([osConstants.errno.EOPNOTSUPP, osConstants.errno.ENOTSUP, osConstants.errno.ENOSYS].map((e) => -e));
 
 const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([name, num]) => [num, name]));
 
@@ -173,6 +179,8 @@ class FileBlockDevice implements BlockDevice {
   private asyncWritesUntilMs = 0;
   private readonly fallocating = new Set<Promise<void>>();
   private readonly batcher: IoBatcher;
+  /** False once preadv2(RWF_NOWAIT) said it is not supported here: reads go to the thread pool. */
+  private nowait = true;
 
   constructor(
     readonly id: DeviceId,
@@ -192,19 +200,36 @@ class FileBlockDevice implements BlockDevice {
   readInto(offset: number, targets: readonly Uint8Array[]): Promise<void> {
     if (targets.length === 1) return this.readOne(offset, targets[0]!);
     if (this.closed) return Promise.reject(this.closedError());
+    if (!this.nowait) return this.batcher.enqueue(IO_READ, offset, targets);
     const got = this.io.ioPreadNowait(this.handle.fd, targets, offset);
     const length = byteLengthOf(targets);
     if (got === length) return Promise.resolve();
-    if (got < 0 && got !== -osConstants.errno.EAGAIN) return Promise.reject(errnoError(got, 'preadv2', { device: this.id, offset }));
+    const failed = this.nowaitFailure(got, offset);
+    if (failed) return failed;
     return this.batcher.enqueue(IO_READ, offset + Math.max(got, 0), skipBytes(targets, Math.max(got, 0)));
+  }
+
+  /**
+   * What a short preadv2(RWF_NOWAIT) means: undefined when the rest goes to the thread pool
+   * (EAGAIN: not cached; not supported here: from now on every read does), else the
+   * rejected read.
+   */
+  private nowaitFailure(got: number, offset: number): Promise<void> | undefined {
+    if (got >= 0 || got === -osConstants.errno.EAGAIN) return undefined;
+    if (!NOWAIT_UNSUPPORTED.has(got)) return Promise.reject(errnoError(got, 'preadv2', { device: this.id, offset }));
+    this.nowait = false;
+    this.log.warn({ device: this.id, errno: ERRNO_NAMES.get(-got) }, 'preadv2(RWF_NOWAIT) is not supported here; reads use the thread pool');
+    return undefined;
   }
 
   /** Fills `target` from the page cache on the event loop if it can, else on the thread pool. */
   private readOne(offset: number, target: Uint8Array): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
+    if (!this.nowait) return this.batcher.enqueue(IO_READ, offset, target);
     const got = this.io.ioPreadNowait(this.handle.fd, target, offset);
     if (got === target.byteLength) return Promise.resolve();
-    if (got < 0 && got !== -osConstants.errno.EAGAIN) return Promise.reject(errnoError(got, 'preadv2', { device: this.id, offset }));
+    const failed = this.nowaitFailure(got, offset);
+    if (failed) return failed;
     const done = Math.max(got, 0);
     return this.batcher.enqueue(IO_READ, offset + done, target.subarray(done));
   }
@@ -341,10 +366,10 @@ class FileBlockDevice implements BlockDevice {
 
 /**
  * Opens the file at `path` as a block device of `sizeBytes`. NOT_FOUND when it does not
- * exist. Bytes past the end of a shorter file read as zeros.
+ * exist. Bytes past the end of a shorter file read as zeros. `io` is the native addon's I/O
+ * (tests may pass a wrapper that injects errors).
  */
-export async function openFileDevice(path: string, id: DeviceId, sizeBytes: number, log: Logger): Promise<BlockDevice> {
-  const io = nativeIo();
+export async function openFileDevice(path: string, id: DeviceId, sizeBytes: number, log: Logger, io: NativeIo = nativeIo()): Promise<BlockDevice> {
   let handle: FileHandle;
   try {
     handle = await open(path, 'r+');
