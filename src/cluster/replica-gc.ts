@@ -7,7 +7,10 @@
  * when every pass over at least `graceMs` found it unlisted, it was created longer than
  * `graceMs` ago (a replica the repair loop just created is listed a moment later), and a
  * fresh read of the documents right before the deletion still does not list it. A pass
- * that cannot read the cluster store deletes nothing.
+ * that cannot read the cluster store deletes nothing. Nor does a pass that meets a volume
+ * document it cannot parse (malformed, or from a newer release): that volume's replicas
+ * are unknown, so every replica here might be one of them. Such a hold is logged once when
+ * it starts and once when it ends, and the grace period starts again after it.
  */
 import type { ReplicaId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
@@ -29,6 +32,8 @@ export class ReplicaCollector {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private closed = false;
+  /** The unreadable documents' keys while a hold lasts, to log a change of condition only. */
+  private heldBy: string | undefined;
   private readonly log: Logger;
 
   constructor(private readonly opts: ReplicaCollectorOptions) {
@@ -58,6 +63,7 @@ export class ReplicaCollector {
   async pass(now = Date.now()): Promise<ReplicaId[]> {
     const hosted = await this.opts.manager.list();
     const listed = await this.listed();
+    if (!listed) return [];
     const due: typeof hosted = [];
     for (const r of hosted) {
       if (listed.has(r.replicaId)) {
@@ -74,7 +80,7 @@ export class ReplicaCollector {
     const again = await this.listed();
     const deleted: ReplicaId[] = [];
     for (const r of due) {
-      if (this.closed || again.has(r.replicaId)) continue;
+      if (this.closed || !again || again.has(r.replicaId)) continue;
       await this.opts.manager.delete({ replicaId: r.replicaId, volumeId: r.volumeId }, r.epoch);
       this.unlistedSince.delete(r.replicaId);
       deleted.push(r.replicaId);
@@ -84,8 +90,23 @@ export class ReplicaCollector {
     return deleted;
   }
 
-  private async listed(): Promise<Set<ReplicaId>> {
-    const { docs } = await listVolumeDocs(this.opts.store);
+  /** The replicas every volume document lists; undefined (a hold) when some document cannot be parsed. */
+  private async listed(): Promise<Set<ReplicaId> | undefined> {
+    const { docs, unreadable } = await listVolumeDocs(this.opts.store);
+    if (unreadable.length > 0) {
+      this.unlistedSince.clear();
+      const keys = unreadable.map((err) => String(err.details.key)).sort();
+      if (this.heldBy !== keys.join('\n')) {
+        this.heldBy = keys.join('\n');
+        this.log.error({ keys, errs: unreadable.map((err) => err.message) },
+          'orphan collection held: volume documents this node cannot read may list replicas here; nothing is deleted until they can be read');
+      }
+      return undefined;
+    }
+    if (this.heldBy !== undefined) {
+      this.heldBy = undefined;
+      this.log.info('orphan collection resumed: every volume document can be read again');
+    }
     return new Set(docs.flatMap((d) => d.doc.replicas.map((r) => r.id)));
   }
 }

@@ -169,18 +169,31 @@ export async function getVolumeDoc(store: ClusterStore, name: string): Promise<S
   return kv && stored(kv);
 }
 
-/** Every volume document. A malformed one is skipped and reported through `onMalformed`. */
-export async function listVolumeDocs(store: ClusterStore, onMalformed?: (err: StorageError) => void): Promise<{ docs: StoredVolumeDoc[]; revision: number }> {
+export interface VolumeDocList {
+  docs: StoredVolumeDoc[];
+  /**
+   * Documents this node cannot parse (DATA_LOSS, `details.key` names each): malformed, or
+   * written by a newer release (an unknown state). Not in `docs`, yet their volumes exist:
+   * a caller that acts on what is absent from `docs` (deletes) must act on nothing then.
+   */
+  unreadable: StorageError[];
+  revision: number;
+}
+
+/** Every volume document: the ones it can parse in `docs`, the others in `unreadable` (and `onMalformed`). */
+export async function listVolumeDocs(store: ClusterStore, onMalformed?: (err: StorageError) => void): Promise<VolumeDocList> {
   const { items, revision } = await store.list(VOLUMES_PREFIX);
   const docs: StoredVolumeDoc[] = [];
+  const unreadable: StorageError[] = [];
   for (const kv of items) {
     try {
       docs.push(stored(kv));
     } catch (err) {
+      unreadable.push(err as StorageError);
       onMalformed?.(err as StorageError);
     }
   }
-  return { docs, revision };
+  return { docs, unreadable, revision };
 }
 
 /** Writes a new document; false when one of that name exists already. */
