@@ -2,8 +2,11 @@
  * Reaches replicas wherever they live: the ones on this node through the local replica
  * manager (no network, still fenced by epoch), the others over the peer port with one
  * gRPC channel per peer. Peer addresses come from the node registry and are looked up
- * again when a peer cannot be reached (it may have moved).
+ * again when a peer cannot be reached (it may have moved). The channel credentials are
+ * made once (certificate rotation needs a restart), so their log lines, such as the
+ * plaintext warning, appear once and not on every reconnect to a peer that is down.
  */
+import type { ChannelCredentials } from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
@@ -12,7 +15,7 @@ import type { ReplicaConnector, ReplicaControl, ReplicaIo } from '../engine/engi
 import { LocalReplicaIo, RemoteReplicaIo } from '../engine/replica-io.js';
 import { ReplicaClient } from '../replica/replica-client.js';
 import type { ReplicaManager } from '../replica/replica-manager.js';
-import type { PeerTlsConfig } from '../rpc/tls.js';
+import { peerChannelCredentials, type PeerTlsConfig } from '../rpc/tls.js';
 import { listNodes } from './node-registry.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import type { VolumeReplicaEntry } from './volume-doc.js';
@@ -44,6 +47,7 @@ export class PeerConnector implements ReplicaConnector {
   private readonly clients = new Map<NodeId, { address: string; client: ReplicaClient }>();
   private readonly local: ReplicaControl;
   private readonly deadlineMs: number;
+  private credentials: ChannelCredentials | undefined;
   private closed = false;
 
   constructor(private readonly opts: PeerConnectorOptions) {
@@ -99,7 +103,8 @@ export class PeerConnector implements ReplicaConnector {
     if (!node.peerAddress) throw new StorageError(Code.UNAVAILABLE, `node ${nodeId} serves no peer port (started without --peer-listen)`, { details: { node: nodeId } });
     const again = this.clients.get(nodeId);
     if (again) return again.client;
-    const client = new ReplicaClient(node.peerAddress, this.opts.tls, { log: this.opts.log, deadlineMs: this.deadlineMs });
+    this.credentials ??= peerChannelCredentials(this.opts.tls, this.opts.log);
+    const client = new ReplicaClient(node.peerAddress, this.opts.tls, { log: this.opts.log, deadlineMs: this.deadlineMs, credentials: this.credentials });
     this.clients.set(nodeId, { address: node.peerAddress, client });
     return client;
   }

@@ -29,6 +29,8 @@ export interface ReplicaClientOptions {
   serverName?: string;
   /** The largest reply frame accepted; the server's default frame limit by default. */
   maxFrameBytes?: number;
+  /** Channel credentials made once by the caller (see peerChannelCredentials); made from `tls` when unset. */
+  credentials?: grpc.ChannelCredentials;
 }
 
 type UnaryMethod = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: unknown) => void) => void;
@@ -53,7 +55,7 @@ export class ReplicaClient {
       'grpc.max_reconnect_backoff_ms': 2000,
     };
     if (options.serverName) channelOptions['grpc.ssl_target_name_override'] = options.serverName;
-    this.client = new Ctor(address, peerChannelCredentials(tls, options.log ?? silentLogger()), channelOptions);
+    this.client = new Ctor(address, options.credentials ?? peerChannelCredentials(tls, options.log ?? silentLogger()), channelOptions);
     this.deadlineMs = options.deadlineMs ?? 30_000;
   }
 
