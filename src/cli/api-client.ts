@@ -1,8 +1,9 @@
 /** A promise-returning client of the cairnd API over its unix socket. */
 import * as grpc from '@grpc/grpc-js';
-import { Code, StorageError } from '../common/errors.js';
+import { existsSync } from 'node:fs';
+import { Code, SERVER_UNREACHABLE, StorageError } from '../common/errors.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
-import { fromServiceError } from '../rpc/status.js';
+import { fromServiceError, isFromServer } from '../rpc/status.js';
 
 export interface PoolStatusMessage { backend: string; path: string; totalBytes: number; usedBytes: number; freeBytes: number; provisionedBytes: number }
 export interface NodeStatusMessage {
@@ -64,11 +65,19 @@ export class ApiClient {
     return new Promise<Res>((resolve, reject) => {
       fn.call(this.client, request, { deadline: Date.now() + this.deadlineMs }, (err, res) => {
         if (!err) return resolve(res);
-        if (err.code === grpc.status.UNAVAILABLE && /connect|No connection|ENOENT|ECONNREFUSED/i.test(err.details)) {
-          return reject(new StorageError(Code.UNAVAILABLE, `cannot reach cairnd at ${this.socketPath}: is it running? (set --api-socket or CAIRN_API_SOCKET)`));
-        }
-        reject(fromServiceError(err));
+        reject(err.code === grpc.status.UNAVAILABLE && !isFromServer(err) ? this.unreachable(err) : fromServiceError(err));
       });
+    });
+  }
+
+  /**
+   * The channel's own UNAVAILABLE (no status from cairnd): the daemon was not reached.
+   * Decided on the missing server trailer, never on grpc-js's message text.
+   */
+  private unreachable(err: grpc.ServiceError): StorageError {
+    const why = existsSync(this.socketPath) ? 'nothing answers on the socket' : 'no socket there';
+    return new StorageError(Code.UNAVAILABLE, `cannot reach cairnd at ${this.socketPath}: is it running? (${why}; set --api-socket or CAIRN_API_SOCKET)`, {
+      cause: err, details: { reason: SERVER_UNREACHABLE, socket: this.socketPath },
     });
   }
 

@@ -5,7 +5,7 @@
 import { Command, Option } from 'commander';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { Code, StorageError } from '../common/errors.js';
+import { Code, isStoreUnavailable, StorageError } from '../common/errors.js';
 import { formatBytes, parseSize } from '../common/units.js';
 import { ApiClient } from './api-client.js';
 import { clusterStatusText, keyValues, mismatchedRegions, nodeRows, percent, verifyText, volumeDetail, volumeRows } from './format.js';
@@ -123,8 +123,21 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {
-    const code = err instanceof StorageError ? Code[err.code] : 'ERROR';
-    console.error(`cairnctl: ${err instanceof Error ? err.message : String(err)} (${code})`);
+    console.error(errorText(err));
     process.exitCode = 1;
   }
+}
+
+/** What cairnctl prints for a failed command: decided on the code and the structured reason. */
+export function errorText(err: unknown): string {
+  const code = err instanceof StorageError ? Code[err.code] : 'ERROR';
+  const message = err instanceof Error ? err.message : String(err);
+  if (isStoreUnavailable(err)) {
+    return [
+      `cairnctl: the cluster store (etcd) is unavailable (${code})`,
+      `  cairnd said: ${message}`,
+      'hint: cairnd is running but cannot reach etcd: check that etcd is up and reachable from this node at the URLs of cairnd\'s --etcd-endpoints, then retry',
+    ].join('\n');
+  }
+  return `cairnctl: ${message} (${code})`;
 }

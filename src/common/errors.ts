@@ -58,6 +58,23 @@ export function isStaleEpoch(err: unknown): boolean {
   return err instanceof StorageError && err.details.reason === STALE_EPOCH;
 }
 
+/**
+ * `details.reason` of an UNAVAILABLE error because the cluster store (etcd) did not answer:
+ * cairnd itself is up. It travels to cairnctl in the API's trailers (rpc/status.ts).
+ */
+export const STORE_UNAVAILABLE = 'STORE_UNAVAILABLE';
+
+export function isStoreUnavailable(err: unknown): boolean {
+  return err instanceof StorageError && err.details.reason === STORE_UNAVAILABLE;
+}
+
+/**
+ * `details.reason` of the error a client makes when the channel to a server never carried
+ * an answer (nothing listens on the socket, or the connection failed): see
+ * rpc/status.ts `isFromServer`.
+ */
+export const SERVER_UNREACHABLE = 'SERVER_UNREACHABLE';
+
 /** A failed system call, from the native addon or from node's fs. */
 export class SystemError extends StorageError {
   readonly errno: number;

@@ -8,16 +8,34 @@ import { Code, StorageError } from '../common/errors.js';
 /** Trailing metadata that carries `details.reason` (and a stale epoch's `newestEpoch`) across. */
 const REASON_KEY = 'cairn-reason';
 const NEWEST_EPOCH_KEY = 'cairn-newest-epoch';
+/**
+ * Set on every status a Cairn server sends. A status without it was made by the client's
+ * own channel (it could not connect, or the connection broke before an answer): the
+ * server was never reached. grpc-js gives those no server metadata at all.
+ */
+const ORIGIN_KEY = 'cairn-origin';
+const ORIGIN_SERVER = 'server';
 
 export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
   if (err instanceof StorageError) {
-    const metadata = new grpc.Metadata();
+    const metadata = serverMetadata();
     if (typeof err.details.reason === 'string') metadata.set(REASON_KEY, err.details.reason);
     if (typeof err.details.newestEpoch === 'number') metadata.set(NEWEST_EPOCH_KEY, String(err.details.newestEpoch));
     return { code: err.code as number as grpc.status, details: err.message, metadata };
   }
   const message = err instanceof Error ? err.message : String(err);
-  return { code: grpc.status.INTERNAL, details: `internal error: ${message}`, metadata: new grpc.Metadata() };
+  return { code: grpc.status.INTERNAL, details: `internal error: ${message}`, metadata: serverMetadata() };
+}
+
+function serverMetadata(): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set(ORIGIN_KEY, ORIGIN_SERVER);
+  return metadata;
+}
+
+/** True when a Cairn server sent this status (toServiceError); false when the client's channel made it. */
+export function isFromServer(err: Partial<grpc.ServiceError>): boolean {
+  return err.metadata?.get(ORIGIN_KEY)[0] === ORIGIN_SERVER;
 }
 
 export function fromServiceError(err: unknown): StorageError {

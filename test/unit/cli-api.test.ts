@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { NodeMessage, VolumeMessage } from '../../src/cli/api-client.js';
-import { Code, StorageError } from '../../src/common/errors.js';
+import { Code, STORE_UNAVAILABLE, StorageError } from '../../src/common/errors.js';
 import type { NodeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import type { NodeStatus } from '../../src/cluster/node-registry.js';
@@ -73,7 +73,12 @@ class ScriptedVolumes implements VolumeApi {
     if (name !== 'pgdata') throw new StorageError(Code.NOT_FOUND, `volume "${name}" not found`);
     return DEGRADED;
   }
-  async list(): Promise<VolumeView[]> { return [DEGRADED, view('small', 1)]; }
+  /** When set, list() throws it. */
+  listError: StorageError | undefined;
+  async list(): Promise<VolumeView[]> {
+    if (this.listError) throw this.listError;
+    return [DEGRADED, view('small', 1)];
+  }
   async verify(name: string): Promise<VerifyResult> { return { ...this.verifyResult, volume: name }; }
   async capacity() { return { totalBytes: 100 * GiB, usedBytes: 2 * MiB, freeBytes: 60 * GiB, provisionedBytes: 20 * GiB }; }
   async clusterStatus(): Promise<ClusterStatusView> {
@@ -206,4 +211,30 @@ test('cluster status, node list and status', async (t) => {
   const status = await ctl(['-o', 'json', 'status']);
   t.is(status.exitCode, 0, status.stderr);
   t.like(JSON.parse(status.stdout), { nodeName: 'node-a', volumeCount: 2, exportedCount: 0, pool: { backend: 'file', provisionedBytes: 20 * GiB } });
+});
+
+test('an UNAVAILABLE sent by cairnd is its error, not "cannot reach cairnd"; the store reason gets the etcd hint', async (t) => {
+  const { volumes, ctl } = await serve(t);
+  volumes.listError = new StorageError(Code.UNAVAILABLE, 'volume "db" is still being created; try again (connect ECONNREFUSED)');
+  const busy = await ctl(['volume', 'list']);
+  t.is(busy.exitCode, 1);
+  t.is(busy.stderr, 'cairnctl: volume "db" is still being created; try again (connect ECONNREFUSED) (UNAVAILABLE)');
+
+  volumes.listError = new StorageError(Code.UNAVAILABLE, 'list volumes: etcd is unavailable: No connection established', { details: { reason: STORE_UNAVAILABLE } });
+  const store = await ctl(['volume', 'list']);
+  t.is(store.exitCode, 1);
+  t.regex(store.stderr, /^cairnctl: the cluster store \(etcd\) is unavailable \(UNAVAILABLE\)$/m);
+  t.regex(store.stderr, /^ {2}cairnd said: list volumes: etcd is unavailable: No connection established$/m);
+  t.regex(store.stderr, /^hint: cairnd is running but cannot reach etcd/m);
+  t.notRegex(store.stderr, /cannot reach cairnd/);
+});
+
+test('no daemon on the socket: "cannot reach cairnd"', async (t) => {
+  const dir = mkdtempSync('/tmp/cairn-cli-');
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const socket = join(dir, 'api.sock');
+  const script = `import { main } from ${JSON.stringify(MAIN)}; await main(['node', 'cairnctl', ...process.argv.slice(1)]);`;
+  const r = await execa('node', ['--import', 'tsx', '--input-type=module', '-e', script, '--', '--api-socket', socket, 'volume', 'list'], { reject: false });
+  t.is(r.exitCode, 1);
+  t.is(r.stderr, `cairnctl: cannot reach cairnd at ${socket}: is it running? (no socket there; set --api-socket or CAIRN_API_SOCKET) (UNAVAILABLE)`);
 });

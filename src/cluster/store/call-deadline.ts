@@ -2,7 +2,7 @@
  * Bounds one cluster store call: rejects with UNAVAILABLE when it has not settled by the
  * deadline and with CANCELLED when the caller's signal aborts, whatever the backend does.
  */
-import { Code, StorageError } from '../../common/errors.js';
+import { Code, STORE_UNAVAILABLE, StorageError } from '../../common/errors.js';
 
 export interface Deadline {
   /** Absolute time (ms since the epoch), for gRPC's `deadline` call option. */
@@ -26,7 +26,9 @@ export async function withDeadline<T>(
   let timer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
   const guard = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new StorageError(Code.UNAVAILABLE, `${what}: no answer from the cluster store within ${timeoutMs} ms`)), timeoutMs + graceMs);
+    timer = setTimeout(() => reject(new StorageError(Code.UNAVAILABLE, `${what}: no answer from the cluster store within ${timeoutMs} ms`, {
+      details: { reason: STORE_UNAVAILABLE },
+    })), timeoutMs + graceMs);
     if (signal) {
       onAbort = () => reject(cancelled(what, signal));
       signal.addEventListener('abort', onAbort, { once: true });

@@ -17,7 +17,7 @@ import {
   GRPCUnavailableError,
   GRPCUnknownError,
 } from 'etcd3';
-import { Code, StorageError } from '../../common/errors.js';
+import { Code, STORE_UNAVAILABLE, StorageError } from '../../common/errors.js';
 
 /** gRPC status codes of raw grpc-js errors (streams), mapped to ours. */
 const RAW_CODES: ReadonlyMap<number, Code> = new Map([
@@ -54,6 +54,6 @@ export function fromEtcdError(err: unknown, what: string): StorageError {
   if (err instanceof StorageError) return err;
   const code = codeOf(err);
   const text = err instanceof Error ? err.message : String(err);
-  const prefix = code === Code.UNAVAILABLE ? `${what}: etcd is unavailable` : what;
-  return new StorageError(code, `${prefix}: ${text}`, { cause: err });
+  if (code !== Code.UNAVAILABLE) return new StorageError(code, `${what}: ${text}`, { cause: err });
+  return new StorageError(code, `${what}: etcd is unavailable: ${text}`, { cause: err, details: { reason: STORE_UNAVAILABLE } });
 }
