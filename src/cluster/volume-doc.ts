@@ -9,6 +9,7 @@
  */
 import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
+import type { EngineVolumeDoc, VolumeReplicaEntry } from '../engine/engine-types.js';
 import type { ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
 import { guardFor } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
@@ -18,15 +19,8 @@ import type { ReplicaState, VolumeState } from '../store/node-store.js';
 export type ReplicaHealth = ReplicaState;
 export type VolumeDocState = VolumeState;
 
-export interface VolumeReplicaEntry {
-  id: ReplicaId;
-  nodeId: NodeId;
-  state: ReplicaHealth;
-  /** When the state last changed (ISO 8601): the repair loop measures "faulted for how long" from it. */
-  since: string;
-  /** Why the replica left the in-sync set, for operators. */
-  reason?: string;
-}
+/** A replica's entry in the document: the engine's shape (engine-types.ts), which the engine follows. */
+export type { VolumeReplicaEntry };
 
 export interface VolumeEngineEntry {
   nodeId: NodeId;
@@ -48,7 +42,7 @@ export interface VolumeEngineEntry {
   headless?: boolean;
 }
 
-export interface VolumeDoc {
+export interface VolumeDoc extends EngineVolumeDoc {
   id: VolumeId;
   name: string;
   sizeBytes: number;

@@ -8,8 +8,7 @@ import { Code, StorageError, fromNodeError, isStorageError } from '../common/err
 import type { ReplicaId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { withTimeout } from '../common/timeout.js';
-import type { VolumeReplicaEntry } from '../cluster/volume-doc.js';
-import type { DirtyMapStore, ReplicaConnector, ReplicaIo } from './engine-types.js';
+import type { DirtyMapStore, ReplicaConnector, ReplicaIo, VolumeReplicaEntry } from './engine-types.js';
 import type { RebuildProgress } from './rebuild.js';
 import { RegionMap } from './region-map.js';
 

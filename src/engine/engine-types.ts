@@ -6,8 +6,29 @@
  */
 import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from '../replica/replica-manager.js';
-import type { RebuildProgressRecord } from '../store/node-store.js';
-import type { VolumeReplicaEntry } from '../cluster/volume-doc.js';
+import type { RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
+
+/**
+ * One replica of a volume as the engine knows it. The volume document (cluster/volume-doc.ts)
+ * stores its replicas in this shape; the engine does not import the document.
+ */
+export interface VolumeReplicaEntry {
+  id: ReplicaId;
+  nodeId: NodeId;
+  /** in-sync: serves reads, takes writes. rebuilding: takes writes, is being copied to. faulted: neither. */
+  state: ReplicaState;
+  /** When the state last changed (ISO 8601): the repair loop measures "faulted for how long" from it. */
+  since: string;
+  /** Why the replica left the in-sync set, for operators. */
+  reason?: string;
+}
+
+/** What the engine follows of its volume document (`VolumeEngine.applyDoc`): epoch and replicas. */
+export interface EngineVolumeDoc {
+  id: VolumeId;
+  epoch: number;
+  replicas: readonly VolumeReplicaEntry[];
+}
 
 /** Block I/O to one replica at one epoch. Errors are StorageErrors (a stale epoch is FAILED_PRECONDITION). */
 export interface ReplicaIo {

@@ -27,9 +27,8 @@
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
-import type { VolumeReplicaEntry } from '../cluster/volume-doc.js';
 import { MAX_CHECKPOINT_BYTES, type ReplicaRefInput } from '../replica/replica-manager.js';
-import type { ReplicaControl, ReplicaIo } from './engine-types.js';
+import type { ReplicaControl, ReplicaIo, VolumeReplicaEntry } from './engine-types.js';
 import type { RegionLocks, RegionMap } from './region-map.js';
 import { TokenBucket, systemClock } from './token-bucket.js';
 

@@ -39,11 +39,12 @@ import { Code, StorageError, isStaleEpoch } from '../common/errors.js';
 import type { DeviceId, NodeId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { withTimeout } from '../common/timeout.js';
-import type { VolumeDoc, VolumeReplicaEntry } from '../cluster/volume-doc.js';
 import type { BlockDevice } from '../pool/backend.js';
 import { type EngineContext, type EngineLife, Member, MemberMaps, newestEpochOf, openReplicaIo, replicaError } from './engine-member.js';
 import { Rebuilder } from './engine-rebuild.js';
-import type { DirtyMapStore, EngineControl, EngineReplicaView, ReplicaConnector, ReplicaControl } from './engine-types.js';
+import type {
+  DirtyMapStore, EngineControl, EngineReplicaView, EngineVolumeDoc, ReplicaConnector, ReplicaControl, VolumeReplicaEntry,
+} from './engine-types.js';
 import { FanOut } from './fan-out.js';
 import { FaultCommit } from './fault-commit.js';
 import { MemberSet } from './member-set.js';
@@ -185,7 +186,7 @@ export class VolumeEngine implements BlockDevice {
   // --- the volume document and views --------------------------------------------------
 
   /** The volume document changed: new replicas are rebuilt, removed ones dropped, a newer epoch fences. */
-  applyDoc(doc: VolumeDoc): void {
+  applyDoc(doc: EngineVolumeDoc): void {
     if (doc.id !== this.volumeId) return;
     if (doc.epoch > this.ctx.epoch) {
       this.fence(doc.epoch);

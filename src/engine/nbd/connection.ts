@@ -7,38 +7,19 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
-import type { BlockDevice } from '../../pool/backend.js';
-import type { BufferPool } from './buffer-pool.js';
-import type { ByteBudget } from './byte-budget.js';
 import * as C from './codec.js';
+import type { ConnectionContext } from './connection-context.js';
 import * as P from './protocol.js';
-import { KNOWN_CLIENT_FLAGS, exportNameReply, handleOption, type ExportDescriptor, type NegotiationState } from './handshake.js';
+import { KNOWN_CLIENT_FLAGS, exportNameReply, handleOption, type NegotiationState } from './handshake.js';
 import { ReplyWriter } from './reply-writer.js';
 import { RequestReader } from './request-reader.js';
 import { RequestRunner } from './request-runner.js';
 import { ReadArea, adoptSocket, type ReadSink } from './socket-reader.js';
-import type { ServerStats } from './stats.js';
 
 /** After we end a session, a client that keeps its side open is cut off after this. */
 const END_GRACE_MS = 2000;
 
 type HandshakeStep = 'flags' | 'option-header' | 'option-data';
-
-export interface ConnectionContext {
-  exp: ExportDescriptor;
-  device: BlockDevice;
-  stats: ServerStats;
-  log: Logger;
-  /** Bytes of request data the daemon may hold at once, shared by every connection. */
-  budget: ByteBudget;
-  /** Where read replies and large write payloads get their buffers. */
-  pool: BufferPool;
-  /** Receive into buffers of our choosing (socket-reader.ts); false: node's 'data' chunks. */
-  receiveInPlace: boolean;
-  /** A client that takes none of its waiting replies for this long is disconnected. */
-  replyStallTimeoutMs: number;
-  isShuttingDown(): boolean;
-}
 
 export class NbdConnection implements ReadSink {
   readonly closed: Promise<void>;

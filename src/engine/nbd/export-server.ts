@@ -10,7 +10,8 @@ import type { Logger } from '../../common/log.js';
 import type { BlockDevice } from '../../pool/backend.js';
 import { sharedBufferPool, type BufferPool } from './buffer-pool.js';
 import { sharedByteBudget, type ByteBudget } from './byte-budget.js';
-import { NbdConnection, type ConnectionContext } from './connection.js';
+import { NbdConnection } from './connection.js';
+import type { ConnectionContext } from './connection-context.js';
 import { newStats, type ServerStats } from './stats.js';
 
 export interface NbdExportServerOptions {

@@ -12,7 +12,7 @@
 import { BufferPool } from './buffer-pool.js';
 import * as C from './codec.js';
 import * as P from './protocol.js';
-import type { ConnectionContext } from './connection.js';
+import type { ConnectionContext } from './connection-context.js';
 import type { ConnectionHost, Req, RequestRunner } from './request-runner.js';
 import { REGION_MAX_BYTES, type ReadArea, type ReadSink } from './socket-reader.js';
 

@@ -10,7 +10,7 @@
  */
 import type { Socket } from 'node:net';
 import * as P from './protocol.js';
-import type { ConnectionContext } from './connection.js';
+import type { ConnectionContext } from './connection-context.js';
 import { nbdErrno } from './errno-map.js';
 import type { ReplyWriter } from './reply-writer.js';
 import type { RequestHeader } from './codec.js';
