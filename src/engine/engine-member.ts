@@ -80,6 +80,8 @@ export class Member {
   rebuild: RebuildRun | undefined;
   /** The commit that makes its fault durable, while pending: writes it misses wait for it. */
   faultPending: Promise<void> | undefined;
+  /** The commit that saves its map, while pending: every write it misses waits for it, whoever set the bits. */
+  savePending: Promise<void> | undefined;
   connecting = false;
   /** Rebuilds that failed in a row, and when the next reconnect may be tried (back-off). */
   failures = 0;
@@ -107,9 +109,16 @@ export class MemberMaps {
     }
   }
 
+  /** Throws a StorageError (the node store's code, else INTERNAL) when the map could not be saved. */
   save(m: Member): void {
     if (m.removed || !m.mapKnown || !m.map) return;
-    this.store.save(this.ctx.volumeId, m.id, this.ctx.regionBytes, m.map.toBuffer());
+    try {
+      this.store.save(this.ctx.volumeId, m.id, this.ctx.regionBytes, m.map.toBuffer());
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw new StorageError(Code.INTERNAL, `cannot save the dirty-region map of replica ${m.id}: ${(err as Error).message}`,
+        { cause: err, details: { replica: m.id } });
+    }
   }
 
   delete(m: Member): void {

@@ -146,7 +146,10 @@ export class FanOut {
     if (inSyncCount === 0) throw noInSyncError(this.ctx);
     const errs = await Promise.all(targets.map((m) => this.send(m, Kind.Flush, 0, 0, undefined, false)));
     // A replica whose flush failed is faulted; fault() marks what it had not flushed.
-    const wait = errs.some((e) => e !== undefined) ? this.afterFailures(targets, inSyncCount, errs, 0, 0, false) : undefined;
+    let wait = errs.some((e) => e !== undefined) ? this.afterFailures(targets, inSyncCount, errs, 0, 0, false) : undefined;
+    // A replica that a concurrent request took out of the I/O path got no flush, and may hold
+    // acknowledged writes it never flushed: the flush waits until its fault is recorded.
+    for (const m of this.members.missing) wait = join(wait, m.faultPending);
     if (wait) await wait;
     this.throwIfFenced();
   }

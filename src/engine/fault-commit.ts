@@ -6,8 +6,13 @@
  * once and every newly faulted replica marked in one `EngineControl.markFaulted`. Control
  * calls run one after another (`controlStep`), so the store sees them in the engine's order;
  * one refused as FAILED_PRECONDITION fences the engine.
+ *
+ * A map the node store cannot save (a full disk, say) does not hold up the fault: it is
+ * recorded in the cluster store all the same, and the map is saved again every
+ * `reconnectMs` until it is; the writes that wait on it stay unacknowledged until then, so
+ * the saved map always covers every write the replica missed that was acknowledged.
  */
-import { Code, isStorageError } from '../common/errors.js';
+import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { ReplicaId } from '../common/ids.js';
 import type { EngineControl } from './engine-types.js';
 import { type EngineContext, type EngineLife, type Member, type MemberMaps, join, markOn, newestEpochOf, noop } from './engine-member.js';
@@ -44,6 +49,9 @@ export class FaultCommit {
   private batch: CommitBatch | undefined;
   /** Control calls run one after another, so the store sees them in the engine's order. */
   private controlChain: Promise<unknown> = Promise.resolve();
+  /** Members whose map the store could not save; retried every reconnectMs by `retrying`. */
+  private readonly unsaved = new Set<Member>();
+  private retrying: Promise<void> | undefined;
 
   constructor(deps: FaultCommitDeps) {
     this.ctx = deps.ctx;
@@ -107,8 +115,20 @@ export class FaultCommit {
       m.map ??= new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes);
       changed = markOn(m.map, offset, lengthBytes, whole);
     }
-    const commit = changed && m.mapKnown ? this.queue(m) : undefined;
+    // A bit set by an earlier write whose save has not run yet counts too: wait for that save.
+    const commit = changed && m.mapKnown ? this.queue(m) : m.savePending;
     return join(m.faultPending, commit);
+  }
+
+  /**
+   * Saves `m`'s map now (a replica added to the volume). A save that fails is retried in
+   * the background and logged; it never throws.
+   */
+  saveNow(m: Member): void {
+    if (this.trySave(m)) return;
+    this.retrySaves().catch((err: unknown) => {
+      this.ctx.log.warn({ replica: m.id, err: (err as Error).message }, 'stopped retrying to save a dirty-region map');
+    });
   }
 
   /** One control call after those before it (the store sees them in the engine's order); FAILED_PRECONDITION fences. */
@@ -150,6 +170,14 @@ export class FaultCommit {
       setImmediate(() => void this.run(batch));
     }
     b.saves.add(m);
+    if (m.savePending !== b.promise) {
+      const p = b.promise;
+      m.savePending = p;
+      const clear = (): void => {
+        if (m.savePending === p) m.savePending = undefined;
+      };
+      p.then(clear, clear);
+    }
     if (faultReason !== undefined) b.faults.set(m, `replica ${m.id} on node ${m.entry.nodeId}: ${faultReason}`);
     return b.promise;
   }
@@ -162,15 +190,18 @@ export class FaultCommit {
       if (fenced) throw fenced;
       const settling = [...b.saves].flatMap((m) => (m.rebuild?.copying ? [m.rebuild.settled] : []));
       if (settling.length > 0) await Promise.all(settling);
+      let allSaved = true;
       for (const m of b.saves) {
         this.mergeDeferred(m);
-        this.maps.save(m);
+        if (!this.trySave(m)) allSaved = false;
       }
+      // The fault goes to the cluster store even when the local disk could not save the map.
       if (b.faults.size > 0) {
         const ids = [...b.faults.keys()].map((m) => m.id);
         const reason = [...b.faults.values()].join('; ');
         await this.controlStep(() => this.retryMarkFaulted(ids, reason));
       }
+      if (!allSaved) await this.retrySaves();
       b.resolve();
     } catch (err) {
       b.reject(this.life.fencedError() ?? err);
@@ -191,6 +222,48 @@ export class FaultCommit {
         this.ctx.log.warn({ replicas: ids, attempt, err: (err as Error).message }, 'cannot record faulted replicas yet; retrying (I/O that depends on it waits)');
         await sleep(this.ctx.reconnectMs);
       }
+    }
+  }
+
+  /** Saves `m`'s map; false when the store could not (then `m` waits in `unsaved`). */
+  private trySave(m: Member): boolean {
+    try {
+      this.maps.save(m);
+      this.unsaved.delete(m);
+      return true;
+    } catch (err) {
+      if (this.unsaved.size === 0) {
+        this.ctx.log.warn({ replica: m.id, err: (err as Error).message, code: isStorageError(err) ? Code[err.code] : undefined },
+          'cannot save a dirty-region map; retrying (writes the replica missed wait for it)');
+      }
+      this.unsaved.add(m);
+      return false;
+    }
+  }
+
+  /** Resolves once every map in `unsaved` has been saved; rejects when the engine is fenced or closes first. */
+  private retrySaves(): Promise<void> {
+    this.retrying ??= this.saveUntilDone().finally(() => {
+      this.retrying = undefined;
+    });
+    return this.retrying;
+  }
+
+  private async saveUntilDone(): Promise<void> {
+    for (let attempt = 1; this.unsaved.size > 0; attempt++) {
+      await sleep(this.ctx.reconnectMs);
+      const fenced = this.life.fencedError();
+      if (fenced) throw fenced;
+      if (this.life.closing()) {
+        throw new StorageError(Code.CANCELLED, `the engine of volume ${this.ctx.name} closed before its dirty-region maps could be saved`,
+          { details: { volume: this.ctx.volumeId, replicas: [...this.unsaved].map((m) => m.id) } });
+      }
+      for (const m of [...this.unsaved]) {
+        if (m.rebuild?.copying) continue; // the rebuild owns the map: saved once it has settled
+        this.mergeDeferred(m);
+        if (m.removed || this.trySave(m)) this.unsaved.delete(m);
+      }
+      if (this.unsaved.size === 0) this.ctx.log.info({ attempts: attempt }, 'dirty-region maps saved after retries');
     }
   }
 

@@ -200,7 +200,7 @@ export class VolumeEngine implements BlockDevice {
       m.outState = entry.state === 'faulted' ? 'faulted' : 'rebuilding';
       m.map = RegionMap.full(this.sizeBytes, this.regionBytes);
       this.members.add(m);
-      this.maps.save(m);
+      this.faults.saveNow(m); // never throws: a save the node store refuses is retried
       this.log.info({ replica: m.id, node: entry.nodeId }, 'replica added to the volume; it will be rebuilt in full');
       added = true;
     }
@@ -243,7 +243,10 @@ export class VolumeEngine implements BlockDevice {
         const peer = peers.find((p) => p.m.id === id);
         if (!peer || peer.m.role !== 'in-sync' || peer.m.io !== peer.io || this.members.inSync.length <= 1) continue;
         this.faults.fault(peer.m, `reconcile failed: ${err.message}`);
-        void this.faults.markMissed(peer.m, 0, this.sizeBytes, true);
+        // Nothing waits on this commit; one that fails (fenced, closing) is logged here.
+        this.faults.markMissed(peer.m, 0, this.sizeBytes, true)?.catch((e: unknown) => {
+          if (!this.fencedError && !this.closing) this.log.warn({ replica: peer.m.id, err: (e as Error).message }, 'cannot record a replica that failed during reconcile');
+        });
       }
     };
     const settled = run().catch((err: unknown) => {
