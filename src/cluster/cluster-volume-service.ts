@@ -441,17 +441,12 @@ export class ClusterVolumeService implements VolumeApi {
   async recover(): Promise<void> {
     this.watch = await this.store.watch(VOLUMES_PREFIX, {
       onEvents: (events) => {
-        for (const e of events) {
-          const name = e.key.slice(VOLUMES_PREFIX.length);
-          const running = this.engines.get(name);
-          if (!running) continue;
-          if (e.type === 'delete') {
-            void this.onFenced(name, running.epoch, new StorageError(Code.NOT_FOUND, `volume "${name}" was deleted`));
-            continue;
-          }
-          void getVolumeDoc(this.store, name).then((s) => s && this.engines.get(name)?.engine.applyDoc(s.doc))
-            .catch((err: unknown) => this.log.warn({ volume: name, err }, 'cannot read a changed volume document'));
-        }
+        for (const e of events) this.docChanged(e.key.slice(VOLUMES_PREFIX.length), e.type === 'delete');
+      },
+      // The history was compacted while the watch was away: every engine here looks at its document as it is now.
+      onResync: (snapshot) => {
+        const present = new Set(snapshot.items.map((kv) => kv.key.slice(VOLUMES_PREFIX.length)));
+        for (const name of [...this.engines.keys()]) this.docChanged(name, !present.has(name));
       },
       onError: (err) => this.log.error({ err: err.message }, 'volume watch ended; engines no longer see document changes until restart'),
     });
@@ -464,6 +459,13 @@ export class ClusterVolumeService implements VolumeApi {
           for (const running of this.engines.values()) running.engine.nodeReturned(m[1]!);
         }
       },
+      onResync: (snapshot) => {
+        for (const kv of snapshot.items) {
+          const m = /^nodes\/([^/]+)\/alive$/.exec(kv.key);
+          if (m) for (const running of this.engines.values()) running.engine.nodeReturned(m[1]!);
+        }
+      },
+      onError: (err) => this.log.error({ err: err.message }, 'node watch ended; engines retry returning nodes on their own timer only'),
     });
     const { docs } = await listVolumeDocs(this.store, (err) => this.log.error({ err: err.message }, 'skipping a malformed volume document'));
     for (const { doc } of docs) {
@@ -471,6 +473,18 @@ export class ClusterVolumeService implements VolumeApi {
       await this.locks.run(doc.name, () => this.startExport(doc.name, {}))
         .catch((err: unknown) => this.log.error({ volume: doc.name, err }, 'volume could not be exported again after restart'));
     }
+  }
+
+  /** A volume document changed (or was deleted): the engine here, if any, follows it. */
+  private docChanged(name: string, deleted: boolean): void {
+    const running = this.engines.get(name);
+    if (!running) return;
+    if (deleted) {
+      void this.onFenced(name, running.epoch, new StorageError(Code.NOT_FOUND, `volume "${name}" was deleted`));
+      return;
+    }
+    void getVolumeDoc(this.store, name).then((s) => s && this.engines.get(name)?.engine.applyDoc(s.doc))
+      .catch((err: unknown) => this.log.warn({ volume: name, err }, 'cannot read a changed volume document'));
   }
 
   /** Stops every engine here: in-flight requests finish and every replica is flushed. The documents keep naming this node. */

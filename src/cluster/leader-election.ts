@@ -186,6 +186,15 @@ export class LeaderElection {
         }
         this.poke();
       },
+      // History compacted while the watch was away: the key as it is now decides.
+      onResync: (snapshot) => {
+        const kv = snapshot.items.find((item) => item.key === this.key);
+        if (this.heldRevision !== undefined && kv?.modRevision !== this.heldRevision) {
+          this.heldRevision = undefined;
+          this.emit();
+        }
+        this.poke();
+      },
       onError: () => {
         this.watch = undefined;
         this.poke();

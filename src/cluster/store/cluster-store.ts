@@ -97,9 +97,18 @@ export interface WatchHandlers {
    */
   onEvents: (events: WatchEvent[]) => void;
   /**
-   * Called once when the watch ends for good: OUT_OF_RANGE when the requested history was
-   * compacted (list again, then watch from the list's revision + 1). Lost connections
-   * are not errors: the watch resumes by itself where it stopped.
+   * Called instead of the events the watch missed when the history it needs is gone (etcd
+   * compacted it while the watch was away or behind, or `fromRevision` was already too
+   * old): every key under the prefix as it is at `snapshot.revision`. Events go on from
+   * `snapshot.revision + 1`. The watcher must treat it as the whole truth: a key it knew
+   * that the snapshot lacks was deleted. Same ordering promises as `onEvents`. Every
+   * long-lived watcher should give it: without it, the watch ends with OUT_OF_RANGE.
+   */
+  onResync?: (snapshot: ListResult) => void;
+  /**
+   * Called once when the watch ends for good: OUT_OF_RANGE when the needed history was
+   * compacted and there is no `onResync`; INTERNAL or DATA_LOSS for what no retry mends.
+   * Lost connections are not errors: the watch resumes by itself where it stopped.
    */
   onError?: (err: StorageError) => void;
 }
@@ -163,8 +172,9 @@ export interface ClusterStore {
   /**
    * Watches every key under `prefix`. Resolves once the watch is set up (UNAVAILABLE
    * when it cannot be); from then on it survives backend outages, resuming from the
-   * revision after the last one delivered. OUT_OF_RANGE (thrown, or later via onError)
-   * when `fromRevision` is older than the retained history.
+   * revision after the last one delivered. When the history it needs is gone it lists
+   * the prefix again and goes on (`onResync`); without `onResync`, OUT_OF_RANGE (thrown,
+   * or later via onError).
    */
   watch(prefix: string, handlers: WatchHandlers, options?: WatchOptions): Promise<Watch>;
 

@@ -60,9 +60,11 @@ export class EmbeddedStore implements ClusterStore {
   private readonly timer: NodeJS.Timeout;
   private readonly nowMs: () => number;
   private readonly historyRevisions: number;
+  private readonly log: Logger;
   private closed = false;
 
   private constructor(private readonly db: Database.Database, options: EmbeddedStoreOptions) {
+    this.log = options.log;
     this.nowMs = options.nowMs ?? Date.now;
     this.historyRevisions = options.historyRevisions ?? 10_000;
     this.hub = new EmbeddedWatchHub(options.log);
@@ -121,14 +123,18 @@ export class EmbeddedStore implements ClusterStore {
 
   async list(prefix: string, options?: CallOptions): Promise<ListResult> {
     validatePrefix(prefix);
-    return this.run(`list ${prefix}`, options, () => this.db.transaction(() => {
+    return this.run(`list ${prefix}`, options, () => this.snapshot(prefix));
+  }
+
+  private snapshot(prefix: string): ListResult {
+    return this.db.transaction(() => {
       const start = bytes(prefix);
       const end = prefixEnd(start);
       const rows = (end
         ? this.db.prepare('SELECT * FROM kv WHERE key >= ? AND key < ? ORDER BY key').all(start, end)
         : this.db.prepare('SELECT * FROM kv WHERE key >= ? ORDER BY key').all(start)) as KvRow[];
       return { items: rows.map(toKeyValue), revision: this.revision() };
-    })());
+    })();
   }
 
   async txn(request: TxnRequest, options?: CallOptions): Promise<TxnResult> {
@@ -261,6 +267,12 @@ export class EmbeddedStore implements ClusterStore {
     return this.run(`watch ${prefix}`, options, () => {
       const state = this.db.prepare('SELECT revision, compact_revision FROM state WHERE id = 1').get() as { revision: number; compact_revision: number };
       const from = options?.fromRevision ?? state.revision + 1;
+      if (from <= state.compact_revision && handlers.onResync) {
+        // As etcd does (etcd-watch.ts): the history is gone, so the watcher gets the state now.
+        this.log.warn({ watch: prefix, fromRevision: from, compactRevision: state.compact_revision }, 'cluster store watch needs dropped history; listing again');
+        const snapshot = this.snapshot(prefix);
+        return this.hub.subscribe(prefix, handlers, snapshot.revision + 1, snapshot);
+      }
       if (from <= state.compact_revision) {
         throw new StorageError(Code.OUT_OF_RANGE,
           `cluster store watch from revision ${from}: history is kept only after revision ${state.compact_revision}; list again and watch from there`,

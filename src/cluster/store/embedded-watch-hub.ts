@@ -2,12 +2,14 @@
  * In-process watches of the embedded store. The store publishes each committed
  * transaction's events; every watch whose prefix matches gets them, in revision order,
  * one transaction per call, delivered from a microtask (never inside the writer's call).
+ * A watch that starts from history no longer kept gets a snapshot first (onResync).
  */
 import type { Logger } from '../../common/log.js';
-import type { Watch, WatchEvent, WatchHandlers } from './cluster-store.js';
+import type { ListResult, Watch, WatchEvent, WatchHandlers } from './cluster-store.js';
 
 class HubWatch implements Watch {
-  private readonly queue: WatchEvent[][] = [];
+  /** Event batches, or a snapshot (a resync), in delivery order. */
+  private readonly queue: (WatchEvent[] | ListResult)[] = [];
   private scheduled = false;
   closed = false;
 
@@ -25,7 +27,17 @@ class HubWatch implements Watch {
     const revision = mine[0]?.modRevision;
     if (this.closed || revision === undefined || revision < this.next) return;
     this.next = revision + 1;
-    this.queue.push(mine);
+    this.enqueue(mine);
+  }
+
+  /** The whole prefix at `snapshot.revision`; later batches from the revision after it. */
+  resync(snapshot: ListResult): void {
+    this.next = Math.max(this.next, snapshot.revision + 1);
+    this.enqueue(snapshot);
+  }
+
+  private enqueue(item: WatchEvent[] | ListResult): void {
+    this.queue.push(item);
     if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(() => this.flush());
@@ -35,11 +47,12 @@ class HubWatch implements Watch {
   private flush(): void {
     this.scheduled = false;
     while (!this.closed && this.queue.length > 0) {
-      const batch = this.queue.shift()!;
+      const item = this.queue.shift()!;
       try {
-        this.handlers.onEvents(batch);
+        if (Array.isArray(item)) this.handlers.onEvents(item);
+        else this.handlers.onResync?.(item);
       } catch (err) {
-        this.log.error({ err, revision: batch[0]?.modRevision }, 'cluster store watch handler threw');
+        this.log.error({ err, revision: Array.isArray(item) ? item[0]?.modRevision : item.revision }, 'cluster store watch handler threw');
       }
     }
   }
@@ -59,12 +72,13 @@ export class EmbeddedWatchHub {
 
   /**
    * Registers a watch that first receives `backlog` (batches already committed, oldest
-   * first), then every batch published from `nextRevision` on. Call it in the same
+   * first, or a snapshot for onResync), then every batch published from `fromRevision` on. Call it in the same
    * synchronous step as reading the backlog, so that no commit falls in between.
    */
-  subscribe(prefix: string, handlers: WatchHandlers, fromRevision: number, backlog: WatchEvent[][]): Watch {
+  subscribe(prefix: string, handlers: WatchHandlers, fromRevision: number, backlog: WatchEvent[][] | ListResult): Watch {
     const watch = new HubWatch(prefix, handlers, fromRevision, this.log, (w) => this.watches.delete(w));
-    for (const batch of backlog) watch.push(batch);
+    if (Array.isArray(backlog)) for (const batch of backlog) watch.push(batch);
+    else watch.resync(backlog);
     this.watches.add(watch);
     return watch;
   }

@@ -201,6 +201,7 @@ export class EtcdStore implements ClusterStore {
       end: prefixEnd(start) ?? Buffer.from([0]),
       relativeKey: (key) => this.rel(key),
       handlers,
+      list: () => this.list(prefix),
       fromRevision: options?.fromRevision,
       createTimeoutMs: timeoutMs,
       log: this.log.child({ watch: prefix }),

@@ -1,13 +1,15 @@
 /**
  * One watch on an etcd key range, over its own gRPC Watch stream. It remembers the next
  * revision to deliver and, when the stream breaks, opens a new one from exactly that
- * revision, so events are delivered in order, at most once, with no gap. Only a
- * compaction of the needed history (or another server-side cancel) ends it for good.
+ * revision, so events are delivered in order, at most once, with no gap. When etcd has
+ * compacted the history it needs, it lists the range again, hands the snapshot to
+ * onResync and watches on from the snapshot's revision. Only a server-side cancel for
+ * another reason (or a compaction with no onResync) ends it for good.
  */
 import type { Etcd3, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
 import { Code, StorageError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
-import type { Watch, WatchEvent, WatchHandlers } from './cluster-store.js';
+import type { ListResult, Watch, WatchEvent, WatchHandlers } from './cluster-store.js';
 import { decodeValue } from './cluster-store.js';
 import { fromEtcdError } from './etcd-errors.js';
 
@@ -21,6 +23,8 @@ export interface EtcdWatchParams {
   /** Absolute key → key relative to the cluster prefix. */
   relativeKey: (key: Buffer) => string;
   handlers: WatchHandlers;
+  /** Lists the watched range (keys relative), for a resync after a compaction. */
+  list: () => Promise<ListResult>;
   fromRevision: number | undefined;
   log: Logger;
   /** How long etcd may take to confirm a new stream's watch before we try again. */
@@ -42,10 +46,16 @@ export class EtcdWatch implements Watch {
     this.retryMs = p.minRetryMs ?? 200;
   }
 
-  /** Opens the first stream; rejects (and closes the watch) when that fails. */
+  /** Opens the first stream (after a resync when its history is gone); rejects (and closes the watch) when that fails. */
   async start(): Promise<void> {
     try {
-      await this.openStream();
+      try {
+        await this.openStream();
+      } catch (err) {
+        const error = fromEtcdError(err, 'cluster store watch');
+        if (error.code !== Code.OUT_OF_RANGE || !this.p.handlers.onResync) throw error;
+        await this.resync(error);
+      }
     } catch (err) {
       await this.close();
       throw err;
@@ -91,8 +101,7 @@ export class EtcdWatch implements Watch {
         }
         this.dropStream();
         if (!created) reject(err);
-        else if (err.code === Code.UNAVAILABLE) this.scheduleReconnect(err);
-        else this.fatal(err);
+        else this.recover(err);
       };
       stream.on('data', (res) => {
         if (this.stream !== stream || this.closed) return;
@@ -159,21 +168,40 @@ export class EtcdWatch implements Watch {
     return new StorageError(Code.INTERNAL, `cluster store watch cancelled by etcd: ${res.cancel_reason || 'no reason given'}`);
   }
 
-  private scheduleReconnect(err: StorageError): void {
+  /**
+   * The stream (or an attempt to open one) failed: reconnect from `next` when etcd is
+   * away, list again first when etcd compacted the history from `next` on, else end.
+   */
+  private recover(err: StorageError): void {
+    if (this.closed) return;
+    const resync = err.code === Code.OUT_OF_RANGE && this.p.handlers.onResync !== undefined;
+    if (err.code !== Code.UNAVAILABLE && !resync) {
+      this.fatal(err);
+      return;
+    }
     const delayMs = this.retryMs;
     this.retryMs = Math.min(this.retryMs * 2, this.p.maxRetryMs ?? 2000);
-    this.p.log.warn({ err: err.message, fromRevision: this.next, delayMs }, 'cluster store watch reconnecting');
+    if (!resync) this.p.log.warn({ err: err.message, fromRevision: this.next, delayMs }, 'cluster store watch reconnecting');
     this.retryTimer = setTimeout(() => {
-      this.openStream().then(
+      (resync ? this.resync(err) : this.openStream()).then(
         () => this.p.log.info({ fromRevision: this.next }, 'cluster store watch resumed'),
-        (e: unknown) => {
-          const error = fromEtcdError(e, 'cluster store watch');
-          if (this.closed) return;
-          if (error.code === Code.UNAVAILABLE) this.scheduleReconnect(error);
-          else this.fatal(error);
-        },
+        (e: unknown) => this.recover(fromEtcdError(e, 'cluster store watch')),
       );
     }, delayMs);
+  }
+
+  /** Lists the range, hands the snapshot to onResync, and watches on from its revision. */
+  private async resync(err: StorageError): Promise<void> {
+    this.p.log.warn({ err: err.message, fromRevision: this.next }, 'cluster store watch needs compacted history; listing again');
+    const snapshot = await this.p.list();
+    if (this.closed) return;
+    this.next = snapshot.revision + 1;
+    try {
+      this.p.handlers.onResync?.(snapshot);
+    } catch (e) {
+      this.p.log.error({ err: e, revision: snapshot.revision }, 'cluster store watch handler threw');
+    }
+    await this.openStream();
   }
 
   private fatal(err: StorageError): void {
