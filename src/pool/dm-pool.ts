@@ -18,11 +18,20 @@ import { newPoolState, savePoolState, type DmPoolState } from './dm-state.js';
 const THIN_SUPERBLOCK_MAGIC = 27022010n;
 const SUPERBLOCK_BYTES = 4096;
 
+/** The kernel calls growing a pool makes; tests pass a fake. */
+export interface ThinPoolKernel {
+  inspectDisk: typeof inspectDisk;
+  findDevice: typeof findDevice;
+  reloadDevice: typeof reloadDevice;
+}
+
+const KERNEL: ThinPoolKernel = { inspectDisk, findDevice, reloadDevice };
+
 export class ThinPool {
   readonly names: PoolNames;
   private poolDev = '';
 
-  constructor(readonly dir: string, readonly state: DmPoolState, private readonly log: Logger) {
+  constructor(readonly dir: string, readonly state: DmPoolState, private readonly log: Logger, private readonly kernel: ThinPoolKernel = KERNEL) {
     this.names = poolNames(state.tag);
   }
 
@@ -97,9 +106,9 @@ export class ThinPool {
    * then the pool's table with the new length; thin devices stay online throughout.
    */
   async addDisk(path: string): Promise<void> {
-    const { sizeSectors, dev } = await inspectDisk(path);
+    const { sizeSectors, dev } = await this.kernel.inspectDisk(path);
     for (const d of this.state.disks) {
-      if (d.path === path || (await inspectDisk(d.path)).dev === dev) {
+      if (d.path === path || (await this.kernel.inspectDisk(d.path)).dev === dev) {
         throw new StorageError(Code.ALREADY_EXISTS, 'the disk is already in the pool', { details: { disk: path } });
       }
     }
@@ -110,17 +119,36 @@ export class ThinPool {
       await this.reloadStack();
     } catch (err) {
       this.state.disks = before;
-      await savePoolState(this.dir, this.state);
-      await reloadDevice(this.names.data, this.dataTargets(), { noLockfs: true }).catch(() => undefined);
+      await this.rollBackGrowth(path, err);
       throw err;
     }
     this.log.info({ pool: this.dir, disk: path, sizeBytes: sizeSectors * SECTOR_BYTES, dataBytes: tableSectors(this.dataTargets()) * SECTOR_BYTES }, 'dm pool grown');
   }
 
+  /**
+   * Puts the state file and the data device back as they were before a failed growth.
+   * A step that fails is logged with the growth's error (which the caller gets): the pool
+   * may then need the growth finished or undone by hand, or by the next start.
+   */
+  private async rollBackGrowth(disk: string, cause: unknown): Promise<void> {
+    const steps: [string, () => Promise<void>][] = [
+      ['state file', () => savePoolState(this.dir, this.state)],
+      ['data device', () => this.kernel.reloadDevice(this.names.data, this.dataTargets(), { noLockfs: true })],
+    ];
+    for (const [step, run] of steps) {
+      try {
+        await run();
+      } catch (err) {
+        this.log.error({ pool: this.dir, disk, step, err: (err as Error).message, code: (err as StorageError).code, growthErr: (cause as Error).message },
+          'dm pool growth failed and its rollback failed too; check the pool state file and the data device');
+      }
+    }
+  }
+
   private async reloadStack(): Promise<void> {
-    await reloadDevice(this.names.data, this.dataTargets(), { noLockfs: true });
-    const [meta, data] = await Promise.all([findDevice(this.names.meta), findDevice(this.names.data)]);
-    await reloadDevice(this.names.pool, this.poolTargets(devNumber(required(meta)), devNumber(required(data))), { noLockfs: true });
+    await this.kernel.reloadDevice(this.names.data, this.dataTargets(), { noLockfs: true });
+    const [meta, data] = await Promise.all([this.kernel.findDevice(this.names.meta), this.kernel.findDevice(this.names.data)]);
+    await this.kernel.reloadDevice(this.names.pool, this.poolTargets(devNumber(required(meta)), devNumber(required(data))), { noLockfs: true });
   }
 
   private dataTargets() {
