@@ -82,6 +82,12 @@ export class FanOut {
         return;
       } catch {
         // Decided by the full read path below (fencing, faulting, retrying on another replica).
+        // A cancelled local read may still complete later and write the local replica's
+        // bytes into `targets` over what the fallback put there (LocalReplicaIo holds them,
+        // so they are never reused meanwhile). Those bytes are fine to return: the local
+        // replica was in sync when the read started, so it holds every write acknowledged
+        // before it, and whatever it lacks is a write concurrent with this read, which a
+        // read may return either way. (A rebuild writes it only data from in-sync sources.)
       } finally {
         counts[slot]!--;
       }

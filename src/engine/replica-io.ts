@@ -4,10 +4,14 @@
  * - `LocalReplicaIo`: the replica on this node, straight into its `Replica` (no gRPC, no
  *   copy). Every call is one `runBatch` at the engine's epoch, so the replica fences it
  *   exactly as it fences a remote stream. Requests above 4 MiB are split so that none
- *   exceeds the replica's batch limit.
+ *   exceeds the replica's batch limit. A request it cancels keeps its caller's memory held
+ *   (common/memory-holds.ts) until the replica reports it done: the device's thread-pool
+ *   preadv/pwritev runs on after the promise rejected, and must not meet memory that the
+ *   caller has meanwhile given to someone else.
  * - `RemoteReplicaIo`: a replica on a peer, over one `IoStream` (which batches).
  */
 import { Code, StorageError } from '../common/errors.js';
+import { holdMemory, releaseMemory } from '../common/memory-holds.js';
 import type { NodeId, ReplicaId } from '../common/ids.js';
 import type { IoStream } from '../replica/io-stream.js';
 import { totalBytes, type IoOp, type IoResult } from '../replica/io-types.js';
@@ -20,6 +24,8 @@ export const LOCAL_CHUNK_BYTES = 4 << 20;
 interface Pending {
   resolve: (data: Buffer | undefined) => void;
   reject: (err: StorageError) => void;
+  /** The caller's memory the replica reads from (write data) or into (read targets). */
+  memory: Uint8Array | readonly Uint8Array[] | undefined;
 }
 
 export class LocalReplicaIo implements ReplicaIo {
@@ -27,6 +33,8 @@ export class LocalReplicaIo implements ReplicaIo {
   readonly local = true;
   private nextSeq = 1;
   private readonly pending = new Map<number, Pending>();
+  /** Cancelled requests the replica has not finished yet, with the caller's memory they hold. */
+  private readonly orphans = new Map<number, Uint8Array | readonly Uint8Array[]>();
   private failure: StorageError | undefined;
   private closing = false;
   private drainWaiters: (() => void)[] = [];
@@ -88,9 +96,14 @@ export class LocalReplicaIo implements ReplicaIo {
   cancel(): void {
     if (this.failure) return;
     this.failure = new StorageError(Code.CANCELLED, `I/O to replica ${this.replicaId} cancelled`, { details: { replica: this.replicaId } });
-    const all = [...this.pending.values()];
+    const all = [...this.pending];
     this.pending.clear();
-    for (const p of all) p.reject(this.failure);
+    for (const [seq, p] of all) {
+      if (!p.memory) continue;
+      holdMemory(p.memory);
+      this.orphans.set(seq, p.memory);
+    }
+    for (const [, p] of all) p.reject(this.failure);
     this.wakeDrainWaiters();
   }
 
@@ -107,18 +120,26 @@ export class LocalReplicaIo implements ReplicaIo {
     }
     return new Promise((resolve, reject) => {
       const seq = this.nextSeq++;
-      this.pending.set(seq, { resolve, reject });
+      this.pending.set(seq, { resolve, reject, memory: data ?? parts ?? targets });
       this.replica.runBatch(this.epoch, [{ seq, op, offset, lengthBytes, data, fua, mayTrim, parts, targets }], this.sink);
     });
   }
 
   private onResult(r: IoResult): void {
     const p = this.pending.get(r.seq);
-    if (!p) return; // cancelled meanwhile
+    if (!p) return this.orphans.size > 0 ? this.orphanDone(r.seq) : undefined; // cancelled meanwhile
     this.pending.delete(r.seq);
     if (r.error) p.reject(r.error);
     else p.resolve(r.data);
     if (this.pending.size === 0 && this.drainWaiters.length > 0) this.wakeDrainWaiters();
+  }
+
+  /** A cancelled request is done on the device: its memory may be reused. */
+  private orphanDone(seq: number): void {
+    const memory = this.orphans.get(seq);
+    if (!memory) return;
+    this.orphans.delete(seq);
+    releaseMemory(memory);
   }
 
   private wakeDrainWaiters(): void {

@@ -9,9 +9,12 @@
  * collector and malloc (which keep resident pages long after).
  *
  * Free memory is kept up to `retainBytes` (blocks) and 4 MiB per small class; past that a
- * returned buffer is left to the garbage collector. One pool is shared by every export of
+ * returned buffer is left to the garbage collector. So is a buffer that native I/O may
+ * still use (a cancelled request's, see common/memory-holds.ts): it is never handed out
+ * again, and the native addon keeps its own reference until the call completes. One pool is shared by every export of
  * a daemon (sharedBufferPool()).
  */
+import { isMemoryHeld } from '../../common/memory-holds.js';
 
 export const BLOCK_BYTES = 256 << 10;
 const MIN_CLASS_SHIFT = 12;
@@ -54,6 +57,7 @@ export class BufferPool {
   /** Gives back every buffer in `owned` (from take()) and empties the list. */
   give(owned: Buffer[]): void {
     for (const buf of owned) {
+      if (isMemoryHeld(buf)) continue;
       if (buf.length === BLOCK_BYTES) {
         if ((this.blocks.length + 1) * BLOCK_BYTES <= this.retainBytes) this.blocks.push(buf);
         continue;
