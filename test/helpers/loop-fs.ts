@@ -33,6 +33,8 @@ const MKFS: Record<LoopFsType, string[]> = {
   ext4: ['mkfs.ext4', '-q', '-F'],
 };
 
+const MKFS_PACKAGE: Record<LoopFsType, string> = { xfs: 'xfsprogs', btrfs: 'btrfs-progs', ext4: 'e2fsprogs' };
+
 async function hasCommand(name: string): Promise<boolean> {
   try {
     await run('sh', ['-c', `command -v ${name}`]);
@@ -44,14 +46,14 @@ async function hasCommand(name: string): Promise<boolean> {
 
 /** Why loop filesystems of `fsType` cannot be made here, or null when they can. */
 export async function loopFsUnavailable(fsType?: LoopFsType): Promise<string | null> {
-  if (process.getuid?.() !== 0) return 'needs root';
-  if (!existsSync('/dev/loop-control')) return 'needs loop devices (/dev/loop-control)';
-  if (!(await hasCommand('losetup'))) return 'needs losetup';
-  if (fsType && !(await hasCommand(MKFS[fsType][0]!))) return `needs ${MKFS[fsType][0]}`;
+  if (process.getuid?.() !== 0) return 'needs root (loop devices): run the tests as root';
+  if (!existsSync('/dev/loop-control')) return 'needs loop devices (/dev/loop-control): modprobe loop';
+  if (!(await hasCommand('losetup'))) return 'needs losetup: apt-get install util-linux';
+  if (fsType && !(await hasCommand(MKFS[fsType][0]!))) return `needs ${MKFS[fsType][0]}: apt-get install ${MKFS_PACKAGE[fsType]}`;
   try {
     await run('losetup', ['-f']);
   } catch {
-    return 'no free loop device';
+    return 'needs a free loop device (losetup -f found none)';
   }
   return null;
 }

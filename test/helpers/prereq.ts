@@ -10,6 +10,7 @@
  */
 import avaTest from 'ava';
 import type { ImplementationFn } from 'ava';
+import { has } from './run.js';
 
 /** Why the test cannot run here, including how to install what is missing; null/undefined: nothing is. */
 export type Missing = string | null | undefined;
@@ -72,11 +73,34 @@ export function prerequisitesMet(what: string, missing: Missing, registrar: Regi
  */
 export function onlyWhere(applies: boolean, why: string, register: Register, registrar: Registrar = avaTest): Register {
   if (applies) return register;
-  return (title) => registrar.skip(`${title} (not applicable here: ${why})`, () => undefined);
+  return (title) => registrar.skip(`${title} (${NOT_APPLICABLE} ${why})`, () => undefined);
 }
+
+/** Marks the title of a test skipped by `onlyWhere` (the kernel VM's host side tells such skips apart by it). */
+export const NOT_APPLICABLE = 'not applicable here:';
 
 /** Several missing prerequisites in one reason; undefined when none is missing. */
 export function combine(...reasons: Missing[]): string | undefined {
   const missing = reasons.filter((r): r is string => Boolean(r));
   return missing.length ? missing.join('; ') : undefined;
+}
+
+/** The Debian package (scripts/install-deps.sh installs them) that provides a test's command. */
+const DEBIAN_PACKAGE: Readonly<Record<string, string>> = {
+  nbdfuse: 'libnbd-bin', losetup: 'util-linux', nbdkit: 'nbdkit', 'qemu-io': 'qemu-utils', 'qemu-nbd': 'qemu-utils',
+  'mkfs.xfs': 'xfsprogs', 'mkfs.btrfs': 'btrfs-progs', 'mkfs.ext4': 'e2fsprogs', etcd: 'etcd-server',
+};
+
+/** The commands not on PATH, with the packages to install; undefined when all are there. */
+export async function missingCommands(...commands: string[]): Promise<string | undefined> {
+  const absent: string[] = [];
+  for (const c of commands) if (!(await has(c))) absent.push(c);
+  if (absent.length === 0) return undefined;
+  const packages = [...new Set(absent.map((c) => DEBIAN_PACKAGE[c] ?? c))];
+  return `needs ${absent.join(', ')}: apt-get install ${packages.join(' ')} (scripts/install-deps.sh does)`;
+}
+
+/** undefined as root, else why the test needs it. */
+export function missingRoot(why: string): string | undefined {
+  return process.getuid?.() === 0 ? undefined : `needs root (${why}): run the tests as root`;
 }

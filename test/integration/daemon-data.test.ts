@@ -9,11 +9,10 @@ import { join } from 'node:path';
 import type { ExportMessage, VolumeMessage } from '../../src/cli/api-client.js';
 import { Daemon } from '../helpers/daemon.js';
 import { attachViaFuse } from '../helpers/fuse-attach.js';
-import { has, isRoot, run } from '../helpers/run.js';
+import { combine, missingCommands, missingRoot, requiring } from '../helpers/prereq.js';
+import { run } from '../helpers/run.js';
 
-const canMount = isRoot && (await has('nbdfuse')) && (await has('losetup'));
-const fsTest = canMount ? test.serial : test.skip;
-const why = canMount ? '' : ' (skipped: needs root, nbdfuse and losetup)';
+const fsTest = requiring(combine(missingRoot('loop devices and FUSE mounts'), await missingCommands('nbdfuse', 'losetup')), test.serial);
 
 function sha256(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -38,7 +37,7 @@ function assertFiles(t: { deepEqual: (a: unknown, b: unknown, m?: string) => voi
   t.deepEqual([...got.entries()], [...sums.entries()], `every file's sha256 matches ${when}`);
 }
 
-fsTest(`ext4 on a cairnd volume: write, freeze, thaw, remount and survive a restart${why}`, async (t) => {
+fsTest('ext4 on a cairnd volume: write, freeze, thaw, remount and survive a restart', async (t) => {
   const d = await Daemon.start();
   t.teardown(() => d.destroy());
   await d.ctl(['volume', 'create', 'fs', '--size', '256MiB']);

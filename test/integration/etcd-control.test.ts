@@ -8,14 +8,13 @@ import { EtcdStore } from '../../src/cluster/store/etcd-store.js';
 import { clusterControlConformance } from '../helpers/cluster-control-conformance.js';
 import { uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { EtcdProcess, etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
 
 const test = anyTest as TestFn;
 const log = silentLogger();
 const missing = await etcdMissingReason();
 
-if (missing) {
-  test.skip(`etcd registry and election tests skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('etcd registry and election tests', missing)) {
   let etcd: EtcdProcess | undefined;
   test.before(async () => {
     etcd = await EtcdProcess.start();

@@ -14,6 +14,7 @@ import type { JsonValue } from '../../src/cluster/store/cluster-store.js';
 import { EtcdStore } from '../../src/cluster/store/etcd-store.js';
 import { collectEvents, expectCode, uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { EtcdProcess, etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
 
 const test = anyTest as TestFn;
 const log = silentLogger();
@@ -68,9 +69,7 @@ async function expectAllUnavailable(t: ExecutionContext, s: EtcdStore): Promise<
   return Math.round(performance.now() - started);
 }
 
-if (missing) {
-  test.skip(`etcd outage tests skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('etcd outage tests', missing)) {
   let etcd: EtcdProcess | undefined;
   test.before(async () => {
     etcd = await EtcdProcess.start();

@@ -10,15 +10,14 @@ import { EtcdStore } from '../../src/cluster/store/etcd-store.js';
 import { openClusterStore } from '../../src/cluster/store/open-cluster-store.js';
 import { clusterStoreConformance, expectCode, uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { EtcdProcess, etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
 
 const test = anyTest as TestFn;
 const log = silentLogger();
 const missing = await etcdMissingReason();
 let etcd: EtcdProcess | undefined;
 
-if (missing) {
-  test.skip(`etcd store tests skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('etcd store tests', missing)) {
   test.before(async () => {
     etcd = await EtcdProcess.start();
   });

@@ -8,13 +8,18 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'no
 import { join } from 'node:path';
 import type { AttachmentMessage } from '../../src/cli/api-client.js';
 import { Daemon } from '../helpers/daemon.js';
-import { has, isRoot, run } from '../helpers/run.js';
+import { combine, missingCommands, missingRoot, onlyWhere, requiring } from '../helpers/prereq.js';
+import { run } from '../helpers/run.js';
 
-const canRun = isRoot && !existsSync('/sys/module/nbd') && existsSync('/dev/fuse') && (await has('nbdfuse')) && (await has('losetup'));
-const fsTest = canRun ? test.serial : test.skip;
-const why = canRun ? '' : ' (skipped: needs root, nbdfuse, losetup, FUSE and a kernel without nbd)';
+const missing = combine(
+  missingRoot('loop devices and FUSE mounts'),
+  existsSync('/dev/fuse') ? undefined : 'needs FUSE (/dev/fuse): modprobe fuse',
+  await missingCommands('nbdfuse', 'losetup'),
+);
+// With an nbd driver the daemon attaches through /dev/nbdX: that path runs in the kernel VM.
+const fsTest = onlyWhere(!existsSync('/sys/module/nbd'), 'this kernel has the nbd driver; test/kernel covers /dev/nbdX', requiring(missing, test.serial));
 
-fsTest(`attach falls back to nbdfuse + loop without an nbd driver; detach is clean${why}`, async (t) => {
+fsTest('attach falls back to nbdfuse + loop without an nbd driver; detach is clean', async (t) => {
   const d = await Daemon.start({ extraArgs: ['--pool-backend', 'file'] });
   t.teardown(() => d.destroy());
   await d.ctl(['volume', 'create', 'att', '--size', '64MiB']);

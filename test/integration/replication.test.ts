@@ -57,6 +57,7 @@ import { join } from 'node:path';
 import type { VolumeMessage } from '../../src/cli/api-client.js';
 import { Cluster, type ClusterOptions } from '../helpers/cluster.js';
 import { etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet, requiring } from '../helpers/prereq.js';
 import { loopFsUnavailable, makeLoopFs } from '../helpers/loop-fs.js';
 import { run } from '../helpers/run.js';
 import { encodeBlock, NbdIoError, type VerifyReport, type WriterStats } from '../helpers/verified-writer.js';
@@ -100,9 +101,7 @@ async function assertReplicasAgree(t: ExecutionContext, c: Cluster, name: string
 const nodesOf = (v: VolumeMessage): string[] => v.replicas.map((r) => r.nodeName).sort();
 const stateOn = (v: VolumeMessage, i: number): string | undefined => Cluster.replicaOn(v, i)?.state;
 
-if (missing) {
-  test.skip(`replication tests skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('replication tests', missing)) {
   test.serial('a. replicas agree after 5 s of verified writes through NBD (rf=3)', async (t) => {
     t.timeout(120_000);
     const c = await startCluster(t, { nodes: 3 });
@@ -290,8 +289,7 @@ if (missing) {
     await assertReplicasAgree(t, c, 'no-etcd', 3);
   });
 
-  const diskFullTest = noLoop ? test.skip : test.serial;
-  diskFullTest(`g. a replica's disk fills up: the client sees no error, that replica is faulted for lack of space${noLoop ? ` (skipped: ${noLoop})` : ''}`, async (t) => {
+  requiring(noLoop, test.serial)('g. a replica\'s disk fills up: the client sees no error, that replica is faulted for lack of space', async (t) => {
     t.timeout(180_000);
     const fs = await makeLoopFs('ext4', 128 * MiB);
     t.teardown(() => fs.dispose()); // runs after the cluster's teardown (teardowns run last-in first-out)

@@ -8,15 +8,14 @@
 import anyTest, { type TestFn } from 'ava';
 import { Cluster } from '../helpers/cluster.js';
 import { etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
 
 const test = anyTest as TestFn;
 const missing = await etcdMissingReason();
 const seconds = Number(process.env.CAIRN_SOAK_SECONDS ?? 600);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-if (missing) {
-  test.skip(`replication soak skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('replication soak', missing)) {
   test.serial(`replicas killed and restarted under a verified write load for ${seconds} s`, async (t) => {
     t.timeout((seconds + 300) * 1000);
     const c = await Cluster.start({ nodes: 3, flags: { '--rebuild-rate': '64MiB' } });

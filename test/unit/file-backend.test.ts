@@ -12,6 +12,7 @@ import { asDeviceId, type DeviceId } from '../../src/common/ids.js';
 import type { Logger } from '../../src/common/log.js';
 import { FileBackend, type FileBackendOptions } from '../../src/pool/file-backend.js';
 import { loopFsUnavailable, makeLoopFs } from '../helpers/loop-fs.js';
+import { requiring } from '../helpers/prereq.js';
 
 const MiB = 1024 * 1024;
 const NO_REFLINK = 'pool filesystem cannot reflink; snapshots are full copies';
@@ -167,8 +168,8 @@ async function checkSnapshot(t: import('ava').ExecutionContext, pool: FileBacken
   t.is((await t.throwsAsync(pool.snapshot(id('gone'), id('s2')), { instanceOf: StorageError }))?.code, Code.NOT_FOUND);
 }
 
-(tmpIsExt4 ? test : test.skip)(
-  `snapshot on ext4 is a full sparse copy with one warning${tmpIsExt4 ? '' : ' (skipped: tmpdir is not ext4)'}`,
+requiring(tmpIsExt4 ? undefined : `needs ${tmpdir()} on ext4 (it is not): set TMPDIR to a directory on ext4`, test)(
+  'snapshot on ext4 is a full sparse copy with one warning',
   async (t) => {
     await withPool(async (pool, lines) => {
       await checkSnapshot(t, pool);
@@ -178,8 +179,8 @@ async function checkSnapshot(t: import('ava').ExecutionContext, pool: FileBacken
   },
 );
 
-(xfsMissing === null ? test.serial : test.skip)(
-  `snapshot on xfs with reflink=1 uses FICLONE${xfsMissing === null ? '' : ` (skipped: ${xfsMissing})`}`,
+requiring(xfsMissing, test.serial)(
+  'snapshot on xfs with reflink=1 uses FICLONE',
   async (t) => {
     const fs = await makeLoopFs('xfs');
     try {

@@ -1,20 +1,19 @@
 // The native calls that need a real block device or a reflink filesystem: a loop-mounted
 // xfs (reflink=1) for FICLONE and FIFREEZE/FITHAW, a raw loop device for the block
-// ioctls. Skipped with the reason when not root or without loop devices.
+// ioctls. Without root or loop devices: skipped with the reason, or failed under CI=true.
 import test from 'ava';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Code, SystemError } from '../../src/common/errors.js';
 import { blockDeviceSize, blockDiscard, blockFlush, ficlone, fsFreeze, fsThaw } from '../../src/native/index.js';
 import { loopFsUnavailable, makeLoopDevice, makeLoopFs, type LoopFs } from '../helpers/loop-fs.js';
+import { requiring } from '../helpers/prereq.js';
 
 const MiB = 1024 * 1024;
 const xfsMissing = await loopFsUnavailable('xfs');
 const loopMissing = await loopFsUnavailable();
-const xfsTest = xfsMissing === null ? test.serial : test.skip;
-const loopTest = loopMissing === null ? test : test.skip;
-const xfsWhy = xfsMissing === null ? '' : ` (skipped: ${xfsMissing})`;
-const loopWhy = loopMissing === null ? '' : ` (skipped: ${loopMissing})`;
+const xfsTest = requiring(xfsMissing, test.serial);
+const loopTest = requiring(loopMissing, test);
 
 let fs: LoopFs | undefined;
 if (xfsMissing === null) {
@@ -26,7 +25,7 @@ if (xfsMissing === null) {
   });
 }
 
-xfsTest(`ficlone on xfs with reflink shares the data, and later writes do not leak${xfsWhy}`, async (t) => {
+xfsTest('ficlone on xfs with reflink shares the data, and later writes do not leak', async (t) => {
   const src = join(fs!.mountPoint, 'src.img');
   const dst = join(fs!.mountPoint, 'dst.img');
   const original = Buffer.alloc(4 * MiB, 0x11);
@@ -46,7 +45,7 @@ xfsTest(`ficlone on xfs with reflink shares the data, and later writes do not le
   t.is((await readFile(src))[MiB], 0x22);
 });
 
-xfsTest(`fsFreeze blocks writers until fsThaw; double freeze is EBUSY${xfsWhy}`, async (t) => {
+xfsTest('fsFreeze blocks writers until fsThaw; double freeze is EBUSY', async (t) => {
   const dir = await open(fs!.mountPoint, 'r');
   let written = false;
   let writer: Promise<void> | undefined;
@@ -73,7 +72,7 @@ xfsTest(`fsFreeze blocks writers until fsThaw; double freeze is EBUSY${xfsWhy}`,
   }
 });
 
-loopTest(`blockDeviceSize, blockFlush and blockDiscard on a loop device${loopWhy}`, async (t) => {
+loopTest('blockDeviceSize, blockFlush and blockDiscard on a loop device', async (t) => {
   const loop = await makeLoopDevice(16 * MiB);
   try {
     const dev = await open(loop.device, 'r+');

@@ -9,12 +9,11 @@ import { execa } from 'execa';
 import { closeSync, existsSync, mkdtempSync, openSync, rmSync, truncateSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { has, run } from '../helpers/run.js';
+import { missingCommands, requiring } from '../helpers/prereq.js';
+import { run } from '../helpers/run.js';
 import { encodeBlock, NbdBlockClient, VerifiedWriter, type BlockProblem } from '../helpers/verified-writer.js';
 
-const missing = [...(await has('nbdkit')) ? [] : ['nbdkit'], ...(await has('qemu-io')) ? [] : ['qemu-io'], ...(await has('qemu-nbd')) ? [] : ['qemu-nbd']];
-const why = missing.length ? ` (skipped: needs ${missing.join(', ')}: apt-get install nbdkit qemu-utils)` : '';
-const serverTest = missing.length ? test.skip : test;
+const serverTest = requiring(await missingCommands('nbdkit', 'qemu-io', 'qemu-nbd'), test);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -72,7 +71,7 @@ function createImage(path: string): string {
 const nbdkit = async (t: ExecutionContext, ...plugin: string[]): Promise<string> =>
   (await server(t, 'nbdkit', (sock) => ['--foreground', '--exit-with-parent', '--unix', sock, ...plugin])).sock;
 
-serverTest(`writes at queue depth 16 with flushes, then verifies every block clean${why}`, async (t) => {
+serverTest('writes at queue depth 16 with flushes, then verifies every block clean', async (t) => {
   const sock = await nbdkit(t, 'memory', '64M');
   const w = await VerifiedWriter.connect(sock, '', { queueDepth: 16, flushEveryWrites: 64 });
   t.teardown(() => w.nbd.close());
@@ -92,7 +91,7 @@ serverTest(`writes at queue depth 16 with flushes, then verifies every block cle
   t.is((await w.verify((o, n) => other.read(o, n))).mismatchCount, 0);
 });
 
-serverTest(`finds and names corruption made behind its back${why}`, async (t) => {
+serverTest('finds and names corruption made behind its back', async (t) => {
   const sock = await nbdkit(t, 'memory', '16M');
   const w = await VerifiedWriter.connect(sock, '', { blockCount: 256 });
   t.teardown(() => w.nbd.close());
@@ -129,7 +128,7 @@ serverTest(`finds and names corruption made behind its back${why}`, async (t) =>
   t.true(stale.found!.generation < stale.ackedGeneration, 'the report shows the older generation it found');
 });
 
-serverTest(`NBD errors are counted; a failed write may or may not have landed, a later acknowledged one must${why}`, async (t) => {
+serverTest('NBD errors are counted; a failed write may or may not have landed, a later acknowledged one must', async (t) => {
   // The error filter fails 20 % of writes with EIO before they reach the plugin.
   const sock = await nbdkit(t, '--filter=error', 'memory', '16M', 'error=EIO', 'error-pwrite-rate=20%');
   const w = await VerifiedWriter.connect(sock, '', { blockCount: 512 });
@@ -143,7 +142,7 @@ serverTest(`NBD errors are counted; a failed write may or may not have landed, a
   t.is(report.blocksAtUnknownOutcome, 0, 'the error filter drops failed writes: none of them landed');
 });
 
-serverTest(`the server killed with writes in flight: they are counted, every acknowledged write is there after a restart${why}`, async (t) => {
+serverTest('the server killed with writes in flight: they are counted, every acknowledged write is there after a restart', async (t) => {
   // nbdkit's file plugin over one image (the page cache outlives kill -9), writes delayed
   // 300 ms so some are always in flight. (Cutting the client side instead trips an
   // assertion in nbdkit 1.32's delay filter.)
@@ -177,7 +176,7 @@ serverTest(`the server killed with writes in flight: they are counted, every ack
   await fresh.close();
 });
 
-serverTest(`requests past their deadline count as timeouts and their late replies are swallowed${why}`, async (t) => {
+serverTest('requests past their deadline count as timeouts and their late replies are swallowed', async (t) => {
   const sock = await nbdkit(t, '--filter=delay', 'memory', '16M', 'delay-write=400ms');
   const client = await NbdBlockClient.connect(sock, '', { ioTimeoutMs: 100 });
   t.teardown(() => client.close());
@@ -194,7 +193,7 @@ serverTest(`requests past their deadline count as timeouts and their late replie
   t.is(report.blocksAtUnknownOutcome, stats.blocksTouched, 'the timed-out writes did land, and are accepted');
 });
 
-serverTest(`reads assemble hole and data chunks (qemu-nbd sends both)${why}`, async (t) => {
+serverTest('reads assemble hole and data chunks (qemu-nbd sends both)', async (t) => {
   const { sock } = await server(t, 'qemu-nbd', (s, dir) => {
     const img = join(dir, 'disk.img');
     truncateSync(createImage(img), 8 << 20);
