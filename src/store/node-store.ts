@@ -1,15 +1,18 @@
 /**
  * The node store: what lives on this node, in SQLite (better-sqlite3, WAL mode). Each
  * multi-row change is one transaction, so a kill -9 at any moment leaves either the old or
- * the new state. Calls are synchronous; they are short and local.
+ * the new state. Calls are synchronous; they are short and local. Every call throws
+ * StorageErrors only: SQLite's errors are translated at the database (sqlite-errors.ts),
+ * e.g. a full disk is RESOURCE_EXHAUSTED and a taken key ALREADY_EXISTS.
  */
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { Code, StorageError } from '../common/errors.js';
+import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { DeviceId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { MIGRATIONS, type Migration } from './migrations.js';
+import { fromSqliteError, withStorageErrors } from './sqlite-errors.js';
 
 export type VolumeState = 'creating' | 'ready' | 'deleting';
 export type ReplicaState = 'in-sync' | 'rebuilding' | 'faulted';
@@ -70,9 +73,11 @@ export class NodeStore {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     let db: Database.Database;
     try {
-      db = new Database(path);
+      db = withStorageErrors(new Database(path), 'node store');
     } catch (err) {
-      throw new StorageError(Code.UNAVAILABLE, `cannot open the node store at ${path}: ${(err as Error).message}`, { cause: err });
+      const wrapped = fromSqliteError(err, 'node store');
+      throw new StorageError(Code.UNAVAILABLE, `cannot open the node store at ${path}: ${(err as Error).message}`,
+        { cause: err, details: wrapped instanceof StorageError ? wrapped.details : {} });
     }
     db.pragma('journal_mode = WAL');
     // FULL: a committed transaction survives power loss, not only a process crash.
@@ -99,7 +104,8 @@ export class NodeStore {
           this.db.pragma(`user_version = ${m.version}`);
         })();
       } catch (err) {
-        throw new StorageError(Code.INTERNAL, `node store migration ${m.version} (${m.description}) failed and was rolled back: ${(err as Error).message}`, { cause: err });
+        throw new StorageError(Code.INTERNAL, `node store migration ${m.version} (${m.description}) failed and was rolled back: ${(err as Error).message}`,
+          { cause: err, details: err instanceof StorageError ? err.details : {} });
       }
       log.info({ version: m.version, description: m.description }, 'node store migrated');
     }
@@ -137,8 +143,8 @@ export class NodeStore {
         for (const r of replicas) insertReplica.run(r.id, r.volumeId, r.deviceId, r.state, r.createdAt);
       })();
     } catch (err) {
-      if ((err as { code?: string }).code?.startsWith('SQLITE_CONSTRAINT')) {
-        throw new StorageError(Code.ALREADY_EXISTS, `volume "${volume.name}" already exists`, { cause: err, details: { volume: volume.name } });
+      if (isStorageError(err, Code.ALREADY_EXISTS)) {
+        throw new StorageError(Code.ALREADY_EXISTS, `volume "${volume.name}" already exists`, { cause: err, details: { ...(err as StorageError).details, volume: volume.name } });
       }
       throw err;
     }
@@ -161,7 +167,7 @@ export class NodeStore {
   /** Updates the given fields of a volume. NOT_FOUND when it does not exist. */
   updateVolume(id: VolumeId, patch: Partial<Pick<VolumeRecord, 'sizeBytes' | 'state' | 'epoch' | 'exported'>>): VolumeRecord {
     const current = this.getVolume(id);
-    if (!current) throw new StorageError(Code.NOT_FOUND, `volume ${id} not found`, { details: { volume: id } });
+    if (!current) throw new StorageError(Code.NOT_FOUND, `volume ${id} not found`, { details: { volumeId: id } });
     const next = { ...current, ...patch };
     this.db.prepare('UPDATE volumes SET size_bytes = ?, state = ?, epoch = ?, exported = ? WHERE id = ?')
       .run(next.sizeBytes, next.state, next.epoch, next.exported ? 1 : 0, id);
@@ -194,8 +200,8 @@ export class NodeStore {
       this.db.prepare('INSERT INTO snapshots (id, volume_id, name, device_id, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(snapshot.id, snapshot.volumeId, snapshot.name, snapshot.deviceId, snapshot.sizeBytes, snapshot.createdAt);
     } catch (err) {
-      if ((err as { code?: string }).code?.startsWith('SQLITE_CONSTRAINT')) {
-        throw new StorageError(Code.ALREADY_EXISTS, `snapshot "${snapshot.name}" already exists`, { cause: err, details: { snapshot: snapshot.name } });
+      if (isStorageError(err, Code.ALREADY_EXISTS)) {
+        throw new StorageError(Code.ALREADY_EXISTS, `snapshot "${snapshot.name}" already exists`, { cause: err, details: { ...(err as StorageError).details, snapshot: snapshot.name } });
       }
       throw err;
     }
@@ -238,8 +244,8 @@ export class NodeStore {
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
         .run(r.id, r.volumeId, r.deviceId, r.state, r.createdAt, r.epoch, r.rebuild.doneBytes, r.rebuild.totalBytes, r.rebuild.checkpoint);
     } catch (err) {
-      if ((err as { code?: string }).code?.startsWith('SQLITE_CONSTRAINT')) {
-        throw new StorageError(Code.ALREADY_EXISTS, `replica ${r.id} or its device ${r.deviceId} already exists`, { cause: err, details: { replica: r.id } });
+      if (isStorageError(err, Code.ALREADY_EXISTS)) {
+        throw new StorageError(Code.ALREADY_EXISTS, `replica ${r.id} or its device ${r.deviceId} already exists`, { cause: err, details: { ...(err as StorageError).details, replica: r.id } });
       }
       throw err;
     }
