@@ -273,7 +273,7 @@ export class ClusterVolumeService implements VolumeApi {
         volumeId: doc.id, name: doc.name, sizeBytes: doc.sizeBytes, regionBytes: doc.regionBytes, epoch: doc.epoch, replicas: doc.replicas,
         localNodeId: this.opts.nodeId, connector: this.opts.connector, control, dirtyMaps: this.opts.dirtyMaps,
         replicaTimeoutMs: this.opts.replicaTimeoutMs, rebuildRateBytesPerSec: this.opts.rebuildRateBytesPerSec,
-        log: this.log.child({ volume: doc.name }),
+        log: this.log, // the engine binds volume, volumeId and epoch
         onFenced: (err) => void this.onFenced(doc.name, doc.epoch, err),
       });
     } catch (err) {

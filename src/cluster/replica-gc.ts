@@ -84,7 +84,7 @@ export class ReplicaCollector {
       await this.opts.manager.delete({ replicaId: r.replicaId, volumeId: r.volumeId }, r.epoch);
       this.unlistedSince.delete(r.replicaId);
       deleted.push(r.replicaId);
-      this.log.warn({ replica: r.replicaId, volume: r.volumeId, sizeBytes: r.sizeBytes, allocatedBytes: r.allocatedBytes, graceMs: this.opts.graceMs, why: 'no volume document lists it' },
+      this.log.warn({ replica: r.replicaId, volumeId: r.volumeId, sizeBytes: r.sizeBytes, allocatedBytes: r.allocatedBytes, graceMs: this.opts.graceMs, why: 'no volume document lists it' },
         'orphan replica deleted');
     }
     return deleted;

@@ -48,10 +48,10 @@ export class StorageError extends Error {
 export const STALE_EPOCH = 'STALE_EPOCH';
 
 /** A refusal of a stale epoch (see STALE_EPOCH). */
-export function staleEpochError(replica: string, volume: string, epoch: number, newestEpoch: number): StorageError {
+export function staleEpochError(replica: string, volumeId: string, epoch: number, newestEpoch: number): StorageError {
   return new StorageError(Code.FAILED_PRECONDITION,
-    `stale epoch ${epoch} < ${newestEpoch}: replica ${replica} has been fenced by a newer engine of volume ${volume}`,
-    { details: { reason: STALE_EPOCH, replica, volume, epoch, newestEpoch } });
+    `stale epoch ${epoch} < ${newestEpoch}: replica ${replica} has been fenced by a newer engine of volume ${volumeId}`,
+    { details: { reason: STALE_EPOCH, replica, volumeId, epoch, newestEpoch } });
 }
 
 export function isStaleEpoch(err: unknown): boolean {

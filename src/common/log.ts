@@ -1,7 +1,9 @@
 /**
  * Logging: pino, one JSON object a line, fixed message strings with ids in fields
- * (volume, replica, snapshot, node, peer, epoch, req). `format: 'human'` renders the same
- * events for an operator at a terminal.
+ * (volume, volumeId, replica, snapshot, node, peer, epoch, req). `volume` is always the
+ * volume's name and `volumeId` its id; a child logger binds only fields its parent has not
+ * (pino would print a key twice). `format: 'human'` renders the same events for an
+ * operator at a terminal.
  */
 import { pino, destination, type Logger, type LevelWithSilent } from 'pino';
 

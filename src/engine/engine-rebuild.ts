@@ -11,7 +11,6 @@
  * checkpoint (`resolveMap`).
  */
 import { Code, StorageError, isStaleEpoch, isStorageError } from '../common/errors.js';
-import type { Logger } from '../common/log.js';
 import { MAX_CHECKPOINT_BYTES } from '../replica/replica-manager.js';
 import type { EngineControl, ReplicaConnector, ReplicaControl, ReplicaIo } from './engine-types.js';
 import { type EngineContext, type EngineLife, type Member, type MemberMaps, RING, type RebuildRun, newestEpochOf, noInSyncError, openReplicaIo } from './engine-member.js';
@@ -31,8 +30,6 @@ export interface RebuilderDeps {
   locks: RegionLocks;
   /** Rebuild copy rate; 0 is unlimited. */
   rateBytesPerSec: number;
-  /** runRebuild's logger: it binds the volume, replica, source and epoch itself. */
-  rebuildLog: Logger;
   /** The rebuild's I/O, counted with the live I/O so that the sweep times it out too. */
   tracked(m: Member, io: ReplicaIo): ReplicaIo;
 }
@@ -109,7 +106,7 @@ export class Rebuilder {
       const result = await runRebuild({
         volumeId: ctx.volumeId, target: m.entry, epoch: ctx.epoch, sizeBytes: ctx.sizeBytes, regionBytes: ctx.regionBytes,
         source: deps.tracked(source, sourceIo), targetIo: deps.tracked(m, targetIo), sourceControl, targetControl, map, persistMap: () => deps.maps.save(m), locks: deps.locks,
-        rateBytesPerSec: deps.rateBytesPerSec, signal, log: deps.rebuildLog, onProgress: (p) => (run.progress = p),
+        rateBytesPerSec: deps.rateBytesPerSec, signal, log: ctx.log, onProgress: (p) => (run.progress = p),
       });
       run.copying = false;
       if (signal.aborted || m.role !== 'write-only') throw cancelled();

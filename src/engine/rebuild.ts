@@ -55,6 +55,7 @@ export interface RebuildContext {
   /** Regions copied at once, default 4. */
   concurrency?: number;
   signal: AbortSignal;
+  /** The engine's logger, with volume, volumeId and epoch bound; the rebuild adds replica and source. */
   log: Logger;
   /** Called about once a second and at the end with the progress of this run. */
   onProgress?(p: RebuildProgress): void;
@@ -86,7 +87,7 @@ export function isZero(data: Buffer): boolean {
 
 function cancelledError(ctx: RebuildContext): StorageError {
   return new StorageError(Code.CANCELLED, `rebuild of replica ${ctx.target.id} of volume ${ctx.volumeId} cancelled`,
-    { details: { replica: ctx.target.id, volume: ctx.volumeId } });
+    { details: { replica: ctx.target.id, volumeId: ctx.volumeId } });
 }
 
 export async function runRebuild(ctx: RebuildContext): Promise<RebuildResult> {
@@ -123,7 +124,7 @@ class RebuildRun {
     this.sourceRef = { replicaId: ctx.source.replicaId, volumeId: ctx.volumeId };
     this.concurrency = Math.max(1, Math.floor(ctx.concurrency ?? DEFAULT_REBUILD_CONCURRENCY));
     this.bucket = new TokenBucket(ctx.rateBytesPerSec, ctx.regionBytes);
-    this.log = ctx.log.child({ volume: ctx.volumeId, replica: ctx.target.id, source: ctx.source.replicaId, epoch: ctx.epoch });
+    this.log = ctx.log.child({ replica: ctx.target.id, source: ctx.source.replicaId });
     if (ctx.map.regionBytes !== ctx.regionBytes || ctx.map.sizeBytes !== ctx.sizeBytes) {
       throw new StorageError(Code.INVALID_ARGUMENT,
         `the region map (${ctx.map.sizeBytes} bytes in regions of ${ctx.map.regionBytes}) does not match the volume (${ctx.sizeBytes} bytes in regions of ${ctx.regionBytes})`);
@@ -146,7 +147,7 @@ class RebuildRun {
       if (round >= REBUILD_ROUNDS) {
         throw new StorageError(Code.DATA_LOSS,
           `replica ${ctx.target.id} still differs from its source in ${mismatched.length} regions after ${REBUILD_ROUNDS} rebuild rounds; it stays faulted: check its disk`,
-          { details: { replica: ctx.target.id, volume: ctx.volumeId, regions: mismatched.length } });
+          { details: { replica: ctx.target.id, volumeId: ctx.volumeId, regions: mismatched.length } });
       }
       for (const r of mismatched) this.totalBytes += ctx.map.regionLength(r);
     }

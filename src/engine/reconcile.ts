@@ -34,6 +34,7 @@ export interface ReconcileContext {
   others: ReconcilePeer[];
   locks: RegionLocks;
   signal: AbortSignal;
+  /** The engine's logger, with volume, volumeId and epoch bound; the reconcile adds source. */
   log: Logger;
 }
 
@@ -54,7 +55,7 @@ export async function runReconcile(ctx: ReconcileContext): Promise<ReconcileResu
   const started = Date.now();
   const regions = Math.ceil(ctx.sizeBytes / ctx.regionBytes);
   const result: ReconcileResult = { regionsCompared: 0, regionsRepaired: 0, bytesCopied: 0, durationMs: 0, failed: new Map() };
-  const log = ctx.log.child({ volume: ctx.volumeId, epoch: ctx.epoch, source: ctx.source.io.replicaId });
+  const log = ctx.log.child({ source: ctx.source.io.replicaId });
   let live = [...ctx.others];
   const drop = (peer: ReconcilePeer, err: unknown): void => {
     const e = asError(err, `reconcile of replica ${peer.io.replicaId}`);

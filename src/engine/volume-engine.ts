@@ -102,7 +102,7 @@ export class VolumeEngine implements BlockDevice {
     this.name = opts.name;
     this.sizeBytes = opts.sizeBytes;
     this.regionBytes = opts.regionBytes;
-    this.log = opts.log.child({ volume: opts.volumeId, epoch: opts.epoch });
+    this.log = opts.log.child({ volume: opts.name, volumeId: opts.volumeId, epoch: opts.epoch });
     const ctx: EngineContext = this.ctx = Object.freeze({
       volumeId: opts.volumeId, name: opts.name, epoch: opts.epoch, sizeBytes: opts.sizeBytes, regionBytes: opts.regionBytes,
       timeoutMs: opts.replicaTimeoutMs ?? 8000, reconnectMs: opts.reconnectIntervalMs ?? 2000, log: this.log,
@@ -119,7 +119,7 @@ export class VolumeEngine implements BlockDevice {
     const fanOut = this.fanOut = new FanOut({ ctx, life, members, faults, locks });
     this.rebuilder = new Rebuilder({
       ctx, life, members, maps, faults, connector: opts.connector, control: opts.control, locks,
-      rateBytesPerSec: opts.rebuildRateBytesPerSec ?? 0, rebuildLog: opts.log, tracked: (m, io) => fanOut.tracked(m, io),
+      rateBytesPerSec: opts.rebuildRateBytesPerSec ?? 0, tracked: (m, io) => fanOut.tracked(m, io),
     });
     for (const entry of opts.replicas) members.add(new Member(entry));
   }

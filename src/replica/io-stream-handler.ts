@@ -74,7 +74,7 @@ export class IoStreamHandler {
     const ref = { replicaId: first.replica.replicaId, volumeId: first.replica.volumeId };
     this.manager.open(ref).then((replica) => {
       this.replica = replica;
-      this.log.info({ replica: replica.id, volume: replica.volumeId, peer: this.peer, epoch: first.epoch }, 'replica stream opened');
+      this.log.info({ replica: replica.id, volumeId: replica.volumeId, peer: this.peer, epoch: first.epoch }, 'replica stream opened');
       this.onBatch(replica, first);
       for (const m of this.queued.splice(0)) if (!this.finished) this.onBatch(replica, m);
       this.maybeFinish();

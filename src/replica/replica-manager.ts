@@ -111,7 +111,7 @@ export class ReplicaManager {
         if (!existing) this.opts.store.deleteHostedReplica(id);
         throw err;
       }
-      if (!existing) this.opts.log.info({ replica: id, volume: ref.volumeId, sizeBytes, epoch, inSync }, 'replica created');
+      if (!existing) this.opts.log.info({ replica: id, volumeId: ref.volumeId, sizeBytes, epoch, inSync }, 'replica created');
       return this.statusOf(id);
     });
   }
@@ -123,7 +123,7 @@ export class ReplicaManager {
       const record = this.opts.store.getHostedReplica(id);
       if (!record) return;
       if (record.volumeId !== ref.volumeId) {
-        this.opts.log.warn({ replica: id, volume: ref.volumeId, replicaVolume: record.volumeId }, 'replica delete names another volume; nothing deleted');
+        this.opts.log.warn({ replica: id, volumeId: ref.volumeId, replicaVolumeId: record.volumeId }, 'replica delete names another volume; nothing deleted');
         return;
       }
       await this.fence(record, epoch);
@@ -137,7 +137,7 @@ export class ReplicaManager {
       } finally {
         this.deleting.delete(id);
       }
-      this.opts.log.info({ replica: id, volume: record.volumeId, epoch }, 'replica deleted');
+      this.opts.log.info({ replica: id, volumeId: record.volumeId, epoch }, 'replica deleted');
     });
   }
 
@@ -212,7 +212,7 @@ export class ReplicaManager {
       const change = next(record);
       this.opts.store.setReplicaRebuild(id, change.state, change.rebuild);
       replica.state = change.state;
-      if (event) this.opts.log.info({ replica: id, volume: record.volumeId, epoch, totalBytes: change.rebuild.totalBytes, doneBytes: change.rebuild.doneBytes }, event);
+      if (event) this.opts.log.info({ replica: id, volumeId: record.volumeId, epoch, totalBytes: change.rebuild.totalBytes, doneBytes: change.rebuild.doneBytes }, event);
       return this.statusOf(id);
     });
   }
@@ -265,6 +265,6 @@ export class ReplicaManager {
   }
 
   private notFound(ref: ReplicaRefInput): StorageError {
-    return new StorageError(Code.NOT_FOUND, `replica ${ref.replicaId} of volume ${ref.volumeId} not found on this node`, { details: { replica: ref.replicaId, volume: ref.volumeId } });
+    return new StorageError(Code.NOT_FOUND, `replica ${ref.replicaId} of volume ${ref.volumeId} not found on this node`, { details: { replica: ref.replicaId, volumeId: ref.volumeId } });
   }
 }

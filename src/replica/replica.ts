@@ -102,7 +102,7 @@ export class Replica {
     this.epochValue = stored;
     if (stored !== epoch) return this.admitEpoch(epoch);
     if (this.inflight.size > 0) this.installBarrier();
-    this.opts.log.info({ replica: this.id, volume: this.volumeId, epoch, previousEpoch: previous }, 'replica adopted a newer epoch');
+    this.opts.log.info({ replica: this.id, volumeId: this.volumeId, epoch, previousEpoch: previous }, 'replica adopted a newer epoch');
   }
 
   /**
