@@ -90,7 +90,7 @@ export class ObservedMaps implements DirtyMapStore {
   attempts = 0;
   /** Saves that will throw before the next one succeeds. */
   failures = 0;
-  constructor(readonly inner: DirtyMapStore) {}
+  constructor(public inner: DirtyMapStore) {}
   load(v: VolumeId, r: ReplicaId): { regionBytes: number; bits: Buffer } | undefined { return this.inner.load(v, r); }
   save(v: VolumeId, r: ReplicaId, regionBytes: number, bits: Buffer): void {
     this.attempts++;
