@@ -121,8 +121,16 @@ export class MemberMaps {
     }
   }
 
+  /**
+   * Never throws: a map left behind (a full disk) is harmless, since it belongs to a replica
+   * that is in sync again or no longer in the volume, and a later fault overwrites it.
+   */
   delete(m: Member): void {
-    this.store.delete(this.ctx.volumeId, m.id);
+    try {
+      this.store.delete(this.ctx.volumeId, m.id);
+    } catch (err) {
+      this.ctx.log.warn({ replica: m.id, err: (err as Error).message }, 'cannot delete a dirty-region map; left behind');
+    }
   }
 }
 

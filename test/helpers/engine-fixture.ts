@@ -101,7 +101,15 @@ export class ObservedMaps implements DirtyMapStore {
     this.inner.save(v, r, regionBytes, bits);
     this.saves++;
   }
-  delete(v: VolumeId, r: ReplicaId): void { this.inner.delete(v, r); }
+  /** Deletes that will throw. */
+  deleteFailures = 0;
+  delete(v: VolumeId, r: ReplicaId): void {
+    if (this.deleteFailures > 0) {
+      this.deleteFailures--;
+      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR' });
+    }
+    this.inner.delete(v, r);
+  }
   regions(r: ReplicaId): number[] {
     const saved = this.inner.load(VOL, r);
     if (!saved) return [];

@@ -123,12 +123,13 @@ test('item 8: a replica that fails during reconcile, with the fault refused (fen
   t.deepEqual(unhandled, []);
 });
 
-test('item 8: applyDoc finishes its work when the map save of an added replica throws; the save is retried', async (t) => {
+test('item 8: applyDoc finishes its work when the map save of an added replica (and the delete of a removed one) throws; the save is retried', async (t) => {
   const s = await setup(t, 3);
   const e = await s.start({ reconnectIntervalMs: 10 });
   const added = 'rep-3' as ReplicaId;
   s.connector.down.add(added);
   s.maps.failures = 1;
+  s.maps.deleteFailures = 1; // removing replica 2's map fails too
   const doc = {
     id: VOL, name: 'data', epoch: 1,
     replicas: [
