@@ -329,21 +329,34 @@ export class ClusterVolumeService implements VolumeApi {
     }
   }
 
+  /** Stops the fenced engine here. Called without awaiting (from the engine or the watch): it never rejects. */
   private async onFenced(name: string, epoch: number, err: StorageError): Promise<void> {
     this.log.error({ volume: name, epoch, err: err.message }, 'volume engine fenced by a newer epoch: this node stops serving the volume');
-    await this.locks.run(name, async () => {
-      const running = this.engines.get(name);
-      if (running?.epoch === epoch) await this.stopEngine(name);
-    });
+    try {
+      await this.locks.run(name, async () => {
+        const running = this.engines.get(name);
+        if (running?.epoch === epoch) await this.stopEngine(name);
+      });
+    } catch (e) {
+      this.log.warn({ volume: name, epoch, err: (e as Error).message }, 'fenced volume engine did not stop cleanly');
+    }
   }
 
-  /** Stops serving and the engine (flush, close). The document is left to the caller. */
+  /**
+   * Stops serving and the engine (flush, close). The document is left to the caller. A
+   * fenced engine cannot flush (it acknowledges nothing more): its stop succeeds without.
+   */
   private async stopEngine(name: string): Promise<void> {
     const running = this.engines.get(name);
     this.engines.delete(name);
     running?.control.close();
-    if (this.opts.exports.get(name)) await this.opts.exports.stop(name);
-    else if (running) await running.engine.close();
+    try {
+      if (this.opts.exports.get(name)) await this.opts.exports.stop(name);
+      else if (running) await running.engine.close();
+    } catch (err) {
+      if (!running?.engine.fenced) throw err;
+      this.log.info({ volume: name, epoch: running.epoch, err: (err as Error).message }, 'fenced engine stopped without a final flush');
+    }
   }
 
   async unexport(name: string): Promise<void> {
