@@ -49,14 +49,29 @@ test('node fs errors become SystemErrors with errno and a matching code', (t) =>
 test('a keyed lock serialises one key and not others', async (t) => {
   const lock = new KeyedLock();
   const order: string[] = [];
-  const slow = (label: string, ms: number) => async () => {
-    order.push(`${label}:start`);
-    await new Promise((r) => setTimeout(r, ms));
-    order.push(`${label}:end`);
-  };
-  await Promise.all([lock.run('a', slow('a1', 30)), lock.run('a', slow('a2', 1)), lock.run('b', slow('b1', 1))]);
-  t.true(order.indexOf('a1:end') < order.indexOf('a2:start'), 'the second call on "a" waited for the first');
-  t.true(order.indexOf('b1:end') < order.indexOf('a1:end'), 'the call on "b" did not wait for "a"');
+  let started = (): void => undefined;
+  const a1Started = new Promise<void>((r) => (started = r));
+  let release = (): void => undefined;
+  const a1Held = new Promise<void>((r) => (release = r));
+  const a1 = lock.run('a', async () => {
+    order.push('a1:start');
+    started();
+    await a1Held;
+    order.push('a1:end');
+  });
+  const a2 = lock.run('a', async () => {
+    order.push('a2:start');
+  });
+  await a1Started;
+  // While a1 holds "a" (until released below, not for some milliseconds): "b" runs to the end, a2 waits.
+  await lock.run('b', async () => {
+    order.push('b1');
+  });
+  t.deepEqual(order, ['a1:start', 'b1'], 'the call on "b" did not wait for "a"; the second call on "a" did');
+  t.true(lock.isBusy('a'));
+  release();
+  await Promise.all([a1, a2]);
+  t.deepEqual(order, ['a1:start', 'b1', 'a1:end', 'a2:start'], 'the second call on "a" ran after the first ended');
   t.false(lock.isBusy('a'));
 });
 

@@ -2,6 +2,7 @@
 // xfs (reflink=1) for FICLONE and FIFREEZE/FITHAW, a raw loop device for the block
 // ioctls. Without root or loop devices: skipped with the reason, or failed under CI=true.
 import test from 'ava';
+import { readdirSync, readFileSync } from 'node:fs';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Code, SystemError } from '../../src/common/errors.js';
@@ -14,6 +15,27 @@ const xfsMissing = await loopFsUnavailable('xfs');
 const loopMissing = await loopFsUnavailable();
 const xfsTest = requiring(xfsMissing, test.serial);
 const loopTest = requiring(loopMissing, test);
+
+/** A thread of this process in uninterruptible sleep on a superblock's write lock (what a frozen filesystem does to writers). */
+function threadBlockedOnFreeze(): boolean {
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const state = stat.charAt(stat.lastIndexOf(')') + 2);
+      const wchan = readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8');
+      if (state === 'D' && /percpu_rwsem|sb_start_write|rwsem_down_read/.test(wchan)) return true;
+    } catch {
+      // the thread ended while we looked
+    }
+  }
+  return false;
+}
+
+/** Polls `check` (every 10 ms, up to 10 s) for an event; returns whether it happened. */
+async function eventually(check: () => boolean): Promise<boolean> {
+  for (let i = 0; i < 1000 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+  return check();
+}
 
 let fs: LoopFs | undefined;
 if (xfsMissing === null) {
@@ -58,7 +80,9 @@ xfsTest('fsFreeze blocks writers until fsThaw; double freeze is EBUSY', async (t
       writer = writeFile(join(fs!.mountPoint, 'during-freeze'), 'x').then(() => {
         written = true;
       });
-      await new Promise((r) => setTimeout(r, 300));
+      // The event that proves it: the writer's thread sleeps in the kernel on the frozen
+      // filesystem's write lock (not a guess that 300 ms were enough for it to get there).
+      t.true(await eventually(threadBlockedOnFreeze), 'no thread of this process waits on the frozen filesystem');
       t.false(written, 'a write completed on a frozen filesystem');
     } finally {
       await fsThaw(dir.fd);

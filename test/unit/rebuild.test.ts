@@ -314,9 +314,24 @@ test('a live write racing the copy of its region ends up on the target', async (
   // And the other order: a live write holding the region first makes the copy wait for it.
   s.source.afterRead = undefined;
   const held = s.locks.tryShared(7 * REGION, 512)!;
+  // The event that proves it: the copy asked for region 7's lock, and is not granted it
+  // while the live write holds it.
+  const exclusive = s.locks.exclusive.bind(s.locks);
+  let asked = (): void => undefined;
+  const askedFor7 = new Promise<void>((resolve) => (asked = resolve));
+  let granted = false;
+  s.locks.exclusive = (first, count) => {
+    if (first === 7) asked();
+    return exclusive(first, count).then((release) => {
+      granted = true;
+      return release;
+    });
+  };
   const second = runRebuild(s.context(mapOf([7]), { concurrency: 1 }));
-  for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
-  t.false(s.source.events.some((e) => e.op === 'read' && e.offset === 7 * REGION), 'the copy waits for live I/O on its region');
+  await askedFor7;
+  await new Promise((resolve) => setImmediate(resolve));
+  t.false(granted, 'the copy waits for live I/O on its region');
+  t.false(s.source.events.some((e) => e.op === 'read' && e.offset === 7 * REGION), 'nothing of region 7 was read meanwhile');
   await s.source.inner.write(7 * REGION, fresh, false);
   await s.target.inner.write(7 * REGION, fresh, false);
   held();

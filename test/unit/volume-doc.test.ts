@@ -117,13 +117,21 @@ test('engine control waits through a store outage and lands the change once the 
   t.teardown(() => real.close());
   await createVolumeDoc(real, doc());
   let down = true;
+  let refused = 0;
+  let onSecondTry = (): void => undefined;
+  const secondTry = new Promise<void>((r) => (onSecondTry = r));
   const flaky: ClusterStore = Object.assign(Object.create(real) as ClusterStore, {
-    get: (key: string) => (down ? Promise.reject(new StorageError(Code.UNAVAILABLE, 'etcd is away')) : real.get(key)),
+    get: (key: string) => {
+      if (!down) return real.get(key);
+      if (++refused === 2) onSecondTry();
+      return Promise.reject(new StorageError(Code.UNAVAILABLE, 'etcd is away'));
+    },
   });
   const control = new DocEngineControl(flaky, 'db', 4, log);
   let settled = false;
   const pending = control.markFaulted(['rep-b' as ReplicaId], 'timeout').then(() => (settled = true));
-  await new Promise((r) => setTimeout(r, 500));
+  // The store refused the change and the control tried again: the refusal did not settle it.
+  await secondTry;
   t.false(settled, 'the change (and the write waiting on it) waits while the store is away');
   down = false;
   await pending;

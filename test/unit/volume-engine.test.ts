@@ -26,6 +26,8 @@ type Mode = 'ok' | 'error' | 'hang' | 'read-error';
 /** Wraps a replica's I/O: fails or hangs on demand, counts what reaches the replica, can pause writes. */
 class TestIo implements ReplicaIo {
   readonly writtenRegions: number[] = [];
+  /** Regions of the writes the replica has completed (acknowledged to the engine). */
+  readonly completedRegions: number[] = [];
   writtenBytes = 0;
   waiting = 0;
   private hung: Array<(e: Error) => void> = [];
@@ -60,6 +62,7 @@ class TestIo implements ReplicaIo {
       this.writtenRegions.push(Math.floor(offset / MiB));
       this.writtenBytes += length;
       await fn();
+      this.completedRegions.push(Math.floor(offset / MiB));
     });
   }
   private gated<T>(fn: () => Promise<T>): Promise<T> {
@@ -216,7 +219,12 @@ test('a failed replica is faulted durably before the write is acknowledged; its 
   const first = Promise.all([0, 1, 2, 3].map((i) => e.write(2 * MiB - 2048 + i * 1024, filled(1024, 7)).then(() => acked++)));
   await until(t, 'markFaulted was called', () => c.control.faulted.length === 1);
   const second = e.write(6 * MiB, filled(4096, 8)).then(() => acked++); // misses the replica being faulted
-  await sleep(50);
+  // Everything the second write waits for except the held fault has happened: the good
+  // replicas completed it and the missed region is in the saved map. Anything that only
+  // depends on those has run once the microtasks queued by them have (one setImmediate).
+  await until(t, 'the second write is done everywhere but in the cluster store', () =>
+    [0, 1].every((i) => c.connector.last(c.ids[i]!).completedRegions.includes(6)) && dirtyRegions(c.dirty, c.ids[2]!).includes(6));
+  await new Promise((r) => setImmediate(r));
   t.is(acked, 0, 'no write is acknowledged while the fault is not recorded');
   t.deepEqual(c.control.faulted, [[c.ids[2]]]);
   c.control.release();
