@@ -5,12 +5,12 @@
  */
 import anyTest, { type TestFn } from 'ava';
 import { Etcd3 } from 'etcd3';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { silentLogger } from '../../src/common/log.js';
 import type { JsonValue, ListResult } from '../../src/cluster/store/cluster-store.js';
 import { EtcdStore } from '../../src/cluster/store/etcd-store.js';
 import { collectEvents, uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { EtcdProcess, etcdMissingReason } from '../helpers/etcd.js';
+import { etcdProxy } from '../helpers/etcd-proxy.js';
 
 const test = anyTest as TestFn;
 const log = silentLogger();
@@ -32,42 +32,6 @@ function collectResyncs(): { snapshots: ListResult[]; onResync: (s: ListResult) 
 }
 
 const state = (s: ListResult): Record<string, JsonValue> => Object.fromEntries(s.items.map((kv) => [kv.key, kv.value]));
-
-/** A TCP proxy to etcd whose connections can be cut and refused, and allowed again. */
-async function etcdProxy(target: string): Promise<{ endpoint: string; cut: () => void; restore: () => void; close: () => Promise<void> }> {
-  const { hostname, port } = new URL(target);
-  const sockets = new Set<Socket>();
-  let down = false;
-  const server: Server = createServer((client) => {
-    if (down) {
-      client.destroy();
-      return;
-    }
-    const upstream = connect(Number(port), hostname);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => undefined);
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address() as { port: number };
-  return {
-    endpoint: `http://127.0.0.1:${address.port}`,
-    cut: () => {
-      down = true;
-      for (const s of sockets) s.destroy();
-    },
-    restore: () => {
-      down = false;
-    },
-    close: () => {
-      for (const s of sockets) s.destroy();
-      return new Promise((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 if (missing) {
   if (process.env.CI === 'true') test('etcd watch resync: prerequisite missing', (t) => t.fail(missing));
