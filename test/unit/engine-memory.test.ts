@@ -186,3 +186,28 @@ for (const bytes of [4096, 512 << 10]) {
     t.is(heldMemoryCount(), 0);
   });
 }
+
+test.serial('a stalled local write given up by a fence writes its own bytes, not another volume\'s', async (t) => {
+  const pool = new BufferPool();
+  const a = await volume(t, 'vol-a', 2);
+  const b = await volume(t, 'vol-b', 1);
+  a.replicas[0]!.stall = true;
+  const bytes = 512 << 10;
+  const write = take(pool, bytes);
+  for (const v of write.views) v.fill(0xee);
+  const pending = a.engine.writev(2 * MiB, write.views, true);
+  a.engine.applyDoc({ id: 'vol-a', epoch: 2, replicas: [] } as unknown as Parameters<VolumeEngine['applyDoc']>[0]); // a newer engine took over
+  const err = await t.throwsAsync(pending);
+  t.is((err as StorageError).code, Code.FAILED_PRECONDITION);
+  t.is(a.replicas[0]!.waiting, 1, 'the local write is still running');
+  pool.give(write.owned); // the runner answered the error and gave the memory back
+  churn(pool, bytes);
+  const other = take(pool, bytes);
+  for (const v of other.views) v.fill(0x77);
+  await b.engine.writev(2 * MiB, other.views);
+  a.replicas[0]!.release();
+  pool.give(other.owned);
+  t.true(a.replicas[0]!.disk.subarray(2 * MiB, 2 * MiB + bytes).equals(Buffer.alloc(bytes, 0xee)), 'the late write carries the fenced engine\'s own bytes');
+  t.true(b.replicas[0]!.disk.subarray(2 * MiB, 2 * MiB + bytes).equals(Buffer.alloc(bytes, 0x77)));
+  t.is(heldMemoryCount(), 0);
+});
