@@ -48,6 +48,8 @@ export class RepairLoop {
   private closed = false;
   /** Volumes whose last placement failed, so the warning is not repeated every pass. */
   private readonly stuck = new Map<string, string>();
+  /** The keys of the documents the last pass could not parse, to log a change only. */
+  private unreadable = '';
   private readonly log: Logger;
 
   constructor(private readonly opts: RepairLoopOptions) {
@@ -84,7 +86,11 @@ export class RepairLoop {
   }
 
   private async pass(): Promise<void> {
-    const [{ docs }, nodes] = await Promise.all([listVolumeDocs(this.opts.store), listNodes(this.opts.store, this.log)]);
+    const [{ docs, unreadable }, nodes] = await Promise.all([listVolumeDocs(this.opts.store), listNodes(this.opts.store, this.log)]);
+    // Such a volume is left alone (nothing here deletes what a document does not list); said once.
+    const keys = unreadable.map((err) => String(err.details.key)).sort();
+    if (keys.join('\n') !== this.unreadable && keys.length > 0) this.log.error({ keys, errs: unreadable.map((err) => err.message) }, 'volume documents this node cannot read are not repaired');
+    this.unreadable = keys.join('\n');
     for (const { doc } of docs) {
       if (this.closed || !this.opts.election.isLeader()) return;
       try {
