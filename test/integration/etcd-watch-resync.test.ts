@@ -10,6 +10,7 @@ import type { JsonValue, ListResult } from '../../src/cluster/store/cluster-stor
 import { EtcdStore } from '../../src/cluster/store/etcd-store.js';
 import { collectEvents, uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { EtcdProcess, etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
 import { etcdProxy } from '../helpers/etcd-proxy.js';
 
 const test = anyTest as TestFn;
@@ -33,10 +34,7 @@ function collectResyncs(): { snapshots: ListResult[]; onResync: (s: ListResult) 
 
 const state = (s: ListResult): Record<string, JsonValue> => Object.fromEntries(s.items.map((kv) => [kv.key, kv.value]));
 
-if (missing) {
-  if (process.env.CI === 'true') test('etcd watch resync: prerequisite missing', (t) => t.fail(missing));
-  else test.skip(`etcd watch resync tests skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('etcd watch resync tests', missing)) {
   test.before(async () => {
     etcd = await EtcdProcess.start();
   });

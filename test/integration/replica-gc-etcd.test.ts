@@ -12,6 +12,7 @@ import { EtcdStore } from '../../src/cluster/store/etcd-store.js';
 import { volumeKey } from '../../src/cluster/volume-doc.js';
 import { uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { EtcdProcess, etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
 import { replicaFixture } from '../helpers/replica-fixture.js';
 
 const test = anyTest as TestFn;
@@ -20,10 +21,7 @@ const MiB = 1 << 20;
 const GRACE = 60_000;
 let etcd: EtcdProcess | undefined;
 
-if (missing) {
-  if (process.env.CI === 'true') test('replica gc on etcd: prerequisite missing', (t) => t.fail(missing));
-  else test.skip(`replica gc on etcd skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('replica gc on etcd', missing)) {
   test.before(async () => {
     etcd = await EtcdProcess.start();
   });

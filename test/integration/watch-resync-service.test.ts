@@ -13,6 +13,7 @@ import { silentLogger } from '../../src/common/log.js';
 import { EtcdStore } from '../../src/cluster/store/etcd-store.js';
 import { uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { EtcdProcess, etcdMissingReason } from '../helpers/etcd.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
 import { etcdProxy } from '../helpers/etcd-proxy.js';
 import { serviceCluster } from '../helpers/service-cluster.js';
 
@@ -21,10 +22,7 @@ const missing = await etcdMissingReason();
 const MiB = 1 << 20;
 let etcd: EtcdProcess | undefined;
 
-if (missing) {
-  if (process.env.CI === 'true') test('watch resync of the volume service: prerequisite missing', (t) => t.fail(missing));
-  else test.skip(`watch resync of the volume service skipped: ${missing}`, () => undefined);
-} else {
+if (prerequisitesMet('watch resync of the volume service', missing)) {
   test.before(async () => {
     etcd = await EtcdProcess.start();
   });
