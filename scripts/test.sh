@@ -1,48 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the Debian and npm dependencies,
-# then the stages of `npm test` (type check, lint, build, unit, integration and kernel VM
-# tests), each to the end even when an earlier one failed, and prints a final count of
-# tests passed, failed, skipped and todo plus the stages that failed. Exits non-zero when
-# anything failed. With CI=true a test whose prerequisite is missing fails instead of
-# skipping (test/helpers/prereq.ts), so a CI run cannot pass without running everything.
+# then runs every stage (scripts/run-tests.sh, which `npm test` runs too) and prints the
+# final count. Exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh || { echo "dependency installation failed"; exit 1; }
-
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-failed_stages=()
-
-# stage <name> <command...>: runs it, output to the terminal and (for the count) the log.
-stage() {
-  local name=$1
-  shift
-  echo "== $name"
-  "$@" 2>&1 | tee -a "$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || failed_stages+=("$name")
-}
-
-stage typecheck npm run --silent typecheck
-stage lint npm run --silent lint
-stage build npm run --silent build
-# ava's TAP reporter writes one line per test (and per crashed file, failed hook, uncaught
-# exception or unhandled rejection, as "not ok"), which is what is counted below.
-stage unit npx ava --tap 'test/unit/**/*.test.ts'
-if [[ " ${failed_stages[*]} " == *" build "* ]]; then
-  echo "== integration, vm: not run (the build failed; they run the built daemon)"
-  failed_stages+=("integration (not run)" "vm (not run)")
-else
-  stage integration npx ava --tap --serial 'test/integration/**/*.test.ts'
-  stage vm npx ava --tap --timeout=20m test/vm/kernel-vm.test.ts
-fi
-
-passed=$(grep -E '^ok [0-9]+ ' "$log" | grep -Evc '# (SKIP|TODO)$')
-failed=$(grep -E '^not ok [0-9]+ ' "$log" | grep -Evc '# TODO$')
-skipped=$(grep -Ec '^ok [0-9]+ .*# SKIP$' "$log")
-todo=$(grep -Ec '^(not )?ok [0-9]+ .*# TODO$' "$log")
-echo "tests: $passed passed, $failed failed, $skipped skipped, $todo todo"
-if [ ${#failed_stages[@]} -gt 0 ]; then
-  echo "failed stages: ${failed_stages[*]}"
-  exit 1
-fi
-[ "$failed" -eq 0 ] || exit 1
+exec scripts/run-tests.sh
