@@ -20,6 +20,10 @@
  * acknowledged may also still hold what it held before (anything without this writer's
  * header). Everything the client saw go wrong (NBD errors, timeouts, dropped connections)
  * is counted: kill tests assert there was none.
+ *
+ * It also keeps what the server promised to have made durable (`durableGenerations()`):
+ * a FUA write once acknowledged, and every write acknowledged before a FLUSH was sent once
+ * that FLUSH is acknowledged. The power-loss test checks exactly that much on the disk.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import * as P from '../../src/engine/nbd/protocol.js';
@@ -334,6 +338,10 @@ interface BlockRecord {
   /** Unknown outcome, issued after ackedGeneration. */
   possible: number[];
   inFlight: number;
+  /** The last generation the server promised durable (a FUA ack, or an ack before a FLUSH that was acknowledged). */
+  durableGeneration: number;
+  /** Acknowledged non-FUA writes no acknowledged FLUSH covers yet, with their ack sequence numbers. */
+  unflushed: { generation: number; ackSeq: number }[];
 }
 
 const MAX_DETAILS = 50;
@@ -355,6 +363,11 @@ export class VerifiedWriter {
   private limit: { writes?: number; untilMs?: number } = {};
   private readonly s: Omit<WriterStats, 'inFlight' | 'blocksTouched'> = { writesIssued: 0, writesAcked: 0, flushesAcked: 0, errors: 0, errorDetails: [] };
   private inFlightNow = 0;
+  /** Counts write acknowledgements: orders them against the sending of each FLUSH. */
+  private ackSeq = 0;
+  /** Blocks whose `unflushed` is not empty. */
+  private readonly unflushedBlocks = new Set<number>();
+  private flushesInFlight = 0;
 
   constructor(private client: NbdBlockClient, opts: VerifiedWriterOptions = {}) {
     this.blockBytes = opts.blockBytes ?? 4096;
@@ -486,7 +499,7 @@ export class VerifiedWriter {
   private async writeBlock(block: number): Promise<void> {
     let rec = this.blocks.get(block);
     if (!rec) {
-      rec = { ackedGeneration: 0, possible: [], inFlight: 0 };
+      rec = { ackedGeneration: 0, possible: [], inFlight: 0, durableGeneration: 0, unflushed: [] };
       this.blocks.set(block, rec);
     }
     const generation = this.nextGeneration++;
@@ -500,6 +513,7 @@ export class VerifiedWriter {
       rec.ackedGeneration = generation;
       rec.possible = [];
       this.s.writesAcked++;
+      this.recordAck(block, rec, generation, fua);
     } catch (err) {
       rec.possible.push(generation);
       this.recordError(err);
@@ -509,14 +523,64 @@ export class VerifiedWriter {
     }
   }
 
+  private recordAck(block: number, rec: BlockRecord, generation: number, fua: boolean): void {
+    const ackSeq = ++this.ackSeq;
+    if (fua) {
+      // Generations of one block only grow: this one supersedes whatever was unflushed.
+      rec.durableGeneration = generation;
+      rec.unflushed = [];
+      this.unflushedBlocks.delete(block);
+    } else {
+      // A FLUSH sent from now on covers this ack and every earlier one, so with none in
+      // flight the block's older unflushed acks no longer matter (this keeps the list short).
+      if (this.flushesInFlight === 0) rec.unflushed.length = 0;
+      rec.unflushed.push({ generation, ackSeq });
+      this.unflushedBlocks.add(block);
+    }
+  }
+
+  /** A FLUSH sent when `sentAtSeq` acks had arrived was acknowledged: those writes are durable. */
+  private settleFlush(sentAtSeq: number): void {
+    for (const block of this.unflushedBlocks) {
+      const rec = this.blocks.get(block)!;
+      let n = 0;
+      while (n < rec.unflushed.length && rec.unflushed[n]!.ackSeq <= sentAtSeq) {
+        rec.durableGeneration = Math.max(rec.durableGeneration, rec.unflushed[n]!.generation);
+        n++;
+      }
+      if (n > 0) rec.unflushed.splice(0, n);
+      if (rec.unflushed.length === 0) this.unflushedBlocks.delete(block);
+    }
+  }
+
+  /**
+   * Block -> the last generation the server has promised durable so far: acknowledged with
+   * FUA, or acknowledged before a FLUSH was sent that has been acknowledged since. After a
+   * power loss now, each of these blocks must hold that generation or a later one.
+   */
+  durableGenerations(): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const [block, rec] of this.blocks) if (rec.durableGeneration > 0) out.set(block, rec.durableGeneration);
+    return out;
+  }
+
+  /** Generations issued so far (generation n is the n-th write issued). */
+  get generationsIssued(): number {
+    return this.nextGeneration - 1;
+  }
+
   private async flushOnce(): Promise<void> {
     this.inFlightNow++;
+    this.flushesInFlight++;
+    const sentAtSeq = this.ackSeq;
     try {
       await this.client.flush();
       this.s.flushesAcked++;
+      this.settleFlush(sentAtSeq);
     } catch (err) {
       this.recordError(err);
     } finally {
+      this.flushesInFlight--;
       this.inFlightNow--;
     }
   }

@@ -9,6 +9,7 @@ import { execa } from 'execa';
 import { closeSync, existsSync, mkdtempSync, openSync, rmSync, truncateSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { verifyDurable } from '../helpers/durability-check.js';
 import { missingCommands, requiring } from '../helpers/prereq.js';
 import { run } from '../helpers/run.js';
 import { encodeBlock, NbdBlockClient, VerifiedWriter, type BlockProblem } from '../helpers/verified-writer.js';
@@ -89,6 +90,24 @@ serverTest('writes at queue depth 16 with flushes, then verifies every block cle
   const other = await NbdBlockClient.connect(sock);
   t.teardown(() => other.close());
   t.is((await w.verify((o, n) => other.read(o, n))).mismatchCount, 0);
+});
+
+serverTest('keeps what the server promised durable: a FUA write once acknowledged, others once a FLUSH sent after their ack is', async (t) => {
+  const sock = await nbdkit(t, 'memory', '16M');
+  const w = await VerifiedWriter.connect(sock, '', { blockCount: 256, flushEveryWrites: 0, fuaEveryWrites: 0 });
+  t.teardown(() => w.nbd.close());
+  await w.runFor({ writes: 200 });
+  t.is(w.durableGenerations().size, 0, 'no FLUSH and no FUA: nothing promised');
+  await w.writeAll();
+  const promised = w.durableGenerations();
+  t.is(promised.size, 256, 'the FLUSH after writeAll covers every block');
+  const report = await verifyDurable(w, promised, w.generationsIssued, (o, n) => w.nbd.read(o, n));
+  t.like(report, { atPromised: 256, later: 0, mismatchCount: 0 });
+
+  const fua = new VerifiedWriter(w.nbd, { firstBlock: 256, blockCount: 64, flushEveryWrites: 0, fuaEveryWrites: 1 });
+  await fua.runFor({ writes: 100 });
+  t.is(fua.durableGenerations().size, fua.stats().blocksTouched, 'every block holds an acknowledged FUA write');
+  t.is((await verifyDurable(fua, fua.durableGenerations(), fua.generationsIssued, (o, n) => w.nbd.read(o, n))).atPromised, fua.stats().blocksTouched);
 });
 
 serverTest('finds and names corruption made behind its back', async (t) => {

@@ -27,7 +27,7 @@ finish() {
 }
 {
   mkdir -p /lib/modules && mount --bind "$MODULES" /lib/modules &&
-  for m in dm-thin-pool dm-snapshot nbd loop; do
+  for m in dm-thin-pool dm-snapshot dm-log-writes nbd loop; do
     case "$m" in
       nbd) modprobe nbd nbds_max=16 ;;
       loop) modprobe loop max_loop=32 ;;
