@@ -13,7 +13,7 @@ import type { ReplicaId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import type { EngineControl } from '../engine/engine-types.js';
 import type { ClusterStore } from './store/cluster-store.js';
-import { updateVolumeDoc, type ReplicaHealth, type VolumeDoc } from './volume-doc.js';
+import { updateVolumeDoc, type ReplicaHealth, type VolumeDoc, type VolumeReplicaEntry } from './volume-doc.js';
 
 const RETRYABLE = new Set([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.ABORTED]);
 
@@ -23,16 +23,44 @@ export class DocEngineControl implements EngineControl {
 
   constructor(private readonly store: ClusterStore, private readonly name: string, private readonly epoch: number, private readonly log: Logger) {}
 
-  markFaulted(ids: readonly ReplicaId[], reason: string): Promise<void> {
-    return this.change(ids, 'faulted', reason, (from) => from !== 'faulted');
+  markFaulted(ids: readonly ReplicaId[], reason: string, fullRebuild: readonly ReplicaId[] = []): Promise<void> {
+    return this.change([...new Set([...ids, ...fullRebuild])], 'faulted', (entry, now) => {
+      let changed = false;
+      if (entry.state !== 'faulted') {
+        entry.state = 'faulted';
+        entry.since = now;
+        entry.reason = reason;
+        changed = true;
+      }
+      // Set on a replica already faulted too: its map is what could not be saved.
+      if (fullRebuild.includes(entry.id) && !entry.fullRebuild) {
+        entry.fullRebuild = true;
+        changed = true;
+      }
+      return changed;
+    });
   }
 
   markRebuilding(id: ReplicaId): Promise<void> {
-    return this.change([id], 'rebuilding', undefined, (from) => from === 'faulted');
+    return this.change([id], 'rebuilding', (entry, now) => {
+      if (entry.state !== 'faulted') return false;
+      entry.state = 'rebuilding';
+      entry.since = now;
+      delete entry.reason;
+      return true;
+    });
   }
 
+  /** Writes the entry without `reason` and `fullRebuild`: the replica holds every write again. */
   markInSync(id: ReplicaId): Promise<void> {
-    return this.change([id], 'in-sync', undefined, (from) => from !== 'in-sync');
+    return this.change([id], 'in-sync', (entry, now) => {
+      if (entry.state === 'in-sync') return false;
+      entry.state = 'in-sync';
+      entry.since = now;
+      delete entry.reason;
+      delete entry.fullRebuild;
+      return true;
+    });
   }
 
   /** Stops retrying: pending changes reject with CANCELLED. */
@@ -41,23 +69,17 @@ export class DocEngineControl implements EngineControl {
     for (const wake of this.wakers) wake();
   }
 
-  private async change(ids: readonly ReplicaId[], to: ReplicaHealth, reason: string | undefined, applies: (from: ReplicaHealth) => boolean): Promise<void> {
+  /** `apply` changes one entry of `ids` (in a fresh copy of the document); false when it had nothing to change. */
+  private async change(ids: readonly ReplicaId[], to: ReplicaHealth, apply: (entry: VolumeReplicaEntry, now: string) => boolean): Promise<void> {
     const mutate = (doc: VolumeDoc): VolumeDoc | undefined => {
       if (doc.epoch !== this.epoch || doc.state !== 'ready') {
         throw new StorageError(Code.FAILED_PRECONDITION,
           `volume "${this.name}" is now at epoch ${doc.epoch} (${doc.state}); this engine of epoch ${this.epoch} is fenced`,
           { details: { reason: STALE_EPOCH, volume: this.name, epoch: this.epoch, newestEpoch: doc.epoch } });
       }
-      let changed = false;
       const now = new Date().toISOString();
-      for (const entry of doc.replicas) {
-        if (!ids.includes(entry.id) || !applies(entry.state)) continue;
-        entry.state = to;
-        entry.since = now;
-        if (reason !== undefined) entry.reason = reason;
-        else delete entry.reason;
-        changed = true;
-      }
+      let changed = false;
+      for (const entry of doc.replicas) if (ids.includes(entry.id) && apply(entry, now)) changed = true;
       return changed ? doc : undefined;
     };
     for (let attempt = 1; ; attempt++) {

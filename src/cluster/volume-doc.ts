@@ -123,8 +123,11 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
       || typeof r.since !== 'string' || (r.reason !== undefined && typeof r.reason !== 'string')) {
       throw malformed(key, 'a replica entry lacks id, nodeId, state or since');
     }
+    // A flag that protects acknowledged writes: a value that is not a boolean is not read as "false".
+    if (r.fullRebuild !== undefined && typeof r.fullRebuild !== 'boolean') throw malformed(key, 'a replica entry\'s fullRebuild is not a boolean');
     const entry: VolumeReplicaEntry = { id: r.id as ReplicaId, nodeId: r.nodeId as NodeId, state: r.state as ReplicaHealth, since: r.since };
     if (typeof r.reason === 'string') entry.reason = r.reason;
+    if (r.fullRebuild === true) entry.fullRebuild = true;
     return entry;
   });
   let engine: VolumeEngineEntry | null = null;
@@ -150,7 +153,11 @@ export function volumeDocToJson(doc: VolumeDoc): JsonValue {
       ...(doc.engine.cleanStop ? { cleanStop: true } : {}),
       ...(doc.engine.headless ? { headless: true } : {}),
     },
-    replicas: doc.replicas.map((r) => ({ id: r.id, nodeId: r.nodeId, state: r.state, since: r.since, ...(r.reason === undefined ? {} : { reason: r.reason }) })),
+    replicas: doc.replicas.map((r) => ({
+      id: r.id, nodeId: r.nodeId, state: r.state, since: r.since,
+      ...(r.reason === undefined ? {} : { reason: r.reason }),
+      ...(r.fullRebuild ? { fullRebuild: true } : {}),
+    })),
   };
 }
 

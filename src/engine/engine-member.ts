@@ -66,6 +66,11 @@ export class Member {
   timedOut = false;
   /** Regions the replica may lack; undefined while in sync. */
   map: RegionMap | undefined;
+  /**
+   * The volume document says `fullRebuild` (durably): an engine started later copies every
+   * region, so the writes the replica misses need not wait for its map to be saved here.
+   */
+  fullRebuild: boolean;
   /** False: `map` holds only what this engine saw the replica miss, on top of an unknown base; never saved. */
   mapKnown = true;
   /** The base may come from the target's rebuild checkpoint (the document said it was rebuilding). */
@@ -89,7 +94,9 @@ export class Member {
   /** The document calls it rebuilding (after its checkpoint was refreshed). */
   announced = false;
   removed = false;
-  constructor(readonly entry: VolumeReplicaEntry) {}
+  constructor(readonly entry: VolumeReplicaEntry) {
+    this.fullRebuild = entry.fullRebuild === true;
+  }
   get id(): ReplicaId {
     return this.entry.id;
   }
@@ -106,6 +113,25 @@ export class MemberMaps {
       return new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes, saved.bits);
     } catch {
       return undefined;
+    }
+  }
+
+  /**
+   * At engine start, the map of an out-of-sync replica: the saved one, unless the document
+   * says `fullRebuild` (the saved map may lack writes acknowledged since): then every region.
+   * Without either, only what this engine sees it miss, on an unknown base (`mapKnown` false).
+   */
+  restore(m: Member): void {
+    if (m.fullRebuild) {
+      m.map = RegionMap.full(this.ctx.sizeBytes, this.ctx.regionBytes);
+      this.ctx.log.info({ replica: m.id, node: m.entry.nodeId }, 'the volume document says to rebuild this replica in full; its node-local dirty-region map is ignored');
+      return;
+    }
+    m.map = this.load(m);
+    if (!m.map) {
+      m.map = new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes);
+      m.mapKnown = false;
+      m.checkpointOk = m.entry.state === 'rebuilding';
     }
   }
 

@@ -110,7 +110,10 @@ export class Rebuilder {
       });
       run.copying = false;
       if (signal.aborted || m.role !== 'write-only') throw cancelled();
-      await deps.faults.controlStep(() => deps.control.markInSync(m.id));
+      await deps.faults.controlStep(async () => {
+        await deps.control.markInSync(m.id);
+        m.fullRebuild = false; // the in-sync CAS wrote the entry without it
+      });
       if (m.role !== 'write-only' || m.removed) return; // failed meanwhile: its fault, recorded after, stands
       m.role = 'in-sync';
       m.failures = 0;

@@ -21,6 +21,12 @@ export interface VolumeReplicaEntry {
   since: string;
   /** Why the replica left the in-sync set, for operators. */
   reason?: string;
+  /**
+   * The replica's node-local dirty-region map is not to be trusted (the node store could not
+   * save it): an engine started later copies every region. Absent means false; cleared when
+   * the replica rejoins the in-sync set.
+   */
+  fullRebuild?: boolean;
 }
 
 /** What the engine follows of its volume document (`VolumeEngine.applyDoc`): epoch and replicas. */
@@ -82,11 +88,15 @@ export interface ReplicaConnector {
  * replica missed is never acknowledged before the replica left the in-sync set.
  */
 export interface EngineControl {
-  /** The replicas leave the in-sync set (state `faulted`, with the reason). Durable when resolved. */
-  markFaulted(ids: readonly ReplicaId[], reason: string): Promise<void>;
+  /**
+   * The replicas leave the in-sync set (state `faulted`, with the reason). Those in
+   * `fullRebuild` also get `fullRebuild: true`, already faulted or not (their saved maps are
+   * not to be trusted). Durable when resolved.
+   */
+  markFaulted(ids: readonly ReplicaId[], reason: string, fullRebuild?: readonly ReplicaId[]): Promise<void>;
   /** Marks a returning or new replica `rebuilding` (for operators; it stays out of the in-sync set). */
   markRebuilding(id: ReplicaId): Promise<void>;
-  /** The replica joins the in-sync set, after its rebuild and checksum comparison agreed. */
+  /** The replica joins the in-sync set, after its rebuild and checksum comparison agreed; its entry loses `fullRebuild`. */
   markInSync(id: ReplicaId): Promise<void>;
 }
 

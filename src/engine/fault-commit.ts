@@ -7,12 +7,15 @@
  * calls run one after another (`controlStep`), so the store sees them in the engine's order;
  * one refused as FAILED_PRECONDITION fences the engine.
  *
- * A map the node store cannot save (a full disk, say) does not hold up the fault: it is
- * recorded in the cluster store all the same, and the map is saved again every
- * `reconnectMs` until it is; the writes that wait on it stay unacknowledged until then, so
- * the saved map always covers every write the replica missed that was acknowledged.
+ * A map the node store cannot save (a full disk, say) holds up neither the fault nor the
+ * writes: the replica's entry in the volume document gets `fullRebuild` (with its fault, or
+ * in a CAS of its own when it is faulted already), so that an engine started later ignores
+ * the node-local map and copies every region. Once that is durable, the writes the replica
+ * missed are acknowledged; this engine keeps its complete map in memory and saves it again
+ * every `reconnectMs` in the background. While the cluster store cannot record the flag,
+ * those writes wait, as they wait for any fault.
  */
-import { Code, StorageError, isStorageError } from '../common/errors.js';
+import { Code, isStorageError } from '../common/errors.js';
 import type { ReplicaId } from '../common/ids.js';
 import type { EngineControl } from './engine-types.js';
 import { type EngineContext, type EngineLife, type Member, type MemberMaps, join, markOn, newestEpochOf, noop } from './engine-member.js';
@@ -125,10 +128,7 @@ export class FaultCommit {
    * the background and logged; it never throws.
    */
   saveNow(m: Member): void {
-    if (this.trySave(m)) return;
-    this.retrySaves().catch((err: unknown) => {
-      this.ctx.log.warn({ replica: m.id, err: (err as Error).message }, 'stopped retrying to save a dirty-region map');
-    });
+    if (!this.trySave(m)) this.saveInBackground();
   }
 
   /** One control call after those before it (the store sees them in the engine's order); FAILED_PRECONDITION fences. */
@@ -182,7 +182,7 @@ export class FaultCommit {
     return b.promise;
   }
 
-  /** Saves the batch's maps once and marks its faulted replicas once. */
+  /** Saves the batch's maps once and marks its faulted replicas once (with `fullRebuild` for maps not saved). */
   private async run(b: CommitBatch): Promise<void> {
     if (this.batch === b) this.batch = undefined;
     try {
@@ -190,43 +190,54 @@ export class FaultCommit {
       if (fenced) throw fenced;
       const settling = [...b.saves].flatMap((m) => (m.rebuild?.copying ? [m.rebuild.settled] : []));
       if (settling.length > 0) await Promise.all(settling);
-      let allSaved = true;
+      const notSaved: Member[] = [];
       for (const m of b.saves) {
         this.mergeDeferred(m);
-        if (!this.trySave(m)) allSaved = false;
+        if (!this.trySave(m)) notSaved.push(m);
       }
+      if (notSaved.length > 0) this.saveInBackground();
       // The fault goes to the cluster store even when the local disk could not save the map.
-      if (b.faults.size > 0) {
-        const ids = [...b.faults.keys()].map((m) => m.id);
-        const reason = [...b.faults.values()].join('; ');
-        await this.controlStep(() => this.retryMarkFaulted(ids, reason));
-      }
-      if (!allSaved) await this.retrySaves();
+      if (b.faults.size > 0 || notSaved.some((m) => !m.fullRebuild)) await this.controlStep(() => this.recordFaults(b, notSaved));
       b.resolve();
     } catch (err) {
       b.reject(this.life.fencedError() ?? err);
     }
   }
 
+  /**
+   * Runs as a control step: decides which maps need `fullRebuild` only once the calls before
+   * it (an in-sync CAS that clears the flag, say) have landed.
+   */
+  private async recordFaults(b: CommitBatch, notSaved: readonly Member[]): Promise<void> {
+    const flag = notSaved.filter((m) => this.unsaved.has(m) && !m.fullRebuild && !m.removed);
+    if (b.faults.size === 0 && flag.length === 0) return;
+    const ids = [...b.faults.keys()].map((m) => m.id);
+    const reasons = [...b.faults.values()];
+    if (reasons.length === 0) reasons.push(`the dirty-region maps of ${flag.map((m) => m.id).join(', ')} could not be saved on this node`);
+    await this.retryMarkFaulted(ids, reasons.join('; '), flag.map((m) => m.id));
+    for (const m of flag) m.fullRebuild = true;
+    if (flag.length > 0) this.ctx.log.warn({ replicas: flag.map((m) => m.id) }, 'dirty-region maps not saved; the volume document says to rebuild these replicas in full');
+  }
+
   /** The store may be unreachable for a while: keep trying (the I/O that needs it waits). */
-  private async retryMarkFaulted(ids: ReplicaId[], reason: string): Promise<void> {
+  private async retryMarkFaulted(ids: ReplicaId[], reason: string, fullRebuild: ReplicaId[]): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       const fenced = this.life.fencedError();
       if (fenced) throw fenced;
       try {
-        await this.control.markFaulted(ids, reason);
+        await this.control.markFaulted(ids, reason, fullRebuild);
         return;
       } catch (err) {
         // Fenced, or the control was closed (the volume service is stopping this engine).
         if (isStorageError(err, Code.FAILED_PRECONDITION) || isStorageError(err, Code.CANCELLED) || this.life.closing()) throw err;
-        this.ctx.log.warn({ replicas: ids, attempt, err: (err as Error).message }, 'cannot record faulted replicas yet; retrying (I/O that depends on it waits)');
+        this.ctx.log.warn({ replicas: ids, fullRebuild, attempt, err: (err as Error).message }, 'cannot record faulted replicas yet; retrying (I/O that depends on it waits)');
         await sleep(this.ctx.reconnectMs);
       }
     }
   }
 
-  /** Saves `m`'s map; false when the store could not (then `m` waits in `unsaved`). */
-  private trySave(m: Member): boolean {
+  /** Saves `m`'s map; false when the store could not (then `m` waits in `unsaved` for `saveInBackground`). */
+  trySave(m: Member): boolean {
     try {
       this.maps.save(m);
       this.unsaved.delete(m);
@@ -234,29 +245,28 @@ export class FaultCommit {
     } catch (err) {
       if (this.unsaved.size === 0) {
         this.ctx.log.warn({ replica: m.id, err: (err as Error).message, code: isStorageError(err) ? Code[err.code] : undefined },
-          'cannot save a dirty-region map; retrying (writes the replica missed wait for it)');
+          'cannot save a dirty-region map; the replica is to be rebuilt in full, and the save is retried in the background');
       }
       this.unsaved.add(m);
       return false;
     }
   }
 
-  /** Resolves once every map in `unsaved` has been saved; rejects when the engine is fenced or closes first. */
-  private retrySaves(): Promise<void> {
-    this.retrying ??= this.saveUntilDone().finally(() => {
+  /** Saves the maps in `unsaved` every reconnectMs until all are saved, the engine closes or it is fenced. Never rejects. */
+  saveInBackground(): void {
+    this.retrying ??= this.saveUntilDone().catch((err: unknown) => {
+      this.ctx.log.warn({ replicas: [...this.unsaved].map((m) => m.id), err: (err as Error).message }, 'stopped retrying to save dirty-region maps');
+    }).finally(() => {
       this.retrying = undefined;
     });
-    return this.retrying;
   }
 
   private async saveUntilDone(): Promise<void> {
     for (let attempt = 1; this.unsaved.size > 0; attempt++) {
       await sleep(this.ctx.reconnectMs);
-      const fenced = this.life.fencedError();
-      if (fenced) throw fenced;
-      if (this.life.closing()) {
-        throw new StorageError(Code.CANCELLED, `the engine of volume ${this.ctx.name} closed before its dirty-region maps could be saved`,
-          { details: { volume: this.ctx.volumeId, replicas: [...this.unsaved].map((m) => m.id) } });
+      if (this.life.fencedError() || this.life.closing()) {
+        this.ctx.log.info({ replicas: [...this.unsaved].map((m) => m.id) }, 'engine stopping with dirty-region maps not saved on this node');
+        return;
       }
       for (const m of [...this.unsaved]) {
         if (m.rebuild?.copying) continue; // the rebuild owns the map: saved once it has settled

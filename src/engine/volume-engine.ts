@@ -11,6 +11,8 @@
  *   nothing: the last in-sync replica is never faulted.
  * - Writes a replica misses while it is out of sync set bits of its map (saved before the
  *   write is acknowledged, many at once: group commit), so its return copies only those.
+ *   A map the node store cannot save is replaced by `fullRebuild` on the replica's entry
+ *   in the document (fault-commit.ts); an engine started on such an entry copies everything.
  * - Reads come from the local in-sync replica, else the first in-sync remote one; a read
  *   error faults that replica and the read is retried on another.
  * - A flush is acknowledged once every remaining in-sync replica flushed. A replica that
@@ -275,20 +277,16 @@ export class VolumeEngine implements BlockDevice {
 
   private async open(): Promise<void> {
     const { failed, reasons } = await this.openInSync();
+    const notSaved: Member[] = [];
     for (const m of failed) {
       m.map = this.maps.load(m) ?? RegionMap.full(this.sizeBytes, this.regionBytes);
-      this.maps.save(m);
+      if (!this.faults.trySave(m)) notSaved.push(m);
     }
     const rebuilding: Member[] = [];
     for (const m of this.members.values()) {
       if (m.entry.state === 'in-sync') continue;
       if (m.entry.state === 'rebuilding') rebuilding.push(m);
-      m.map = this.maps.load(m);
-      if (!m.map) {
-        m.map = new RegionMap(this.sizeBytes, this.regionBytes);
-        m.mapKnown = false;
-        m.checkpointOk = m.entry.state === 'rebuilding';
-      }
+      this.maps.restore(m);
     }
     this.members.refresh();
     // A replica the document calls rebuilding is not written to until this engine reaches it: it
@@ -297,9 +295,13 @@ export class VolumeEngine implements BlockDevice {
     const toFault = [...failed, ...rebuilding];
     if (toFault.length > 0) {
       const why = [...reasons, ...rebuilding.map((m) => `${m.id}: rebuilding again once this engine reaches it`)];
-      await this.faults.controlStep(() => this.opts.control.markFaulted(toFault.map((m) => m.id), `engine start at epoch ${this.ctx.epoch}: ${why.join('; ')}`));
-      this.log.warn({ replicas: toFault.map((m) => m.id), reasons: why }, 'replicas not in the I/O path at engine start; faulted');
+      await this.faults.controlStep(async () => {
+        await this.opts.control.markFaulted(toFault.map((m) => m.id), `engine start at epoch ${this.ctx.epoch}: ${why.join('; ')}`, notSaved.map((m) => m.id));
+        for (const m of notSaved) m.fullRebuild = true;
+      });
+      this.log.warn({ replicas: toFault.map((m) => m.id), reasons: why, fullRebuild: notSaved.map((m) => m.id) }, 'replicas not in the I/O path at engine start; faulted');
     }
+    if (notSaved.length > 0) this.faults.saveInBackground();
     this.started = true;
     this.sweepTimer = setInterval(() => this.fanOut.sweep(), Math.max(1, Math.floor(this.ctx.timeoutMs / 4)));
     this.sweepTimer.unref();

@@ -73,8 +73,11 @@ export class TestControl implements EngineControl {
   private open = (): void => undefined;
   hold(): void { this.gate = new Promise((r) => (this.open = r)); }
   release(): void { this.open(); this.gate = undefined; }
-  async markFaulted(ids: readonly ReplicaId[]): Promise<void> {
+  /** The `fullRebuild` argument of each markFaulted call. */
+  readonly fullRebuild: ReplicaId[][] = [];
+  async markFaulted(ids: readonly ReplicaId[], _reason?: string, fullRebuild: readonly ReplicaId[] = []): Promise<void> {
     this.faulted.push([...ids]);
+    this.fullRebuild.push([...fullRebuild]);
     await this.gate;
     if (this.refusal) throw this.refusal;
     this.recorded++;

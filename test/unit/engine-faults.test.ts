@@ -47,33 +47,38 @@ async function withFaultedReplica(t: ExecutionContext, reconnectIntervalMs = 60_
   return { s, e };
 }
 
-test('item 2: a dirty-map save that throws once does not lose the fault; the write waits for the fault and the saved map', async (t) => {
+test('item 2: a dirty-map save that throws once does not lose the fault; the write waits for the fault, recorded with fullRebuild', async (t) => {
   const s = await setup(t, 3);
   s.connector.modes.set(s.ids[2]!, 'error');
   const e = await s.start({ reconnectIntervalMs: 10 });
   s.connector.down.add(s.ids[2]!);
   s.maps.failures = 1; // the save that goes with the fault throws (SQLITE_FULL)
-  let seen: { recorded: number; regions: number[] } | undefined;
-  await e.write(3 * MiB, filled(4096, 3)).then(() => (seen = { recorded: s.control.recorded, regions: s.maps.regions(s.ids[2]!) }));
-  t.deepEqual(seen, { recorded: 1, regions: [3] }, 'acknowledged only after the fault was recorded and the map saved');
+  let seen: { recorded: number; fullRebuild: ReplicaId[][] } | undefined;
+  await e.write(3 * MiB, filled(4096, 3)).then(() => (seen = { recorded: s.control.recorded, fullRebuild: s.control.fullRebuild }));
+  t.deepEqual(seen, { recorded: 1, fullRebuild: [[s.ids[2]!]] }, 'acknowledged only after the fault and the flag were recorded');
   t.deepEqual(s.control.faulted, [[s.ids[2]]]);
-  // Later writes the replica misses are recorded as usual.
+  // Later writes the replica misses are saved as usual, with what the failed save missed.
   await e.write(7 * MiB, filled(4096, 7));
   t.deepEqual(s.maps.regions(s.ids[2]!), [3, 7]);
+  t.is(s.control.recorded, 1, 'the flag, once recorded, is not asked for again');
 });
 
-test('item 2: while the map cannot be saved, the fault is recorded all the same and the write stays unacknowledged', async (t) => {
+test('item 2: while the map cannot be saved, the write is acknowledged once the fault with fullRebuild is recorded; the save goes on in the background', async (t) => {
   const s = await setup(t, 3);
   s.connector.modes.set(s.ids[2]!, 'error');
   const e = await s.start({ reconnectIntervalMs: 10 });
   s.connector.down.add(s.ids[2]!);
   s.maps.failures = Number.POSITIVE_INFINITY; // the node store's disk is full
+  s.control.hold(); // the cluster store does not answer yet
   const w = e.write(9 * MiB, filled(4096, 9)); // fails on replica 2
-  await until('the fault is in the cluster store and the save was tried again', () => s.control.recorded === 1 && s.maps.attempts >= 3);
-  t.true(await stillPending(w), 'not acknowledged while its region is not saved');
-  t.deepEqual(s.maps.regions(s.ids[2]!), []);
-  s.maps.failures = 0; // space returns
+  await until('the fault was sent to the cluster store', () => s.control.faulted.length === 1);
+  t.true(await stillPending(w), 'not acknowledged before the flag is recorded');
+  s.control.release();
   await w;
+  t.deepEqual(s.control.fullRebuild, [[s.ids[2]!]]);
+  t.deepEqual(s.maps.regions(s.ids[2]!), [], 'acknowledged while the map is not saved');
+  s.maps.failures = 0; // space returns
+  while (s.maps.regions(s.ids[2]!).length === 0) await new Promise((r) => setTimeout(r, 5)); // the retry runs every 10 ms
   t.deepEqual(s.maps.regions(s.ids[2]!), [9]);
 });
 
