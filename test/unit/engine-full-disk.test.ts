@@ -1,10 +1,11 @@
 /**
  * A full filesystem under both a node's file pool and its node store (issue 9, item 2):
  * the ENOSPC that faults the local replica also fails the save of its dirty-region map.
- * The fault still reaches the cluster store (an embedded one, elsewhere), no write the
- * replica missed is acknowledged before both the fault and the map are recorded, and once
- * space returns and the daemon restarts, the replica is resynced with every acknowledged
- * write. Needs root and loop devices: under CI=true their absence fails the test.
+ * The fault still reaches the cluster store (an embedded one, elsewhere), with
+ * `fullRebuild` on the replica's entry; once that is recorded the write the replica missed
+ * is acknowledged although the disk is still full. After a restart the next engine ignores
+ * the node-local map and resyncs the replica in full, with every acknowledged write. Needs
+ * root and loop devices: under CI=true their absence fails the test.
  */
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
@@ -14,12 +15,12 @@ import type { NodeId, ReplicaId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import { DocEngineControl } from '../../src/cluster/engine-control.js';
 import { EmbeddedStore } from '../../src/cluster/store/embedded-store.js';
-import { createVolumeDoc, getVolumeDoc } from '../../src/cluster/volume-doc.js';
+import { createVolumeDoc, getVolumeDoc, updateVolumeDoc, type VolumeReplicaEntry } from '../../src/cluster/volume-doc.js';
 import type { EngineControl } from '../../src/engine/engine-types.js';
 import { FileBackend } from '../../src/pool/file-backend.js';
 import { ReplicaManager } from '../../src/replica/replica-manager.js';
 import { NodeStore } from '../../src/store/node-store.js';
-import { MiB, SIZE, VOL, engineSetup, stillPending } from '../helpers/engine-fixture.js';
+import { MiB, SIZE, VOL, engineSetup } from '../helpers/engine-fixture.js';
 import { loopFsUnavailable, makeLoopFs } from '../helpers/loop-fs.js';
 import { uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { requiring } from '../helpers/prereq.js';
@@ -72,7 +73,7 @@ async function localNode(dir: string): Promise<LocalNode> {
   };
 }
 
-requiring(await loopFsUnavailable('ext4'), test.serial)('a full disk under the pool and the node store: the fault is recorded, no missed write is acknowledged before its map is saved, and the replica resyncs', async (t) => {
+requiring(await loopFsUnavailable('ext4'), test.serial)('a full disk under the pool and the node store: the missed write is acknowledged once fullRebuild is recorded, and the replica resyncs in full', async (t) => {
   const fs = await makeLoopFs('ext4', 64 * MiB);
   t.teardown(() => fs.dispose());
   let node0 = await localNode(fs.mountPoint);
@@ -95,13 +96,14 @@ requiring(await loopFsUnavailable('ext4'), test.serial)('a full disk under the p
     replicas: s.ids.map((id, i) => ({ id, nodeId: s.nodes[i]! as NodeId, state: 'in-sync' as const, since })),
   });
   const docControl = new DocEngineControl(cluster, 'data', 1, silentLogger());
+  t.teardown(() => docControl.close());
   let recorded = 0;
   const control: EngineControl = {
-    markFaulted: (ids, reason) => docControl.markFaulted(ids, reason).then(() => void recorded++),
+    markFaulted: (ids, reason, fullRebuild) => docControl.markFaulted(ids, reason, fullRebuild).then(() => void recorded++),
     markRebuilding: (id) => docControl.markRebuilding(id),
     markInSync: (id) => docControl.markInSync(id),
   };
-  const stateInStore = async (): Promise<string[]> => (await getVolumeDoc(cluster, 'data'))!.doc.replicas.map((r) => r.state);
+  const entriesInStore = async (): Promise<VolumeReplicaEntry[]> => (await getVolumeDoc(cluster, 'data'))!.doc.replicas;
   const e = await s.start({ reconnectIntervalMs: 20, control });
 
   const w0 = randomBytes(64 << 10);
@@ -110,28 +112,33 @@ requiring(await loopFsUnavailable('ext4'), test.serial)('a full disk under the p
   const filler = await fill(fs.mountPoint);
   s.connector.down.add(rep0); // no rebuild attempts while the disk is full
 
+  // Replica 0 fails with ENOSPC, and its map cannot be saved either.
   const w1 = randomBytes(256 << 10);
-  let atAck: { recorded: number; regions: number[] } | undefined;
-  const write1 = e.write(3 * MiB, w1).then(() => (atAck = { recorded, regions: s.maps.regions(rep0) }));
-  await until('the fault is recorded and the map save failed twice', () => recorded === 1 && s.maps.attempts - s.maps.saves >= 2);
-  t.deepEqual(await stateInStore(), ['faulted', 'in-sync'], 'the full local disk did not hold up the record in the cluster store');
-  t.true(await stillPending(write1), 'not acknowledged while its region is not saved');
-
-  await rm(filler); // space returns
-  await write1;
-  t.deepEqual(atAck, { recorded: 1, regions: [3] }, 'acknowledged after the fault and the map were recorded');
+  await e.write(3 * MiB, w1);
+  t.is(recorded, 1);
+  t.true(s.maps.attempts > s.maps.saves, 'the map save failed');
+  t.deepEqual(s.maps.regions(rep0), [], 'acknowledged while the disk is full and the map not saved');
+  t.like((await entriesInStore())[0], { state: 'faulted', fullRebuild: true });
   const w2 = randomBytes(4096);
-  await e.write(9 * MiB + 4096, w2);
+  await e.write(9 * MiB + 4096, w2); // also acknowledged while the disk is full
+  t.is(recorded, 1);
+
+  await rm(filler); // space returns: the map is saved in the background
+  await until('the map was saved', () => s.maps.regions(rep0).length === 2);
   t.deepEqual(s.maps.regions(rep0), [3, 9]);
   await e.close();
 
-  // The daemon restarts; the next engine resyncs the replica from its saved map.
+  // The daemon restarts; the next engine (epoch 2) sees the flag and resyncs the replica in full.
   await node0.close();
   node0 = await localNode(fs.mountPoint);
   s.connector.managers.set(s.nodes[0]!, node0.manager);
   s.connector.down.delete(rep0);
   s.maps.inner = node0.store.dirtyMaps();
-  const e2 = await s.start({ epoch: 2, reconnectIntervalMs: 20 }, ['faulted', 'in-sync']); // the test's control from here on
+  await updateVolumeDoc(cluster, 'data', (d) => ({ ...d, epoch: 2, engine: { ...d.engine!, epoch: 2 } }));
+  const control2 = new DocEngineControl(cluster, 'data', 2, silentLogger());
+  t.teardown(() => control2.close());
+  const e2 = await s.start({ epoch: 2, reconnectIntervalMs: 20, control: control2, replicas: await entriesInStore() });
+  t.is(e2.replicaViews()[0]!.dirtyBytes, SIZE, 'every region is to be copied, not the two the saved map names');
   await until('replica 0 is in sync again', () => e2.replicaViews()[0]!.state === 'in-sync');
   const replica = await node0.manager.open({ replicaId: rep0, volumeId: VOL });
   const readBack = async (offset: number, length: number): Promise<Buffer> => {
@@ -142,4 +149,7 @@ requiring(await loopFsUnavailable('ext4'), test.serial)('a full disk under the p
   t.true((await readBack(0, w0.length)).equals(w0));
   t.true((await readBack(3 * MiB, w1.length)).equals(w1), 'the write acknowledged while the disk was full is on the resynced replica');
   t.true((await readBack(9 * MiB + 4096, w2.length)).equals(w2));
+  const entry = (await entriesInStore())[0]!;
+  t.is(entry.state, 'in-sync');
+  t.false('fullRebuild' in entry, 'the in-sync CAS cleared the flag');
 });

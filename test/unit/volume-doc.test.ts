@@ -36,6 +36,20 @@ test('a document survives the JSON round trip and a malformed one is DATA_LOSS n
   t.throws(() => parseVolumeDoc('volumes/db', { ...(volumeDocToJson(d) as object), replicas: [{ id: 'x' }] }), { message: /replica entry/ });
 });
 
+test('fullRebuild on a replica entry: kept through the round trip, absent means false, a non-boolean is malformed; fields a parser does not know are ignored', (t) => {
+  const since = '2026-11-24T00:00:00.000Z';
+  const d = doc({ replicas: [{ id: 'rep-a' as ReplicaId, nodeId: 'a' as NodeId, state: 'faulted', since, reason: 'ENOSPC', fullRebuild: true }] });
+  const json = JSON.parse(JSON.stringify(volumeDocToJson(d))) as { replicas: Record<string, unknown>[] };
+  t.is(json.replicas[0]!.fullRebuild, true);
+  t.deepEqual(parseVolumeDoc('volumes/db', json), d);
+  t.false('fullRebuild' in (volumeDocToJson(doc()) as { replicas: object[] }).replicas[0]!, 'not written when false');
+  const bad = { ...json, replicas: [{ ...json.replicas[0], fullRebuild: 'yes' }] };
+  t.throws(() => parseVolumeDoc('volumes/db', bad), { message: /fullRebuild/ });
+  // A newer release's field on an entry (as fullRebuild is to an older parser) leaves the document readable.
+  const newer = { ...json, replicas: [{ ...json.replicas[0], someLaterField: 1 }] };
+  t.deepEqual(parseVolumeDoc('volumes/db', newer), d);
+});
+
 test('region size keeps the bitmap at most 256 Ki regions', (t) => {
   t.is(regionBytesFor(64 * MiB), MiB);
   t.is(regionBytesFor(256 * 1024 * MiB), MiB);
