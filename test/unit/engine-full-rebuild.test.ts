@@ -177,3 +177,13 @@ test('an engine started on a document that says fullRebuild ignores the older no
   t.false('fullRebuild' in entry, 'the in-sync CAS wrote the entry without the flag');
   t.false('reason' in entry);
 });
+
+test('an engine that starts while the node store cannot save: an unreachable in-sync replica is faulted with fullRebuild, and the engine starts', async (t) => {
+  const { s, control, entries } = await rig(t);
+  s.connector.down.add(s.ids[2]!);
+  s.maps.failures = Number.POSITIVE_INFINITY;
+  const e = await s.start({ reconnectIntervalMs: 10, control });
+  t.like((await entries())[2], { state: 'faulted', fullRebuild: true });
+  await e.write(0, filled(4096, 1)); // missed by replica 2, acknowledged without the local save
+  t.deepEqual(s.maps.regions(s.ids[2]!), []);
+});
