@@ -3,7 +3,7 @@ import { Code, StorageError } from '../../src/common/errors.js';
 import type { NodeId, ReplicaId, VolumeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import { DocEngineControl } from '../../src/cluster/engine-control.js';
-import type { ClusterStore } from '../../src/cluster/store/cluster-store.js';
+import type { ClusterStore, JsonValue } from '../../src/cluster/store/cluster-store.js';
 import { EmbeddedStore } from '../../src/cluster/store/embedded-store.js';
 import {
   createVolumeDoc, getVolumeDoc, parseVolumeDoc, regionBytesFor, updateVolumeDoc, volumeDocToJson, volumeHealth, type VolumeDoc,
@@ -39,7 +39,7 @@ test('a document survives the JSON round trip and a malformed one is DATA_LOSS n
 test('fullRebuild on a replica entry: kept through the round trip, absent means false, a non-boolean is malformed; fields a parser does not know are ignored', (t) => {
   const since = '2026-11-24T00:00:00.000Z';
   const d = doc({ replicas: [{ id: 'rep-a' as ReplicaId, nodeId: 'a' as NodeId, state: 'faulted', since, reason: 'ENOSPC', fullRebuild: true }] });
-  const json = JSON.parse(JSON.stringify(volumeDocToJson(d))) as { replicas: Record<string, unknown>[] };
+  const json = JSON.parse(JSON.stringify(volumeDocToJson(d))) as { replicas: { [key: string]: JsonValue }[] };
   t.is(json.replicas[0]!.fullRebuild, true);
   t.deepEqual(parseVolumeDoc('volumes/db', json), d);
   t.false('fullRebuild' in (volumeDocToJson(doc()) as { replicas: object[] }).replicas[0]!, 'not written when false');
