@@ -182,7 +182,7 @@ export function replicaError(m: Member, err: unknown, timeoutMs: number): Storag
 }
 
 export function noInSyncError(ctx: EngineContext): StorageError {
-  return new StorageError(Code.UNAVAILABLE, `volume ${ctx.name} has no in-sync replica this engine can use`, { details: { volume: ctx.volumeId } });
+  return new StorageError(Code.UNAVAILABLE, `volume ${ctx.name} has no in-sync replica this engine can use`, { details: { volumeId: ctx.volumeId } });
 }
 
 export function markOn(map: RegionMap, offset: number, lengthBytes: number, whole: boolean): boolean {

@@ -337,10 +337,10 @@ export class FanOut {
     const fenced = this.life.fencedError();
     if (fenced) return fenced;
     const { name, volumeId, sizeBytes } = this.ctx;
-    if (this.life.closing()) return new StorageError(Code.UNAVAILABLE, `the engine of volume ${name} is closed`, { details: { volume: volumeId } });
+    if (this.life.closing()) return new StorageError(Code.UNAVAILABLE, `the engine of volume ${name} is closed`, { details: { volumeId } });
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(lengthBytes) || offset < 0 || lengthBytes < 0 || offset + lengthBytes > sizeBytes) {
       return new StorageError(Code.OUT_OF_RANGE, `range [${offset}, ${offset + lengthBytes}) is outside volume ${name} of ${sizeBytes} bytes`,
-        { details: { volume: volumeId, offset, lengthBytes } });
+        { details: { volumeId, offset, lengthBytes } });
     }
     return undefined;
   }

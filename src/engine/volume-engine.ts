@@ -333,7 +333,7 @@ export class VolumeEngine implements BlockDevice {
     if (stale) throw this.fence(newestEpochOf(stale), stale);
     if (failed.length === wanted.length) {
       throw new StorageError(Code.UNAVAILABLE, `no in-sync replica of volume ${this.name} is reachable: ${reasons.join('; ') || 'none is in sync'}`,
-        { details: { volume: this.volumeId } });
+        { details: { volumeId: this.volumeId } });
     }
     return { failed, reasons };
   }
@@ -372,7 +372,7 @@ export class VolumeEngine implements BlockDevice {
     const epochText = newerEpoch !== undefined ? `epoch ${newerEpoch}` : `epoch > ${epoch}`;
     const err = new StorageError(Code.FAILED_PRECONDITION,
       `volume ${this.name} was started by a newer engine (${epochText}); this engine is fenced and acknowledges nothing more`,
-      { cause, details: { volume: this.volumeId, epoch, newerEpoch } });
+      { cause, details: { volumeId: this.volumeId, epoch, newerEpoch } });
     this.fencedError = err;
     this.log.warn({ newerEpoch, err: cause instanceof Error ? cause.message : undefined }, 'volume engine fenced by a newer one');
     this.stopTimers();
