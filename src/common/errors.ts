@@ -96,8 +96,9 @@ export class ChildProcessError extends StorageError {
   readonly exitCode: number | null;
   readonly stderr: string;
 
-  constructor(command: string, exitCode: number | null, stderr: string, options: StorageErrorOptions = {}) {
-    super(Code.INTERNAL, `${command} failed with exit code ${exitCode ?? 'signal'}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
+  /** `options.code` when the caller knows what the failure means (a missing path is NOT_FOUND); INTERNAL by default. */
+  constructor(command: string, exitCode: number | null, stderr: string, options: StorageErrorOptions & { code?: Code } = {}) {
+    super(options.code ?? Code.INTERNAL, `${command} failed with exit code ${exitCode ?? 'signal'}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`, {
       ...options,
       details: { ...options.details, command, exitCode },
     });
