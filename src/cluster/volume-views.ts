@@ -85,15 +85,18 @@ export interface ExportOptions {
   force?: boolean;
 }
 
-/** The operations the API serves. */
+/**
+ * The operations the API serves. A call given a `signal` stops its work when it fires
+ * (CANCELLED), leaving nothing half-made.
+ */
 export interface VolumeApi {
-  create(name: string, sizeBytes: number, options?: CreateVolumeOptions): Promise<VolumeView>;
-  delete(name: string, force?: boolean): Promise<void>;
-  export(name: string, options?: ExportOptions): Promise<ExportInfo>;
+  create(name: string, sizeBytes: number, options?: CreateVolumeOptions, signal?: AbortSignal): Promise<VolumeView>;
+  delete(name: string, force?: boolean, signal?: AbortSignal): Promise<void>;
+  export(name: string, options?: ExportOptions, signal?: AbortSignal): Promise<ExportInfo>;
   unexport(name: string): Promise<void>;
-  get(name: string): Promise<VolumeView>;
-  list(): Promise<VolumeView[]>;
-  verify(name: string): Promise<VerifyResult>;
+  get(name: string, signal?: AbortSignal): Promise<VolumeView>;
+  list(signal?: AbortSignal): Promise<VolumeView[]>;
+  verify(name: string, signal?: AbortSignal): Promise<VerifyResult>;
   capacity(): Promise<PoolCapacity>;
   clusterStatus(): Promise<ClusterStatusView>;
   nodes(): Promise<NodeStatus[]>;

@@ -1,0 +1,309 @@
+/**
+ * The volume lifecycle: what a volume is in the cluster store and where its replicas are,
+ * over the cluster store and the peers' replica services only. No pool, no NBD export and
+ * no dirty-region map is needed here, so a controller-role cairnd (no data plane) runs it
+ * as it is; a node running engines plugs its engine host in (`LocalVolumeHost`).
+ *
+ * - create: place, write the document (state `creating`), create every replica (in sync:
+ *   they are all zeros), then mark it `ready`. A crash in between leaves a `creating`
+ *   document that the same call, repeated, completes (or the repair loop, `finishCreate`).
+ *   A cancelled call (its AbortSignal fires) rolls the creation back: the replicas being
+ *   created are waited for, then every replica and the document are deleted.
+ * - delete: bump the epoch (fencing any engine), mark `deleting`, delete the replicas;
+ *   replicas on nodes that are down are deleted by the repair loop when they return.
+ *   Cancellation is honoured until the document says `deleting`; from then on the delete
+ *   is finished (here, or by the repair loop).
+ */
+import { abortable, throwIfCancelled } from '../common/abort.js';
+import { Code, StorageError, isStorageError } from '../common/errors.js';
+import { newReplicaId, newVolumeId, validateName, type NodeId, type ReplicaId, type VolumeId } from '../common/ids.js';
+import { KeyedLock } from '../common/keyed-lock.js';
+import type { Logger } from '../common/log.js';
+import { withTimeout } from '../common/timeout.js';
+import { alignUp, formatBytes } from '../common/units.js';
+import type { EngineReplicaView, ReplicaControl } from '../engine/engine-types.js';
+import type { ExportInfo } from '../engine/export-manager.js';
+import type { PoolCapacity } from '../pool/backend.js';
+import type { ReplicaStatusView } from '../replica/replica-manager.js';
+import type { LeaderElection } from './leader-election.js';
+import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
+import { placeReplicas } from './placement.js';
+import type { ClusterStore } from './store/cluster-store.js';
+import {
+  MAX_REPLICAS, createVolumeDoc, getVolumeDoc, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth,
+  type VolumeDoc, type VolumeReplicaEntry,
+} from './volume-doc.js';
+import type { ClusterStatusView, CreateVolumeOptions, ReplicaView, VolumeView } from './volume-views.js';
+
+/** Volume sizes are rounded up to this, the preferred block size we advertise. */
+export const VOLUME_ALIGNMENT_BYTES = 4096;
+/** NBD carries 64-bit sizes, but JavaScript numbers are exact only below 2^53. */
+export const MAX_VOLUME_BYTES = 2 ** 50; // 1 PiB
+
+/** The replica services of every node: the lifecycle only creates, deletes and asks about replicas. */
+export interface ReplicaControls {
+  control(nodeId: NodeId): Promise<ReplicaControl>;
+}
+
+/** What a node that runs engines adds to the lifecycle (the engine host). */
+export interface LocalVolumeHost {
+  /** Called under the volume's lock before a delete: refuses it (clients connected) or stops the engine here. */
+  beforeDelete(name: string, force: boolean): Promise<void>;
+  /** The volume is gone: drops what this node kept about its replicas. */
+  forget(doc: VolumeDoc): void;
+  /** The volume's NBD export on this node, if any. */
+  exportOf(name: string): ExportInfo | undefined;
+  /** What the engine here knows about the volume's replicas (none when no engine runs here). */
+  engineReplicaViews(name: string): EngineReplicaView[];
+}
+
+export interface VolumeLifecycleOptions {
+  /** This cairnd's name (a controller's is not a registered data node). */
+  nodeId: NodeId;
+  clusterName: string;
+  store: ClusterStore;
+  controls: ReplicaControls;
+  election: LeaderElection | undefined;
+  defaultReplicas: number;
+  /** The capacity `cairnctl status` shows: the local pool on a node, the registered nodes' sum on a controller. */
+  capacity: () => Promise<PoolCapacity>;
+  log: Logger;
+  /** Shared with the engine host, so that create, delete and export of one volume run one at a time. */
+  locks?: KeyedLock;
+  host?: LocalVolumeHost;
+}
+
+/** The document of a volume that exists (NOT_FOUND otherwise); UNAVAILABLE while it is being created, unless allowed. */
+export function requireVolume(stored: { doc: VolumeDoc } | undefined, name: string, allowCreating = false): VolumeDoc {
+  if (!stored || stored.doc.state === 'deleting') throw new StorageError(Code.NOT_FOUND, `volume "${name}" not found`, { details: { volume: name } });
+  if (stored.doc.state === 'creating' && !allowCreating) {
+    throw new StorageError(Code.UNAVAILABLE, `volume "${name}" is still being created; try again`, { details: { volume: name } });
+  }
+  return stored.doc;
+}
+
+/** The capacity of the registered nodes that are up, and what the volume documents provision on them. */
+export async function clusterCapacity(store: ClusterStore, log?: Logger): Promise<PoolCapacity> {
+  const [nodes, { docs }] = await Promise.all([listNodes(store, log), listVolumeDocs(store)]);
+  const up = nodes.filter((n) => n.up);
+  const totalBytes = up.reduce((sum, n) => sum + n.capacity.totalBytes, 0);
+  const freeBytes = up.reduce((sum, n) => sum + n.capacity.freeBytes, 0);
+  const provisionedBytes = docs.reduce((sum, { doc }) => sum + (doc.state === 'deleting' ? 0 : doc.sizeBytes * doc.replicas.length), 0);
+  return { totalBytes, freeBytes, usedBytes: Math.max(0, totalBytes - freeBytes), provisionedBytes };
+}
+
+function validateCreate(name: string, requestedBytes: number, replicas: number): void {
+  validateName('volume', name);
+  if (!Number.isSafeInteger(requestedBytes) || requestedBytes <= 0) {
+    throw new StorageError(Code.INVALID_ARGUMENT, `volume size must be a positive number of bytes, got ${requestedBytes}`);
+  }
+  if (requestedBytes > MAX_VOLUME_BYTES) {
+    throw new StorageError(Code.OUT_OF_RANGE, `volume size ${formatBytes(requestedBytes)} is over the limit of ${formatBytes(MAX_VOLUME_BYTES)}`);
+  }
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+    throw new StorageError(Code.INVALID_ARGUMENT, `replicas must be 1 to ${MAX_REPLICAS}, got ${replicas}`);
+  }
+}
+
+export class VolumeLifecycle {
+  readonly locks: KeyedLock;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: VolumeLifecycleOptions) {
+    this.locks = opts.locks ?? new KeyedLock();
+    this.log = opts.log;
+  }
+
+  private get store(): ClusterStore {
+    return this.opts.store;
+  }
+
+  async create(name: string, requestedBytes: number, options: CreateVolumeOptions = {}, signal?: AbortSignal): Promise<VolumeView> {
+    const replicas = options.replicas || this.opts.defaultReplicas;
+    validateCreate(name, requestedBytes, replicas);
+    const sizeBytes = alignUp(requestedBytes, VOLUME_ALIGNMENT_BYTES);
+    return this.locks.run(name, async () => {
+      throwIfCancelled(signal, `create volume "${name}"`);
+      let stored = await getVolumeDoc(this.store, name);
+      if (stored && stored.doc.state !== 'deleting') {
+        const d = stored.doc;
+        if (d.sizeBytes !== sizeBytes) {
+          throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists with size ${formatBytes(d.sizeBytes)}, not ${formatBytes(sizeBytes)}`, { details: { volume: name } });
+        }
+        if (options.replicas && d.replicasWanted !== options.replicas) {
+          throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists with ${d.replicasWanted} replica(s), not ${options.replicas}`, { details: { volume: name } });
+        }
+        if (d.state === 'ready') return this.view(d);
+      } else if (stored) {
+        throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" is still being deleted; try again once it is gone`, { details: { volume: name } });
+      } else {
+        stored = { doc: await this.place(name, sizeBytes, replicas, options, signal), modRevision: 0 };
+      }
+      return this.view(await this.provision(stored.doc, signal));
+    });
+  }
+
+  /** Places the replicas and writes the `creating` document. */
+  private async place(name: string, sizeBytes: number, replicas: number, options: CreateVolumeOptions, signal: AbortSignal | undefined): Promise<VolumeDoc> {
+    const placed = placeReplicas({
+      replicas, sizeBytes, nodes: toPlacementNodes(await listNodes(this.store, this.log)),
+      ...(options.preferredNode ? { preferredNode: options.preferredNode as NodeId } : {}),
+    });
+    throwIfCancelled(signal, `create volume "${name}"`);
+    const now = new Date().toISOString();
+    const doc: VolumeDoc = {
+      id: newVolumeId(), name, sizeBytes, createdAt: now, state: 'creating', replicasWanted: replicas, regionBytes: regionBytesFor(sizeBytes),
+      epoch: 1, engine: null, replicas: placed.nodeIds.map((nodeId) => ({ id: newReplicaId(), nodeId, state: 'in-sync', since: now })),
+    };
+    if (!(await createVolumeDoc(this.store, doc))) {
+      throw new StorageError(Code.ABORTED, `volume "${name}" was created concurrently on another node; run the command again`, { details: { volume: name } });
+    }
+    this.log.info({ volume: name, sizeBytes, replicas: doc.replicas.map((r) => ({ id: r.id, node: r.nodeId })), zonesShared: placed.zonesShared }, 'volume placed');
+    return doc;
+  }
+
+  /** Completes a creation that a crash interrupted (the repair loop calls it), or undoes it when it cannot complete. */
+  async finishCreate(doc: VolumeDoc): Promise<void> {
+    await this.locks.run(doc.name, async () => {
+      const current = await getVolumeDoc(this.store, doc.name);
+      if (current?.doc.state !== 'creating' || current.doc.id !== doc.id) return;
+      this.log.info({ volume: doc.name }, 'finishing an interrupted volume creation');
+      await this.provision(current.doc);
+    });
+  }
+
+  /**
+   * Creates every replica of a `creating` document (idempotent), then marks it ready. On
+   * failure or cancellation, waits for the replica calls in flight and undoes the creation.
+   */
+  private async provision(doc: VolumeDoc, signal?: AbortSignal): Promise<VolumeDoc> {
+    const creating = doc.replicas.map(async (r) => {
+      const control = await this.opts.controls.control(r.nodeId);
+      await control.createReplica({ replicaId: r.id, volumeId: doc.id }, doc.sizeBytes, doc.epoch, true);
+    });
+    try {
+      await abortable(Promise.all(creating), signal, `create volume "${doc.name}"`);
+      throwIfCancelled(signal, `create volume "${doc.name}"`);
+    } catch (err) {
+      this.log.warn({ volume: doc.name, err }, 'volume creation failed; rolling back');
+      await Promise.allSettled(creating); // a replica still being created would outlive its rollback
+      await this.destroyReplicas(doc, doc.epoch);
+      await updateVolumeDoc(this.store, doc.name, () => 'delete').catch(() => undefined);
+      throw err;
+    }
+    const ready = await updateVolumeDoc(this.store, doc.name, (d) => (d.state === 'creating' ? { ...d, state: 'ready' } : undefined));
+    this.log.info({ volume: doc.name, sizeBytes: doc.sizeBytes, replicas: doc.replicas.length }, 'volume created');
+    return ready!.doc;
+  }
+
+  async delete(name: string, force = false, signal?: AbortSignal): Promise<void> {
+    await this.locks.run(name, async () => {
+      throwIfCancelled(signal, `delete volume "${name}"`);
+      const stored = await getVolumeDoc(this.store, name);
+      if (!stored) return;
+      const doc = stored.doc;
+      if (doc.engine?.exported && doc.engine.nodeId !== this.opts.nodeId && !force && doc.state === 'ready') {
+        throw new StorageError(Code.FAILED_PRECONDITION,
+          `volume "${name}" is served by node ${doc.engine.nodeId}: unexport it there first, or delete with --force`, { details: { volume: name, node: doc.engine.nodeId } });
+      }
+      await this.opts.host?.beforeDelete(name, force);
+      throwIfCancelled(signal, `delete volume "${name}"`);
+      const deleting = await updateVolumeDoc(this.store, name, (d) => ({ ...d, state: 'deleting', epoch: d.epoch + 1, engine: null }));
+      await this.finishDelete(deleting!.doc);
+    });
+  }
+
+  /** Deletes what is left of a `deleting` volume; its document goes once every replica is gone. */
+  async finishDelete(doc: VolumeDoc): Promise<boolean> {
+    const left = await this.destroyReplicas(doc, doc.epoch);
+    if (left.length > 0) {
+      await updateVolumeDoc(this.store, doc.name, (d) => ({ ...d, replicas: d.replicas.filter((r) => left.includes(r.id)) }));
+      this.log.warn({ volume: doc.name, replicas: left }, 'volume deleted except replicas on nodes that cannot be reached; the repair loop deletes them when they return');
+      return false;
+    }
+    await updateVolumeDoc(this.store, doc.name, () => 'delete').catch((err: unknown) => {
+      if (!isStorageError(err) || err.code !== Code.NOT_FOUND) throw err;
+    });
+    this.opts.host?.forget(doc);
+    this.log.info({ volume: doc.name }, 'volume deleted');
+    return true;
+  }
+
+  /** Deletes each replica; returns the ids that could not be deleted. */
+  private async destroyReplicas(doc: VolumeDoc, epoch: number): Promise<ReplicaId[]> {
+    const results = await Promise.allSettled(doc.replicas.map(async (r) => {
+      const control = await this.opts.controls.control(r.nodeId);
+      await control.deleteReplica({ replicaId: r.id, volumeId: doc.id }, epoch);
+    }));
+    const left: ReplicaId[] = [];
+    results.forEach((res, i) => {
+      if (res.status === 'rejected') {
+        left.push(doc.replicas[i]!.id);
+        this.log.warn({ volume: doc.name, replica: doc.replicas[i]!.id, node: doc.replicas[i]!.nodeId, err: (res.reason as Error).message }, 'replica not deleted');
+      }
+    });
+    return left;
+  }
+
+  async get(name: string, signal?: AbortSignal): Promise<VolumeView> {
+    const doc = requireVolume(await abortable(getVolumeDoc(this.store, name), signal, `get volume "${name}"`), name, true);
+    return this.view(doc);
+  }
+
+  async list(signal?: AbortSignal): Promise<VolumeView[]> {
+    const { docs } = await abortable(listVolumeDocs(this.store, (err) => this.log.error({ err: err.message }, 'skipping a malformed volume document')), signal, 'list volumes');
+    return abortable(Promise.all(docs.filter((d) => d.doc.state !== 'deleting').map((d) => this.view(d.doc))), signal, 'list volumes');
+  }
+
+  capacity(): Promise<PoolCapacity> {
+    return this.opts.capacity();
+  }
+
+  async clusterStatus(): Promise<ClusterStatusView> {
+    const [nodes, { docs }] = await Promise.all([listNodes(this.store, this.log), listVolumeDocs(this.store)]);
+    const volumes = { total: 0, healthy: 0, degraded: 0, faulted: 0 };
+    for (const { doc } of docs) {
+      if (doc.state !== 'ready') continue;
+      volumes.total++;
+      volumes[volumeHealth(doc)]++;
+    }
+    return {
+      cluster: this.opts.clusterName, store: this.store.kind, nodeName: this.opts.nodeId,
+      repairLeader: this.opts.election?.state().leader, nodes: { total: nodes.length, up: nodes.filter((n) => n.up).length }, volumes,
+    };
+  }
+
+  nodes(): Promise<NodeStatus[]> {
+    return listNodes(this.store, this.log);
+  }
+
+  /** What `cairnctl` shows of a volume: its document, its replicas' nodes' answers, and the engine and export here. */
+  async view(doc: VolumeDoc): Promise<VolumeView> {
+    const engineViews = new Map<string, EngineReplicaView>((this.opts.host?.engineReplicaViews(doc.name) ?? []).map((v) => [v.replicaId, v]));
+    const replicas = await Promise.all(doc.replicas.map((r) => this.replicaView(doc.id, r, engineViews.get(r.id))));
+    return {
+      id: doc.id, name: doc.name, sizeBytes: doc.sizeBytes, state: doc.state, health: volumeHealth(doc), epoch: doc.epoch,
+      createdAt: doc.createdAt, replicasWanted: doc.replicasWanted, engineNode: doc.engine?.exported ? doc.engine.nodeId : undefined,
+      allocatedBytes: replicas.reduce((sum, r) => sum + r.allocatedBytes, 0), replicas,
+      export: this.opts.host?.exportOf(doc.name),
+    };
+  }
+
+  private async replicaView(volumeId: VolumeId, r: VolumeReplicaEntry, engine: EngineReplicaView | undefined): Promise<ReplicaView> {
+    let status: ReplicaStatusView | undefined;
+    try {
+      const control = await this.opts.controls.control(r.nodeId);
+      status = await withTimeout(control.getReplicaStatus({ replicaId: r.id, volumeId }), 2000, `status of replica ${r.id}`);
+    } catch {
+      status = undefined;
+    }
+    const view: ReplicaView = {
+      id: r.id, nodeName: r.nodeId, deviceId: r.id, state: r.state, since: r.since, allocatedBytes: status?.allocatedBytes ?? 0,
+      dirtyBytes: engine?.dirtyBytes ?? 0,
+    };
+    if (r.reason !== undefined) view.reason = r.reason;
+    const rebuild = engine?.rebuild ?? (status?.rebuild ? { doneBytes: status.rebuild.doneBytes, totalBytes: status.rebuild.totalBytes, bytesPerSecond: 0 } : undefined);
+    if (r.state === 'rebuilding' && rebuild) view.rebuild = rebuild;
+    return view;
+  }
+}
