@@ -1,4 +1,2 @@
-import { readFileSync } from 'node:fs';
-
-/** The package version, read once from package.json at the package root. */
-export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+/** The package version; it lives in common/ so that csi/ (GetPluginInfo) can read it too. */
+export { VERSION } from '../common/version.js';

@@ -36,7 +36,7 @@ interface Descriptor {
 /** A message's descriptor by its dotted name under csi.v1 ("VolumeCapability.MountVolume"). */
 function descriptor(path: string): Descriptor {
   const [top, ...nested] = path.split('.');
-  let type = (definition[`csi.v1.${top}`] as protoLoader.MessageTypeDefinition).type as unknown as Descriptor;
+  let type = (definition[`csi.v1.${top}`] as { type: unknown }).type as Descriptor;
   for (const name of nested) type = type.nestedType.find((n) => n.name === name)!;
   return type;
 }
