@@ -22,7 +22,8 @@ import type { VolumeReplicaEntry } from './volume-doc.js';
 
 export interface PeerConnectorOptions {
   nodeId: NodeId;
-  manager: ReplicaManager;
+  /** This node's replicas; none on a controller-role cairnd, which reaches every replica over the peer port. */
+  manager?: ReplicaManager;
   store: ClusterStore;
   tls: PeerTlsConfig;
   log: Logger;
@@ -45,19 +46,19 @@ export function localControl(manager: ReplicaManager): ReplicaControl {
 
 export class PeerConnector implements ReplicaConnector {
   private readonly clients = new Map<NodeId, { address: string; client: ReplicaClient }>();
-  private readonly local: ReplicaControl;
+  private readonly local: ReplicaControl | undefined;
   private readonly deadlineMs: number;
   private credentials: ChannelCredentials | undefined;
   private closed = false;
 
   constructor(private readonly opts: PeerConnectorOptions) {
-    this.local = localControl(opts.manager);
+    this.local = opts.manager ? localControl(opts.manager) : undefined;
     this.deadlineMs = opts.deadlineMs ?? 10_000;
   }
 
   async openIo(volumeId: VolumeId, replica: VolumeReplicaEntry, epoch: number): Promise<ReplicaIo> {
     const ref = { replicaId: replica.id, volumeId };
-    if (replica.nodeId === this.opts.nodeId) {
+    if (replica.nodeId === this.opts.nodeId && this.opts.manager) {
       const r = await this.opts.manager.open(ref);
       r.admitEpoch(epoch);
       return new LocalReplicaIo(r, epoch, replica.nodeId);
@@ -75,7 +76,7 @@ export class PeerConnector implements ReplicaConnector {
   }
 
   async control(nodeId: NodeId): Promise<ReplicaControl> {
-    if (nodeId === this.opts.nodeId) return this.local;
+    if (nodeId === this.opts.nodeId && this.local) return this.local;
     return this.client(nodeId);
   }
 

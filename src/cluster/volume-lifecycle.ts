@@ -202,7 +202,9 @@ export class VolumeLifecycle {
       const stored = await getVolumeDoc(this.store, name);
       if (!stored) return;
       const doc = stored.doc;
-      if (doc.engine?.exported && doc.engine.nodeId !== this.opts.nodeId && !force && doc.state === 'ready') {
+      // Without an engine host here (a controller), every exported engine is another process's, whatever its node name.
+      const elsewhere = doc.engine?.nodeId !== this.opts.nodeId || !this.opts.host;
+      if (doc.engine?.exported && elsewhere && !force && doc.state === 'ready') {
         throw new StorageError(Code.FAILED_PRECONDITION,
           `volume "${name}" is served by node ${doc.engine.nodeId}: unexport it there first, or delete with --force`, { details: { volume: name, node: doc.engine.nodeId } });
       }

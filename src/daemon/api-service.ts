@@ -91,9 +91,14 @@ export interface ApiContext {
   poolPath: string;
   startedAt: number;
   connectionCount: () => number;
-  /** Kernel block devices for volumes (AttachVolume / DetachVolume). */
-  attacher: KernelAttacher;
+  /** Kernel block devices for volumes (AttachVolume / DetachVolume); none on a controller-role cairnd. */
+  attacher: KernelAttacher | undefined;
   log: Logger;
+}
+
+function requireAttacher(ctx: ApiContext): KernelAttacher {
+  if (!ctx.attacher) throw new StorageError(Code.UNIMPLEMENTED, `this cairnd (${ctx.nodeName}) runs the controller role and has no data plane: attach volumes on a node`);
+  return ctx.attacher;
 }
 
 export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation {
@@ -131,12 +136,13 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
       return {};
     }),
     AttachVolume: h('AttachVolume', async (req: NameRequest) => {
+      const attacher = requireAttacher(ctx);
       const exported = await ctx.volumes.export(requireName(req));
-      const a = await ctx.attacher.attach(req.name, exported.socketPath);
+      const a = await attacher.attach(req.name, exported.socketPath);
       return { devicePath: a.devicePath, method: a.method, uri: exported.uri };
     }),
     DetachVolume: h('DetachVolume', async (req: NameRequest) => {
-      await ctx.attacher.detach(requireName(req));
+      await requireAttacher(ctx).detach(requireName(req));
       return {};
     }),
     GetClusterStatus: h('GetClusterStatus', async () => clusterStatusMessage(await ctx.volumes.clusterStatus())),

@@ -5,7 +5,12 @@
  *
  * Two modes follow from --etcd-endpoints: without it, one node with the embedded cluster
  * store (no peers, one replica per volume); with it, a multi-node cluster whose nodes serve
- * replicas to each other on the peer port, over mutual TLS.
+ * replicas to each other on the peer port, over mutual TLS. The settings table itself
+ * (flags, variables, defaults) is settings.ts.
+ *
+ * --role picks what this process serves: `all` (the default) everything, `node` the data
+ * plane, `controller` the CSI Controller over etcd with no data plane (no pool, no replica
+ * service, no NBD), which the embedded store cannot serve: it is refused here.
  */
 import { hostname } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -14,116 +19,16 @@ import type { LogFormat } from '../common/log.js';
 import { parseSize } from '../common/units.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
 import { MAX_REPLICAS } from '../cluster/volume-doc.js';
+import {
+  DEFAULT_PEER_PORT, MAX_SOCKET_PATH, MIN_NODE_TTL_MS, ROLES, specOf, type DaemonConfig, type DaemonRole, type RawFlags,
+} from './settings.js';
 
-export interface DaemonConfig {
-  nodeName: string;
-  dataDir: string;
-  /** auto: dm where device-mapper is present and pool devices are set, else file (main.ts logs the choice). */
-  poolBackend: 'file' | 'dm' | 'auto';
-  poolDir: string;
-  /** Block devices of the dm pool, in order. */
-  poolDevices: string[];
-  /** Caps the pool's capacity below what its filesystem has; 0 means the filesystem's size. */
-  poolCapacityBytes: number;
-  apiSocket: string;
-  nbdSocketDir: string;
-  /** host:port for /metrics, /healthz and /readyz; empty to switch the HTTP server off. */
-  httpListen: string;
-  logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
-  logFormat: LogFormat;
-  shutdownTimeoutMs: number;
-
-  /** The cluster's name: its keys live under /cairn/<cluster>/, so clusters can share an etcd. */
-  clusterName: string;
-  /** etcd client URLs (http(s)://host:port); empty for the embedded single-node store. */
-  etcdEndpoints: string[];
-  /**
-   * host:port the replica service (the peer gRPC endpoint) listens on; empty when off.
-   * Port 0 picks a free port (tests).
-   */
-  peerListen: string;
-  /**
-   * host:port other nodes dial to reach this node's replica service. Empty means "derive at
-   * run time": `<node-name>:<bound port>` (see `advertisedPeerAddress`), which is how port 0
-   * works. Also empty while peers are off.
-   */
-  peerAddress: string;
-  /** PEM files of peer mutual TLS (cluster CA, this node's certificate and key); empty when not given. */
-  peerTlsCa: string;
-  peerTlsCert: string;
-  peerTlsKey: string;
-  /** Plaintext, unauthenticated peer traffic: development only. Never together with the TLS files. */
-  peerInsecure: boolean;
-  /** The node's failure domain; placement spreads a volume's replicas across zones. Empty: none. */
-  zone: string;
-  /** Labels recorded in the node registry (Kubernetes label syntax). */
-  nodeLabels: Record<string, string>;
-  /** Lease TTL of this node's registration: how long a silent node still counts as up. */
-  nodeTtlMs: number;
-  /** How long an engine waits for a replica's answer before faulting it out of the in-sync set. */
-  replicaTimeoutMs: number;
-  /** Rebuild copy rate per rebuilding replica, bytes per second; 0 = unlimited. */
-  rebuildRateBytes: number;
-  /** How long a replica stays faulted before the repair loop replaces it with a new one. */
-  repairWaitMs: number;
-  /**
-   * A replica hosted here that no volume document lists (its volume was deleted, or it was
-   * replaced while this node was away) is deleted once it has been so for this long.
-   */
-  orphanGraceMs: number;
-  /** Replicas of a volume whose creation does not say (1-3). */
-  defaultReplicas: number;
-}
-
-/** One row per setting: how it is named on the command line and in the environment. */
-export interface SettingSpec {
-  key: keyof DaemonConfig;
-  /** Commander's flag: `--name <value>`, or `--name` alone for a boolean. */
-  flag: string;
-  env: string;
-  description: string;
-  /** The default, as text; may refer to other settings (resolved in `resolveConfig`). */
-  defaultText: string;
-  /** A switch: the flag takes no value; the variable takes true/false/1/0. */
-  boolean?: true;
-}
-
-export const SETTINGS: readonly SettingSpec[] = [
-  { key: 'nodeName', flag: '--node-name <name>', env: 'CAIRN_NODE_NAME', description: 'this node\'s name in the cluster', defaultText: 'the host name' },
-  { key: 'dataDir', flag: '--data-dir <dir>', env: 'CAIRN_DATA_DIR', description: 'where cairnd keeps its state', defaultText: '/var/lib/cairn' },
-  { key: 'poolBackend', flag: '--pool-backend <kind>', env: 'CAIRN_POOL_BACKEND', description: 'pool backend: file, dm, or auto (dm where device-mapper is present and --pool-devices is set, else file)', defaultText: 'auto' },
-  { key: 'poolDevices', flag: '--pool-devices <list>', env: 'CAIRN_POOL_DEVICES', description: 'comma-separated block devices of the dm pool, e.g. /dev/sdb,/dev/sdc', defaultText: 'none' },
-  { key: 'poolDir', flag: '--pool-dir <dir>', env: 'CAIRN_POOL_DIR', description: 'directory of the file pool', defaultText: '<data-dir>/pool' },
-  { key: 'poolCapacityBytes', flag: '--pool-capacity <size>', env: 'CAIRN_POOL_CAPACITY', description: 'cap on the pool size, e.g. 100GiB; 0 = the filesystem\'s size', defaultText: '0' },
-  { key: 'apiSocket', flag: '--api-socket <path>', env: 'CAIRN_API_SOCKET', description: 'unix socket of the cairnctl gRPC API', defaultText: '<data-dir>/cairnd.sock' },
-  { key: 'nbdSocketDir', flag: '--nbd-socket-dir <dir>', env: 'CAIRN_NBD_SOCKET_DIR', description: 'directory of the per-volume NBD sockets', defaultText: '<data-dir>/nbd' },
-  { key: 'httpListen', flag: '--http-listen <host:port>', env: 'CAIRN_HTTP_LISTEN', description: '/metrics, /healthz, /readyz; empty to disable', defaultText: '127.0.0.1:9470' },
-  { key: 'logLevel', flag: '--log-level <level>', env: 'CAIRN_LOG_LEVEL', description: 'trace, debug, info, warn, error, fatal or silent', defaultText: 'info' },
-  { key: 'logFormat', flag: '--log-format <format>', env: 'CAIRN_LOG_FORMAT', description: 'json, or human for a terminal; auto = human on a TTY', defaultText: 'auto' },
-  { key: 'shutdownTimeoutMs', flag: '--shutdown-timeout-ms <ms>', env: 'CAIRN_SHUTDOWN_TIMEOUT_MS', description: 'how long a graceful shutdown may take', defaultText: '30000' },
-  { key: 'clusterName', flag: '--cluster-name <name>', env: 'CAIRN_CLUSTER_NAME', description: 'the cluster\'s name (keys live under /cairn/<name>/); 1-63 lower-case letters, digits or "-"', defaultText: 'default' },
-  { key: 'etcdEndpoints', flag: '--etcd-endpoints <urls>', env: 'CAIRN_ETCD_ENDPOINTS', description: 'comma-separated etcd client URLs, e.g. http://etcd-0:2379,http://etcd-1:2379, for a multi-node cluster', defaultText: 'none: the embedded single-node store' },
-  { key: 'peerListen', flag: '--peer-listen <host:port>', env: 'CAIRN_PEER_LISTEN', description: 'where the replica service listens for other nodes; empty to disable; port 0 picks a free port', defaultText: '0.0.0.0:9471 with --etcd-endpoints, else off' },
-  { key: 'peerAddress', flag: '--peer-address <host:port>', env: 'CAIRN_PEER_ADDRESS', description: 'the host:port other nodes dial to reach this node\'s replica service', defaultText: '<node-name>:<peer-listen port>' },
-  { key: 'peerTlsCa', flag: '--peer-tls-ca <file>', env: 'CAIRN_PEER_TLS_CA', description: 'PEM file of the cluster CA that signs every node\'s peer certificate', defaultText: 'none' },
-  { key: 'peerTlsCert', flag: '--peer-tls-cert <file>', env: 'CAIRN_PEER_TLS_CERT', description: 'PEM file of this node\'s peer certificate', defaultText: 'none' },
-  { key: 'peerTlsKey', flag: '--peer-tls-key <file>', env: 'CAIRN_PEER_TLS_KEY', description: 'PEM file of this node\'s peer private key', defaultText: 'none' },
-  { key: 'peerInsecure', flag: '--peer-insecure', env: 'CAIRN_PEER_INSECURE', description: 'plaintext, unauthenticated peer traffic (development only); the variable takes true/false', defaultText: 'false', boolean: true },
-  { key: 'zone', flag: '--zone <zone>', env: 'CAIRN_ZONE', description: 'this node\'s failure domain; replicas of a volume are spread across zones', defaultText: 'none' },
-  { key: 'nodeLabels', flag: '--node-labels <k=v,...>', env: 'CAIRN_NODE_LABELS', description: 'comma-separated labels of this node, e.g. disk=nvme,rack=r12', defaultText: 'none' },
-  { key: 'nodeTtlMs', flag: '--node-ttl-ms <ms>', env: 'CAIRN_NODE_TTL_MS', description: 'how long a silent node still counts as up (at least 2000)', defaultText: '10000' },
-  { key: 'replicaTimeoutMs', flag: '--replica-timeout-ms <ms>', env: 'CAIRN_REPLICA_TIMEOUT_MS', description: 'how long an engine waits for a replica before faulting it', defaultText: '8000' },
-  { key: 'rebuildRateBytes', flag: '--rebuild-rate <size>', env: 'CAIRN_REBUILD_RATE', description: 'rebuild copy rate per replica in bytes per second, e.g. 200MiB; 0 = unlimited', defaultText: '256MiB' },
-  { key: 'repairWaitMs', flag: '--repair-wait-ms <ms>', env: 'CAIRN_REPAIR_WAIT_MS', description: 'how long a replica stays faulted before the repair loop replaces it', defaultText: '300000' },
-  { key: 'orphanGraceMs', flag: '--orphan-grace-ms <ms>', env: 'CAIRN_ORPHAN_GRACE_MS', description: 'how long a replica no volume lists is kept before it is deleted', defaultText: '600000' },
-  { key: 'defaultReplicas', flag: '--default-replicas <n>', env: 'CAIRN_DEFAULT_REPLICAS', description: 'replicas of a volume that does not say (1-3)', defaultText: '3 with --etcd-endpoints, else 1' },
-];
+export {
+  commanderAttribute, DEFAULT_PEER_PORT, flagsFromCommander, MAX_SOCKET_PATH, MIN_NODE_TTL_MS, ROLES, SETTINGS,
+  type DaemonConfig, type DaemonRole, type RawFlags, type SettingSpec,
+} from './settings.js';
 
 const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
-/** A unix socket path must fit sun_path (108 bytes with the NUL). */
-export const MAX_SOCKET_PATH = 107;
-export const DEFAULT_PEER_PORT = 9471;
-export const MIN_NODE_TTL_MS = 2000;
 
 /** The same rule as the cluster store's key prefix (src/cluster/store/keys.ts). */
 const CLUSTER_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -134,35 +39,9 @@ const ENDPOINT_RE = /^https?:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[
 const LABEL_NAME_RE = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/;
 const LABEL_PREFIX_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/;
 
-type RawFlags = Partial<Record<keyof DaemonConfig, string>>;
-
-function specOf(key: keyof DaemonConfig): SettingSpec {
-  return SETTINGS.find((s) => s.key === key)!;
-}
-
 function invalid(key: keyof DaemonConfig, value: string, why: string): StorageError {
   const setting = specOf(key);
   return new StorageError(Code.INVALID_ARGUMENT, `invalid ${setting.flag.split(' ')[0]} / ${setting.env} "${value}": ${why}`);
-}
-
-/** The property commander stores a setting's flag under: `--peer-tls-ca` -> `peerTlsCa`. */
-export function commanderAttribute(setting: SettingSpec): string {
-  return setting.flag.slice(2).split(' ')[0]!.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
-}
-
-/**
- * Commander's parsed options (strings, and `true` for a boolean flag) as the raw strings
- * `resolveConfig` takes, keyed by setting key. Options that were not given are left out,
- * so the environment and the defaults apply to them.
- */
-export function flagsFromCommander(opts: Record<string, unknown>): RawFlags {
-  const flags: RawFlags = {};
-  for (const s of SETTINGS) {
-    const value = opts[commanderAttribute(s)];
-    if (value === undefined) continue;
-    flags[s.key] = String(value);
-  }
-  return flags;
 }
 
 /** Reads one setting at a time: flag over environment over default. */
@@ -277,10 +156,12 @@ type PeerSettings = Pick<DaemonConfig, 'peerListen' | 'peerAddress' | 'peerTlsCa
 
 const TLS_REQUIRED = 'peer TLS is required: give --peer-tls-ca, --peer-tls-cert and --peer-tls-key, or --peer-insecure for development';
 
-function resolvePeers(r: Reader, nodeName: string, clustered: boolean): PeerSettings {
-  const peerListen = r.raw('peerListen') ?? (clustered ? `0.0.0.0:${DEFAULT_PEER_PORT}` : '');
+function resolvePeers(r: Reader, nodeName: string, clustered: boolean, role: DaemonRole): PeerSettings {
+  const hostsReplicas = role !== 'controller';
+  const peerListen = r.raw('peerListen') ?? (clustered && hostsReplicas ? `0.0.0.0:${DEFAULT_PEER_PORT}` : '');
   const listenPort = peerListen === '' ? 0 : parsePort(peerListen);
   if (Number.isNaN(listenPort)) throw invalid('peerListen', peerListen, 'write host:port (port 0 picks a free one), e.g. 0.0.0.0:9471, or an empty string to disable');
+  if (!hostsReplicas && peerListen !== '') throw invalid('peerListen', peerListen, 'the controller role hosts no replicas, so it runs no replica service: leave --peer-listen unset');
 
   let peerAddress = r.raw('peerAddress') ?? '';
   if (peerAddress !== '') {
@@ -319,7 +200,21 @@ function resolveTuning(r: Reader): TuningSettings {
   };
 }
 
-type LocalSettings = Omit<DaemonConfig, keyof ClusterSettings | keyof PeerSettings | keyof TuningSettings>;
+type RoleSettings = Pick<DaemonConfig, 'role' | 'csiSocket'>;
+
+/** The role, and the CSI socket (the same default in every role: a node's DaemonSet sets the kubelet plugin path). */
+function resolveRole(r: Reader, dataDir: string, embedded: boolean): RoleSettings {
+  const role = r.raw('role') ?? 'all';
+  if (!(ROLES as readonly string[]).includes(role)) throw invalid('role', role, `use one of ${ROLES.join(', ')}`);
+  if (role === 'controller' && embedded) {
+    throw invalid('role', role, 'the controller role needs a cluster store the node daemons share: give --etcd-endpoints, or run one process with --role all on a single node (the embedded store)');
+  }
+  const csiSocket = r.path('csiSocket', join(dataDir, 'csi.sock'));
+  if (Buffer.byteLength(csiSocket) > MAX_SOCKET_PATH) throw invalid('csiSocket', csiSocket, `unix socket paths are limited to ${MAX_SOCKET_PATH} bytes; choose a shorter path`);
+  return { role: role as DaemonRole, csiSocket };
+}
+
+type LocalSettings = Omit<DaemonConfig, keyof ClusterSettings | keyof PeerSettings | keyof TuningSettings | keyof RoleSettings>;
 
 function resolveLocal(r: Reader, isTty: boolean): LocalSettings {
   const dataDir = r.path('dataDir', '/var/lib/cairn');
@@ -372,8 +267,9 @@ export function resolveConfig(flags: RawFlags, env: NodeJS.ProcessEnv = process.
   const r = new Reader(flags, env);
   const local = resolveLocal(r, isTty);
   const cluster = resolveCluster(r);
-  const peers = resolvePeers(r, local.nodeName, cluster.etcdEndpoints.length > 0);
-  return Object.freeze({ ...local, ...cluster, ...peers, ...resolveTuning(r) });
+  const role = resolveRole(r, local.dataDir, cluster.etcdEndpoints.length === 0);
+  const peers = resolvePeers(r, local.nodeName, cluster.etcdEndpoints.length > 0, role.role);
+  return Object.freeze({ ...local, ...cluster, ...role, ...peers, ...resolveTuning(r) });
 }
 
 /** Which cluster store the config selects. */

@@ -1,9 +1,14 @@
 /**
- * cairnd: wiring, signals and graceful shutdown. Start order: config, logger, pid file,
- * node store, pool, cluster store, replica service (peer port), API, HTTP, node
- * registration, repair leader election, recovery (engines of exported volumes restart).
- * Shutdown runs it backwards; engines flush every replica before the pool and the stores
- * close.
+ * cairnd: wiring, signals and graceful shutdown, by role (--role):
+ * - `all` and `node`: config, logger, pid file, node store, pool, cluster store, data
+ *   plane (replica service on the peer port, engines, NBD; data-plane.ts), API, HTTP, CSI,
+ *   then node registration, repair leader election and recovery (engines of exported
+ *   volumes restart);
+ * - `controller`: config, logger, pid file, cluster store (etcd), the volume lifecycle
+ *   over the node daemons' replica services (controller-plane.ts), API, HTTP, CSI. No
+ *   pool, no node store, no replica service, no NBD.
+ * Each part returns how to stop it; shutdown stops them in reverse start order (engines
+ * flush every replica before the pool and the stores close).
  */
 import * as grpc from '@grpc/grpc-js';
 import { Command } from 'commander';
@@ -11,26 +16,16 @@ import { mkdirSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { createLogger, type Logger } from '../common/log.js';
-import { ClusterVolumeService } from '../cluster/cluster-volume-service.js';
-import { LeaderElection } from '../cluster/leader-election.js';
-import { importLegacyVolumes } from '../cluster/legacy-import.js';
-import { NodeRegistry, type NodeCapacity, type NodeRegistration } from '../cluster/node-registry.js';
-import { RepairLoop } from '../cluster/repair-loop.js';
-import { ReplicaCollector } from '../cluster/replica-gc.js';
-import { PeerConnector } from '../cluster/replica-connector.js';
+import type { VolumeApi } from '../cluster/volume-views.js';
 import { openClusterStore } from '../cluster/store/open-cluster-store.js';
-import { Code, isStorageError } from '../common/errors.js';
-import type { NodeId } from '../common/ids.js';
-import { ReplicaManager } from '../replica/replica-manager.js';
-import { startReplicaServer } from '../replica/replica-server.js';
-import { ExportManager } from '../engine/export-manager.js';
-import { KernelAttacher } from '../engine/kernel-attach.js';
-import { NodeStore } from '../store/node-store.js';
-import { apiHandlers, apiServiceDefinition } from './api-service.js';
-import { advertisedPeerAddress, flagsFromCommander, peerTlsConfig, resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
+import type { ClusterStore } from '../cluster/store/cluster-store.js';
+import { apiHandlers, apiServiceDefinition, type ApiContext } from './api-service.js';
+import { flagsFromCommander, resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
+import { openControllerPlane } from './controller-plane.js';
+import { startCsi } from './csi-start.js';
+import { openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
 import { acquirePidFile } from './pid-file.js';
-import { openPool } from './pool-factory.js';
 import { VERSION } from './version.js';
 
 function parseFlags(argv: string[]): ReturnType<typeof flagsFromCommander> {
@@ -50,73 +45,83 @@ async function startApi(socketPath: string, handlers: grpc.UntypedServiceImpleme
   return server;
 }
 
-/** Registers this node, retrying while the cluster store cannot be reached (start-up waits). */
-async function registerNode(registry: NodeRegistry, registration: NodeRegistration, log: Logger): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await registry.register(registration);
-      return;
-    } catch (err) {
-      if (!isStorageError(err, Code.UNAVAILABLE)) throw err;
-      if (attempt === 1 || attempt % 10 === 0) log.warn({ attempt, err: (err as Error).message }, 'cannot register this node in the cluster store yet; retrying');
-      await new Promise((r) => setTimeout(r, 1000));
-    }
+/** Stops one started part; the parts stop in reverse start order. */
+type Stop = () => void | Promise<void>;
+
+/** What the shared front (API, HTTP, CSI) needs from a role. */
+interface Front {
+  volumes: VolumeApi;
+  api: Omit<ApiContext, 'volumes' | 'nodeName' | 'startedAt' | 'log'>;
+  connectionCount: () => number;
+  /** Whether the role can serve now: HTTP /readyz and CSI Probe. */
+  ready: () => boolean | Promise<boolean>;
+}
+
+/** The cairnctl API, the HTTP endpoints and the CSI server: the same in every role. */
+async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Front, stops: Stop[]): Promise<void> {
+  const api = await startApi(config.apiSocket, apiHandlers({ ...front.api, volumes: front.volumes, nodeName: config.nodeName, startedAt: Date.now(), log }));
+  stops.push(async () => {
+    await new Promise<void>((resolve) => api.tryShutdown(() => resolve()));
+    rmSync(config.apiSocket, { force: true });
+  });
+  // /readyz answers synchronously: the role's readiness when it is a plain flag, else the last answer of its check.
+  let lastReady = false;
+  const isReady = (): boolean => {
+    const r = front.ready();
+    if (typeof r === 'boolean') return (lastReady = r);
+    void r.then((v) => { lastReady = v; });
+    return lastReady;
+  };
+  if (config.httpListen) {
+    const http: Server = await startHttpServer(config.httpListen, { volumes: front.volumes, isReady, connectionCount: front.connectionCount, log });
+    stops.push(() => void http.close());
   }
+  const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready });
+  stops.push(() => csi.close());
+}
+
+/** Roles `node` and `all`: the data plane, then the front, then registration and recovery. */
+async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[]): Promise<Record<string, unknown>> {
+  const local = await openNodeStorage(config, log);
+  stops.push(() => local.close());
+  const cluster = openCluster(config, log, stops);
+  const plane = await openDataPlane(config, log, local, cluster);
+  stops.push(() => plane.close());
+  let recovered = false;
+  await startFront(config, log, {
+    volumes: plane.volumes, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
+    api: { poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher },
+  }, stops);
+  await plane.start();
+  recovered = true;
+  return { pool: config.poolDir, store: cluster.kind, peer: plane.peerAddress || 'off' };
+}
+
+/** Role `controller`: the volume lifecycle over etcd and the node daemons, and the front. */
+async function runController(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[]): Promise<Record<string, unknown>> {
+  const cluster = openCluster(config, log, stops);
+  const plane = openControllerPlane(config, log, cluster);
+  stops.push(() => plane.close());
+  await startFront(config, log, {
+    volumes: plane.volumes, connectionCount: () => 0, ready: () => plane.storeReachable(),
+    api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined },
+  }, stops);
+  return { pool: 'none', store: cluster.kind };
+}
+
+function openCluster(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[]): ClusterStore {
+  const cluster = openClusterStore({ cluster: config.clusterName, etcdEndpoints: config.etcdEndpoints, dataDir: config.dataDir, log });
+  stops.push(() => cluster.close());
+  return cluster;
 }
 
 async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const releasePid = acquirePidFile(join(config.dataDir, 'cairnd.pid'));
-  const store = NodeStore.open(join(config.dataDir, 'node.db'), log);
-  const pool = await openPool(config, log);
-  const nodeId = config.nodeName as NodeId;
-  const cluster = openClusterStore({ cluster: config.clusterName, etcdEndpoints: config.etcdEndpoints, dataDir: config.dataDir, log });
-  const manager = new ReplicaManager({ pool, store, log: log.child({ component: 'replica' }) });
-  const tls = peerTlsConfig(config);
-  const peers = tls && config.peerListen !== '' ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager }) : undefined;
-  const peerAddress = peers ? advertisedPeerAddress(config, peers.port) : '';
-  const connector = new PeerConnector({ nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, log: log.child({ component: 'peers' }) });
-  const exports = new ExportManager(config.nbdSocketDir, log.child({ component: 'nbd' }));
-  const registry = new NodeRegistry(cluster, { ttlMs: config.nodeTtlMs, log: log.child({ component: 'registry' }) });
-  const election = new LeaderElection(cluster, { role: 'repair', candidateId: nodeId, ttlMs: config.nodeTtlMs, log: log.child({ component: 'election' }) });
-  const volumes = new ClusterVolumeService({
-    nodeId, clusterName: config.clusterName, store: cluster, pool, connector, exports, dirtyMaps: store.dirtyMaps(), election,
-    defaultReplicas: config.defaultReplicas, replicaTimeoutMs: config.replicaTimeoutMs, rebuildRateBytesPerSec: config.rebuildRateBytes, log,
-  });
-  const repair = new RepairLoop({ store: cluster, election, connector, volumes, repairWaitMs: config.repairWaitMs, log });
-  const collector = new ReplicaCollector({ store: cluster, manager, graceMs: config.orphanGraceMs, log });
-  const attacher = new KernelAttacher({ log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach') });
-  let ready = false;
-  const startedAt = Date.now();
-
-  const api = await startApi(config.apiSocket, apiHandlers({
-    volumes, nodeName: config.nodeName, poolKind: pool.kind, poolPath: config.poolDir, startedAt,
-    connectionCount: () => exports.connectionCount(), attacher, log,
-  }));
-  let http: Server | undefined;
-  if (config.httpListen) http = await startHttpServer(config.httpListen, { volumes, isReady: () => ready, connectionCount: () => exports.connectionCount(), log });
-
-  const capacity = async (): Promise<NodeCapacity> => {
-    const c = await pool.capacity();
-    return { totalBytes: c.totalBytes, freeBytes: c.freeBytes };
-  };
-  await registerNode(registry, {
-    nodeId, name: config.nodeName, peerAddress, ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,
-    capacity: await capacity(), version: VERSION,
-  }, log);
-  const capacityTimer = setInterval(() => {
-    void capacity().then((c) => registry.updateCapacity(c)).catch((err: unknown) => log.debug({ err: (err as Error).message }, 'capacity update skipped'));
-  }, 30_000);
-  capacityTimer.unref();
-  election.start();
-  repair.start();
-  collector.start();
-  await importLegacyVolumes({ store, cluster, pool, nodeId, log });
-  await volumes.recover();
-  ready = true;
+  const stops: Stop[] = [acquirePidFile(join(config.dataDir, 'cairnd.pid'))];
+  const started = config.role === 'controller' ? await runController(config, log, stops) : await runNode(config, log, stops);
   log.info({
-    node: config.nodeName, version: VERSION, apiSocket: config.apiSocket, http: config.httpListen || 'off', pool: config.poolDir,
-    store: cluster.kind, cluster: config.clusterName, peer: peerAddress || 'off',
+    node: config.nodeName, role: config.role, version: VERSION, apiSocket: config.apiSocket, csiSocket: config.csiSocket,
+    http: config.httpListen || 'off', cluster: config.clusterName, ...started,
   }, 'cairnd started');
 
   let stopping = false;
@@ -132,23 +137,7 @@ async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
       process.exit(1);
     }, config.shutdownTimeoutMs);
     timer.unref();
-    clearInterval(capacityTimer);
-    await new Promise<void>((resolve) => api.tryShutdown(() => resolve()));
-    http?.close();
-    await attacher.detachAll();
-    await repair.close();
-    await collector.close();
-    await volumes.shutdown();
-    await election.close();
-    await registry.close();
-    await peers?.close();
-    connector.close();
-    await manager.close();
-    await cluster.close();
-    await pool.close();
-    store.close();
-    rmSync(config.apiSocket, { force: true });
-    releasePid();
+    for (const stop of stops.reverse()) await stop();
     log.info('cairnd stopped');
     log.flush();
     process.exit(0);

@@ -12,7 +12,7 @@ import { silentLogger } from '../../src/common/log.js';
 import { NodeRegistry } from '../../src/cluster/node-registry.js';
 import { localControl } from '../../src/cluster/replica-connector.js';
 import { EmbeddedStore } from '../../src/cluster/store/embedded-store.js';
-import { getVolumeDoc } from '../../src/cluster/volume-doc.js';
+import { getVolumeDoc, updateVolumeDoc } from '../../src/cluster/volume-doc.js';
 import { VolumeLifecycle, clusterCapacity, type ReplicaControls } from '../../src/cluster/volume-lifecycle.js';
 import type { ReplicaControl } from '../../src/engine/engine-types.js';
 import { uniqueCluster } from '../helpers/cluster-store-conformance.js';
@@ -121,4 +121,17 @@ test('a create cancelled while a replica is being created is rolled back: no doc
   }
   // The name is free again: the same create, not cancelled, succeeds.
   t.is((await controller(s).create('slow', 4 * MiB)).state, 'ready');
+});
+
+test('a controller refuses to delete a volume a node daemon serves (even one named like itself), and deletes it with force', async (t) => {
+  const s = await setup(t);
+  const volumes = controller(s);
+  await volumes.create('served', 4 * MiB);
+  for (const holder of ['node-a', 'controller-0'] as NodeId[]) {
+    await updateVolumeDoc(s.store, 'served', (d) => ({ ...d, epoch: d.epoch + 1, engine: { nodeId: holder, epoch: d.epoch + 1, exported: true, startedAt: new Date().toISOString() } }));
+    t.is(await codeOf(volumes.delete('served')), Code.FAILED_PRECONDITION, `served by ${holder}`);
+    t.is((await volumes.get('served')).engineNode, holder);
+  }
+  await volumes.delete('served', true);
+  t.is(await getVolumeDoc(s.store, 'served'), undefined);
 });

@@ -1,0 +1,29 @@
+/**
+ * The one place cairnd starts its CSI server, whatever its role. Every role serves the
+ * Identity service on --csi-socket; Probe answers ready once this role's dependencies are
+ * usable (`ready`: the node store and pool for `node` and `all`, the cluster store for
+ * `controller`). The Controller service joins it in `controller` and `all`, and the Node
+ * service in `node` and `all`, as those services are built.
+ */
+import type { Logger } from '../common/log.js';
+import { startCsiServer, type CsiServer } from '../csi/csi-server.js';
+import { identityService } from '../csi/identity-server.js';
+import type { DaemonRole } from './config.js';
+import { VERSION } from './version.js';
+
+export interface CsiDeps {
+  socketPath: string;
+  log: Logger;
+  /** Whether this role can serve its CSI services now (Probe). */
+  ready: () => boolean | Promise<boolean>;
+}
+
+export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServer> {
+  const log = deps.log.child({ component: 'csi' });
+  // Every role answers the same capabilities (the spec wants one answer per plugin version):
+  // a cluster of node daemons has its controller in a Deployment, a single node in `all`.
+  const identity = identityService({ log, controllerService: true, ready: deps.ready, version: VERSION });
+  const server = await startCsiServer({ socketPath: deps.socketPath, log, services: [identity] });
+  log.info({ role, socket: server.socketPath }, 'csi services started');
+  return server;
+}

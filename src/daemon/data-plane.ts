@@ -1,0 +1,128 @@
+/**
+ * The data plane of a node daemon (roles `node` and `all`), in start order: the node's own
+ * storage (node store, pool), then, over the cluster store, the replica manager and its
+ * peer service, the engine host and volume service, NBD exports, node registration, the
+ * repair leader election and loop, the replica collector and the kernel attacher. `close`
+ * runs it backwards: engines flush every replica before the pool and the stores close.
+ */
+import { join } from 'node:path';
+import { ClusterVolumeService } from '../cluster/cluster-volume-service.js';
+import { LeaderElection } from '../cluster/leader-election.js';
+import { importLegacyVolumes } from '../cluster/legacy-import.js';
+import { NodeRegistry, type NodeCapacity, type NodeRegistration } from '../cluster/node-registry.js';
+import { RepairLoop } from '../cluster/repair-loop.js';
+import { ReplicaCollector } from '../cluster/replica-gc.js';
+import { PeerConnector } from '../cluster/replica-connector.js';
+import type { ClusterStore } from '../cluster/store/cluster-store.js';
+import { Code, isStorageError } from '../common/errors.js';
+import type { NodeId } from '../common/ids.js';
+import type { Logger } from '../common/log.js';
+import { ExportManager } from '../engine/export-manager.js';
+import { KernelAttacher } from '../engine/kernel-attach.js';
+import type { PoolBackend } from '../pool/backend.js';
+import { ReplicaManager } from '../replica/replica-manager.js';
+import { startReplicaServer } from '../replica/replica-server.js';
+import { NodeStore } from '../store/node-store.js';
+import { advertisedPeerAddress, peerTlsConfig, type DaemonConfig } from './config.js';
+import { openPool } from './pool-factory.js';
+import { VERSION } from './version.js';
+
+/** This node's own storage: opened before the cluster store, closed after it. */
+export interface NodeStorage {
+  store: NodeStore;
+  pool: PoolBackend;
+  close(): Promise<void>;
+}
+
+export async function openNodeStorage(config: Readonly<DaemonConfig>, log: Logger): Promise<NodeStorage> {
+  const store = NodeStore.open(join(config.dataDir, 'node.db'), log);
+  const pool = await openPool(config, log);
+  return {
+    store, pool,
+    async close() {
+      await pool.close();
+      store.close();
+    },
+  };
+}
+
+export interface DataPlane {
+  volumes: ClusterVolumeService;
+  exports: ExportManager;
+  attacher: KernelAttacher;
+  peerAddress: string;
+  /** Registers the node, starts the election, the repair loop and the collector, and restarts the engines of exported volumes. */
+  start(): Promise<void>;
+  /** Stops everything the data plane started, in reverse; the node storage and the cluster store are the caller's. */
+  close(): Promise<void>;
+}
+
+/** Registers this node, retrying while the cluster store cannot be reached (start-up waits). */
+async function registerNode(registry: NodeRegistry, registration: NodeRegistration, log: Logger): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await registry.register(registration);
+      return;
+    } catch (err) {
+      if (!isStorageError(err, Code.UNAVAILABLE)) throw err;
+      if (attempt === 1 || attempt % 10 === 0) log.warn({ attempt, err: (err as Error).message }, 'cannot register this node in the cluster store yet; retrying');
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
+
+export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger, local: NodeStorage, cluster: ClusterStore): Promise<DataPlane> {
+  const { store, pool } = local;
+  const nodeId = config.nodeName as NodeId;
+  const manager = new ReplicaManager({ pool, store, log: log.child({ component: 'replica' }) });
+  const tls = peerTlsConfig(config);
+  const peers = tls && config.peerListen !== '' ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager }) : undefined;
+  const peerAddress = peers ? advertisedPeerAddress(config, peers.port) : '';
+  const connector = new PeerConnector({ nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, log: log.child({ component: 'peers' }) });
+  const exports = new ExportManager(config.nbdSocketDir, log.child({ component: 'nbd' }));
+  const registry = new NodeRegistry(cluster, { ttlMs: config.nodeTtlMs, log: log.child({ component: 'registry' }) });
+  const election = new LeaderElection(cluster, { role: 'repair', candidateId: nodeId, ttlMs: config.nodeTtlMs, log: log.child({ component: 'election' }) });
+  const volumes = new ClusterVolumeService({
+    nodeId, clusterName: config.clusterName, store: cluster, pool, connector, exports, dirtyMaps: store.dirtyMaps(), election,
+    defaultReplicas: config.defaultReplicas, replicaTimeoutMs: config.replicaTimeoutMs, rebuildRateBytesPerSec: config.rebuildRateBytes, log,
+  });
+  const repair = new RepairLoop({ store: cluster, election, connector, volumes, repairWaitMs: config.repairWaitMs, log });
+  const collector = new ReplicaCollector({ store: cluster, manager, graceMs: config.orphanGraceMs, log });
+  const attacher = new KernelAttacher({ log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach') });
+  const capacity = async (): Promise<NodeCapacity> => {
+    const c = await pool.capacity();
+    return { totalBytes: c.totalBytes, freeBytes: c.freeBytes };
+  };
+  let capacityTimer: NodeJS.Timeout | undefined;
+
+  return {
+    volumes, exports, attacher, peerAddress,
+    async start() {
+      await registerNode(registry, {
+        nodeId, name: config.nodeName, peerAddress, ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,
+        capacity: await capacity(), version: VERSION,
+      }, log);
+      capacityTimer = setInterval(() => {
+        void capacity().then((c) => registry.updateCapacity(c)).catch((err: unknown) => log.debug({ err: (err as Error).message }, 'capacity update skipped'));
+      }, 30_000);
+      capacityTimer.unref();
+      election.start();
+      repair.start();
+      collector.start();
+      await importLegacyVolumes({ store, cluster, pool, nodeId, log });
+      await volumes.recover();
+    },
+    async close() {
+      clearInterval(capacityTimer);
+      await attacher.detachAll();
+      await repair.close();
+      await collector.close();
+      await volumes.shutdown();
+      await election.close();
+      await registry.close();
+      await peers?.close();
+      connector.close();
+      await manager.close();
+    },
+  };
+}
