@@ -103,7 +103,7 @@ export function wrapCsiMethod(method: string, requestType: string, spec: CsiMeth
   return (call, callback) => {
     const started = performance.now();
     const request = call.request ?? {};
-    const ids = Object.fromEntries(Object.entries(spec.logIds ? spec.logIds(request) : defaultLogIds(request))
+    const ids = Object.fromEntries(Object.entries(logIdsOf(spec, request))
       .filter(([k, v]) => v !== undefined && v !== '' && !bound.has(k)));
     const log = options.log.child({ method, ...ids });
     const cancel = cancellation(call, method);
@@ -165,6 +165,15 @@ function cancellation(call: grpc.ServerUnaryCall<unknown, unknown>, method: stri
       call.removeListener('cancelled', onCancelled);
     },
   };
+}
+
+/** The call's ids for its log line; never throws (a malformed request is the wrapper's to refuse). */
+function logIdsOf(spec: CsiMethod, request: CsiRequest): Record<string, unknown> {
+  try {
+    return spec.logIds ? spec.logIds(request) : defaultLogIds(request);
+  } catch {
+    return defaultLogIds(request);
+  }
 }
 
 function defaultLogIds(request: CsiRequest): Record<string, unknown> {
