@@ -2,11 +2,12 @@
  * cairnd --role controller on a real etcd, next to two node daemons: it serves the cairnctl
  * API for create, list and delete with no data plane of its own (no pool directory, no
  * node store, no replica service), the replicas land on the node daemons, and it answers
- * the CSI Identity service on its CSI socket.
+ * the CSI Identity service on its CSI socket. A single-node `all` daemon (the default)
+ * answers Identity on `<data-dir>/csi.sock`, and a controller without etcd does not start.
  */
 import * as grpc from '@grpc/grpc-js';
 import test from 'ava';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VolumeMessage } from '../../src/cli/api-client.js';
 import { csiServiceClient } from '../../src/csi/csi-proto.js';
@@ -31,7 +32,7 @@ async function csiCall<T>(socketPath: string, service: 'Identity', method: strin
 
 if (prerequisitesMet('the controller role on etcd', await etcdMissingReason())) {
   test.serial('a controller-role cairnd creates, lists and deletes volumes on the node daemons with no pool of its own, and serves CSI Identity', async (t) => {
-    const cluster = await Cluster.start({ nodes: 2, tls: 'insecure' });
+    const cluster = await Cluster.start({ nodes: 2, tls: 'insecure', extraArgs: ['--role', 'node'] });
     let failed = true;
     t.teardown(() => cluster.destroy({ failed }));
     const dataDir = mkdtempSync('/tmp/cairn-ctrl-');
@@ -69,6 +70,29 @@ if (prerequisitesMet('the controller role on etcd', await etcdMissingReason())) 
     t.regex(info.vendorVersion, /^\d+\.\d+\.\d+/);
     const probe = await csiCall<{ ready: { value: boolean } | null }>(join(dataDir, 'csi.sock'), 'Identity', 'Probe', {});
     t.true(probe.ready?.value, 'the controller is ready while etcd answers');
+    // A node-role daemon serves Identity on its own socket too, ready once its data plane is up.
+    const nodeProbe = await csiCall<{ ready: { value: boolean } | null }>(join(cluster.node(0).dataDir, 'csi.sock'), 'Identity', 'Probe', {});
+    t.true(nodeProbe.ready?.value);
     failed = false;
   });
 }
+
+test.serial('the default role (all, embedded store) serves CSI Identity on <data-dir>/csi.sock, ready once started', async (t) => {
+  const d = await Daemon.start({ extraArgs: ['--node-name', 'solo'] });
+  t.teardown(() => d.destroy());
+  const socket = join(d.dataDir, 'csi.sock');
+  t.is((await csiCall<{ name: string }>(socket, 'Identity', 'GetPluginInfo', {})).name, 'csi.cairn.dev');
+  t.true((await csiCall<{ ready: { value: boolean } | null }>(socket, 'Identity', 'Probe', {})).ready?.value);
+  const created = await d.ctl(['volume', 'create', 'local', '--size', '8MiB']);
+  t.is(created.exitCode, 0, created.stderr);
+});
+
+test('cairnd --role controller without etcd stops at start with exit code 2 and says what to do', async (t) => {
+  const { execa } = await import('execa');
+  const dataDir = mkdtempSync('/tmp/cairn-ctrl-');
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const r = await execa('node', ['bin/cairnd.js', '--role', 'controller', '--data-dir', dataDir], { reject: false });
+  t.is(r.exitCode, 2);
+  t.regex(r.stderr, /--role \/ CAIRN_ROLE "controller".*--etcd-endpoints/);
+  t.false(existsSync(join(dataDir, 'pool')));
+});
