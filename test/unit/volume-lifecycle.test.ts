@@ -135,3 +135,16 @@ test('a controller refuses to delete a volume a node daemon serves (even one nam
   await volumes.delete('served', true);
   t.is(await getVolumeDoc(s.store, 'served'), undefined);
 });
+
+test('a delete whose signal has already fired is CANCELLED and leaves the volume as it was', async (t) => {
+  const s = await setup(t);
+  const volumes = controller(s);
+  const created = await volumes.create('kept', 4 * MiB);
+  const aborted = new AbortController();
+  aborted.abort();
+  t.is(await codeOf(volumes.delete('kept', false, aborted.signal)), Code.CANCELLED);
+  const after = await getVolumeDoc(s.store, 'kept');
+  t.is(after?.doc.state, 'ready');
+  t.is(after?.doc.epoch, 1);
+  for (const r of created.replicas) t.is((await s.fxs.get(r.nodeName as NodeId)!.manager.status({ replicaId: r.id, volumeId: created.id } as never)).sizeBytes, created.sizeBytes);
+});
