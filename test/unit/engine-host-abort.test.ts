@@ -33,5 +33,5 @@ test('an export whose signal has fired changes nothing and serves nothing', asyn
 
   const served = await a.export('vol');
   t.truthy(served.socketPath);
-  t.is((await getVolumeDoc(store, 'vol'))!.doc.engine?.nodeId, 'node-a');
+  t.is((await getVolumeDoc(store, 'vol'))!.doc.engine?.nodeId, 'node-a' as NodeId);
 });
