@@ -72,7 +72,7 @@ export class EngineHost implements LocalVolumeHost {
     const current = this.opts.exports.get(name);
     if (current && this.engines.get(name)?.engine.fenced === false) return current;
     if (current || this.engines.has(name)) await this.stopEngine(name); // a fenced one, or a rebuild-only one
-    const doc = requireVolume(await getVolumeDoc(this.store, name), name);
+    const doc = requireVolume(await getVolumeDoc(this.store, name, { signal }), name);
     const holder = await this.checkHolder(doc, options);
     if (inSyncReplicas(doc).length === 0) {
       throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" has no in-sync replica: its data cannot be served safely`, { details: { volume: name } });

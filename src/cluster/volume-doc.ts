@@ -10,7 +10,7 @@
 import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { EngineVolumeDoc, VolumeReplicaEntry } from '../engine/engine-types.js';
-import type { ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
+import type { CallOptions, ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
 import { guardFor } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
 import type { ReplicaState, VolumeState } from '../store/node-store.js';
@@ -165,8 +165,9 @@ function stored(kv: KeyValue): StoredVolumeDoc {
   return { doc: parseVolumeDoc(kv.key, kv.value), modRevision: kv.modRevision };
 }
 
-export async function getVolumeDoc(store: ClusterStore, name: string): Promise<StoredVolumeDoc | undefined> {
-  const kv = await store.get(volumeKey(name));
+/** The volume's document, if any; `options.signal` cancels the read (CANCELLED). */
+export async function getVolumeDoc(store: ClusterStore, name: string, options?: CallOptions): Promise<StoredVolumeDoc | undefined> {
+  const kv = await store.get(volumeKey(name), options);
   return kv && stored(kv);
 }
 
@@ -182,8 +183,8 @@ export interface VolumeDocList {
 }
 
 /** Every volume document: the ones it can parse in `docs`, the others in `unreadable` (and `onMalformed`). */
-export async function listVolumeDocs(store: ClusterStore, onMalformed?: (err: StorageError) => void): Promise<VolumeDocList> {
-  const { items, revision } = await store.list(VOLUMES_PREFIX);
+export async function listVolumeDocs(store: ClusterStore, onMalformed?: (err: StorageError) => void, options?: CallOptions): Promise<VolumeDocList> {
+  const { items, revision } = await store.list(VOLUMES_PREFIX, options);
   const docs: StoredVolumeDoc[] = [];
   const unreadable: StorageError[] = [];
   for (const kv of items) {

@@ -124,7 +124,7 @@ export class VolumeLifecycle {
     const sizeBytes = alignUp(requestedBytes, VOLUME_ALIGNMENT_BYTES);
     return this.locks.run(name, async () => {
       throwIfCancelled(signal, `create volume "${name}"`);
-      let stored = await getVolumeDoc(this.store, name);
+      let stored = await getVolumeDoc(this.store, name, { signal });
       if (stored && stored.doc.state !== 'deleting') {
         const d = stored.doc;
         if (d.sizeBytes !== sizeBytes) {
@@ -199,7 +199,7 @@ export class VolumeLifecycle {
   async delete(name: string, force = false, signal?: AbortSignal): Promise<void> {
     await this.locks.run(name, async () => {
       throwIfCancelled(signal, `delete volume "${name}"`);
-      const stored = await getVolumeDoc(this.store, name);
+      const stored = await getVolumeDoc(this.store, name, { signal });
       if (!stored) return;
       const doc = stored.doc;
       // Without an engine host here (a controller), every exported engine is another process's, whatever its node name.
@@ -248,12 +248,12 @@ export class VolumeLifecycle {
   }
 
   async get(name: string, signal?: AbortSignal): Promise<VolumeView> {
-    const doc = requireVolume(await abortable(getVolumeDoc(this.store, name), signal, `get volume "${name}"`), name, true);
+    const doc = requireVolume(await getVolumeDoc(this.store, name, { signal }), name, true);
     return this.view(doc);
   }
 
   async list(signal?: AbortSignal): Promise<VolumeView[]> {
-    const { docs } = await abortable(listVolumeDocs(this.store, (err) => this.log.error({ err: err.message }, 'skipping a malformed volume document')), signal, 'list volumes');
+    const { docs } = await listVolumeDocs(this.store, (err) => this.log.error({ err: err.message }, 'skipping a malformed volume document'), { signal });
     return abortable(Promise.all(docs.filter((d) => d.doc.state !== 'deleting').map((d) => this.view(d.doc))), signal, 'list volumes');
   }
 

@@ -25,7 +25,7 @@ export class VolumeVerifier {
   constructor(private readonly opts: VolumeVerifierOptions) {}
 
   async verify(name: string, signal?: AbortSignal): Promise<VerifyResult> {
-    const doc = requireVolume(await getVolumeDoc(this.opts.store, name), name);
+    const doc = requireVolume(await getVolumeDoc(this.opts.store, name, { signal }), name);
     const replicas = inSyncReplicas(doc);
     const result: VerifyResult = { volume: name, replicas: replicas.map((r) => r.id), regionBytes: doc.regionBytes, regionsCompared: 0, mismatches: [] };
     if (replicas.length < 2) {
