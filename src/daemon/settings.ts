@@ -72,6 +72,8 @@ export interface DaemonConfig {
   role: DaemonRole;
   /** Unix socket of the CSI services (the sidecars and kubelet dial it). */
   csiSocket: string;
+  /** CSI NodeGetInfo max_volumes_per_node: volumes the scheduler may put on this node; 0 = no limit. */
+  maxVolumesPerNode: number;
 }
 
 /** One row per setting: how it is named on the command line and in the environment. */
@@ -117,6 +119,7 @@ export const SETTINGS: readonly SettingSpec[] = [
   { key: 'orphanGraceMs', flag: '--orphan-grace-ms <ms>', env: 'CAIRN_ORPHAN_GRACE_MS', description: 'how long a replica no volume lists is kept before it is deleted', defaultText: '600000' },
   { key: 'role', flag: '--role <role>', env: 'CAIRN_ROLE', description: 'what this cairnd serves: node (data plane and CSI Node, one per node), controller (CSI Controller over etcd, no data plane), or all (everything, single node)', defaultText: 'all' },
   { key: 'csiSocket', flag: '--csi-socket <path>', env: 'CAIRN_CSI_SOCKET', description: 'unix socket of the CSI services, e.g. /var/lib/kubelet/plugins/csi.cairn.dev/csi.sock on a node', defaultText: '<data-dir>/csi.sock' },
+  { key: 'maxVolumesPerNode', flag: '--max-volumes-per-node <n>', env: 'CAIRN_MAX_VOLUMES_PER_NODE', description: 'volumes Kubernetes may stage on this node (CSI NodeGetInfo); 0 = no limit', defaultText: '0' },
   { key: 'defaultReplicas', flag: '--default-replicas <n>', env: 'CAIRN_DEFAULT_REPLICAS', description: 'replicas of a volume that does not say (1-3)', defaultText: '3 with --etcd-endpoints, else 1' },
 ];
 
