@@ -15,16 +15,22 @@
  *   docs/pool-dm.md).
  * - Without an nbd driver (this project's dev machines): nbdfuse shows the export as a file
  *   and a loop device (direct I/O) makes a block device of it. The choice is logged.
+ *   nbdfuse runs in its own session (it outlives a cairnd kill -9) and reaches the export
+ *   through `nbdkit -s --filter=retry nbd socket=...`: when cairnd goes away, a request
+ *   fails on the dead socket, the retry filter reconnects every second for `reconnectS`
+ *   and replays it, so the mounted filesystem sees a pause, not an error, when cairnd
+ *   serves the export again in time (docs/csi.md, "Staging and restart safety").
+ *   `adopt` takes such an attachment back after a restart from what was recorded.
  * Detach: nbd-client -d (waits until the kernel lets go), or losetup -d, fusermount -u and
  * stopping nbdfuse, in that order.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChildProcessError, Code, StorageError } from '../common/errors.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
-import { nbdUri } from './export-manager.js';
+import { runCommand } from './command.js';
 
 export type AttachMethod = 'nbd' | 'nbdfuse-loop';
 
@@ -33,6 +39,8 @@ export interface Attachment {
   devicePath: string;
   method: AttachMethod;
   socketPath: string;
+  /** nbdfuse-loop: the FUSE directory and nbdfuse's pid, so that `adopt` finds them after a restart. */
+  fuse?: { dir: string; pid: number };
 }
 
 export interface KernelAttacherOptions {
@@ -43,23 +51,44 @@ export interface KernelAttacherOptions {
   timeoutS?: number;
   /** Force a method (tests); by default nbd where /sys/module/nbd exists. */
   method?: AttachMethod;
+  /** nbdfuse-loop: how long a lost export is retried (once a second) before I/O fails; 120 s by default. */
+  reconnectS?: number;
 }
 
-interface Entry extends Attachment {
-  fuse?: { child: ChildProcess; dir: string };
-}
+type Entry = Attachment;
 
 const COMMAND_TIMEOUT_MS = 60_000;
 const POLL_MS = 50;
 
-function run(command: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(command, args, { timeout: COMMAND_TIMEOUT_MS }, (err, stdout, stderr) => {
-      if (!err) return resolve(stdout.trim());
-      const code = typeof err.code === 'number' ? err.code : null;
-      reject(new ChildProcessError(`${command} ${args.join(' ')}`, code, `${stderr}${err.message}`));
-    });
-  });
+async function run(command: string, args: string[]): Promise<string> {
+  return (await runCommand(command, args, { timeoutMs: COMMAND_TIMEOUT_MS })).stdout.trim();
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The command line of `pid`, '' when it is gone. */
+function commandLine(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return [];
+  }
+}
+
+/** The file behind loop device `device`, '' when it has none (or is not a loop device). */
+function loopBackingFile(device: string): string {
+  try {
+    return readFileSync(`/sys/block/${device.slice('/dev/'.length)}/loop/backing_file`, 'utf8').trim();
+  } catch {
+    return '';
+  }
 }
 
 async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean> {
@@ -92,7 +121,29 @@ export class KernelAttacher {
 
   get(name: string): Attachment | undefined {
     const e = this.attached.get(name);
-    return e && { name: e.name, devicePath: e.devicePath, method: e.method, socketPath: e.socketPath };
+    return e && { ...e, ...(e.fuse ? { fuse: { ...e.fuse } } : {}) };
+  }
+
+  /**
+   * After a restart: takes back an attachment recorded earlier when its pieces are still
+   * there (the nbd device connected; nbdfuse alive on its directory and the loop device
+   * still on its file). Returns whether it did; a lost one stays the caller's to undo.
+   */
+  adopt(recorded: Attachment): Promise<boolean> {
+    return this.locks.run(recorded.name, async () => {
+      if (this.attached.has(recorded.name)) return true;
+      if (!this.alive(recorded)) return false;
+      this.attached.set(recorded.name, { ...recorded });
+      this.options.log.info({ volume: recorded.name, device: recorded.devicePath, method: recorded.method }, 'volume attachment taken back after restart');
+      return true;
+    });
+  }
+
+  private alive(a: Attachment): boolean {
+    if (a.method === 'nbd') return existsSync(`/sys/block/${a.devicePath.slice('/dev/'.length)}/pid`);
+    if (!a.fuse) return false;
+    const cmd = commandLine(a.fuse.pid);
+    return cmd[0]?.endsWith('nbdfuse') === true && cmd.includes(a.fuse.dir) && loopBackingFile(a.devicePath) === join(a.fuse.dir, 'nbd');
   }
 
   /** Attaches export `name` served on `socketPath`; idempotent (returns the current attachment). */
@@ -107,13 +158,16 @@ export class KernelAttacher {
     });
   }
 
-  /** Detaches; not an error when `name` is not attached. The caller unmounts first. */
-  detach(name: string): Promise<void> {
+  /**
+   * Detaches; not an error when `name` is not attached. The caller unmounts first.
+   * `recorded` (an attachment of an earlier cairnd) is undone as far as its pieces remain.
+   */
+  detach(name: string, recorded?: Attachment): Promise<void> {
     return this.locks.run(name, async () => {
-      const e = this.attached.get(name);
+      const e = this.attached.get(name) ?? recorded;
       if (!e) return;
-      if (e.fuse) await this.detachFuse(e);
-      else await this.detachNbd(e.devicePath);
+      if (e.method === 'nbdfuse-loop') await this.detachFuse(e);
+      else if (existsSync(`/sys/block/${e.devicePath.slice('/dev/'.length)}/pid`)) await this.detachNbd(e.devicePath);
       this.attached.delete(name);
       this.options.log.info({ volume: name, device: e.devicePath }, 'volume detached');
     });
@@ -155,32 +209,56 @@ export class KernelAttacher {
   private async attachFuse(name: string, socketPath: string): Promise<Entry> {
     const dir = join(this.options.runDir, `fuse-${name}`);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const child = spawn('nbdfuse', [dir, nbdUri(name, socketPath)], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    const logPath = join(this.options.runDir, `fuse-${name}.log`);
+    const logFd = openSync(logPath, 'a', 0o600);
+    const reconnectS = this.options.reconnectS ?? 120;
+    // Its own session: nbdfuse (and the nbdkit under it) outlive cairnd, so that the
+    // filesystem on the loop device survives a cairnd restart.
+    const child = spawn('nbdfuse', [dir, '--command', 'nbdkit', '-s', '--exit-with-parent', '--filter=retry', 'nbd',
+      `socket=${socketPath}`, `export=${name}`, `retries=${reconnectS}`, 'retry-delay=1', 'retry-exponential=no'],
+    { detached: true, stdio: ['ignore', 'ignore', logFd] });
+    closeSync(logFd);
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.once('error', () => undefined);
     const file = join(dir, 'nbd');
-    if (!(await waitFor(() => existsSync(file) || child.exitCode !== null, 10_000)) || !existsSync(file)) {
+    if (!(await waitFor(() => existsSync(file) || child.exitCode !== null || child.pid === undefined, 10_000)) || !existsSync(file)) {
       child.kill('SIGTERM');
-      throw new ChildProcessError('nbdfuse', child.exitCode, stderr || 'the export did not appear');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 2000))]);
+      throw new ChildProcessError('nbdfuse', child.exitCode, readLog(logPath) || 'the export did not appear', { details: { volume: name } });
     }
+    child.unref();
+    const fuse = { dir, pid: child.pid! };
     try {
       const devicePath = await run('losetup', ['-f', '--show', '--direct-io=on', file]);
-      return { name, devicePath, method: 'nbdfuse-loop', socketPath, fuse: { child, dir } };
+      return { name, devicePath, method: 'nbdfuse-loop', socketPath, fuse };
     } catch (err) {
-      await run('fusermount3', ['-u', dir]).catch(() => undefined);
-      child.kill('SIGTERM');
+      await this.stopFuse(name, fuse);
       throw err;
     }
   }
 
   private async detachFuse(e: Entry): Promise<void> {
-    const { child, dir } = e.fuse!;
-    await run('losetup', ['-d', e.devicePath]);
-    await run('fusermount3', ['-u', dir]).catch((err: unknown) => this.options.log.warn({ volume: e.name, err }, 'fusermount3 -u failed'));
-    if (child.exitCode === null) {
-      child.kill('SIGTERM');
-      await waitFor(() => child.exitCode !== null || child.signalCode !== null, 5_000);
+    if (e.fuse && loopBackingFile(e.devicePath) === join(e.fuse.dir, 'nbd')) await run('losetup', ['-d', e.devicePath]);
+    if (e.fuse) await this.stopFuse(e.name, e.fuse);
+  }
+
+  private async stopFuse(name: string, fuse: { dir: string; pid: number }): Promise<void> {
+    if (existsSync(join(fuse.dir, 'nbd'))) {
+      await run('fusermount3', ['-u', fuse.dir]).catch((err: unknown) => this.options.log.warn({ volume: name, err }, 'fusermount3 -u failed'));
     }
-    rmSync(dir, { recursive: true, force: true });
+    if (commandLine(fuse.pid)[0]?.endsWith('nbdfuse')) {
+      process.kill(fuse.pid, 'SIGTERM');
+      if (!(await waitFor(() => !processAlive(fuse.pid), 5_000))) process.kill(fuse.pid, 'SIGKILL');
+    }
+    rmSync(fuse.dir, { recursive: true, force: true });
+    rmSync(`${fuse.dir}.log`, { force: true });
+  }
+}
+
+function readLog(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return '';
   }
 }

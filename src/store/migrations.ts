@@ -99,4 +99,27 @@ export const MIGRATIONS: readonly Migration[] = [
       DROP TRIGGER IF EXISTS replicas_follow_volume;
     `,
   },
+  {
+    // Volumes staged on this node for CSI (src/engine/stager.ts): written before staging
+    // starts and updated at each step, so that a crash anywhere is finished by the next
+    // call or by the recovery at start (re-export, re-attach the same kernel device).
+    version: 4,
+    description: 'volumes staged on this node (CSI NodeStageVolume)',
+    sql: `
+      CREATE TABLE staged_volumes (
+        volume          TEXT PRIMARY KEY,
+        volume_id       TEXT NOT NULL,
+        staging_path    TEXT NOT NULL,
+        access_type     TEXT NOT NULL CHECK (access_type IN ('block', 'mount')),
+        fs_type         TEXT NOT NULL DEFAULT '',
+        mount_flags     TEXT NOT NULL DEFAULT '[]',
+        readonly        INTEGER NOT NULL DEFAULT 0,
+        device_path     TEXT NOT NULL DEFAULT '',
+        attach_method   TEXT NOT NULL DEFAULT '',
+        attach_state    TEXT NOT NULL DEFAULT '{}',
+        state           TEXT NOT NULL CHECK (state IN ('staging', 'staged', 'unstaging')),
+        updated_at      TEXT NOT NULL
+      );
+    `,
+  },
 ];

@@ -13,6 +13,7 @@ import type { DeviceId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js
 import type { Logger } from '../common/log.js';
 import { MIGRATIONS, type Migration } from './migrations.js';
 import { fromSqliteError, withStorageErrors } from './sqlite-errors.js';
+import { STAGED_COLUMNS, stagedVolumeValues, toStagedVolume, type StagedVolumeRecord, type StagedVolumeRow } from './staged-volume-record.js';
 
 export type VolumeState = 'creating' | 'ready' | 'deleting';
 export type ReplicaState = 'in-sync' | 'rebuilding' | 'faulted';
@@ -302,6 +303,27 @@ export class NodeStore {
   /** The maps under the names the engine expects (`DirtyMapStore` of src/engine/engine-types.ts). */
   dirtyMaps(): NodeDirtyMaps {
     return new NodeDirtyMaps(this);
+  }
+
+  // --- staged volumes (CSI staging, src/engine/stager.ts; migration 4) ----------------
+
+  getStagedVolume(volume: string): StagedVolumeRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM staged_volumes WHERE volume = ?').get(volume) as StagedVolumeRow | undefined;
+    return row && toStagedVolume(row);
+  }
+
+  listStagedVolumes(): StagedVolumeRecord[] {
+    return (this.db.prepare('SELECT * FROM staged_volumes ORDER BY volume').all() as StagedVolumeRow[]).map(toStagedVolume);
+  }
+
+  /** Writes the record (replacing the volume's previous one). Durable when it returns. */
+  putStagedVolume(record: StagedVolumeRecord): void {
+    this.db.prepare(`INSERT OR REPLACE INTO staged_volumes (${STAGED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(...stagedVolumeValues(record));
+  }
+
+  /** Not an error when there is no such record. */
+  deleteStagedVolume(volume: string): void {
+    this.db.prepare('DELETE FROM staged_volumes WHERE volume = ?').run(volume);
   }
 }
 
