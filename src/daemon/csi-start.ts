@@ -6,6 +6,9 @@
  * service in `node` and `all`, as those services are built.
  */
 import type { Logger } from '../common/log.js';
+import type { VolumeApi } from '../cluster/volume-views.js';
+import { controllerService } from '../csi/controller-server.js';
+import { CsiLocks } from '../csi/csi-locks.js';
 import { startCsiServer, type CsiServer } from '../csi/csi-server.js';
 import { identityService } from '../csi/identity-server.js';
 import type { DaemonRole } from './config.js';
@@ -16,6 +19,8 @@ export interface CsiDeps {
   log: Logger;
   /** Whether this role can serve its CSI services now (Probe). */
   ready: () => boolean | Promise<boolean>;
+  /** Roles `controller` and `all`: the cluster's volume API the Controller service calls. */
+  controller?: { volumes: VolumeApi };
 }
 
 export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServer> {
@@ -23,7 +28,13 @@ export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServ
   // Every role answers the same capabilities (the spec wants one answer per plugin version):
   // a cluster of node daemons has its controller in a Deployment, a single node in `all`.
   const identity = identityService({ log, controllerService: true, ready: deps.ready, version: VERSION });
-  const server = await startCsiServer({ socketPath: deps.socketPath, log, services: [identity] });
+  // One lock table for every volume-touching service of the process: a busy volume is ABORTED whichever service holds it.
+  const locks = new CsiLocks();
+  const services = [
+    identity,
+    ...(deps.controller ? [controllerService({ volumes: deps.controller.volumes, log, locks })] : []),
+  ];
+  const server = await startCsiServer({ socketPath: deps.socketPath, log, services });
   log.info({ role, socket: server.socketPath }, 'csi services started');
   return server;
 }

@@ -76,7 +76,8 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     const http: Server = await startHttpServer(config.httpListen, { volumes: front.volumes, isReady, connectionCount: front.connectionCount, log });
     stops.push(() => void http.close());
   }
-  const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready });
+  const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready,
+    ...(config.role !== 'node' ? { controller: { volumes: front.volumes } } : {}) });
   stops.push(() => csi.close());
 }
 

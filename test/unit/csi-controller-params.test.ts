@@ -1,0 +1,76 @@
+import test from 'ava';
+import { Code, StorageError } from '../../src/common/errors.js';
+import {
+  DEFAULT_VOLUME_BYTES, capabilityProblem, checkTopology, parseParameters, preferredNodeOf, sizeFitsRange, sizeForRange,
+} from '../../src/csi/controller-params.js';
+
+const codeOf = (fn: () => unknown): Code | undefined => {
+  try {
+    fn();
+    return undefined;
+  } catch (err) {
+    return err instanceof StorageError ? err.code : undefined;
+  }
+};
+
+test('parameters: replicas 1-3 and fsType ext4/xfs are read; the provisioner keys are accepted', (t) => {
+  t.deepEqual(parseParameters({
+    replicas: '2', fsType: 'xfs', 'csi.storage.k8s.io/pvc/name': 'data', 'csi.storage.k8s.io/pvc/namespace': 'ns', 'csi.storage.k8s.io/pv/name': 'pvc-1',
+  }), { replicas: 2, fsType: 'xfs' });
+  t.deepEqual(parseParameters(undefined), {});
+});
+
+test('parameters: a bad value or an unknown key is INVALID_ARGUMENT naming it', (t) => {
+  for (const bad of [{ replicas: '0' }, { replicas: '4' }, { replicas: '2.5' }, { replicas: 'two' }, { fsType: 'btrfs' }, { zone: 'a' }]) {
+    const err = t.throws(() => parseParameters(bad), { instanceOf: StorageError });
+    t.is(err.code, Code.INVALID_ARGUMENT);
+    t.true(err.message.includes(Object.keys(bad)[0]!), err.message);
+  }
+});
+
+test('mutable parameters: only replicas; fsType and provisioner keys are refused', (t) => {
+  t.deepEqual(parseParameters({ replicas: '3' }, true), { replicas: 3 });
+  t.is(codeOf(() => parseParameters({ fsType: 'ext4' }, true)), Code.INVALID_ARGUMENT);
+  t.is(codeOf(() => parseParameters({ 'csi.storage.k8s.io/pvc/name': 'x' }, true)), Code.INVALID_ARGUMENT);
+});
+
+test('capacity: required rounds up to 4 KiB, limit honoured, default when absent', (t) => {
+  t.is(sizeForRange(undefined), DEFAULT_VOLUME_BYTES);
+  t.is(sizeForRange({ requiredBytes: '1' }), 4096);
+  t.is(sizeForRange({ requiredBytes: '8192', limitBytes: '8192' }), 8192);
+  t.is(sizeForRange({ limitBytes: String(10 * 4096 + 5) }), 10 * 4096);
+  t.is(sizeForRange({ limitBytes: String(4 * 1024 ** 3) }), DEFAULT_VOLUME_BYTES);
+});
+
+test('capacity: no 4 KiB multiple in range, a limit under 4 KiB, or over the maximum is OUT_OF_RANGE', (t) => {
+  t.is(codeOf(() => sizeForRange({ requiredBytes: '4097', limitBytes: '5000' })), Code.OUT_OF_RANGE);
+  t.is(codeOf(() => sizeForRange({ limitBytes: '100' })), Code.OUT_OF_RANGE);
+  t.is(codeOf(() => sizeForRange({ requiredBytes: String(2 ** 51) })), Code.OUT_OF_RANGE);
+});
+
+test('capacity: an existing size fits a range when within its bounds', (t) => {
+  t.true(sizeFitsRange(8192, { requiredBytes: '5000' }));
+  t.true(sizeFitsRange(8192, undefined));
+  t.false(sizeFitsRange(8192, { requiredBytes: '9000' }));
+  t.false(sizeFitsRange(8192, { limitBytes: '4096' }));
+});
+
+test('capabilities: single-node and read-only modes with ext4/xfs or block pass; multi-node writers are refused', (t) => {
+  for (const mode of ['SINGLE_NODE_WRITER', 'SINGLE_NODE_READER_ONLY', 'SINGLE_NODE_SINGLE_WRITER', 'SINGLE_NODE_MULTI_WRITER', 'MULTI_NODE_READER_ONLY']) {
+    t.is(capabilityProblem({ mount: { fsType: 'xfs' }, accessMode: { mode } }, 'c'), undefined, mode);
+    t.is(capabilityProblem({ block: {}, accessMode: { mode } }, 'c'), undefined, mode);
+  }
+  for (const mode of ['MULTI_NODE_SINGLE_WRITER', 'MULTI_NODE_MULTI_WRITER']) {
+    t.regex(capabilityProblem({ block: {}, accessMode: { mode } }, 'c') ?? '', /cannot be shared across nodes safely/);
+  }
+  t.regex(capabilityProblem({ mount: { fsType: 'btrfs' }, accessMode: { mode: 'SINGLE_NODE_WRITER' } }, 'c') ?? '', /btrfs/);
+  t.regex(capabilityProblem({ accessMode: { mode: 'SINGLE_NODE_WRITER' } }, 'c') ?? '', /mount or block/);
+  t.regex(capabilityProblem({ block: {}, accessMode: { mode: 'UNKNOWN' } }, 'c') ?? '', /not supported/);
+});
+
+test('topology: Cairn keys only; the first preferred node is the one to prefer', (t) => {
+  t.notThrows(() => checkTopology({ requisite: [{ segments: { 'topology.cairn.dev/node': 'a', 'topology.cairn.dev/zone': 'z' } }] }));
+  t.is(codeOf(() => checkTopology({ preferred: [{ segments: { 'kubernetes.io/hostname': 'a' } }] })), Code.INVALID_ARGUMENT);
+  t.is(preferredNodeOf({ preferred: [{ segments: { 'topology.cairn.dev/zone': 'z' } }, { segments: { 'topology.cairn.dev/node': 'b' } }] }), 'b');
+  t.is(preferredNodeOf(undefined), undefined);
+});
