@@ -11,6 +11,7 @@ import { controllerService } from '../csi/controller-server.js';
 import { CsiLocks } from '../csi/csi-locks.js';
 import { startCsiServer, type CsiServer } from '../csi/csi-server.js';
 import { identityService } from '../csi/identity-server.js';
+import { nodeService, type NodeServiceOptions } from '../csi/node-server.js';
 import type { DaemonRole } from './config.js';
 import { VERSION } from './version.js';
 
@@ -21,6 +22,8 @@ export interface CsiDeps {
   ready: () => boolean | Promise<boolean>;
   /** Roles `controller` and `all`: the cluster's volume API the Controller service calls. */
   controller?: { volumes: VolumeApi };
+  /** Roles `node` and `all`: what the Node service needs (the stager and volumes of the data plane, this node's name, zone and volume limit). */
+  node?: Omit<NodeServiceOptions, 'log' | 'locks'>;
 }
 
 export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServer> {
@@ -33,6 +36,7 @@ export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServ
   const services = [
     identity,
     ...(deps.controller ? [controllerService({ volumes: deps.controller.volumes, log, locks })] : []),
+    ...(deps.node ? [nodeService({ ...deps.node, log, locks })] : []),
   ];
   const server = await startCsiServer({ socketPath: deps.socketPath, log, services });
   log.info({ role, socket: server.socketPath }, 'csi services started');

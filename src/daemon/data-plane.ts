@@ -2,7 +2,8 @@
  * The data plane of a node daemon (roles `node` and `all`), in start order: the node's own
  * storage (node store, pool), then, over the cluster store, the replica manager and its
  * peer service, the engine host and volume service, NBD exports, node registration, the
- * repair leader election and loop, the replica collector and the kernel attacher. `close`
+ * repair leader election and loop, the replica collector, the kernel attacher and the CSI
+ * stager (whose staged volumes are served again after the volumes' own recovery). `close`
  * runs it backwards: engines flush every replica before the pool and the stores close.
  */
 import { join } from 'node:path';
@@ -15,10 +16,11 @@ import { ReplicaCollector } from '../cluster/replica-gc.js';
 import { PeerConnector } from '../cluster/replica-connector.js';
 import type { ClusterStore } from '../cluster/store/cluster-store.js';
 import { Code, isStorageError } from '../common/errors.js';
-import type { NodeId } from '../common/ids.js';
+import type { NodeId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { ExportManager } from '../engine/export-manager.js';
 import { KernelAttacher } from '../engine/kernel-attach.js';
+import { Stager, type VolumeExporter } from '../engine/stager.js';
 import type { PoolBackend } from '../pool/backend.js';
 import { ReplicaManager } from '../replica/replica-manager.js';
 import { startReplicaServer } from '../replica/replica-server.js';
@@ -50,6 +52,8 @@ export interface DataPlane {
   volumes: ClusterVolumeService;
   exports: ExportManager;
   attacher: KernelAttacher;
+  /** CSI staging on this node (NodeStageVolume / NodeUnstageVolume). */
+  stager: Stager;
   peerAddress: string;
   /** Registers the node, starts the election, the repair loop and the collector, and restarts the engines of exported volumes. */
   start(): Promise<void>;
@@ -89,6 +93,16 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const repair = new RepairLoop({ store: cluster, election, connector, volumes, repairWaitMs: config.repairWaitMs, log });
   const collector = new ReplicaCollector({ store: cluster, manager, graceMs: config.orphanGraceMs, log });
   const attacher = new KernelAttacher({ log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach') });
+  const exporter: VolumeExporter = {
+    export: async (volume, signal) => {
+      const { socketPath } = await volumes.export(volume, undefined, signal);
+      // The staged record keeps the volume's id next to its name (the CSI volume id).
+      const { id } = await volumes.get(volume, signal);
+      return { socketPath, volumeId: id as VolumeId };
+    },
+    unexport: (volume) => volumes.unexport(volume),
+  };
+  const stager = new Stager({ store, exporter, attacher, log: log.child({ component: 'stager' }) });
   const capacity = async (): Promise<NodeCapacity> => {
     const c = await pool.capacity();
     return { totalBytes: c.totalBytes, freeBytes: c.freeBytes };
@@ -96,7 +110,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   let capacityTimer: NodeJS.Timeout | undefined;
 
   return {
-    volumes, exports, attacher, peerAddress,
+    volumes, exports, attacher, stager, peerAddress,
     async start() {
       await registerNode(registry, {
         nodeId, name: config.nodeName, peerAddress, ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,
@@ -111,6 +125,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
       collector.start();
       await importLegacyVolumes({ store, cluster, pool, nodeId, log });
       await volumes.recover();
+      await stager.recover();
     },
     async close() {
       clearInterval(capacityTimer);

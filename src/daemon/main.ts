@@ -22,7 +22,7 @@ import type { ClusterStore } from '../cluster/store/cluster-store.js';
 import { apiHandlers, apiServiceDefinition, type ApiContext } from './api-service.js';
 import { flagsFromCommander, resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
 import { openControllerPlane } from './controller-plane.js';
-import { startCsi } from './csi-start.js';
+import { startCsi, type CsiDeps } from './csi-start.js';
 import { openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
 import { acquirePidFile } from './pid-file.js';
@@ -55,6 +55,8 @@ interface Front {
   connectionCount: () => number;
   /** Whether the role can serve now: HTTP /readyz and CSI Probe. */
   ready: () => boolean | Promise<boolean>;
+  /** Roles `node` and `all`: the CSI Node service's dependencies. */
+  csiNode?: CsiDeps['node'];
 }
 
 /** The cairnctl API, the HTTP endpoints and the CSI server: the same in every role. */
@@ -76,7 +78,7 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     const http: Server = await startHttpServer(config.httpListen, { volumes: front.volumes, isReady, connectionCount: front.connectionCount, log });
     stops.push(() => void http.close());
   }
-  const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready,
+  const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
     ...(config.role !== 'node' ? { controller: { volumes: front.volumes } } : {}) });
   stops.push(() => csi.close());
 }
@@ -92,6 +94,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   await startFront(config, log, {
     volumes: plane.volumes, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
     api: { poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher },
+    csiNode: { stager: plane.stager, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
   }, stops);
   await plane.start();
   recovered = true;
