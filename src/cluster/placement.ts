@@ -37,6 +37,12 @@ export interface PlacementRequest {
   nodes: readonly PlacementNode[];
   /** Placed first when it qualifies (locality); ignored otherwise. */
   preferredNode?: NodeId;
+  /**
+   * The first replica must land on one of these nodes (a CSI `requisite` topology): the
+   * preferred node when it is one of them, else the one of them with the most free space.
+   * RESOURCE_EXHAUSTED (details.requisite) when none of them is up with room.
+   */
+  firstAmong?: readonly NodeId[];
   /** Nodes that already hold a replica of the volume (repair): avoided, zones counted. */
   existing?: readonly NodeId[];
 }
@@ -119,7 +125,13 @@ export function placeReplicas(req: PlacementRequest): PlacementResult {
   for (const n of req.nodes) if (existingIds.has(n.nodeId)) addLoad(n);
 
   const chosen: PlacementNode[] = [];
-  const preferred = eligible.find((n) => n.nodeId === req.preferredNode);
+  const allowed = req.firstAmong ? new Set(req.firstAmong) : undefined;
+  const preferred = eligible.find((n) => n.nodeId === req.preferredNode && (!allowed || allowed.has(n.nodeId)))
+    ?? (allowed ? eligible.find((n) => allowed.has(n.nodeId)) : undefined);
+  if (allowed && !preferred) {
+    throw new StorageError(Code.RESOURCE_EXHAUSTED, `none of the required nodes (${[...allowed].join(', ') || 'none'}) is up with ${formatBytes(req.sizeBytes)} free`,
+      { details: { requisite: [...allowed], sizeBytes: req.sizeBytes } });
+  }
   if (preferred) {
     chosen.push(preferred);
     addLoad(preferred);
@@ -140,5 +152,5 @@ export function placeReplicas(req: PlacementRequest): PlacementResult {
     if (bestLoad > 0) zonesShared = true;
     addLoad(best!);
   }
-  return { nodeIds: chosen.map((n) => n.nodeId), zonesShared, preferredChosen: preferred !== undefined };
+  return { nodeIds: chosen.map((n) => n.nodeId), zonesShared, preferredChosen: preferred !== undefined && preferred.nodeId === req.preferredNode };
 }

@@ -148,6 +148,7 @@ export class VolumeLifecycle {
     const placed = placeReplicas({
       replicas, sizeBytes, nodes: toPlacementNodes(await listNodes(this.store, this.log)),
       ...(options.preferredNode ? { preferredNode: options.preferredNode as NodeId } : {}),
+      ...(options.requisiteNodes ? { firstAmong: options.requisiteNodes as readonly NodeId[] } : {}),
     });
     throwIfCancelled(signal, `create volume "${name}"`);
     const now = new Date().toISOString();

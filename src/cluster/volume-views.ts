@@ -74,6 +74,8 @@ export interface CreateVolumeOptions {
   replicas?: number;
   /** Place a replica on this node when it qualifies (locality). */
   preferredNode?: string;
+  /** A replica must land on one of these nodes (CSI requisite topology); RESOURCE_EXHAUSTED when none has room. */
+  requisiteNodes?: readonly string[];
 }
 
 export interface ExportOptions {

@@ -127,3 +127,19 @@ export function checkTopology(requirement: { requisite?: Topology[]; preferred?:
 export function preferredNodeOf(requirement: { preferred?: Topology[] } | undefined): string | undefined {
   return requirement?.preferred?.map((t) => t.segments?.[TOPOLOGY_NODE_KEY]).find((n) => n !== undefined && n !== '');
 }
+
+/**
+ * The nodes a `requisite` topology allows (a node matches a segment when each of its keys
+ * does: the node key its name or id, the zone key its zone); undefined when there is no
+ * requisite. The volume is then placed with a replica on one of them.
+ */
+export function requisiteNodes(
+  requirement: { requisite?: Topology[] } | undefined,
+  nodes: readonly { nodeId: string; name: string; zone?: string }[],
+): string[] | undefined {
+  const requisite = requirement?.requisite ?? [];
+  if (requisite.length === 0) return undefined;
+  const matches = (n: { nodeId: string; name: string; zone?: string }, segments: Record<string, string>): boolean =>
+    Object.entries(segments).every(([key, value]) => (key === TOPOLOGY_NODE_KEY ? value === n.name || value === n.nodeId : (n.zone ?? '') === value));
+  return nodes.filter((n) => requisite.some((t) => matches(n, t.segments ?? {}))).map((n) => n.nodeId);
+}

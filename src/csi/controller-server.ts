@@ -13,11 +13,11 @@ import type { VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import { csiService, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey, type CsiLocks } from './csi-locks.js';
 import {
-  TOPOLOGY_NODE_KEY, checkCapabilities, checkTopology, parseParameters, preferredNodeOf, sizeFitsRange, sizeForRange,
+  TOPOLOGY_NODE_KEY, checkCapabilities, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from './controller-params.js';
 
 export interface ControllerServiceOptions {
-  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get'>;
+  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes'>;
   log: Logger;
   locks: CsiLocks;
 }
@@ -92,10 +92,12 @@ export function controllerService(options: ControllerServiceOptions): CsiService
             `volume "${r.name}" already exists with ${found.sizeBytes} bytes and ${found.replicasWanted} replica(s), which this request does not allow`, { details: { volume: r.name } });
         }
         const preferredNode = preferredNodeOf(r.accessibilityRequirements);
+        const requisite = found ? undefined : requisiteNodes(r.accessibilityRequirements, await volumes.nodes());
         // An existing volume (or one a crash left half-made) is completed and returned as it is.
         const view = await volumes.create(r.name, found?.sizeBytes ?? args.sizeBytes, {
           ...(found ? { replicas: found.replicasWanted } : args.replicas ? { replicas: args.replicas } : {}),
           ...(preferredNode ? { preferredNode } : {}),
+          ...(requisite ? { requisiteNodes: requisite } : {}),
         }, signal).catch(tooFewNodes);
         return volumeReply(view, args.fsType);
       },

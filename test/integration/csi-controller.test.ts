@@ -115,6 +115,18 @@ test.serial('CreateVolume: more replicas than nodes is RESOURCE_EXHAUSTED and le
   t.is((await daemon!.ctl(['volume', 'inspect', 'pvc-wide'])).exitCode, 1);
 });
 
+test.serial('CreateVolume: a requisite topology places a replica on a node it allows; none up with room is RESOURCE_EXHAUSTED', async (t) => {
+  const allowed = (ok(await csi.controller.CreateVolume!(create('pvc-req', {
+    accessibilityRequirements: { requisite: [{ segments: { 'topology.cairn.dev/node': 'node-a' } }], preferred: [{ segments: { 'topology.cairn.dev/node': 'node-a' } }] },
+  }))) as { volume: VolumeMsg }).volume;
+  t.deepEqual(allowed.accessibleTopology.map((s) => s.segments), [{ 'topology.cairn.dev/node': 'node-a' }]);
+  t.is(codeName(await csi.controller.CreateVolume!(create('pvc-req-none', {
+    accessibilityRequirements: { requisite: [{ segments: { 'topology.cairn.dev/zone': 'zone-elsewhere' } }] },
+  }))), 'RESOURCE_EXHAUSTED');
+  t.is((await daemon!.ctl(['volume', 'inspect', 'pvc-req-none'])).exitCode, 1);
+  t.is(codeName(await csi.controller.DeleteVolume!({ volumeId: 'pvc-req' })), 'OK');
+});
+
 test.serial('DeleteVolume: deletes, then repeats OK; an unknown or impossible id is OK; a missing id is INVALID_ARGUMENT', async (t) => {
   ok(await csi.controller.CreateVolume!(create('pvc-del')));
   t.is(codeName(await csi.controller.DeleteVolume!({ volumeId: 'pvc-del' })), 'OK');

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { Code, StorageError } from '../../src/common/errors.js';
 import {
-  DEFAULT_VOLUME_BYTES, capabilityProblem, checkTopology, parseParameters, preferredNodeOf, sizeFitsRange, sizeForRange,
+  DEFAULT_VOLUME_BYTES, capabilityProblem, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from '../../src/csi/controller-params.js';
 
 const codeOf = (fn: () => unknown): Code | undefined => {
@@ -21,7 +21,7 @@ test('parameters: replicas 1-3 and fsType ext4/xfs are read; the provisioner key
 });
 
 test('parameters: a bad value or an unknown key is INVALID_ARGUMENT naming it', (t) => {
-  for (const bad of [{ replicas: '0' }, { replicas: '4' }, { replicas: '2.5' }, { replicas: 'two' }, { fsType: 'btrfs' }, { zone: 'a' }]) {
+  for (const bad of [{ replicas: '0' }, { replicas: '4' }, { replicas: '2.5' }, { replicas: 'two' }, { fsType: 'btrfs' }, { zone: 'a' }] as Record<string, string>[]) {
     const err = t.throws(() => parseParameters(bad), { instanceOf: StorageError });
     t.is(err.code, Code.INVALID_ARGUMENT);
     t.true(err.message.includes(Object.keys(bad)[0]!), err.message);
@@ -73,4 +73,12 @@ test('topology: Cairn keys only; the first preferred node is the one to prefer',
   t.is(codeOf(() => checkTopology({ preferred: [{ segments: { 'kubernetes.io/hostname': 'a' } }] })), Code.INVALID_ARGUMENT);
   t.is(preferredNodeOf({ preferred: [{ segments: { 'topology.cairn.dev/zone': 'z' } }, { segments: { 'topology.cairn.dev/node': 'b' } }] }), 'b');
   t.is(preferredNodeOf(undefined), undefined);
+});
+
+test('topology: requisite segments select nodes by name or id and zone', (t) => {
+  const nodes = [{ nodeId: 'a', name: 'node-a', zone: 'z1' }, { nodeId: 'b', name: 'node-b', zone: 'z2' }, { nodeId: 'c', name: 'node-c' }];
+  t.is(requisiteNodes(undefined, nodes), undefined);
+  t.deepEqual(requisiteNodes({ requisite: [{ segments: { 'topology.cairn.dev/node': 'node-b' } }] }, nodes), ['b']);
+  t.deepEqual(requisiteNodes({ requisite: [{ segments: { 'topology.cairn.dev/zone': 'z1' } }, { segments: { 'topology.cairn.dev/node': 'c' } }] }, nodes), ['a', 'c']);
+  t.deepEqual(requisiteNodes({ requisite: [{ segments: { 'topology.cairn.dev/node': 'node-a', 'topology.cairn.dev/zone': 'z2' } }] }, nodes), []);
 });
