@@ -4,7 +4,7 @@
  * every Cairn call is keyed by, the provisioner's name (pvc-<uid>) is already unique and
  * stable, and `cairnctl volume inspect <volume_id>` then works on what Kubernetes shows.
  *
- * Served: CreateVolume, DeleteVolume, ControllerGetCapabilities. Every other Controller
+ * Served: CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetCapabilities. Every other Controller
  * method answers UNIMPLEMENTED and its capability is not advertised.
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
@@ -67,6 +67,21 @@ function tooFewNodes(err: unknown): never {
   throw err;
 }
 
+/** Why the volume cannot be used as `r` asks (ValidateVolumeCapabilities), or undefined. */
+function validationProblem(r: CsiRequest, volume: VolumeView): string | undefined {
+  try {
+    checkCapabilities(r.volumeCapabilities);
+    const params = parseParameters(r.parameters);
+    const mutable = parseParameters(r.mutableParameters, true);
+    const replicas = mutable.replicas ?? params.replicas;
+    if (replicas !== undefined && replicas !== volume.replicasWanted) return `volume "${volume.name}" has ${volume.replicasWanted} replica(s), not ${replicas}`;
+    return undefined;
+  } catch (err) {
+    if (isStorageError(err) && err.code === Code.INVALID_ARGUMENT) return err.message;
+    throw err;
+  }
+}
+
 async function existing(volumes: ControllerServiceOptions['volumes'], name: string, signal: AbortSignal): Promise<VolumeView | undefined> {
   try {
     return await volumes.get(name, signal);
@@ -111,6 +126,22 @@ export function controllerService(options: ControllerServiceOptions): CsiService
         if (!NAME_RE.test(r.volumeId)) return {};
         await volumes.delete(r.volumeId, false, signal);
         return {};
+      },
+    },
+    ValidateVolumeCapabilities: {
+      required: ['volume_id', 'volume_capabilities', 'volume_capabilities.access_mode'],
+      logIds: (r) => ({ volume: r.volumeId }),
+      handler: async (r, { signal }) => {
+        if (!NAME_RE.test(r.volumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.volumeId}" not found`, { details: { volume: r.volumeId } });
+        const volume = await volumes.get(r.volumeId, signal);
+        const problem = validationProblem(r, volume);
+        if (problem) return { message: problem };
+        return {
+          confirmed: {
+            volumeContext: r.volumeContext ?? {}, volumeCapabilities: r.volumeCapabilities,
+            parameters: r.parameters ?? {}, mutableParameters: r.mutableParameters ?? {},
+          },
+        };
       },
     },
     ControllerGetCapabilities: {

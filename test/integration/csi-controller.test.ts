@@ -127,6 +127,25 @@ test.serial('CreateVolume: a requisite topology places a replica on a node it al
   t.is(codeName(await csi.controller.DeleteVolume!({ volumeId: 'pvc-req' })), 'OK');
 });
 
+test.serial('ValidateVolumeCapabilities: confirms what Cairn serves, says why not otherwise; unknown volume NOT_FOUND; missing fields INVALID_ARGUMENT', async (t) => {
+  ok(await csi.controller.CreateVolume!(create('pvc-val')));
+  const yes = ok(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'pvc-val', volumeCapabilities: [blockCap(), mountCap('SINGLE_NODE_READER_ONLY', 'xfs')], parameters: { replicas: '1' } })) as CsiMessage;
+  t.is(yes.confirmed.volumeCapabilities.length, 2);
+  t.deepEqual(yes.confirmed.parameters, { replicas: '1' });
+  const multi = ok(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'pvc-val', volumeCapabilities: [blockCap('MULTI_NODE_MULTI_WRITER')] })) as CsiMessage;
+  t.is(multi.confirmed, null);
+  t.regex(multi.message, /cannot be shared across nodes safely/);
+  const replicas = ok(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'pvc-val', volumeCapabilities: [blockCap()], parameters: { replicas: '2' } })) as CsiMessage;
+  t.is(replicas.confirmed, null);
+  t.regex(replicas.message, /1 replica/);
+  t.is(codeName(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'pvc-nope', volumeCapabilities: [blockCap()] })), 'NOT_FOUND');
+  t.is(codeName(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'Not/A Name', volumeCapabilities: [blockCap()] })), 'NOT_FOUND');
+  t.is(codeName(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'pvc-val' })), 'INVALID_ARGUMENT');
+  t.is(codeName(await csi.controller.ValidateVolumeCapabilities!({ volumeCapabilities: [blockCap()] })), 'INVALID_ARGUMENT');
+  t.is(codeName(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'pvc-val', volumeCapabilities: [{ block: {} }] })), 'INVALID_ARGUMENT');
+  t.is(codeName(await csi.controller.DeleteVolume!({ volumeId: 'pvc-val' })), 'OK');
+});
+
 test.serial('DeleteVolume: deletes, then repeats OK; an unknown or impossible id is OK; a missing id is INVALID_ARGUMENT', async (t) => {
   ok(await csi.controller.CreateVolume!(create('pvc-del')));
   t.is(codeName(await csi.controller.DeleteVolume!({ volumeId: 'pvc-del' })), 'OK');
