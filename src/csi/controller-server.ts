@@ -4,7 +4,8 @@
  * every Cairn call is keyed by, the provisioner's name (pvc-<uid>) is already unique and
  * stable, and `cairnctl volume inspect <volume_id>` then works on what Kubernetes shows.
  *
- * Served: CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetCapabilities. Every other Controller
+ * Served: CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetVolume,
+ * ControllerGetCapabilities. Every other Controller
  * method answers UNIMPLEMENTED and its capability is not advertised.
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
@@ -12,6 +13,7 @@ import type { Logger } from '../common/log.js';
 import type { VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import { csiService, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey, type CsiLocks } from './csi-locks.js';
+import { volumeCondition } from './volume-condition.js';
 import {
   TOPOLOGY_NODE_KEY, checkCapabilities, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from './controller-params.js';
@@ -23,7 +25,7 @@ export interface ControllerServiceOptions {
 }
 
 /** The controller capabilities whose RPCs are complete. */
-export const CONTROLLER_CAPABILITIES = ['CREATE_DELETE_VOLUME'] as const;
+export const CONTROLLER_CAPABILITIES = ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION'] as const;
 
 const NAME_RE = /^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$/;
 
@@ -142,6 +144,17 @@ export function controllerService(options: ControllerServiceOptions): CsiService
             parameters: r.parameters ?? {}, mutableParameters: r.mutableParameters ?? {},
           },
         };
+      },
+    },
+    ControllerGetVolume: {
+      required: ['volume_id'],
+      logIds: (r) => ({ volume: r.volumeId }),
+      handler: async (r, { signal }) => {
+        if (!NAME_RE.test(r.volumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.volumeId}" not found`, { details: { volume: r.volumeId } });
+        const view = await volumes.get(r.volumeId, signal);
+        const { volume } = volumeReply(view, '');
+        // No fsType here: it is the StorageClass's, which the volume does not keep.
+        return { volume: { ...volume, volumeContext: { replicas: String(view.replicasWanted) } }, status: { publishedNodeIds: [], volumeCondition: volumeCondition(view) } };
       },
     },
     ControllerGetCapabilities: {

@@ -34,7 +34,7 @@ interface VolumeMsg { volumeId: string; capacityBytes: string; volumeContext: Re
 
 test.serial('ControllerGetCapabilities advertises exactly the RPCs that are served', async (t) => {
   const { capabilities } = ok(await csi.controller.ControllerGetCapabilities!({})) as { capabilities: { rpc: { type: string } }[] };
-  t.deepEqual(capabilities.map((c) => c.rpc.type), ['CREATE_DELETE_VOLUME']);
+  t.deepEqual(capabilities.map((c) => c.rpc.type), ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION']);
   t.is(codeName(await csi.controller.ListVolumes!({})), 'UNIMPLEMENTED');
 });
 
@@ -144,6 +144,20 @@ test.serial('ValidateVolumeCapabilities: confirms what Cairn serves, says why no
   t.is(codeName(await csi.controller.ValidateVolumeCapabilities!({ volumeCapabilities: [blockCap()] })), 'INVALID_ARGUMENT');
   t.is(codeName(await csi.controller.ValidateVolumeCapabilities!({ volumeId: 'pvc-val', volumeCapabilities: [{ block: {} }] })), 'INVALID_ARGUMENT');
   t.is(codeName(await csi.controller.DeleteVolume!({ volumeId: 'pvc-val' })), 'OK');
+});
+
+test.serial('ControllerGetVolume: the volume as created, a normal condition while healthy; unknown NOT_FOUND; no id INVALID_ARGUMENT', async (t) => {
+  const created = (ok(await csi.controller.CreateVolume!(create('pvc-get'))) as { volume: VolumeMsg }).volume;
+  const got = ok(await csi.controller.ControllerGetVolume!({ volumeId: 'pvc-get' })) as CsiMessage;
+  t.is(got.volume.volumeId, 'pvc-get');
+  t.is(got.volume.capacityBytes, created.capacityBytes);
+  t.deepEqual(got.volume.accessibleTopology, created.accessibleTopology);
+  t.deepEqual(got.status.publishedNodeIds, []);
+  t.deepEqual(got.status.volumeCondition, { abnormal: false, message: 'healthy' });
+  t.is(codeName(await csi.controller.ControllerGetVolume!({ volumeId: 'pvc-nope' })), 'NOT_FOUND');
+  t.is(codeName(await csi.controller.ControllerGetVolume!({})), 'INVALID_ARGUMENT');
+  t.is(codeName(await csi.controller.DeleteVolume!({ volumeId: 'pvc-get' })), 'OK');
+  t.is(codeName(await csi.controller.ControllerGetVolume!({ volumeId: 'pvc-get' })), 'NOT_FOUND');
 });
 
 test.serial('DeleteVolume: deletes, then repeats OK; an unknown or impossible id is OK; a missing id is INVALID_ARGUMENT', async (t) => {

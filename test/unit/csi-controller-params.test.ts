@@ -3,6 +3,8 @@ import { Code, StorageError } from '../../src/common/errors.js';
 import {
   DEFAULT_VOLUME_BYTES, capabilityProblem, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from '../../src/csi/controller-params.js';
+import { volumeCondition } from '../../src/csi/volume-condition.js';
+import type { VolumeView } from '../../src/cluster/volume-views.js';
 
 const codeOf = (fn: () => unknown): Code | undefined => {
   try {
@@ -81,4 +83,13 @@ test('topology: requisite segments select nodes by name or id and zone', (t) => 
   t.deepEqual(requisiteNodes({ requisite: [{ segments: { 'topology.cairn.dev/node': 'node-b' } }] }, nodes), ['b']);
   t.deepEqual(requisiteNodes({ requisite: [{ segments: { 'topology.cairn.dev/zone': 'z1' } }, { segments: { 'topology.cairn.dev/node': 'c' } }] }, nodes), ['a', 'c']);
   t.deepEqual(requisiteNodes({ requisite: [{ segments: { 'topology.cairn.dev/node': 'node-a', 'topology.cairn.dev/zone': 'z2' } }] }, nodes), []);
+});
+
+test('volume condition: normal while healthy; abnormal naming each replica out of sync, its node, state and reason', (t) => {
+  t.deepEqual(volumeCondition({ health: 'healthy', replicas: [] }), { abnormal: false, message: 'healthy' });
+  const replica = (id: string, node: string, state: 'in-sync' | 'rebuilding' | 'faulted', reason?: string): VolumeView['replicas'][number] =>
+    ({ id, nodeName: node, deviceId: id, state, since: '', allocatedBytes: 0, dirtyBytes: 0, ...(reason ? { reason } : {}) });
+  const c = volumeCondition({ health: 'degraded', replicas: [replica('r1', 'a', 'in-sync'), replica('r2', 'b', 'faulted', 'node b unreachable')] });
+  t.true(c.abnormal);
+  t.is(c.message, 'volume is degraded: replica r2 on b faulted (node b unreachable)');
 });
