@@ -42,6 +42,12 @@ export interface VolumeEngineEntry {
   headless?: boolean;
 }
 
+/** A node the volume is published to (CSI ControllerPublishVolume): that node may stage it and run its engine. */
+export interface VolumePublication {
+  nodeId: NodeId;
+  readonly: boolean;
+}
+
 export interface VolumeDoc extends EngineVolumeDoc {
   id: VolumeId;
   name: string;
@@ -61,6 +67,13 @@ export interface VolumeDoc extends EngineVolumeDoc {
    */
   engine: VolumeEngineEntry | null;
   replicas: VolumeReplicaEntry[];
+  /**
+   * The nodes the volume is published to (CSI attach), at most one unless every entry is
+   * read-only. Absent or empty: published nowhere (cairnctl export does not publish).
+   */
+  published?: VolumePublication[];
+  /** The filesystem the volume was created for (CSI StorageClass `fsType`); absent for a raw or cairnctl volume. */
+  fsType?: string;
 }
 
 export interface StoredVolumeDoc {
@@ -138,9 +151,20 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
     if (e.cleanStop === true) engine.cleanStop = true;
     if (e.headless === true) engine.headless = true;
   }
+  let published: VolumePublication[] | undefined;
+  if (v.published !== undefined) {
+    if (!Array.isArray(v.published)) throw malformed(key, 'published is not a list');
+    published = v.published.map((p) => {
+      if (!isObject(p) || typeof p.nodeId !== 'string' || typeof p.readonly !== 'boolean') throw malformed(key, 'a published entry lacks nodeId or readonly');
+      return { nodeId: p.nodeId as NodeId, readonly: p.readonly };
+    });
+  }
+  if (v.fsType !== undefined && typeof v.fsType !== 'string') throw malformed(key, 'fsType is not a string');
   return {
     id: str('id') as VolumeId, name: str('name'), sizeBytes: num('sizeBytes'), createdAt: str('createdAt'), state: state as VolumeDocState,
     replicasWanted: num('replicasWanted'), regionBytes: num('regionBytes'), epoch: num('epoch'), engine, replicas,
+    ...(published && published.length > 0 ? { published } : {}),
+    ...(typeof v.fsType === 'string' ? { fsType: v.fsType } : {}),
   };
 }
 
@@ -158,6 +182,8 @@ export function volumeDocToJson(doc: VolumeDoc): JsonValue {
       ...(r.reason === undefined ? {} : { reason: r.reason }),
       ...(r.fullRebuild ? { fullRebuild: true } : {}),
     })),
+    ...(doc.published && doc.published.length > 0 ? { published: doc.published.map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })) } : {}),
+    ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
   };
 }
 

@@ -289,6 +289,8 @@ export class VolumeLifecycle {
       createdAt: doc.createdAt, replicasWanted: doc.replicasWanted, engineNode: doc.engine?.exported ? doc.engine.nodeId : undefined,
       allocatedBytes: replicas.reduce((sum, r) => sum + r.allocatedBytes, 0), replicas,
       export: this.opts.host?.exportOf(doc.name),
+      published: (doc.published ?? []).map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })),
+      ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
     };
   }
 

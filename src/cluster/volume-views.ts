@@ -41,6 +41,10 @@ export interface VolumeView {
   replicas: ReplicaView[];
   /** Set while the volume is exported by this node. */
   export: ExportInfo | undefined;
+  /** The nodes it is published to (CSI ControllerPublishVolume). */
+  published: { nodeId: string; readonly: boolean }[];
+  /** The filesystem it was created for (CSI), if any. */
+  fsType?: string;
 }
 
 export interface VerifyMismatch {

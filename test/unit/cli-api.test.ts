@@ -29,7 +29,7 @@ function view(name: string, replicasWanted: number, options: CreateVolumeOptions
   const nodes = ['node-a', 'node-b', 'node-c'].slice(0, options.replicas ?? replicasWanted);
   return {
     id: `vol-${name}`, name, sizeBytes: 10 * GiB, state: 'ready', health: 'healthy', epoch: 3, createdAt: '2025-03-01T00:00:00.000Z',
-    replicasWanted: options.replicas ?? replicasWanted, engineNode: undefined, allocatedBytes: 0, export: undefined,
+    replicasWanted: options.replicas ?? replicasWanted, engineNode: undefined, allocatedBytes: 0, export: undefined, published: [],
     replicas: nodes.map((n, i) => ({ id: `rep-${i}`, nodeName: n, deviceId: `dev-${i}`, state: 'in-sync' as const, since: '2025-03-01T00:00:00.000Z', allocatedBytes: 0, dirtyBytes: 0 })),
   };
 }
