@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Code, isStorageError } from '../../src/common/errors.js';
+import { Code, StorageError, isStorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
 import { csiService } from '../../src/csi/csi-call.js';
 import { CsiLocks } from '../../src/csi/csi-locks.js';
@@ -166,12 +166,14 @@ test('close() cuts a call still running after the grace period, and the handler\
   let entered!: () => void;
   const inHandler = new Promise<void>((r) => { entered = r; });
   let aborted!: () => void;
+  let signalReason: unknown;
   const sawAbort = new Promise<void>((r) => { aborted = r; });
   const node = csiService('Node', {
     NodeUnstageVolume: {
       handler: async (_r, { signal }) => {
         entered();
         await new Promise((r) => signal.addEventListener('abort', r, { once: true }));
+        signalReason = signal.reason;
         aborted();
         throw signal.reason;
       },
@@ -187,7 +189,7 @@ test('close() cuts a call still running after the grace period, and the handler\
     t.false(existsSync(socketPath));
     t.not((await call).code, grpc.status.OK);
     await sawAbort;
-    t.pass();
+    t.true(signalReason instanceof StorageError, 'the handler\'s signal fired with a StorageError as its reason');
   } finally {
     csi.close();
   }
