@@ -4,7 +4,8 @@
  * peer service, the engine host and volume service, NBD exports, node registration, the
  * repair leader election and loop, the replica collector, the kernel attacher and the CSI
  * stager (whose staged volumes are served again after the volumes' own recovery). `close`
- * runs it backwards: engines flush every replica before the pool and the stores close.
+ * runs it backwards: engines flush every replica before the pool and the stores close;
+ * staged volumes keep their kernel devices across the stop (see `close`).
  */
 import { join } from 'node:path';
 import { ClusterVolumeService } from '../cluster/cluster-volume-service.js';
@@ -129,7 +130,12 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
     },
     async close() {
       clearInterval(capacityTimer);
-      await attacher.detachAll();
+      // Staged volumes stay attached: their filesystems are mounted, nbdfuse runs in its own
+      // session and reconnects (retry filter) when the next cairnd serves the export again,
+      // and the node store keeps their records for recover(). A SIGTERM (a DaemonSet rolling
+      // update) must not pull the device from under a pod. Only attachments nothing
+      // recorded (cairnctl volume attach) are detached.
+      await attacher.detachAll((volume) => stager.get(volume) !== undefined);
       await repair.close();
       await collector.close();
       await volumes.shutdown();

@@ -173,8 +173,9 @@ export class KernelAttacher {
     });
   }
 
-  async detachAll(): Promise<void> {
-    for (const name of [...this.attached.keys()]) {
+  /** Detaches every attachment except those `keep` names (staged volumes outlive a cairnd stop). */
+  async detachAll(keep: (name: string) => boolean = () => false): Promise<void> {
+    for (const name of [...this.attached.keys()].filter((n) => !keep(n))) {
       await this.detach(name).catch((err: unknown) => this.options.log.error({ volume: name, err }, 'volume did not detach cleanly'));
     }
   }
