@@ -10,11 +10,18 @@
  *   creates), or for block the device node bound onto a file this plugin creates;
  *   read-only when asked or when the access mode is a reader mode. Unpublish unmounts and
  *   removes what publish created.
+ * - Publication (CSI ControllerPublishVolume, in the volume's document): a volume published
+ *   to other nodes and not this one is FAILED_PRECONDITION naming them; one published
+ *   read-only here is staged read-only whatever the access mode; one published nowhere is
+ *   staged (cairnctl volumes, and a CO that does not attach).
+ * - After a cairnd restart, Stage and Unstage wait until the stager has taken back the
+ *   volumes the previous cairnd staged (`recovery`), bounded by the call's deadline.
  * - Codes this file decides (others come from the layers below): see docs/csi.md, "Node".
  */
 import { mkdir, open, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import type { VolumeView } from '../cluster/volume-views.js';
+import { abortable } from '../common/abort.js';
 import { Code, StorageError, fromNodeError, isStorageError } from '../common/errors.js';
 import { bindMount, blockDeviceBytes, filesystemStats, findMount, FS_TYPES, unmount, type FsType, type MountEntry } from '../engine/mounter.js';
 import type { Stager, StageAccess } from '../engine/stager.js';
@@ -31,10 +38,19 @@ export interface NodeServiceOptions extends CsiCallOptions {
   zone: string;
   /** 0: no limit (the field is left unset). */
   maxVolumesPerNode: number;
-  stager: Stager;
+  stager: NodeStager;
+  /**
+   * Settles once the stager has recovered the volumes staged before a restart; Stage and
+   * Unstage wait for it (bounded by their signal) so that they never race that recovery.
+   * Absent: nothing to wait for.
+   */
+  recovery?: Promise<void>;
   /** The volume's view (NOT_FOUND when it does not exist). */
   volumes: { get(name: string, signal?: AbortSignal): Promise<VolumeView> };
 }
+
+/** What the Node service calls of the stager (engine/stager.ts). */
+export type NodeStager = Pick<Stager, 'get' | 'stage' | 'unstage'>;
 
 const WRITER_MULTI_NODE = new Set(['MULTI_NODE_SINGLE_WRITER', 'MULTI_NODE_MULTI_WRITER']);
 const READER_MODES = new Set(['SINGLE_NODE_READER_ONLY', 'MULTI_NODE_READER_ONLY']);
@@ -60,12 +76,31 @@ export function checkCapability(capability: CsiRequest, volumeContext: Record<st
   return { block: false, fsType: fsType as FsType, mountFlags: [...(capability.mount.mountFlags ?? [])] as string[], readerMode };
 }
 
+/**
+ * Whether this node may stage `view`, and read-only or not: FAILED_PRECONDITION when it is
+ * published to other nodes and not to `nodeName`; read-only when published read-only here.
+ * A volume published nowhere may be staged (cairnctl volumes; a CO without attach).
+ */
+export function publicationFor(view: Pick<VolumeView, 'name' | 'published'>, nodeName: string): { readonly: boolean } {
+  if (view.published.length === 0) return { readonly: false };
+  const here = view.published.find((p) => p.nodeId === nodeName);
+  if (!here) {
+    const holders = view.published.map((p) => `"${p.nodeId}"${p.readonly ? ' (read-only)' : ''}`).join(', ');
+    throw new StorageError(Code.FAILED_PRECONDITION,
+      `volume "${view.name}" is published to node ${holders}, not to this node "${nodeName}": ControllerUnpublishVolume it there and ControllerPublishVolume it here first`,
+      { details: { volume: view.name, node: nodeName, publishedTo: view.published.map((p) => p.nodeId) } });
+  }
+  return { readonly: here.readonly };
+}
+
 function requireAbsolute(path: string, field: string): void {
   if (!path.startsWith('/')) throw invalid(`${field} must be an absolute path`, { field });
 }
 
 export function nodeService(o: NodeServiceOptions): CsiService {
   const lock = (r: CsiRequest): string[] => [volumeLockKey(r.volumeId)];
+  const recovered = (signal: AbortSignal): Promise<void> =>
+    abortable(o.recovery ?? Promise.resolve(), signal, 'waiting for the volumes staged before cairnd restarted to be recovered');
 
   /** NOT_FOUND unless the volume exists (in the cluster, or staged here). */
   const requireVolume = async (volume: string, signal: AbortSignal): Promise<void> => {
@@ -83,10 +118,13 @@ export function nodeService(o: NodeServiceOptions): CsiService {
       locks: lock,
       handler: async (r, { signal }) => {
         const cap = checkCapability(r.volumeCapability, r.volumeContext);
-        await requireVolume(r.volumeId, signal);
+        await recovered(signal);
+        const publication = publicationFor(await o.volumes.get(r.volumeId, signal), o.nodeName);
         await requireDirectory(r.stagingTargetPath, 'staging_target_path');
         const access: StageAccess = cap.block ? { block: true } : { fsType: cap.fsType as FsType, mountFlags: cap.mountFlags };
-        await o.stager.stage(r.volumeId, { stagingPath: resolve(r.stagingTargetPath), access, readonly: cap.readerMode, signal });
+        // Published read-only here: read-only whatever the access mode (kubelet derives the
+        // mode from the PV's access modes, so a read-only attach can come with a writer mode).
+        await o.stager.stage(r.volumeId, { stagingPath: resolve(r.stagingTargetPath), access, readonly: cap.readerMode || publication.readonly, signal });
         return {};
       },
     },
@@ -94,6 +132,7 @@ export function nodeService(o: NodeServiceOptions): CsiService {
       required: ['volume_id', 'staging_target_path'],
       locks: lock,
       handler: async (r, { signal }) => {
+        await recovered(signal);
         await requireVolume(r.volumeId, signal);
         await o.stager.unstage(r.volumeId, resolve(r.stagingTargetPath));
         return {};

@@ -91,13 +91,17 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const plane = await openDataPlane(config, log, local, cluster);
   stops.push(() => plane.close());
   let recovered = false;
+  // CSI serves from here on (Probe must answer while starting); NodeStage/NodeUnstage wait for this.
+  let markRecovered!: () => void;
+  const recovery = new Promise<void>((resolve) => { markRecovered = resolve; });
   await startFront(config, log, {
     volumes: plane.volumes, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
     api: { poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher },
-    csiNode: { stager: plane.stager, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
+    csiNode: { stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
   }, stops);
   await plane.start();
   recovered = true;
+  markRecovered();
   return { pool: config.poolDir, store: cluster.kind, peer: plane.peerAddress || 'off' };
 }
 
