@@ -41,6 +41,7 @@ export function localControl(manager: ReplicaManager): ReplicaControl {
     startRebuild: (ref, epoch, totalBytes, restart = false) => manager.startRebuild(ref, epoch, totalBytes, restart),
     updateRebuildProgress: (ref, epoch, progress) => manager.updateRebuildProgress(ref, epoch, progress),
     finishRebuild: (ref, epoch) => manager.finishRebuild(ref, epoch),
+    resizeReplica: (ref, sizeBytes, epoch) => manager.resize(ref, sizeBytes, epoch),
   };
 }
 

@@ -17,6 +17,7 @@ export interface EngineContext {
   readonly volumeId: VolumeId;
   readonly name: string;
   readonly epoch: number;
+  /** The volume's size now: it grows while the engine runs (VolumeEngine.resize), so read it at use. */
   readonly sizeBytes: number;
   readonly regionBytes: number;
   /** A replica that has not answered a request for this long is dropped. */
@@ -110,6 +111,10 @@ export class MemberMaps {
     const saved = this.store.load(this.ctx.volumeId, m.id);
     if (!saved || saved.regionBytes !== this.ctx.regionBytes) return undefined;
     try {
+      // A shorter map was saved before the volume grew: the new area counts as missed.
+      if (saved.bits.length < Math.ceil(Math.ceil(this.ctx.sizeBytes / this.ctx.regionBytes) / 8)) {
+        return RegionMap.grownFrom(this.ctx.sizeBytes, this.ctx.regionBytes, saved.bits);
+      }
       return new RegionMap(this.ctx.sizeBytes, this.ctx.regionBytes, saved.bits);
     } catch {
       return undefined;

@@ -16,6 +16,7 @@ import type { EngineControl, ReplicaConnector, ReplicaControl, ReplicaIo } from 
 import { type EngineContext, type EngineLife, type Member, type MemberMaps, RING, type RebuildRun, newestEpochOf, noInSyncError, openReplicaIo } from './engine-member.js';
 import type { FaultCommit } from './fault-commit.js';
 import type { MemberSet } from './member-set.js';
+import { ensureTargetSize } from './engine-resize.js';
 import { runRebuild } from './rebuild.js';
 import { type RegionLocks, RegionMap } from './region-map.js';
 
@@ -99,6 +100,7 @@ export class Rebuilder {
       if (!source || !sourceIo || !targetIo || !map) throw noInSyncError(ctx);
       run.sourceId = source.id;
       const [sourceControl, targetControl] = await Promise.all([deps.connector.control(source.entry.nodeId), deps.connector.control(m.entry.nodeId)]);
+      await ensureTargetSize(ctx, m, targetControl);
       if (!m.announced) await this.announceRebuild(m, map, targetControl);
       if (signal.aborted || m.role !== 'write-only') throw cancelled();
       run.copying = true;

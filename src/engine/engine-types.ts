@@ -29,10 +29,12 @@ export interface VolumeReplicaEntry {
   fullRebuild?: boolean;
 }
 
-/** What the engine follows of its volume document (`VolumeEngine.applyDoc`): epoch and replicas. */
+/** What the engine follows of its volume document (`VolumeEngine.applyDoc`): epoch, size and replicas. */
 export interface EngineVolumeDoc {
   id: VolumeId;
   epoch: number;
+  /** The volume's size: a larger one grows the engine (online expansion). Absent: unchanged. */
+  sizeBytes?: number;
   replicas: readonly VolumeReplicaEntry[];
 }
 
@@ -66,6 +68,8 @@ export interface ReplicaControl {
   startRebuild(ref: ReplicaRefInput, epoch: number, totalBytes: number, restart?: boolean): Promise<ReplicaStatusView>;
   updateRebuildProgress(ref: ReplicaRefInput, epoch: number, progress: RebuildProgressRecord): Promise<ReplicaStatusView>;
   finishRebuild(ref: ReplicaRefInput, epoch: number): Promise<ReplicaStatusView>;
+  /** Grows the replica (volume expansion); idempotent; OUT_OF_RANGE for a smaller size. */
+  resizeReplica(ref: ReplicaRefInput, sizeBytes: number, epoch: number): Promise<ReplicaStatusView>;
 }
 
 /** Reaches replicas wherever they live. */

@@ -6,6 +6,9 @@
  * checkpoint. `RegionLocks` lets live I/O (shared) and the rebuild's copy and verify
  * (exclusive) of one region exclude each other, so a live write never lands on the target
  * between the rebuild reading a region from the source and writing it to the target.
+ *
+ * Both grow with the volume (online expansion: `grow`), keeping their regions; the region
+ * size never changes, so a region keeps its index and its bit.
  */
 import { Code, StorageError } from '../common/errors.js';
 
@@ -24,16 +27,16 @@ const POPCOUNT = new Uint8Array(256);
 for (let i = 1; i < 256; i++) POPCOUNT[i] = (i & 1) + POPCOUNT[i >> 1]!;
 
 export class RegionMap {
-  readonly sizeBytes: number;
   readonly regionBytes: number;
-  readonly regionCount: number;
-  private readonly bits: Buffer;
+  private size: number;
+  private regions: number;
+  private bits: Buffer;
   private setCount = 0;
 
   /** `bits`: a saved bitmap (from `toBuffer`); INVALID_ARGUMENT when its length does not fit the volume. */
   constructor(sizeBytes: number, regionBytes: number, bits?: Buffer) {
-    this.regionCount = regionCountFor(sizeBytes, regionBytes);
-    this.sizeBytes = sizeBytes;
+    this.regions = regionCountFor(sizeBytes, regionBytes);
+    this.size = sizeBytes;
     this.regionBytes = regionBytes;
     const length = Math.ceil(this.regionCount / 8);
     if (bits === undefined) {
@@ -56,6 +59,58 @@ export class RegionMap {
     const map = new RegionMap(sizeBytes, regionBytes);
     map.setAll();
     return map;
+  }
+
+  /**
+   * A map saved for this volume when it was smaller (volumes only grow): its bits are kept,
+   * and every region past what it surely covered is set, so that a rebuild copies the new
+   * area too. The saved length only bounds the old region count to its last byte, so the
+   * regions of that byte are set as well (a few regions copied more than needed, never fewer).
+   */
+  static grownFrom(sizeBytes: number, regionBytes: number, bits: Buffer): RegionMap {
+    const map = new RegionMap(sizeBytes, regionBytes);
+    const keep = Math.max(0, Math.min(bits.length, map.bits.length) - 1);
+    bits.copy(map.bits, 0, 0, keep);
+    map.setCount = 0;
+    for (let i = 0; i < keep; i++) map.setCount += POPCOUNT[map.bits[i]!]!;
+    map.setFrom(keep * 8);
+    return map;
+  }
+
+  get sizeBytes(): number {
+    return this.size;
+  }
+
+  get regionCount(): number {
+    return this.regions;
+  }
+
+  /**
+   * The volume grew to `sizeBytes` (same region size): the map covers the new regions, set
+   * when `markNew` (a replica out of sync must get the new area copied), clear otherwise.
+   * INVALID_ARGUMENT for a smaller size.
+   */
+  grow(sizeBytes: number, markNew: boolean): void {
+    if (sizeBytes < this.size) {
+      throw new StorageError(Code.INVALID_ARGUMENT, `a region map of ${this.size} bytes cannot shrink to ${sizeBytes}`);
+    }
+    const oldRegions = this.regions;
+    const regions = regionCountFor(sizeBytes, this.regionBytes);
+    const length = Math.ceil(regions / 8);
+    if (length > this.bits.length) {
+      const bits = Buffer.alloc(length);
+      this.bits.copy(bits);
+      this.bits = bits;
+    }
+    this.size = sizeBytes;
+    this.regions = regions;
+    // The old last region may have been shorter: it now reaches further, so it counts as new too.
+    if (markNew && regions > 0) this.setFrom(Math.max(0, oldRegions - 1));
+  }
+
+  /** Sets every region from `first` to the end. */
+  private setFrom(first: number): void {
+    for (let r = first; r < this.regions; r++) this.set(r);
   }
 
   /** Sets the bits of every region that [offset, offset + lengthBytes) touches; true if any was newly set. */
@@ -191,23 +246,44 @@ const NOTHING_TO_RELEASE = (): void => undefined;
  */
 export class RegionLocks {
   readonly regionBytes: number;
-  readonly regionCount: number;
-  private readonly sizeBytes: number;
+  private regions: number;
+  private sizeBytes: number;
   /** Shared holders per region. */
-  private readonly sharedHolds: Uint32Array;
+  private sharedHolds: Uint32Array;
   /** 1 where an exclusive holder has the region. */
-  private readonly exclusiveHeld: Uint8Array;
+  private exclusiveHeld: Uint8Array;
   /** Exclusive requests waiting for the region. */
-  private readonly exclusiveWaiting: Uint32Array;
+  private exclusiveWaiting: Uint32Array;
   private readonly waiters: Waiter[] = [];
 
   constructor(sizeBytes: number, regionBytes: number) {
-    this.regionCount = regionCountFor(sizeBytes, regionBytes);
+    this.regions = regionCountFor(sizeBytes, regionBytes);
     this.sizeBytes = sizeBytes;
     this.regionBytes = regionBytes;
-    this.sharedHolds = new Uint32Array(this.regionCount);
-    this.exclusiveHeld = new Uint8Array(this.regionCount);
-    this.exclusiveWaiting = new Uint32Array(this.regionCount);
+    this.sharedHolds = new Uint32Array(this.regions);
+    this.exclusiveHeld = new Uint8Array(this.regions);
+    this.exclusiveWaiting = new Uint32Array(this.regions);
+  }
+
+  get regionCount(): number {
+    return this.regions;
+  }
+
+  /** The volume grew: the new regions are free; holds and waiters on the old ones stay as they are. */
+  grow(sizeBytes: number): void {
+    if (sizeBytes < this.sizeBytes) throw new StorageError(Code.INVALID_ARGUMENT, `region locks of ${this.sizeBytes} bytes cannot shrink to ${sizeBytes}`);
+    const regions = regionCountFor(sizeBytes, this.regionBytes);
+    if (regions > this.regions) {
+      const widen = <T extends Uint32Array | Uint8Array>(old: T, fresh: T): T => {
+        fresh.set(old);
+        return fresh;
+      };
+      this.sharedHolds = widen(this.sharedHolds, new Uint32Array(regions));
+      this.exclusiveHeld = widen(this.exclusiveHeld, new Uint8Array(regions));
+      this.exclusiveWaiting = widen(this.exclusiveWaiting, new Uint32Array(regions));
+      this.regions = regions;
+    }
+    this.sizeBytes = sizeBytes;
   }
 
   /**

@@ -51,6 +51,7 @@ import { FanOut } from './fan-out.js';
 import { FaultCommit } from './fault-commit.js';
 import { MemberSet } from './member-set.js';
 import { runReconcile } from './reconcile.js';
+import { growMember } from './engine-resize.js';
 import { RegionLocks, RegionMap } from './region-map.js';
 
 export interface VolumeEngineOptions {
@@ -80,8 +81,9 @@ export class VolumeEngine implements BlockDevice {
   readonly id: DeviceId;
   readonly volumeId: VolumeId;
   readonly name: string;
-  readonly sizeBytes: number;
   readonly regionBytes: number;
+  /** Grows while the engine runs (`resize`); everything reads it through `ctx.sizeBytes`. */
+  private size: number;
   private readonly ctx: EngineContext;
   private readonly log: Logger;
   private readonly locks: RegionLocks;
@@ -102,11 +104,12 @@ export class VolumeEngine implements BlockDevice {
     this.id = opts.volumeId as string as DeviceId;
     this.volumeId = opts.volumeId;
     this.name = opts.name;
-    this.sizeBytes = opts.sizeBytes;
+    this.size = opts.sizeBytes;
     this.regionBytes = opts.regionBytes;
     this.log = opts.log.child({ volume: opts.name, volumeId: opts.volumeId, epoch: opts.epoch });
+    const sizeNow = (): number => this.size;
     const ctx: EngineContext = this.ctx = Object.freeze({
-      volumeId: opts.volumeId, name: opts.name, epoch: opts.epoch, sizeBytes: opts.sizeBytes, regionBytes: opts.regionBytes,
+      volumeId: opts.volumeId, name: opts.name, epoch: opts.epoch, get sizeBytes(): number { return sizeNow(); }, regionBytes: opts.regionBytes,
       timeoutMs: opts.replicaTimeoutMs ?? 8000, reconnectMs: opts.reconnectIntervalMs ?? 2000, log: this.log,
     });
     const life: EngineLife = {
@@ -150,6 +153,33 @@ export class VolumeEngine implements BlockDevice {
     return this.fencedError !== undefined;
   }
 
+  get sizeBytes(): number {
+    return this.size;
+  }
+
+  /**
+   * The volume grew to `sizeBytes` (online expansion; the lifecycle grew every replica
+   * before it raised the document's size). Region locks and every member's maps grow first,
+   * the out-of-sync members' new regions set and saved (engine-resize.ts); only then are
+   * requests past the old end accepted. NBD clients connecting from now on see the new
+   * size; connected ones keep theirs until they ask again (the protocol cannot tell them).
+   * Not smaller, not when fenced or closing: false, nothing changes.
+   */
+  resize(sizeBytes: number): boolean {
+    if (sizeBytes <= this.size || this.closing || this.fencedError) return false;
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes % 512 !== 0) {
+      throw new StorageError(Code.INVALID_ARGUMENT, `volume size must be a whole multiple of 512 bytes, got ${sizeBytes}`, { details: { volumeId: this.volumeId } });
+    }
+    const previousBytes = this.size;
+    this.locks.grow(sizeBytes);
+    const changed: Member[] = [];
+    for (const m of this.members.values()) if (growMember(m, previousBytes, sizeBytes, this.regionBytes)) changed.push(m);
+    this.size = sizeBytes;
+    for (const m of changed) this.faults.saveNow(m);
+    this.log.info({ sizeBytes, previousBytes, outOfSync: changed.map((m) => m.id) }, 'volume engine grew; the new area is served from now on');
+    return true;
+  }
+
   // --- BlockDevice (the I/O path is fan-out.ts) -----------------------------------------
 
   write(offset: number, data: Uint8Array, fua = false): Promise<void> {
@@ -187,7 +217,7 @@ export class VolumeEngine implements BlockDevice {
 
   // --- the volume document and views --------------------------------------------------
 
-  /** The volume document changed: new replicas are rebuilt, removed ones dropped, a newer epoch fences. */
+  /** The volume document changed: it grew, new replicas are rebuilt, removed ones dropped, a newer epoch fences. */
   applyDoc(doc: EngineVolumeDoc): void {
     if (doc.id !== this.volumeId) return;
     if (doc.epoch > this.ctx.epoch) {
@@ -195,6 +225,7 @@ export class VolumeEngine implements BlockDevice {
       return;
     }
     if (this.closing || this.fencedError) return;
+    if (doc.sizeBytes !== undefined) this.resize(doc.sizeBytes);
     let added = false;
     for (const entry of doc.replicas) {
       if (this.members.has(entry.id)) continue;

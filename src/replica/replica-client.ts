@@ -94,6 +94,11 @@ export class ReplicaClient {
     return this.status('FinishRebuild', { replica: refToWire(ref), epoch });
   }
 
+  /** Grows the replica to `sizeBytes`; idempotent, never shrinks (OUT_OF_RANGE). */
+  resizeReplica(ref: ReplicaRefInput, sizeBytes: number, epoch: number): Promise<ReplicaStatusView> {
+    return this.status('ResizeReplica', { replica: refToWire(ref), sizeBytes, epoch });
+  }
+
   /** Opens an Io stream to one replica at `epoch`. */
   openIoStream(ref: ReplicaRefInput, epoch: number, options?: IoStreamOptions): IoStream {
     const call = this.client.makeBidiStreamRequest(IO_METHOD_PATH,

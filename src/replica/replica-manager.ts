@@ -58,6 +58,12 @@ function wholeBytes(value: number, what: string): number {
   return value;
 }
 
+function checkReplicaSize(id: ReplicaId, sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+    throw new StorageError(Code.INVALID_ARGUMENT, `replica size must be a positive multiple of 512 bytes, got ${sizeBytes}`, { details: { replica: id } });
+  }
+}
+
 export class ReplicaManager {
   readonly limits: ReplicaLimits;
   private readonly replicas = new Map<ReplicaId, Promise<Replica>>();
@@ -88,9 +94,7 @@ export class ReplicaManager {
 
   async create(ref: ReplicaRefInput, sizeBytes: number, epoch: number, inSync: boolean): Promise<ReplicaStatusView> {
     const id = this.parseRef(ref);
-    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-      throw new StorageError(Code.INVALID_ARGUMENT, `replica size must be a positive multiple of 512 bytes, got ${sizeBytes}`, { details: { replica: id } });
-    }
+    checkReplicaSize(id, sizeBytes);
     return this.locks.run(id, async () => {
       const existing = this.opts.store.getHostedReplica(id);
       if (existing && existing.volumeId !== ref.volumeId) {
@@ -112,6 +116,36 @@ export class ReplicaManager {
         throw err;
       }
       if (!existing) this.opts.log.info({ replica: id, volumeId: ref.volumeId, sizeBytes, epoch, inSync }, 'replica created');
+      return this.statusOf(id);
+    });
+  }
+
+  /**
+   * Grows the replica's device to `sizeBytes` (online volume expansion): fenced like every
+   * change, idempotent (a replica already that size answers its status), never shrinking
+   * (OUT_OF_RANGE). The pool refuses a size it cannot provision with RESOURCE_EXHAUSTED
+   * (its ENOSPC or thin-pool overcommit), and the replica stays as it was. The open replica
+   * accepts I/O up to the new end only once the device has it.
+   */
+  async resize(ref: ReplicaRefInput, sizeBytes: number, epoch: number): Promise<ReplicaStatusView> {
+    const id = this.parseRef(ref);
+    checkReplicaSize(id, sizeBytes);
+    return this.locks.run(id, async () => {
+      const record = this.opts.store.getHostedReplica(id);
+      if (!record || record.volumeId !== ref.volumeId) throw this.notFound(ref);
+      await this.fence(record, epoch);
+      const info = await this.opts.pool.inspect(record.deviceId);
+      if (sizeBytes < info.sizeBytes) {
+        throw new StorageError(Code.OUT_OF_RANGE, `replica ${id} is ${info.sizeBytes} bytes and cannot shrink to ${sizeBytes}: volumes only grow`,
+          { details: { replica: id, sizeBytes: info.sizeBytes, requestedBytes: sizeBytes } });
+      }
+      if (sizeBytes > info.sizeBytes) {
+        await this.opts.pool.resize(record.deviceId, sizeBytes);
+        this.opts.log.info({ replica: id, volumeId: record.volumeId, sizeBytes, previousBytes: info.sizeBytes, epoch }, 'replica resized');
+      }
+      const loaded = this.replicas.get(id);
+      const replica = loaded && await loaded.catch(() => undefined);
+      replica?.grew(sizeBytes);
       return this.statusOf(id);
     });
   }

@@ -66,6 +66,8 @@ function handlers(manager: ReplicaManager, log: Logger): grpc.UntypedServiceImpl
     UpdateRebuildProgress: h('UpdateRebuildProgress', async (req: Fenced & { doneBytes: number; totalBytes: number; checkpoint: Buffer }) =>
       statusViewToWire(await manager.updateRebuildProgress(ref(req), req.epoch, { doneBytes: req.doneBytes, totalBytes: req.totalBytes, checkpoint: req.checkpoint }))),
     FinishRebuild: h('FinishRebuild', async (req: Fenced) => statusViewToWire(await manager.finishRebuild(ref(req), req.epoch))),
+    ResizeReplica: h('ResizeReplica', async (req: Fenced & { sizeBytes: number }) =>
+      statusViewToWire(await manager.resize(ref(req), req.sizeBytes, req.epoch))),
   };
 }
 

@@ -41,7 +41,7 @@ export class Replica {
   readonly id: ReplicaId;
   readonly volumeId: VolumeId;
   readonly deviceId: DeviceId;
-  readonly sizeBytes: number;
+  private sizeValue: number;
   private epochValue: number;
   private stateValue: ReplicaState;
   private device: BlockDevice | undefined;
@@ -58,13 +58,26 @@ export class Replica {
     this.id = opts.record.id;
     this.volumeId = opts.record.volumeId;
     this.deviceId = opts.record.deviceId;
-    this.sizeBytes = opts.sizeBytes;
+    this.sizeValue = opts.sizeBytes;
     this.epochValue = opts.record.epoch;
     this.stateValue = opts.record.state;
   }
 
   get epoch(): number {
     return this.epochValue;
+  }
+
+  /** Requests must lie inside it; it grows (never shrinks) once the pool grew the device. */
+  get sizeBytes(): number {
+    return this.sizeValue;
+  }
+
+  /**
+   * The device was grown to `sizeBytes` (ReplicaManager.resize, after the pool did it):
+   * requests up to the new end are accepted from now on. Never shrinks.
+   */
+  grew(sizeBytes: number): void {
+    if (sizeBytes > this.sizeValue) this.sizeValue = sizeBytes;
   }
 
   get state(): ReplicaState {

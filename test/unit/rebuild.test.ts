@@ -79,6 +79,7 @@ function controlOf(m: ReplicaManager): ReplicaControl {
     startRebuild: (ref, epoch, totalBytes, restart) => m.startRebuild(ref, epoch, totalBytes, restart ?? false),
     updateRebuildProgress: (ref, epoch, progress) => m.updateRebuildProgress(ref, epoch, progress),
     finishRebuild: (ref, epoch) => m.finishRebuild(ref, epoch),
+    resizeReplica: (ref, sizeBytes, epoch) => m.resize(ref, sizeBytes, epoch),
   };
 }
 

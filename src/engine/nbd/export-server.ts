@@ -60,11 +60,14 @@ export class NbdExportServer {
 
   constructor(private readonly options: NbdExportServerOptions) {
     this.log = options.log.child({ export: options.name });
+    const device = options.device;
     this.ctx = {
       exp: {
         name: options.name,
         description: options.description ?? `Cairn volume ${options.name}`,
-        sizeBytes: options.device.sizeBytes,
+        // Read at each use: a volume engine grows online, and a client that connects (or a
+        // kernel device resized by the node) afterwards must be able to use the new size.
+        get sizeBytes(): number { return device.sizeBytes; },
         readOnly: options.readOnly ?? false,
       },
       device: options.device,
