@@ -81,6 +81,14 @@ function buildProgram(): Command {
     print(g().output, r, () => verifyText(r));
     if (r.mismatches.length > 0) throw new StorageError(Code.DATA_LOSS, `replicas of ${r.volume} differ in ${mismatchedRegions(r)} regions`);
   }));
+  volume.command('modify <name>').description('change a volume live: the replica count (new replicas are rebuilt while it serves)')
+    .requiredOption('--replicas <n>', 'replicas on distinct nodes, 1-3')
+    .action((name: string, opts: { replicas: string }) => withClient(g(), async (c) => {
+      const v = await c.modifyVolume(name, { replicas: parseReplicas(opts.replicas)! });
+      const rebuilding = v.replicas.filter((r) => r.state !== 'in-sync').length;
+      print(g().output, v, () => `volume ${v.name} now wants ${v.replicasWanted} replica(s): ${v.replicas.length} listed, ${rebuilding} not yet in sync`
+        + (rebuilding > 0 ? ` (see cairnctl volume inspect ${v.name})` : ''));
+    }));
   volume.command('delete <name>').alias('rm').description('delete a volume and its data').option('--force', 'delete even while NBD clients are connected')
     .action((name: string, opts: { force?: boolean }) => withClient(g(), async (c) => {
       await c.deleteVolume(name, Boolean(opts.force));

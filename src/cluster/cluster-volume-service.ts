@@ -18,7 +18,7 @@ import type { ClusterStore } from './store/cluster-store.js';
 import type { VolumeDoc } from './volume-doc.js';
 import { VolumeLifecycle } from './volume-lifecycle.js';
 import { VolumeVerifier } from './volume-verifier.js';
-import type { ClusterStatusView, CreateVolumeOptions, ExportOptions, VerifyResult, VolumeApi, VolumeView } from './volume-views.js';
+import type { ClusterStatusView, CreateVolumeOptions, ExportOptions, VerifyResult, VolumeApi, VolumeChanges, VolumeView } from './volume-views.js';
 
 export { MAX_VOLUME_BYTES, VOLUME_ALIGNMENT_BYTES } from './volume-lifecycle.js';
 
@@ -65,6 +65,10 @@ export class ClusterVolumeService implements VolumeApi {
 
   delete(name: string, force?: boolean, signal?: AbortSignal): Promise<void> {
     return this.lifecycle.delete(name, force, signal);
+  }
+
+  modify(name: string, changes: VolumeChanges, signal?: AbortSignal): Promise<VolumeView> {
+    return this.lifecycle.modify(name, changes, signal);
   }
 
   finishDelete(doc: VolumeDoc): Promise<boolean> {

@@ -78,8 +78,18 @@ export class DocEngineControl implements EngineControl {
           { details: { reason: STALE_EPOCH, volume: this.name, epoch: this.epoch, newestEpoch: doc.epoch } });
       }
       const now = new Date().toISOString();
+      const hadInSync = doc.replicas.some((r) => r.state === 'in-sync');
       let changed = false;
       for (const entry of doc.replicas) if (ids.includes(entry.id) && apply(entry, now)) changed = true;
+      // The engine faults a replica only while another one it writes to stays in sync. When the
+      // document has none left, that other one was removed meanwhile (the replica count was
+      // lowered): the writes waiting on this fault were accepted by no replica the document
+      // keeps, so they must fail; the engine fences itself.
+      if (changed && hadInSync && !doc.replicas.some((r) => r.state === 'in-sync')) {
+        throw new StorageError(Code.FAILED_PRECONDITION,
+          `volume "${this.name}": marking ${ids.join(', ')} ${to} would leave no in-sync replica (the volume's replicas changed meanwhile); this engine stops acknowledging writes`,
+          { details: { volume: this.name, epoch: this.epoch } });
+      }
       return changed ? doc : undefined;
     };
     for (let attempt = 1; ; attempt++) {

@@ -28,12 +28,13 @@ import type { ReplicaStatusView } from '../replica/replica-manager.js';
 import type { LeaderElection } from './leader-election.js';
 import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
 import { placeReplicas } from './placement.js';
+import { changeReplicaCount, checkReplicaCount } from './volume-modify.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import {
   MAX_REPLICAS, createVolumeDoc, getVolumeDoc, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth,
   type VolumeDoc, type VolumeReplicaEntry,
 } from './volume-doc.js';
-import type { ClusterStatusView, CreateVolumeOptions, ReplicaView, VolumeView } from './volume-views.js';
+import type { ClusterStatusView, CreateVolumeOptions, ReplicaView, VolumeChanges, VolumeView } from './volume-views.js';
 
 /** Volume sizes are rounded up to this, the preferred block size we advertise. */
 export const VOLUME_ALIGNMENT_BYTES = 4096;
@@ -246,6 +247,21 @@ export class VolumeLifecycle {
       }
     });
     return left;
+  }
+
+  /**
+   * Changes the replica count of a volume live (volume-modify.ts); idempotent. NOT_FOUND for
+   * no such volume, RESOURCE_EXHAUSTED when too few nodes are up with room for a new replica.
+   * Returns once the change is recorded, before new replicas are rebuilt.
+   */
+  async modify(name: string, changes: VolumeChanges, signal?: AbortSignal): Promise<VolumeView> {
+    if (changes.replicas !== undefined) checkReplicaCount(changes.replicas);
+    return this.locks.run(name, async () => {
+      throwIfCancelled(signal, `modify volume "${name}"`);
+      let doc = requireVolume(await getVolumeDoc(this.store, name, { signal }), name);
+      if (changes.replicas !== undefined) doc = await changeReplicaCount({ store: this.store, controls: this.opts.controls, log: this.log }, doc, changes.replicas, signal);
+      return this.view(doc);
+    });
   }
 
   async get(name: string, signal?: AbortSignal): Promise<VolumeView> {

@@ -82,6 +82,12 @@ export interface CreateVolumeOptions {
   requisiteNodes?: readonly string[];
 }
 
+/** A live change of a volume (`VolumeApi.modify`); a field left out is not changed. */
+export interface VolumeChanges {
+  /** The new replica count, 1-3: replicas are added (and rebuilt) or removed while the volume serves. */
+  replicas?: number;
+}
+
 export interface ExportOptions {
   /**
    * Start the volume here although another node's engine holds it (failover). Refused
@@ -98,6 +104,7 @@ export interface ExportOptions {
 export interface VolumeApi {
   create(name: string, sizeBytes: number, options?: CreateVolumeOptions, signal?: AbortSignal): Promise<VolumeView>;
   delete(name: string, force?: boolean, signal?: AbortSignal): Promise<void>;
+  modify(name: string, changes: VolumeChanges, signal?: AbortSignal): Promise<VolumeView>;
   export(name: string, options?: ExportOptions, signal?: AbortSignal): Promise<ExportInfo>;
   unexport(name: string): Promise<void>;
   get(name: string, signal?: AbortSignal): Promise<VolumeView>;

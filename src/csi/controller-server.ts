@@ -5,7 +5,7 @@
  * stable, and `cairnctl volume inspect <volume_id>` then works on what Kubernetes shows.
  *
  * Served: CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetVolume,
- * ControllerGetCapabilities. Every other Controller
+ * ControllerModifyVolume (controller-modify.ts), ControllerGetCapabilities. Every other Controller
  * method answers UNIMPLEMENTED and its capability is not advertised.
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
@@ -14,18 +14,19 @@ import type { VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import { csiService, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey, type CsiLocks } from './csi-locks.js';
 import { volumeCondition } from './volume-condition.js';
+import { controllerModifyMethods } from './controller-modify.js';
 import {
   TOPOLOGY_NODE_KEY, checkCapabilities, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from './controller-params.js';
 
 export interface ControllerServiceOptions {
-  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes'>;
+  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes' | 'modify'>;
   log: Logger;
   locks: CsiLocks;
 }
 
 /** The controller capabilities whose RPCs are complete. */
-export const CONTROLLER_CAPABILITIES = ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION'] as const;
+export const CONTROLLER_CAPABILITIES = ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION', 'MODIFY_VOLUME'] as const;
 
 const NAME_RE = /^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$/;
 
@@ -157,6 +158,7 @@ export function controllerService(options: ControllerServiceOptions): CsiService
         return { volume: { ...volume, volumeContext: { replicas: String(view.replicasWanted) } }, status: { publishedNodeIds: [], volumeCondition: volumeCondition(view) } };
       },
     },
+    ...controllerModifyMethods(volumes),
     ControllerGetCapabilities: {
       handler: () => ({ capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })) }),
     },

@@ -39,6 +39,7 @@ export function openControllerPlane(config: Readonly<DaemonConfig>, log: Logger,
   const volumes: VolumeApi = {
     create: (name, sizeBytes, options, signal) => lifecycle.create(name, sizeBytes, options, signal),
     delete: (name, force, signal) => lifecycle.delete(name, force, signal),
+    modify: (name, changes, signal) => lifecycle.modify(name, changes, signal),
     export: () => noDataPlane('export volumes'),
     unexport: () => noDataPlane('unexport volumes'),
     get: (name, signal) => lifecycle.get(name, signal),

@@ -15,7 +15,7 @@ import type { NodeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import type { NodeStatus } from '../../src/cluster/node-registry.js';
 import type {
-  ClusterStatusView, CreateVolumeOptions, ExportOptions, VerifyResult, VolumeApi, VolumeView,
+  ClusterStatusView, CreateVolumeOptions, ExportOptions, VerifyResult, VolumeApi, VolumeChanges, VolumeView,
 } from '../../src/cluster/volume-views.js';
 import { apiHandlers, apiServiceDefinition } from '../../src/daemon/api-service.js';
 import type { ExportInfo } from '../../src/engine/export-manager.js';
@@ -63,6 +63,13 @@ class ScriptedVolumes implements VolumeApi {
     return view(name, 3, options);
   }
   async delete(): Promise<void> {}
+  modifies: [string, VolumeChanges][] = [];
+  async modify(name: string, changes: VolumeChanges): Promise<VolumeView> {
+    this.modifies.push([name, changes]);
+    if (name !== 'pgdata') throw new StorageError(Code.NOT_FOUND, `volume "${name}" not found`);
+    if ((changes.replicas ?? 0) > 3) throw new StorageError(Code.INVALID_ARGUMENT, 'replicas must be 1 to 3, got 4');
+    return { ...DEGRADED, replicasWanted: changes.replicas ?? DEGRADED.replicasWanted };
+  }
   async export(name: string, options?: ExportOptions): Promise<ExportInfo> {
     this.exports.push([name, options]);
     if (!options?.takeover) throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" is running on node-b: use --takeover to fail it over`);
@@ -126,6 +133,24 @@ test('volume create passes replicas and the preferred node; unset means the clus
   t.regex(bad.stderr, /--replicas "two": write a whole number from 1 to 3 \(INVALID_ARGUMENT\)/);
   const many = await ctl(['volume', 'create', 'x', '--size', '1GiB', '--replicas', '5']);
   t.regex(many.stderr, /replicas must be 1-3 \(INVALID_ARGUMENT\)/, 'the daemon decides the range');
+});
+
+test('volume modify passes the replica count and prints what is not yet in sync; errors keep their codes', async (t) => {
+  const { volumes, ctl } = await serve(t);
+  const r = await ctl(['volume', 'modify', 'pgdata', '--replicas', '2']);
+  t.is(r.exitCode, 0, r.stderr);
+  t.is(r.stdout, 'volume pgdata now wants 2 replica(s): 3 listed, 2 not yet in sync (see cairnctl volume inspect pgdata)');
+  const json = await ctl(['-o', 'json', 'volume', 'modify', 'pgdata', '--replicas', '3']);
+  t.is((JSON.parse(json.stdout) as VolumeMessage).replicasWanted, 3);
+  t.deepEqual(volumes.modifies, [['pgdata', { replicas: 2 }], ['pgdata', { replicas: 3 }]]);
+
+  const missing = await ctl(['volume', 'modify', 'nope', '--replicas', '2']);
+  t.is(missing.exitCode, 1);
+  t.regex(missing.stderr, /volume "nope" not found \(NOT_FOUND\)/);
+  t.regex((await ctl(['volume', 'modify', 'pgdata', '--replicas', '4'])).stderr, /replicas must be 1 to 3, got 4 \(INVALID_ARGUMENT\)/);
+  const noCount = await ctl(['volume', 'modify', 'pgdata']);
+  t.is(noCount.exitCode, 1, 'the count is required');
+  t.is(volumes.modifies.length, 4, 'a command without --replicas reaches no daemon');
 });
 
 test('volume inspect carries the new replica fields through the API', async (t) => {
