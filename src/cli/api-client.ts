@@ -88,6 +88,8 @@ export class ApiClient {
   async listVolumes(): Promise<VolumeMessage[]> { return (await this.call<{ volumes: VolumeMessage[] }>('ListVolumes', {})).volumes; }
   getVolume(name: string): Promise<VolumeMessage> { return this.call('GetVolume', { name }); }
   async deleteVolume(name: string, force: boolean): Promise<void> { await this.call('DeleteVolume', { name, force }); }
+  /** Grows the volume online to at least `sizeBytes`. */
+  expandVolume(name: string, sizeBytes: number): Promise<VolumeMessage> { return this.call('ExpandVolume', { name, sizeBytes }); }
   /** Changes the volume live; `replicas` 0 or undefined leaves the count as it is. */
   modifyVolume(name: string, changes: { replicas?: number }): Promise<VolumeMessage> {
     return this.call('ModifyVolume', { name, replicas: changes.replicas ?? 0 });

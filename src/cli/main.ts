@@ -89,6 +89,11 @@ function buildProgram(): Command {
       print(g().output, v, () => `volume ${v.name} now wants ${v.replicasWanted} replica(s): ${v.replicas.length} listed, ${rebuilding} not yet in sync`
         + (rebuilding > 0 ? ` (see cairnctl volume inspect ${v.name})` : ''));
     }));
+  volume.command('expand <name> <size>').description('grow a volume online to at least <size>, e.g. 20GiB (volumes never shrink)')
+    .action((name: string, size: string) => withClient(g(), async (c) => {
+      const v = await c.expandVolume(name, parseSize(size));
+      print(g().output, v, () => `volume ${v.name} is ${formatBytes(v.sizeBytes)}; clients that connect from now on see the new size`);
+    }));
   volume.command('delete <name>').alias('rm').description('delete a volume and its data').option('--force', 'delete even while NBD clients are connected')
     .action((name: string, opts: { force?: boolean }) => withClient(g(), async (c) => {
       await c.deleteVolume(name, Boolean(opts.force));

@@ -71,6 +71,10 @@ export class ClusterVolumeService implements VolumeApi {
     return this.lifecycle.modify(name, changes, signal);
   }
 
+  expand(name: string, sizeBytes: number, signal?: AbortSignal): Promise<VolumeView> {
+    return this.lifecycle.expand(name, sizeBytes, signal);
+  }
+
   finishDelete(doc: VolumeDoc): Promise<boolean> {
     return this.lifecycle.finishDelete(doc);
   }

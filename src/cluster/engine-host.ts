@@ -258,6 +258,10 @@ export class EngineHost implements LocalVolumeHost {
     return this.opts.exports.get(name);
   }
 
+  volumeChanged(doc: VolumeDoc): void {
+    this.engines.get(doc.name)?.engine.applyDoc(doc);
+  }
+
   engineReplicaViews(name: string): EngineReplicaView[] {
     return this.engines.get(name)?.engine.replicaViews() ?? [];
   }

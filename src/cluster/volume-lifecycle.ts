@@ -28,6 +28,7 @@ import type { ReplicaStatusView } from '../replica/replica-manager.js';
 import type { LeaderElection } from './leader-election.js';
 import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
 import { placeReplicas } from './placement.js';
+import { expandVolume } from './volume-expand.js';
 import { changeReplicaCount, checkReplicaCount } from './volume-modify.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import {
@@ -56,6 +57,8 @@ export interface LocalVolumeHost {
   exportOf(name: string): ExportInfo | undefined;
   /** What the engine here knows about the volume's replicas (none when no engine runs here). */
   engineReplicaViews(name: string): EngineReplicaView[];
+  /** The document changed here (an expansion): the engine here follows it now rather than at the watch's event. */
+  volumeChanged?(doc: VolumeDoc): void;
 }
 
 export interface VolumeLifecycleOptions {
@@ -104,6 +107,17 @@ function validateCreate(name: string, requestedBytes: number, replicas: number):
   if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
     throw new StorageError(Code.INVALID_ARGUMENT, `replicas must be 1 to ${MAX_REPLICAS}, got ${replicas}`);
   }
+}
+
+/** The size an expansion to `requiredBytes` grows to (rounded up to 4 KiB); INVALID_ARGUMENT or OUT_OF_RANGE when no volume can have it. */
+export function expandTarget(requiredBytes: number): number {
+  if (!Number.isSafeInteger(requiredBytes) || requiredBytes <= 0) {
+    throw new StorageError(Code.INVALID_ARGUMENT, `the new volume size must be a positive number of bytes, got ${requiredBytes}`);
+  }
+  if (requiredBytes > MAX_VOLUME_BYTES) {
+    throw new StorageError(Code.OUT_OF_RANGE, `volume size ${formatBytes(requiredBytes)} is over the limit of ${formatBytes(MAX_VOLUME_BYTES)}`);
+  }
+  return alignUp(requiredBytes, VOLUME_ALIGNMENT_BYTES);
 }
 
 export class VolumeLifecycle {
@@ -260,6 +274,21 @@ export class VolumeLifecycle {
       throwIfCancelled(signal, `modify volume "${name}"`);
       let doc = requireVolume(await getVolumeDoc(this.store, name, { signal }), name);
       if (changes.replicas !== undefined) doc = await changeReplicaCount({ store: this.store, controls: this.opts.controls, log: this.log }, doc, changes.replicas, signal);
+      return this.view(doc);
+    });
+  }
+
+  /**
+   * Grows a volume online to at least `requiredBytes` (rounded up to 4 KiB): its replicas
+   * first, then its document, which the engine serving it follows (volume-expand.ts).
+   * Idempotent: a volume already that large is returned as it is. OUT_OF_RANGE over the
+   * maximum size; UNAVAILABLE while a node holding a replica is down.
+   */
+  async expand(name: string, requiredBytes: number, signal?: AbortSignal): Promise<VolumeView> {
+    const sizeBytes = expandTarget(requiredBytes);
+    return this.locks.run(name, async () => {
+      const doc = await expandVolume({ store: this.store, controls: this.opts.controls, log: this.log }, name, sizeBytes, signal);
+      this.opts.host?.volumeChanged?.(doc);
       return this.view(doc);
     });
   }

@@ -104,6 +104,8 @@ export interface ExportOptions {
 export interface VolumeApi {
   create(name: string, sizeBytes: number, options?: CreateVolumeOptions, signal?: AbortSignal): Promise<VolumeView>;
   delete(name: string, force?: boolean, signal?: AbortSignal): Promise<void>;
+  /** Grows the volume online to at least `sizeBytes`; idempotent (a larger volume is returned as it is). */
+  expand(name: string, sizeBytes: number, signal?: AbortSignal): Promise<VolumeView>;
   modify(name: string, changes: VolumeChanges, signal?: AbortSignal): Promise<VolumeView>;
   export(name: string, options?: ExportOptions, signal?: AbortSignal): Promise<ExportInfo>;
   unexport(name: string): Promise<void>;

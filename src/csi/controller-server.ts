@@ -5,7 +5,8 @@
  * stable, and `cairnctl volume inspect <volume_id>` then works on what Kubernetes shows.
  *
  * Served: CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetVolume,
- * ControllerModifyVolume (controller-modify.ts), ControllerGetCapabilities. Every other Controller
+ * ControllerModifyVolume (controller-modify.ts), ControllerExpandVolume (controller-expand.ts),
+ * ControllerGetCapabilities. Every other Controller
  * method answers UNIMPLEMENTED and its capability is not advertised.
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
@@ -15,18 +16,19 @@ import { csiService, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey, type CsiLocks } from './csi-locks.js';
 import { volumeCondition } from './volume-condition.js';
 import { controllerModifyMethods } from './controller-modify.js';
+import { controllerExpandMethods } from './controller-expand.js';
 import {
   TOPOLOGY_NODE_KEY, checkCapabilities, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from './controller-params.js';
 
 export interface ControllerServiceOptions {
-  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes' | 'modify'>;
+  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes' | 'modify' | 'expand'>;
   log: Logger;
   locks: CsiLocks;
 }
 
 /** The controller capabilities whose RPCs are complete. */
-export const CONTROLLER_CAPABILITIES = ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION', 'MODIFY_VOLUME'] as const;
+export const CONTROLLER_CAPABILITIES = ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION', 'MODIFY_VOLUME', 'EXPAND_VOLUME'] as const;
 
 const NAME_RE = /^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$/;
 
@@ -159,6 +161,7 @@ export function controllerService(options: ControllerServiceOptions): CsiService
       },
     },
     ...controllerModifyMethods(volumes),
+    ...controllerExpandMethods(volumes),
     ControllerGetCapabilities: {
       handler: () => ({ capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })) }),
     },

@@ -127,6 +127,7 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
       await ctx.volumes.delete(requireName(req), req.force);
       return {};
     }),
+    ExpandVolume: h('ExpandVolume', async (req: NameRequest & { sizeBytes: number }) => volumeMessage(await ctx.volumes.expand(requireName(req), req.sizeBytes))),
     ModifyVolume: h('ModifyVolume', async (req: NameRequest & { replicas?: number }) => volumeMessage(await ctx.volumes.modify(requireName(req), replicasOption(req.replicas)))),
     ExportVolume: h('ExportVolume', async (req: ExportVolumeRequest) => exportMessage(await ctx.volumes.export(requireName(req), {
       ...(req.takeover ? { takeover: true } : {}),

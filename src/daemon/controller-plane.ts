@@ -39,6 +39,7 @@ export function openControllerPlane(config: Readonly<DaemonConfig>, log: Logger,
   const volumes: VolumeApi = {
     create: (name, sizeBytes, options, signal) => lifecycle.create(name, sizeBytes, options, signal),
     delete: (name, force, signal) => lifecycle.delete(name, force, signal),
+    expand: (name, sizeBytes, signal) => lifecycle.expand(name, sizeBytes, signal),
     modify: (name, changes, signal) => lifecycle.modify(name, changes, signal),
     export: () => noDataPlane('export volumes'),
     unexport: () => noDataPlane('unexport volumes'),

@@ -50,12 +50,14 @@ function markedBeyond(previousBytes: number, sizeBytes: number, regionBytes: num
 /**
  * Before a rebuild writes to a replica: grow it to the volume's size, in case it was made
  * or left at an older size (idempotent; a replica already that size is not touched). A
- * peer too old to know the call answers UNIMPLEMENTED: the copy then finds out.
+ * replica larger than the volume is fine (an expansion that grew the replicas and stopped
+ * before the document said so: OUT_OF_RANGE, since replicas never shrink). A peer too old
+ * to know the call answers UNIMPLEMENTED: the copy then finds out.
  */
 export async function ensureTargetSize(ctx: EngineContext, m: Member, control: ReplicaControl): Promise<void> {
   try {
     await control.resizeReplica({ replicaId: m.id, volumeId: ctx.volumeId }, ctx.sizeBytes, ctx.epoch);
   } catch (err) {
-    if (!isStorageError(err, Code.UNIMPLEMENTED)) throw err;
+    if (!isStorageError(err, Code.UNIMPLEMENTED) && !isStorageError(err, Code.OUT_OF_RANGE)) throw err;
   }
 }

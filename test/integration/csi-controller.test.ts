@@ -34,7 +34,7 @@ interface VolumeMsg { volumeId: string; capacityBytes: string; volumeContext: Re
 
 test.serial('ControllerGetCapabilities advertises exactly the RPCs that are served', async (t) => {
   const { capabilities } = ok(await csi.controller.ControllerGetCapabilities!({})) as { capabilities: { rpc: { type: string } }[] };
-  t.deepEqual(capabilities.map((c) => c.rpc.type), ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION', 'MODIFY_VOLUME']);
+  t.deepEqual(capabilities.map((c) => c.rpc.type), ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION', 'MODIFY_VOLUME', 'EXPAND_VOLUME']);
   t.is(codeName(await csi.controller.ListVolumes!({})), 'UNIMPLEMENTED');
 });
 

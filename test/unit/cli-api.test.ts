@@ -63,6 +63,12 @@ class ScriptedVolumes implements VolumeApi {
     return view(name, 3, options);
   }
   async delete(): Promise<void> {}
+  expands: [string, number][] = [];
+  async expand(name: string, sizeBytes: number): Promise<VolumeView> {
+    this.expands.push([name, sizeBytes]);
+    if (name !== 'pgdata') throw new StorageError(Code.NOT_FOUND, `volume "${name}" not found`);
+    return { ...DEGRADED, sizeBytes: Math.max(DEGRADED.sizeBytes, sizeBytes) };
+  }
   modifies: [string, VolumeChanges][] = [];
   async modify(name: string, changes: VolumeChanges): Promise<VolumeView> {
     this.modifies.push([name, changes]);
@@ -117,6 +123,19 @@ async function serve(t: import('ava').ExecutionContext): Promise<Fixture> {
   };
   return { volumes, ctl };
 }
+
+test('volume expand takes a human size, prints the new one, and keeps the daemon\'s error code', async (t) => {
+  const { volumes, ctl } = await serve(t);
+  const r = await ctl(['volume', 'expand', 'pgdata', '20GiB']);
+  t.is(r.exitCode, 0, r.stderr);
+  t.is(r.stdout, 'volume pgdata is 20 GiB; clients that connect from now on see the new size');
+  const json = await ctl(['-o', 'json', 'volume', 'expand', 'pgdata', '30GiB']);
+  t.is((JSON.parse(json.stdout) as VolumeMessage).sizeBytes, 30 * GiB);
+  t.deepEqual(volumes.expands, [['pgdata', 20 * GiB], ['pgdata', 30 * GiB]]);
+  const missing = await ctl(['volume', 'expand', 'nope', '1GiB']);
+  t.is(missing.exitCode, 1);
+  t.regex(missing.stderr, /volume "nope" not found \(NOT_FOUND\)/);
+});
 
 test('volume create passes replicas and the preferred node; unset means the cluster default', async (t) => {
   const { volumes, ctl } = await serve(t);
