@@ -13,6 +13,7 @@
  *    without a zone label counts as a zone of its own.
  * 5. Ties go to the node with the most free bytes, then the smallest name, then the
  *    smallest id: the same input always gives the same answer.
+ * 6. `zones` (a StorageClass's): only nodes labelled with one of them are candidates at all.
  *
  * A request that cannot be met throws a StorageError that says why: FAILED_PRECONDITION
  * when too few nodes are up, RESOURCE_EXHAUSTED when too few of them have the space.
@@ -45,6 +46,8 @@ export interface PlacementRequest {
   firstAmong?: readonly NodeId[];
   /** Nodes that already hold a replica of the volume (repair): avoided, zones counted. */
   existing?: readonly NodeId[];
+  /** Only nodes in one of these zones qualify (a StorageClass `zones`); undefined: any node. */
+  zones?: readonly string[];
 }
 
 export interface PlacementResult {
@@ -63,6 +66,11 @@ function byFreeThenName(a: PlacementNode, b: PlacementNode): number {
   if (a.freeBytes !== b.freeBytes) return b.freeBytes - a.freeBytes;
   if (a.name !== b.name) return a.name < b.name ? -1 : 1;
   return a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0;
+}
+
+/** Whether `n` lies in one of `zones` (every node does when `zones` is undefined). */
+function inZones(n: PlacementNode, zones: readonly string[] | undefined): boolean {
+  return zones === undefined || (n.zone !== undefined && zones.includes(n.zone));
 }
 
 function validate(req: PlacementRequest): void {
@@ -98,11 +106,12 @@ function checkEnough(req: PlacementRequest, candidates: readonly PlacementNode[]
   const s = (k: number): string => (k === 1 ? '' : 's');
   const verb = (k: number, one: string, many: string): string => (k === 1 ? one : many);
   if (candidates.length < req.replicas) {
-    const down = req.nodes.filter((n) => !n.up).map((n) => n.name);
+    const down = req.nodes.filter((n) => !n.up && inZones(n, req.zones)).map((n) => n.name);
+    const where = req.zones ? ` in zone${s(req.zones.length)} ${req.zones.join(', ')}` : '';
     throw new StorageError(Code.FAILED_PRECONDITION,
-      `${what} but only ${candidates.length} ${others}node${s(candidates.length)} ${verb(candidates.length, 'is', 'are')} up`
+      `${what} but only ${candidates.length} ${others}node${s(candidates.length)} ${verb(candidates.length, 'is', 'are')} up${where}`
       + (down.length > 0 ? ` (down: ${down.join(', ')})` : ''),
-      { details: { replicas: req.replicas, up: candidates.length, down } });
+      { details: { replicas: req.replicas, up: candidates.length, down, ...(req.zones ? { zones: req.zones } : {}) } });
   }
   if (eligible.length < req.replicas) {
     const short = [...candidates].sort(byFreeThenName).filter((n) => n.freeBytes < req.sizeBytes);
@@ -116,7 +125,7 @@ function checkEnough(req: PlacementRequest, candidates: readonly PlacementNode[]
 export function placeReplicas(req: PlacementRequest): PlacementResult {
   validate(req);
   const existingIds = new Set(req.existing ?? []);
-  const candidates = req.nodes.filter((n) => n.up && !existingIds.has(n.nodeId));
+  const candidates = req.nodes.filter((n) => n.up && !existingIds.has(n.nodeId) && inZones(n, req.zones));
   const eligible = candidates.filter((n) => n.freeBytes >= req.sizeBytes).sort(byFreeThenName);
   checkEnough(req, candidates, eligible);
 
@@ -153,4 +162,27 @@ export function placeReplicas(req: PlacementRequest): PlacementResult {
     addLoad(best!);
   }
   return { nodeIds: chosen.map((n) => n.nodeId), zonesShared, preferredChosen: preferred !== undefined && preferred.nodeId === req.preferredNode };
+}
+
+export type CapacityRequest = Pick<PlacementRequest, 'replicas' | 'nodes' | 'firstAmong' | 'zones'>;
+
+/**
+ * The largest size `placeReplicas` can place `replicas` new replicas of now (0 when it can
+ * place none): each replica needs a distinct up node (in `zones`) with that much free, and
+ * with `firstAmong`, one of them must be among those nodes. Placement takes the allowed node
+ * with the most free first, so any size this returns is one it places.
+ */
+export function largestPlaceable(req: CapacityRequest): number {
+  const candidates = req.nodes.filter((n) => n.up && inZones(n, req.zones)).sort(byFreeThenName);
+  if (req.replicas < 1 || candidates.length < req.replicas) return 0;
+  if (!req.firstAmong) return candidates[req.replicas - 1]!.freeBytes;
+  const allowed = new Set(req.firstAmong);
+  let best = 0;
+  for (const first of candidates) {
+    if (!allowed.has(first.nodeId)) continue;
+    const rest = candidates.filter((n) => n !== first);
+    const others = req.replicas === 1 ? Infinity : rest[req.replicas - 2]?.freeBytes ?? 0;
+    best = Math.max(best, Math.min(first.freeBytes, others));
+  }
+  return best;
 }

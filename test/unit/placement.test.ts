@@ -1,7 +1,7 @@
 import test from 'ava';
 import { Code, StorageError } from '../../src/common/errors.js';
 import type { NodeId } from '../../src/common/ids.js';
-import { placeReplicas, type PlacementNode, type PlacementRequest } from '../../src/cluster/placement.js';
+import { largestPlaceable, placeReplicas, type PlacementNode, type PlacementRequest } from '../../src/cluster/placement.js';
 
 const GiB = 1024 ** 3;
 
@@ -49,6 +49,8 @@ const cases: Case[] = [
   { title: 'requisite: a preferred node outside the required ones is passed over', req: { replicas: 1, sizeBytes: GiB, nodes: nodes('a::90', 'b::5'), firstAmong: ids('b'), preferredNode: ids('a')[0] }, chosen: ['b'], preferredChosen: false },
   { title: 'repair avoids nodes holding replicas and their zones', req: { replicas: 1, sizeBytes: GiB, nodes: nodes('a1:a:90', 'a2:a:80', 'b1:b:10', 'c1:c:5'), existing: ids('a1', 'b1') }, chosen: ['c1'], zonesShared: false },
   { title: 'repair falls back to a used zone when no other has room', req: { replicas: 1, sizeBytes: 8 * GiB, nodes: nodes('a1:a:90', 'a2:a:80', 'b1:b:10', 'c1:c:5'), existing: ids('a1', 'b1') }, chosen: ['a2'], zonesShared: true },
+  { title: 'zones: only nodes in the listed zones are chosen, however much room others have', req: { replicas: 2, sizeBytes: GiB, nodes: nodes('a1:a:90', 'b1:b:5', 'c1:c:6', 'n::99'), zones: ['b', 'c'] }, chosen: ['c1', 'b1'] },
+  { title: 'zones: requisite and zones together', req: { replicas: 1, sizeBytes: GiB, nodes: nodes('a1:a:90', 'b1:b:5', 'b2:b:6'), zones: ['b'], firstAmong: ids('a1', 'b1') }, chosen: ['b1'] },
   { title: 'repair of two replicas', req: { replicas: 2, sizeBytes: GiB, nodes: nodes('a::3', 'b::2', 'c::1', 'd::4'), existing: ids('d') }, chosen: ['a', 'b'] },
 ];
 
@@ -82,6 +84,10 @@ const errorCases: ErrorCase[] = [
     message: '1 more replica besides 1 on a but only 0 other nodes have 4 GiB free (too little free: b 3 GiB)' },
   { title: 'requisite: no required node has room', req: { replicas: 1, sizeBytes: 10 * GiB, nodes: nodes('a::90', 'b::5', 'c::20:down'), firstAmong: ids('b', 'c') }, code: Code.RESOURCE_EXHAUSTED,
     message: 'none of the required nodes (id-b, id-c) is up with 10 GiB free' },
+  { title: 'zones: too few nodes up in them', req: { replicas: 2, sizeBytes: GiB, nodes: nodes('a1:a:10', 'b1:b:10', 'b2:b:10:down', 'c1:c:10'), zones: ['b'] }, code: Code.FAILED_PRECONDITION,
+    message: 'replicas=2 but only 1 node is up in zone b (down: b2)' },
+  { title: 'zones: none of them has a node', req: { replicas: 1, sizeBytes: GiB, nodes: nodes('a1:a:10', 'n::10'), zones: ['x', 'y'] }, code: Code.FAILED_PRECONDITION,
+    message: 'replicas=1 but only 0 nodes are up in zones x, y' },
   { title: 'zero replicas', req: { replicas: 0, sizeBytes: GiB, nodes: nodes('a::10') }, code: Code.INVALID_ARGUMENT,
     message: 'replicas=0 is not valid: place at least 1 replica' },
   { title: 'a size that is not positive', req: { replicas: 1, sizeBytes: 0, nodes: nodes('a::10') }, code: Code.INVALID_ARGUMENT,
@@ -113,4 +119,28 @@ test('placement does not change its input', (t) => {
   const copy = structuredClone(list);
   placeReplicas({ replicas: 2, sizeBytes: GiB, nodes: list, existing: [] });
   t.deepEqual(list, copy);
+});
+
+test('largest placeable: the n-th largest free among up nodes in the zones, the first replica among the required nodes', (t) => {
+  const list = nodes('a1:a:90', 'a2:a:40', 'b1:b:30', 'b2:b:70:down', 'c1:c:20', 'n::10');
+  t.is(largestPlaceable({ replicas: 1, nodes: list }), 90 * GiB);
+  t.is(largestPlaceable({ replicas: 2, nodes: list }), 40 * GiB);
+  t.is(largestPlaceable({ replicas: 3, nodes: list }), 30 * GiB);
+  t.is(largestPlaceable({ replicas: 3, nodes: list, zones: ['b', 'c'] }), 0, 'only b1 and c1 are up there');
+  t.is(largestPlaceable({ replicas: 2, nodes: list, zones: ['b', 'c'] }), 20 * GiB);
+  t.is(largestPlaceable({ replicas: 1, nodes: list, firstAmong: ids('c1', 'n') }), 20 * GiB);
+  t.is(largestPlaceable({ replicas: 2, nodes: list, firstAmong: ids('b1') }), 30 * GiB);
+  t.is(largestPlaceable({ replicas: 2, nodes: list, firstAmong: ids('b2') }), 0, 'the required node is down');
+  t.is(largestPlaceable({ replicas: 1, nodes: [] }), 0);
+});
+
+test('largest placeable: placement places exactly that size, and refuses one byte more', (t) => {
+  const list = nodes('a1:a:90', 'a2:a:40', 'b1:b:30', 'c1:c:20', 'n::10');
+  for (const req of [{ replicas: 2 }, { replicas: 3, zones: ['a', 'b'] }, { replicas: 2, firstAmong: ids('c1', 'n') }, { replicas: 3, firstAmong: ids('a2') }]) {
+    const size = largestPlaceable({ ...req, nodes: list });
+    t.true(size > 0, JSON.stringify(req));
+    t.is(placeReplicas({ ...req, sizeBytes: size, nodes: list }).nodeIds.length, req.replicas);
+    const err = t.throws(() => placeReplicas({ ...req, sizeBytes: size + 1, nodes: list }), { instanceOf: StorageError });
+    t.is(err.code, Code.RESOURCE_EXHAUSTED, JSON.stringify(req));
+  }
 });
