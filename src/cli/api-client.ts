@@ -23,12 +23,34 @@ export interface ReplicaMessage {
 }
 export interface AttachmentMessage { devicePath: string; method: string; uri: string }
 export interface ExportMessage { uri: string; socketPath: string; connectionCount: number }
+export interface PublicationMessage { nodeId: string; readonly: boolean }
+/** A volume's CSI staging on the node that answered. */
+export interface StagingMessage {
+  nodeName: string;
+  /** staging, staged or unstaging. */
+  state: string;
+  stagingPath: string;
+  /** Empty until attached. */
+  devicePath: string;
+  /** nbd or nbdfuse-loop; empty until attached. */
+  attachMethod: string;
+  /** mount or block. */
+  accessType: string;
+  /** Empty for a block volume. */
+  fsType: string;
+  readonly: boolean;
+  updatedAt: string;
+}
 export interface VolumeMessage {
   id: string; name: string; sizeBytes: number; allocatedBytes: number; state: string; health: string;
   epoch: number; createdAt: string; replicas: ReplicaMessage[]; export: ExportMessage | null;
   replicasWanted: number;
   /** Empty when no node runs the volume's engine. */
   engineNode: string;
+  /** The nodes it is published to (CSI); empty from a daemon that does not report it. */
+  published: PublicationMessage[];
+  /** Its staging on the node that answered; null when not staged there. */
+  staging: StagingMessage | null;
 }
 export interface ClusterStatusMessage {
   cluster: string; store: string; nodeName: string;

@@ -4,7 +4,7 @@
  * so they are unit-tested without a daemon.
  */
 import { formatBytes } from '../common/units.js';
-import type { ClusterStatusMessage, NodeMessage, RebuildProgressMessage, VerifyMessage, VolumeMessage } from './api-client.js';
+import type { ClusterStatusMessage, NodeMessage, PublicationMessage, RebuildProgressMessage, StagingMessage, VerifyMessage, VolumeMessage } from './api-client.js';
 
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -61,11 +61,33 @@ function inSyncCount(v: VolumeMessage): number {
   return v.replicas.filter((r) => r.state === 'in-sync').length;
 }
 
-/** `volume list`: one row per volume; REPLICAS is in-sync/total. */
+/** The nodes a volume is published to (CSI): "node-a", "node-a(ro),node-b(ro)", "-" for none. */
+export function publishedText(published: readonly PublicationMessage[] | undefined): string {
+  return published?.length ? published.map((p) => `${p.nodeId}${p.readonly ? '(ro)' : ''}`).join(',') : '-';
+}
+
+/** The staging on the answering node in a list cell: "staged /dev/loop3", "staging", "-" when not staged there. */
+export function stagedCell(s: StagingMessage | null | undefined): string {
+  if (!s) return '-';
+  return s.devicePath ? `${s.state} ${s.devicePath}` : s.state;
+}
+
+/** `volume list`: one row per volume; REPLICAS is in-sync/total, STAGED is the staging on the node that answered. */
 export function volumeRows(volumes: VolumeMessage[]): string {
-  return table(['NAME', 'SIZE', 'ALLOCATED', 'STATE', 'HEALTH', 'REPLICAS', 'EXPORT'], volumes.map((v) => [
+  return table(['NAME', 'SIZE', 'ALLOCATED', 'STATE', 'HEALTH', 'REPLICAS', 'EXPORT', 'PUBLISHED', 'STAGED'], volumes.map((v) => [
     v.name, formatBytes(v.sizeBytes), formatBytes(v.allocatedBytes), v.state, v.health, `${inSyncCount(v)}/${v.replicas.length}`, v.export ? v.export.uri : '-',
+    publishedText(v.published), stagedCell(v.staging),
   ]));
+}
+
+/** `volume inspect`: the CSI staging on the node that answered, as key/value pairs. */
+function stagingPairs(s: StagingMessage | null | undefined): [string, string][] {
+  if (!s) return [['Staging', 'not staged on this node']];
+  const what = s.accessType === 'block' ? 'block' : `${s.fsType || 'mount'}`;
+  return [
+    ['Staging', `${s.state} on ${s.nodeName} at ${s.stagingPath} (${what}${s.readonly ? ', read-only' : ''})`],
+    ['Device', s.devicePath ? `${s.devicePath} (${s.attachMethod})` : 'not attached yet'],
+  ];
 }
 
 /** Why each out-of-sync replica is out, and what it missed; one line each. */
@@ -85,6 +107,8 @@ export function volumeDetail(v: VolumeMessage, nowMs: number): string {
     ['State', v.state], ['Health', v.health], ['Replicas', `${inSyncCount(v)}/${wanted} in sync`],
     ['Engine node', v.engineNode || 'none'], ['Epoch', String(v.epoch)], ['Created', v.createdAt],
     ['Export', v.export ? `${v.export.uri} (${v.export.connectionCount} client(s))` : 'not exported'],
+    ['Published', v.published?.length ? v.published.map((p) => `${p.nodeId}${p.readonly ? ' (read-only)' : ''}`).join(', ') : 'nowhere'],
+    ...stagingPairs(v.staging),
   ]);
   const replicas = table(['REPLICA', 'NODE', 'STATE', 'SINCE', 'ALLOCATED', 'PROGRESS'], v.replicas.map((r) => [
     r.id, r.nodeName, r.state, formatAge(r.since, nowMs), formatBytes(r.allocatedBytes), r.state === 'rebuilding' && r.rebuild ? progressBar(r.rebuild) : '-',

@@ -9,6 +9,7 @@ import type { NodeStatus } from '../cluster/node-registry.js';
 import type { ClusterStatusView, ReplicaView, VerifyResult, VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import type { ExportInfo } from '../engine/export-manager.js';
 import type { KernelAttacher } from '../engine/kernel-attach.js';
+import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
 import { unary } from '../rpc/status.js';
 import { VERSION } from './version.js';
@@ -41,7 +42,15 @@ function replicaMessage(r: ReplicaView): object {
   };
 }
 
-function volumeMessage(v: VolumeView): object {
+function stagingMessage(r: StagedVolumeRecord | undefined, nodeName: string): object | null {
+  return r ? {
+    nodeName, state: r.state, stagingPath: r.stagingPath, devicePath: r.devicePath, attachMethod: r.attachMethod,
+    accessType: r.accessType, fsType: r.fsType, readonly: r.readonly, updatedAt: r.updatedAt,
+  } : null;
+}
+
+/** `ctx` adds this node's staging of the volume. */
+function volumeMessage(v: VolumeView, ctx?: Pick<ApiContext, 'staged' | 'nodeName'>): object {
   return {
     id: v.id,
     name: v.name,
@@ -55,6 +64,8 @@ function volumeMessage(v: VolumeView): object {
     export: exportMessage(v.export),
     replicasWanted: v.replicasWanted,
     engineNode: v.engineNode ?? '',
+    published: v.published.map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })),
+    staging: ctx ? stagingMessage(ctx.staged?.(v.name), ctx.nodeName) : null,
   };
 }
 
@@ -93,6 +104,8 @@ export interface ApiContext {
   connectionCount: () => number;
   /** Kernel block devices for volumes (AttachVolume / DetachVolume); none on a controller-role cairnd. */
   attacher: KernelAttacher | undefined;
+  /** The volume's CSI staging on this node (the stager's record); absent on a controller-role cairnd. */
+  staged?: (volume: string) => StagedVolumeRecord | undefined;
   log: Logger;
 }
 
@@ -120,9 +133,9 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
     CreateVolume: h('CreateVolume', async (req: CreateVolumeRequest) => volumeMessage(await ctx.volumes.create(requireName(req), req.sizeBytes, {
       ...replicasOption(req.replicas),
       ...(req.preferredNode ? { preferredNode: req.preferredNode } : {}),
-    }))),
-    ListVolumes: h('ListVolumes', async () => ({ volumes: (await ctx.volumes.list()).map(volumeMessage) })),
-    GetVolume: h('GetVolume', async (req: NameRequest) => volumeMessage(await ctx.volumes.get(requireName(req)))),
+    }), ctx)),
+    ListVolumes: h('ListVolumes', async () => ({ volumes: (await ctx.volumes.list()).map((v) => volumeMessage(v, ctx)) })),
+    GetVolume: h('GetVolume', async (req: NameRequest) => volumeMessage(await ctx.volumes.get(requireName(req)), ctx)),
     DeleteVolume: h('DeleteVolume', async (req: NameRequest & { force: boolean }) => {
       await ctx.volumes.delete(requireName(req), req.force);
       return {};

@@ -96,7 +96,10 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const recovery = new Promise<void>((resolve) => { markRecovered = resolve; });
   await startFront(config, log, {
     volumes: plane.volumes, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
-    api: { poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher },
+    api: {
+      poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
+      staged: (volume) => plane.stager.get(volume),
+    },
     csiNode: { stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
   }, stops);
   await plane.start();

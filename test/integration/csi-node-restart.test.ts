@@ -15,8 +15,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { findMount, listMounts } from '../../src/engine/mounter.js';
-import { csiClient, ok, type CsiMessage, type CsiTestClient } from '../helpers/csi-client.js';
+import type { VolumeMessage } from '../../src/cli/api-client.js';
+import type { NodeId } from '../../src/common/ids.js';
+import { silentLogger } from '../../src/common/log.js';
+import { EmbeddedStore } from '../../src/cluster/store/embedded-store.js';
+import { updateVolumeDoc } from '../../src/cluster/volume-doc.js';
+import { deviceNumber, findMount, listMounts } from '../../src/engine/mounter.js';
+import { csiClient, codeName, ok, type CsiMessage, type CsiTestClient } from '../helpers/csi-client.js';
 import { Daemon } from '../helpers/daemon.js';
 import { combine, missingCommands, missingRoot, onlyWhere, requiring } from '../helpers/prereq.js';
 import { run } from '../helpers/run.js';
@@ -61,6 +66,16 @@ async function restart(how: 'stop' | 'none', between: () => Promise<void> = asyn
   return code;
 }
 
+/** Writes the volume's publication (what ControllerPublishVolume records) into the stopped daemon's embedded store. */
+async function setPublished(volume: string, published: { nodeId: string; readonly: boolean }[]): Promise<void> {
+  const store = EmbeddedStore.open({ path: join(daemon!.dataDir, 'cluster.db'), cluster: 'default', log: silentLogger() });
+  try {
+    await updateVolumeDoc(store, volume, (doc) => ({ ...doc, published: published.map((p) => ({ nodeId: p.nodeId as NodeId, readonly: p.readonly })) }));
+  } finally {
+    await store.close();
+  }
+}
+
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /** Processes whose command line mentions `text` (an attachment's nbdfuse and nbdkit). */
@@ -87,13 +102,15 @@ async function assertNothingLeft(t: ExecutionContext, d: Daemon): Promise<void> 
 
 test.after.always(async () => {
   csi?.close();
-  if (root) {
-    // A failed test may leave mounts: take them away before the directories go.
-    for (const m of (await listMounts()).filter((e) => e.mountPoint.startsWith(root)).reverse()) await run('umount', ['-l', m.mountPoint]).catch(() => undefined);
-  }
+  // A failed test may leave mounts, loop devices and nbdfuse: take them away before the directories go.
+  const dirs = [root, daemon?.dataDir].filter((d): d is string => Boolean(d));
+  const leftovers = async (): Promise<string[]> => (await listMounts()).map((m) => m.mountPoint).filter((p) => dirs.some((d) => p.startsWith(d))).reverse();
+  for (const m of (await leftovers()).filter((p) => root && p.startsWith(root))) await run('umount', ['-l', m]).catch(() => undefined);
   if (daemon) {
     for (const line of await loopsUnder(daemon.dataDir).catch(() => [])) await run('losetup', ['-d', line.split(/\s+/)[0]!]).catch(() => undefined);
     for (const pid of processesMentioning(join(daemon.dataDir, 'attach'))) process.kill(pid, 'SIGKILL');
+    await daemon.crash();
+    for (const m of await leftovers()) await run('umount', ['-l', m]).catch(() => undefined);
     await daemon.destroy();
   }
   if (root) rmSync(root, { recursive: true, force: true });
@@ -163,5 +180,53 @@ nodeTest('SIGTERM and restart with a dd writer running through the mount: no I/O
 
   ok(await csi.node.NodeUnpublishVolume!({ volumeId: 'rst-term', targetPath: target }));
   ok(await csi.node.NodeUnstageVolume!({ volumeId: 'rst-term', stagingTargetPath: staging }));
+  await assertNothingLeft(t, d);
+});
+
+nodeTest('publication: refused while published to another node (named); published read-only here it mounts read-only; cairnctl shows both and the staging', async (t) => {
+  const d = await start();
+  await create('rst-pub', 64);
+  const staging = join(root, 'pub-staging');
+  const target = join(root, 'pub-target');
+  mkdirSync(staging);
+  const stage = { volumeId: 'rst-pub', stagingTargetPath: staging, volumeCapability: mountCap() };
+  // Published nowhere (a cairnctl volume): staged, formatted; a file is left on it.
+  ok(await csi.node.NodeStageVolume!(stage));
+  writeFileSync(join(staging, 'kept'), 'written before the publication changed');
+  ok(await csi.node.NodeUnstageVolume!({ volumeId: 'rst-pub', stagingTargetPath: staging }));
+
+  await restart('stop', () => setPublished('rst-pub', [{ nodeId: 'node-elsewhere', readonly: false }]));
+  const refused = await csi.node.NodeStageVolume!(stage);
+  t.is(codeName(refused), 'FAILED_PRECONDITION');
+  t.regex(refused.message ?? '', /published to node "node-elsewhere", not to this node "node-r"/);
+  t.falsy(await findMount(staging), 'nothing was mounted');
+  const elsewhere = await d.ctl(['volume', 'inspect', 'rst-pub']);
+  t.regex(elsewhere.stdout, /^Published:\s+node-elsewhere$/m);
+  t.regex(elsewhere.stdout, /^Staging:\s+not staged on this node$/m);
+
+  await restart('stop', () => setPublished('rst-pub', [{ nodeId: NODE, readonly: true }]));
+  ok(await csi.node.NodeStageVolume!(stage));
+  t.true((await findMount(staging))!.options.includes('ro'), 'staged read-only under a writer access mode');
+  ok(await csi.node.NodePublishVolume!({ ...stage, targetPath: target }));
+  t.is(readFileSync(join(target, 'kept'), 'utf8'), 'written before the publication changed');
+  t.is((t.throws(() => writeFileSync(join(target, 'nope'), 'x')) as NodeJS.ErrnoException).code, 'EROFS');
+
+  const inspect = await d.ctl(['volume', 'inspect', 'rst-pub']);
+  t.is(inspect.exitCode, 0, inspect.stderr);
+  t.regex(inspect.stdout, /^Published:\s+node-r \(read-only\)$/m);
+  t.regex(inspect.stdout, new RegExp(`^Staging:\\s+staged on node-r at ${staging} \\(ext4, read-only\\)$`, 'm'));
+  t.regex(inspect.stdout, /^Device:\s+\/dev\/loop\d+ \(nbdfuse-loop\)$/m);
+  const json = await d.ctlJson<VolumeMessage>(['volume', 'inspect', 'rst-pub']);
+  t.deepEqual(json.published, [{ nodeId: NODE, readonly: true }]);
+  t.like(json.staging, { nodeName: NODE, state: 'staged', stagingPath: staging, attachMethod: 'nbdfuse-loop', accessType: 'mount', fsType: 'ext4', readonly: true });
+  t.is((await findMount(staging))!.device, await deviceNumber(json.staging!.devicePath), 'the device shown is the one mounted at the staging path');
+  const list = await d.ctl(['volume', 'list']);
+  t.regex(list.stdout, /^NAME\s.*\sPUBLISHED\s+STAGED$/m);
+  t.regex(list.stdout, /^rst-pub\s.*\snode-r\(ro\)\s+staged \/dev\/loop\d+$/m);
+
+  ok(await csi.node.NodeUnpublishVolume!({ volumeId: 'rst-pub', targetPath: target }));
+  ok(await csi.node.NodeUnstageVolume!({ volumeId: 'rst-pub', stagingTargetPath: staging }));
+  const after = await d.ctlJson<VolumeMessage>(['volume', 'inspect', 'rst-pub']);
+  t.is(after.staging, null, 'unstaged: no staging shown');
   await assertNothingLeft(t, d);
 });

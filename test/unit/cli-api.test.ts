@@ -199,8 +199,9 @@ test('volume inspect carries the new replica fields through the API', async (t) 
 test('volume list shows in-sync/total replicas', async (t) => {
   const { ctl } = await serve(t);
   const r = await ctl(['volume', 'list']);
-  t.regex(r.stdout, /^pgdata\s+10 GiB\s+2 MiB\s+ready\s+degraded\s+1\/3\s+-$/m);
-  t.regex(r.stdout, /^small\s+10 GiB\s+0 B\s+ready\s+healthy\s+1\/1\s+-$/m);
+  // EXPORT, PUBLISHED and STAGED: none here.
+  t.regex(r.stdout, /^pgdata\s+10 GiB\s+2 MiB\s+ready\s+degraded\s+1\/3\s+-\s+-\s+-$/m);
+  t.regex(r.stdout, /^small\s+10 GiB\s+0 B\s+ready\s+healthy\s+1\/1\s+-\s+-\s+-$/m);
 });
 
 test('volume verify exits 0 when the replicas agree and 1 when they differ', async (t) => {

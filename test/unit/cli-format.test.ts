@@ -1,5 +1,5 @@
 import test from 'ava';
-import type { ReplicaMessage, VerifyMessage, VolumeMessage } from '../../src/cli/api-client.js';
+import type { ReplicaMessage, StagingMessage, VerifyMessage, VolumeMessage } from '../../src/cli/api-client.js';
 import {
   clusterStatusText, formatAge, formatDuration, mismatchedRegions, nodeRows, progressBar, verifyText, volumeDetail, volumeRows,
 } from '../../src/cli/format.js';
@@ -43,7 +43,7 @@ function replica(id: string, nodeName: string, state: string, extra: Partial<Rep
 function volume(replicas: ReplicaMessage[], extra: Partial<VolumeMessage> = {}): VolumeMessage {
   return {
     id: 'vol-1', name: 'pgdata', sizeBytes: 10 * GiB, allocatedBytes: 3 * MiB, state: 'ready', health: 'degraded', epoch: 7,
-    createdAt: '2025-02-28T09:00:00.000Z', replicas, export: null, replicasWanted: 3, engineNode: 'node-a', ...extra,
+    createdAt: '2025-02-28T09:00:00.000Z', replicas, export: null, replicasWanted: 3, engineNode: 'node-a', published: [], staging: null, ...extra,
   };
 }
 
@@ -79,9 +79,40 @@ test('volume inspect of a single healthy replica without an engine', (t) => {
 test('volume list shows REPLICAS as in-sync/total next to HEALTH', (t) => {
   const text = volumeRows([volume(MIXED), volume([replica('rep-x', 'solo', 'in-sync')], { name: 'small', health: 'healthy', sizeBytes: 64 * MiB })]);
   const [head, first, second] = text.split('\n');
-  t.regex(head!, /^NAME\s+SIZE\s+ALLOCATED\s+STATE\s+HEALTH\s+REPLICAS\s+EXPORT$/);
-  t.regex(first!, /^pgdata\s+10 GiB\s+3 MiB\s+ready\s+degraded\s+1\/3\s+-$/);
-  t.regex(second!, /^small\s+64 MiB\s+3 MiB\s+ready\s+healthy\s+1\/1\s+-$/);
+  t.regex(head!, /^NAME\s+SIZE\s+ALLOCATED\s+STATE\s+HEALTH\s+REPLICAS\s+EXPORT\s+PUBLISHED\s+STAGED$/);
+  t.regex(first!, /^pgdata\s+10 GiB\s+3 MiB\s+ready\s+degraded\s+1\/3\s+-\s+-\s+-$/);
+  t.regex(second!, /^small\s+64 MiB\s+3 MiB\s+ready\s+healthy\s+1\/1\s+-\s+-\s+-$/);
+});
+
+const STAGED: StagingMessage = {
+  nodeName: 'node-a', state: 'staged', stagingPath: '/var/lib/kubelet/plugins/kubernetes.io/csi/csi.cairn.dev/abc/globalmount',
+  devicePath: '/dev/loop3', attachMethod: 'nbdfuse-loop', accessType: 'mount', fsType: 'ext4', readonly: false, updatedAt: '2025-03-01T11:00:00.000Z',
+};
+
+test('volume list shows the nodes CSI published a volume to and its staging on the answering node', (t) => {
+  const text = volumeRows([
+    volume(MIXED, { published: [{ nodeId: 'node-a', readonly: false }], staging: STAGED }),
+    volume(MIXED, { name: 'shared', published: [{ nodeId: 'node-b', readonly: true }, { nodeId: 'node-c', readonly: true }], staging: { ...STAGED, state: 'staging', devicePath: '' } }),
+  ]);
+  const [, first, second] = text.split('\n');
+  t.regex(first!, /^pgdata\s.*\s1\/3\s+-\s+node-a\s+staged \/dev\/loop3$/);
+  t.regex(second!, /^shared\s.*\s1\/3\s+-\s+node-b\(ro\),node-c\(ro\)\s+staging$/);
+});
+
+test('volume inspect shows publication, staging state and path, device and attach method', (t) => {
+  const text = volumeDetail(volume(MIXED, { published: [{ nodeId: 'node-a', readonly: true }], staging: { ...STAGED, readonly: true } }), NOW);
+  t.regex(text, /^Published:\s+node-a \(read-only\)$/m);
+  t.regex(text, /^Staging:\s+staged on node-a at \/var\/lib\/kubelet\/plugins\/kubernetes\.io\/csi\/csi\.cairn\.dev\/abc\/globalmount \(ext4, read-only\)$/m);
+  t.regex(text, /^Device:\s+\/dev\/loop3 \(nbdfuse-loop\)$/m);
+
+  const block = volumeDetail(volume(MIXED, { staging: { ...STAGED, accessType: 'block', fsType: '', devicePath: '/dev/nbd0', attachMethod: 'nbd' } }), NOW);
+  t.regex(block, /^Published:\s+nowhere$/m);
+  t.regex(block, /^Staging:\s+staged on node-a at \S+ \(block\)$/m);
+  t.regex(block, /^Device:\s+\/dev\/nbd0 \(nbd\)$/m);
+
+  const none = volumeDetail(volume(MIXED), NOW);
+  t.regex(none, /^Staging:\s+not staged on this node$/m);
+  t.false(/^Device:/m.test(none));
 });
 
 test('node list and cluster status', (t) => {
