@@ -2,6 +2,14 @@
  * The CSI Identity service: who the plugin is (GetPluginInfo), what it offers as a whole
  * (GetPluginCapabilities) and whether it is ready (Probe). Every cairnd serves it, whatever
  * its role.
+ *
+ * GetPluginCapabilities describes the plugin as deployed, not this process: the spec wants
+ * every instance of one version to answer the same, wherever it runs and whichever services
+ * it serves. A Cairn deployment always has a Controller (role `all` on a single node, the
+ * `controller` Deployment in a cluster), so CONTROLLER_SERVICE is always advertised, also by
+ * a node-role daemon that answers the Controller's RPCs UNIMPLEMENTED. (The Kubernetes
+ * sidecars ask the socket they sit next to: external-provisioner and -attacher the
+ * controller's, node-driver-registrar only calls GetPluginInfo.)
  */
 import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
@@ -15,12 +23,6 @@ export const CSI_DRIVER_NAME = 'csi.cairn.dev';
 export interface IdentityServiceOptions {
   log: Logger;
   /**
-   * Whether the plugin as deployed has a Controller service. The spec wants every instance
-   * of one version to answer the same, so a node-role daemon of a cluster that runs a
-   * controller Deployment says true as well; false only where no Controller runs anywhere.
-   */
-  controllerService: boolean;
-  /**
    * True once this process can serve its other CSI services (the store and the pool are
    * usable). Probe answers ready=false until then; a throw means unhealthy
    * (FAILED_PRECONDITION with its message).
@@ -30,12 +32,15 @@ export interface IdentityServiceOptions {
   version?: string;
 }
 
+/** The plugin's capabilities: the same from every cairnd of this version (see the top of this file). */
+export const PLUGIN_CAPABILITIES = Object.freeze([
+  { service: { type: 'CONTROLLER_SERVICE' } },
+  { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
+  { volumeExpansion: { type: 'ONLINE' } },
+]);
+
 export function identityService(options: IdentityServiceOptions): CsiService {
-  const capabilities = [
-    ...(options.controllerService ? [{ service: { type: 'CONTROLLER_SERVICE' } }] : []),
-    { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
-    { volumeExpansion: { type: 'ONLINE' } },
-  ];
+  const capabilities = PLUGIN_CAPABILITIES;
   return csiService('Identity', {
     GetPluginInfo: {
       handler: () => ({ name: CSI_DRIVER_NAME, vendorVersion: options.version ?? VERSION, manifest: {} }),

@@ -28,9 +28,8 @@ export interface CsiDeps {
 
 export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServer> {
   const log = deps.log.child({ component: 'csi' });
-  // Every role answers the same capabilities (the spec wants one answer per plugin version):
-  // a cluster of node daemons has its controller in a Deployment, a single node in `all`.
-  const identity = identityService({ log, controllerService: true, ready: deps.ready, version: VERSION });
+  // Identity answers the same capabilities in every role (identity-server.ts says why).
+  const identity = identityService({ log, ready: deps.ready, version: VERSION });
   // One lock table for every volume-touching service of the process: a busy volume is ABORTED whichever service holds it.
   const locks = new CsiLocks();
   const services = [

@@ -73,6 +73,13 @@ if (prerequisitesMet('the controller role on etcd', await etcdMissingReason())) 
     // A node-role daemon serves Identity on its own socket too, ready once its data plane is up.
     const nodeProbe = await csiCall<{ ready: { value: boolean } | null }>(join(cluster.node(0).dataDir, 'csi.sock'), 'Identity', 'Probe', {});
     t.true(nodeProbe.ready?.value);
+    // The plugin's capabilities are one answer per version (CSI GetPluginCapabilities): the node
+    // daemon, which serves no Controller, advertises the one the controller Deployment runs.
+    type Caps = { capabilities: { service?: { type: string } | null; volumeExpansion?: { type: string } | null }[] };
+    const fromController = await csiCall<Caps>(join(dataDir, 'csi.sock'), 'Identity', 'GetPluginCapabilities', {});
+    const fromNodeDaemon = await csiCall<Caps>(join(cluster.node(0).dataDir, 'csi.sock'), 'Identity', 'GetPluginCapabilities', {});
+    t.deepEqual(fromNodeDaemon, fromController);
+    t.true(fromNodeDaemon.capabilities.some((c) => c.service?.type === 'CONTROLLER_SERVICE'));
     failed = false;
   });
 }

@@ -28,7 +28,7 @@ function tempDir(t: { teardown: (fn: () => void) => void }): string {
 }
 
 test('GetPluginInfo names csi.cairn.dev with the package version', async (t) => {
-  const server = await startCsiServer({ socketPath: join(tempDir(t), 'csi.sock'), log, services: [identityService({ log, controllerService: true, ready: () => true })] });
+  const server = await startCsiServer({ socketPath: join(tempDir(t), 'csi.sock'), log, services: [identityService({ log, ready: () => true })] });
   const csi = await csiClient(server.socketPath);
   try {
     const info = ok(await csi.identity.GetPluginInfo!({}));
@@ -41,20 +41,19 @@ test('GetPluginInfo names csi.cairn.dev with the package version', async (t) => 
   }
 });
 
-test('GetPluginCapabilities: CONTROLLER_SERVICE only with a controller, topology and online expansion always', async (t) => {
-  const dir = tempDir(t);
-  for (const controllerService of [true, false]) {
-    const server = await startCsiServer({ socketPath: join(dir, `${controllerService}.sock`), log, services: [identityService({ log, controllerService, ready: () => true })] });
-    const csi = await csiClient(server.socketPath);
-    try {
-      const caps = ok(await csi.identity.GetPluginCapabilities!({})).capabilities as { type: string; service?: { type: string }; volumeExpansion?: { type: string } }[];
-      t.deepEqual(caps.filter((c) => c.type === 'service').map((c) => c.service!.type),
-        controllerService ? ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS'] : ['VOLUME_ACCESSIBILITY_CONSTRAINTS']);
-      t.deepEqual(caps.filter((c) => c.type === 'volumeExpansion').map((c) => c.volumeExpansion!.type), ['ONLINE']);
-    } finally {
-      csi.close();
-      await server.close();
-    }
+test('GetPluginCapabilities: CONTROLLER_SERVICE, topology and online expansion, the same from every instance', async (t) => {
+  // The spec: every instance of one version answers the same, whichever services it serves;
+  // a node-role cairnd (Identity and Node only) advertises the Controller its Deployment runs.
+  const server = await startCsiServer({ socketPath: join(tempDir(t), 'csi.sock'), log, services: [identityService({ log, ready: () => true })] });
+  const csi = await csiClient(server.socketPath);
+  try {
+    const caps = ok(await csi.identity.GetPluginCapabilities!({})).capabilities as { type: string; service?: { type: string }; volumeExpansion?: { type: string } }[];
+    t.deepEqual(caps.filter((c) => c.type === 'service').map((c) => c.service!.type), ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS']);
+    t.deepEqual(caps.filter((c) => c.type === 'volumeExpansion').map((c) => c.volumeExpansion!.type), ['ONLINE']);
+    t.is((await csi.controller.ControllerGetCapabilities!({})).code, grpc.status.UNIMPLEMENTED, 'although this instance serves no Controller');
+  } finally {
+    csi.close();
+    await server.close();
   }
 });
 
@@ -64,7 +63,7 @@ test('Probe: ready=false until the readiness function says ready, FAILED_PRECOND
     if (state === 'broken') throw new Error('node store cannot be opened');
     return state === 'ready';
   };
-  const server = await startCsiServer({ socketPath: join(tempDir(t), 'csi.sock'), log, services: [identityService({ log, controllerService: false, ready })] });
+  const server = await startCsiServer({ socketPath: join(tempDir(t), 'csi.sock'), log, services: [identityService({ log, ready })] });
   const csi = await csiClient(server.socketPath);
   try {
     t.deepEqual(ok(await csi.identity.Probe!({})).ready, { value: false });
@@ -84,7 +83,7 @@ test('Probe: ready=false until the readiness function says ready, FAILED_PRECOND
 
 test('the server creates the socket\'s parent directory, makes the socket 0660 and removes it on close', async (t) => {
   const socketPath = join(tempDir(t), 'plugins', 'csi.cairn.dev', 'csi.sock');
-  const server = await startCsiServer({ socketPath: `unix://${socketPath}`, log, services: [identityService({ log, controllerService: true, ready: () => true })] });
+  const server = await startCsiServer({ socketPath: `unix://${socketPath}`, log, services: [identityService({ log, ready: () => true })] });
   t.is(server.socketPath, socketPath);
   const st = statSync(socketPath);
   t.true(st.isSocket());
@@ -104,7 +103,7 @@ test('a stale socket left by a killed process is replaced', async (t) => {
   await exited;
   t.true(statSync(socketPath).isSocket());
 
-  const server = await startCsiServer({ socketPath, log, services: [identityService({ log, controllerService: true, ready: () => true })] });
+  const server = await startCsiServer({ socketPath, log, services: [identityService({ log, ready: () => true })] });
   const csi = await csiClient(socketPath);
   try {
     t.is(ok(await csi.identity.GetPluginInfo!({})).name, 'csi.cairn.dev');
@@ -116,9 +115,9 @@ test('a stale socket left by a killed process is replaced', async (t) => {
 
 test('a socket another live process serves is refused, and that process keeps serving', async (t) => {
   const socketPath = join(tempDir(t), 'csi.sock');
-  const first = await startCsiServer({ socketPath, log, services: [identityService({ log, controllerService: true, ready: () => true })] });
+  const first = await startCsiServer({ socketPath, log, services: [identityService({ log, ready: () => true })] });
   try {
-    const err = await t.throwsAsync(startCsiServer({ socketPath, log, services: [identityService({ log, controllerService: true, ready: () => true })] }));
+    const err = await t.throwsAsync(startCsiServer({ socketPath, log, services: [identityService({ log, ready: () => true })] }));
     t.true(isStorageError(err, Code.FAILED_PRECONDITION));
     t.regex(err!.message, /another process is serving/);
     const csi = await csiClient(socketPath);
@@ -132,7 +131,7 @@ test('a socket another live process serves is refused, and that process keeps se
 test('a path that is not a socket is refused and left alone', async (t) => {
   const socketPath = join(tempDir(t), 'csi.sock');
   writeFileSync(socketPath, 'not a socket');
-  const err = await t.throwsAsync(startCsiServer({ socketPath, log, services: [identityService({ log, controllerService: true, ready: () => true })] }));
+  const err = await t.throwsAsync(startCsiServer({ socketPath, log, services: [identityService({ log, ready: () => true })] }));
   t.true(isStorageError(err, Code.FAILED_PRECONDITION));
   t.is(readFileSync(socketPath, 'utf8'), 'not a socket');
 });
@@ -147,7 +146,7 @@ test('close() lets a call in flight finish before the server stops', async (t) =
     NodeUnstageVolume: { handler: async () => { entered(); await gate; return {}; } },
   }, { log, locks });
   const socketPath = join(tempDir(t), 'csi.sock');
-  const server = await startCsiServer({ socketPath, log, services: [identityService({ log, controllerService: false, ready: () => true }), node] });
+  const server = await startCsiServer({ socketPath, log, services: [identityService({ log, ready: () => true }), node] });
   const csi = await csiClient(socketPath);
   try {
     const call = csi.node.NodeUnstageVolume!({ volumeId: 'v', stagingTargetPath: '/s' });
