@@ -18,7 +18,9 @@ import type { ClusterStore } from './store/cluster-store.js';
 import type { VolumeDoc } from './volume-doc.js';
 import { VolumeLifecycle } from './volume-lifecycle.js';
 import { VolumeVerifier } from './volume-verifier.js';
-import type { ClusterStatusView, CreateVolumeOptions, ExportOptions, VerifyResult, VolumeApi, VolumeChanges, VolumeView } from './volume-views.js';
+import type {
+  CapacityQuery, ClusterStatusView, CreateVolumeOptions, ExportOptions, PublishAccess, VerifyResult, VolumeApi, VolumeChanges, VolumePage, VolumeView,
+} from './volume-views.js';
 
 export { MAX_VOLUME_BYTES, VOLUME_ALIGNMENT_BYTES } from './volume-lifecycle.js';
 
@@ -117,6 +119,22 @@ export class ClusterVolumeService implements VolumeApi {
 
   nodes(): Promise<NodeStatus[]> {
     return this.lifecycle.nodes();
+  }
+
+  publish(name: string, nodeId: string, access: PublishAccess, signal?: AbortSignal): Promise<void> {
+    return this.lifecycle.publish(name, nodeId, access, signal);
+  }
+
+  unpublish(name: string, nodeId: string | undefined, signal?: AbortSignal): Promise<void> {
+    return this.lifecycle.unpublish(name, nodeId, signal);
+  }
+
+  listPage(after: string | undefined, maxEntries: number, signal?: AbortSignal): Promise<VolumePage> {
+    return this.lifecycle.listPage(after, maxEntries, signal);
+  }
+
+  placeableBytes(query: CapacityQuery): Promise<number> {
+    return this.lifecycle.placeableBytes(query);
   }
 
   /** Number of NBD connections over every export of this node. */

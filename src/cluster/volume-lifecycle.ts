@@ -27,15 +27,18 @@ import type { PoolCapacity } from '../pool/backend.js';
 import type { ReplicaStatusView } from '../replica/replica-manager.js';
 import type { LeaderElection } from './leader-election.js';
 import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
-import { placeReplicas } from './placement.js';
+import { largestPlaceable, placeReplicas } from './placement.js';
 import { expandVolume } from './volume-expand.js';
 import { changeReplicaCount, checkReplicaCount } from './volume-modify.js';
+import { publishVolume, unpublishVolume } from './volume-publish.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import {
   MAX_REPLICAS, createVolumeDoc, getVolumeDoc, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth,
   type VolumeDoc, type VolumeReplicaEntry,
 } from './volume-doc.js';
-import type { ClusterStatusView, CreateVolumeOptions, ReplicaView, VolumeChanges, VolumeView } from './volume-views.js';
+import type {
+  CapacityQuery, ClusterStatusView, CreateVolumeOptions, PublishAccess, ReplicaView, VolumeChanges, VolumePage, VolumeView,
+} from './volume-views.js';
 
 /** Volume sizes are rounded up to this, the preferred block size we advertise. */
 export const VOLUME_ALIGNMENT_BYTES = 4096;
@@ -148,6 +151,9 @@ export class VolumeLifecycle {
         if (options.replicas && d.replicasWanted !== options.replicas) {
           throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists with ${d.replicasWanted} replica(s), not ${options.replicas}`, { details: { volume: name } });
         }
+        if (options.fsType !== undefined && d.fsType !== options.fsType) {
+          throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists for ${d.fsType ?? 'no filesystem'}, not ${options.fsType}`, { details: { volume: name } });
+        }
         if (d.state === 'ready') return this.view(d);
       } else if (stored) {
         throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" is still being deleted; try again once it is gone`, { details: { volume: name } });
@@ -164,12 +170,14 @@ export class VolumeLifecycle {
       replicas, sizeBytes, nodes: toPlacementNodes(await listNodes(this.store, this.log)),
       ...(options.preferredNode ? { preferredNode: options.preferredNode as NodeId } : {}),
       ...(options.requisiteNodes ? { firstAmong: options.requisiteNodes as readonly NodeId[] } : {}),
+      ...(options.zones ? { zones: options.zones } : {}),
     });
     throwIfCancelled(signal, `create volume "${name}"`);
     const now = new Date().toISOString();
     const doc: VolumeDoc = {
       id: newVolumeId(), name, sizeBytes, createdAt: now, state: 'creating', replicasWanted: replicas, regionBytes: regionBytesFor(sizeBytes),
       epoch: 1, engine: null, replicas: placed.nodeIds.map((nodeId) => ({ id: newReplicaId(), nodeId, state: 'in-sync', since: now })),
+      ...(options.fsType === undefined ? {} : { fsType: options.fsType }),
     };
     if (!(await createVolumeDoc(this.store, doc))) {
       throw new StorageError(Code.ABORTED, `volume "${name}" was created concurrently on another node; run the command again`, { details: { volume: name } });
@@ -223,6 +231,11 @@ export class VolumeLifecycle {
       if (doc.engine?.exported && elsewhere && !force && doc.state === 'ready') {
         throw new StorageError(Code.FAILED_PRECONDITION,
           `volume "${name}" is served by node ${doc.engine.nodeId}: unexport it there first, or delete with --force`, { details: { volume: name, node: doc.engine.nodeId } });
+      }
+      const published = (doc.published ?? []).map((p) => p.nodeId);
+      if (published.length > 0 && !force && doc.state === 'ready') {
+        throw new StorageError(Code.FAILED_PRECONDITION,
+          `volume "${name}" is still published to node ${published.join(', ')}: unpublish it first (ControllerUnpublishVolume), or delete with --force`, { details: { volume: name, nodes: published } });
       }
       await this.opts.host?.beforeDelete(name, force);
       throwIfCancelled(signal, `delete volume "${name}"`);
@@ -291,6 +304,43 @@ export class VolumeLifecycle {
       this.opts.host?.volumeChanged?.(doc);
       return this.view(doc);
     });
+  }
+
+  /** Publishes the volume to `nodeId` (volume-publish.ts): NOT_FOUND for an unknown volume or node, FAILED_PRECONDITION while another node holds it. */
+  async publish(name: string, nodeId: string, access: PublishAccess, signal?: AbortSignal): Promise<void> {
+    await this.locks.run(name, async () => {
+      const doc = requireVolume(await getVolumeDoc(this.store, name, { signal }), name);
+      await publishVolume({ store: this.store, log: this.log }, doc, nodeId as NodeId, access, signal);
+    });
+  }
+
+  /** Unpublishes the volume from `nodeId`, or from every node; OK when it is not published there or does not exist. */
+  async unpublish(name: string, nodeId: string | undefined, signal?: AbortSignal): Promise<void> {
+    await this.locks.run(name, () => unpublishVolume({ store: this.store, log: this.log }, name, nodeId as NodeId | undefined, signal));
+  }
+
+  /**
+   * A page of volumes in name order after `after` (not necessarily an existing name, so a
+   * page stays right when volumes come and go between calls); `last` is set when more follow.
+   */
+  async listPage(after: string | undefined, maxEntries: number, signal?: AbortSignal): Promise<VolumePage> {
+    const { docs } = await listVolumeDocs(this.store, (err) => this.log.error({ err: err.message }, 'skipping a malformed volume document'), { signal });
+    const names = docs.filter((d) => d.doc.state !== 'deleting' && (after === undefined || d.doc.name > after))
+      .sort((a, b) => (a.doc.name < b.doc.name ? -1 : a.doc.name > b.doc.name ? 1 : 0));
+    const page = maxEntries > 0 ? names.slice(0, maxEntries) : names;
+    const volumes = await abortable(Promise.all(page.map((d) => this.view(d.doc))), signal, 'list volumes');
+    return page.length < names.length ? { volumes, last: page[page.length - 1]!.doc.name } : { volumes };
+  }
+
+  /** The largest volume `query` allows now: 4 KiB-aligned, at most MAX_VOLUME_BYTES, 0 when none fits. */
+  async placeableBytes(query: CapacityQuery): Promise<number> {
+    const bytes = largestPlaceable({
+      replicas: query.replicas ?? this.opts.defaultReplicas, nodes: toPlacementNodes(await listNodes(this.store, this.log)),
+      ...(query.zones ? { zones: query.zones } : {}),
+      ...(query.firstAmong ? { firstAmong: query.firstAmong as readonly NodeId[] } : {}),
+    });
+    const capped = Math.min(bytes, MAX_VOLUME_BYTES);
+    return capped - (capped % VOLUME_ALIGNMENT_BYTES);
   }
 
   async get(name: string, signal?: AbortSignal): Promise<VolumeView> {

@@ -80,6 +80,32 @@ export interface CreateVolumeOptions {
   preferredNode?: string;
   /** A replica must land on one of these nodes (CSI requisite topology); RESOURCE_EXHAUSTED when none has room. */
   requisiteNodes?: readonly string[];
+  /** Every replica lands on a node in one of these zones (a StorageClass's `zones`). */
+  zones?: readonly string[];
+  /** The filesystem the volume is for (CSI), kept in its document; the same name with another is ALREADY_EXISTS. */
+  fsType?: string;
+}
+
+/** How a node may use a volume it is published to (CSI ControllerPublishVolume). */
+export interface PublishAccess {
+  readonly: boolean;
+  /** The capability is MULTI_NODE_READER_ONLY: other read-only publications may stay. */
+  multiNodeReader: boolean;
+}
+
+/** One page of volumes in name order (CSI ListVolumes). */
+export interface VolumePage {
+  volumes: VolumeView[];
+  /** Set when more volumes follow: the name of the last one here, to continue after. */
+  last?: string;
+}
+
+/** What a new volume may be placed on (CSI GetCapacity); the cluster default replica count when unset. */
+export interface CapacityQuery {
+  replicas?: number;
+  zones?: readonly string[];
+  /** One replica must land on one of these nodes (a topology segment). */
+  firstAmong?: readonly string[];
 }
 
 /** A live change of a volume (`VolumeApi.modify`); a field left out is not changed. */
@@ -115,4 +141,12 @@ export interface VolumeApi {
   capacity(): Promise<PoolCapacity>;
   clusterStatus(): Promise<ClusterStatusView>;
   nodes(): Promise<NodeStatus[]>;
+  /** Records that `nodeId` may stage the volume (CSI ControllerPublishVolume); idempotent. */
+  publish(name: string, nodeId: string, access: PublishAccess, signal?: AbortSignal): Promise<void>;
+  /** Removes the publication to `nodeId` (every node when undefined); OK when there is none. */
+  unpublish(name: string, nodeId: string | undefined, signal?: AbortSignal): Promise<void>;
+  /** Up to `maxEntries` volumes (0: all) whose names sort after `after`, in name order. */
+  listPage(after: string | undefined, maxEntries: number, signal?: AbortSignal): Promise<VolumePage>;
+  /** The largest volume that can be created now with `query` (bytes, a multiple of 4 KiB). */
+  placeableBytes(query: CapacityQuery): Promise<number>;
 }

@@ -18,6 +18,21 @@ export const TOPOLOGY_ZONE_KEY = 'topology.cairn.dev/zone';
 export const SUPPORTED_FS_TYPES = ['ext4', 'xfs'] as const;
 export type FsType = (typeof SUPPORTED_FS_TYPES)[number];
 
+/** mkfs.xfs (xfsprogs 6.x) refuses a filesystem under 300 MiB ("Filesystem must be larger than 300MB"). */
+export const XFS_MIN_BYTES = 300 * 1024 * 1024;
+
+/** The smallest volume CreateVolume makes for `fsType`: 4 KiB, or what mkfs.xfs accepts. */
+export function minimumBytes(fsType: string | undefined): number {
+  return fsType === 'xfs' ? XFS_MIN_BYTES : VOLUME_ALIGNMENT_BYTES;
+}
+
+/** The CSI volume_id is the volume's name; an id that is not a volume name names no volume. */
+const VOLUME_ID_RE = /^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$/;
+export const isVolumeId = (id: string): boolean => VOLUME_ID_RE.test(id);
+
+/** A zone name, as `cairnd --zone` accepts it. */
+const ZONE_RE = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/;
+
 /**
  * Keys the external-provisioner adds on its own: its extra-create-metadata
  * (csi.storage.k8s.io/pvc/name, pvc/namespace, pv/name). Any other csi.storage.k8s.io/ key
@@ -28,11 +43,23 @@ const PROVISIONER_PREFIX = 'csi.storage.k8s.io/';
 export interface VolumeParameters {
   replicas?: number;
   fsType?: FsType;
+  /** Every replica in one of these zones. */
+  zones?: string[];
 }
 
 const invalid = (message: string, details: Record<string, unknown> = {}): StorageError => new StorageError(Code.INVALID_ARGUMENT, message, { details });
 
-/** `parameters` (or `mutable_parameters` when `mutable`): `replicas` 1-3, `fsType` ext4|xfs; any other key is refused by name. */
+/** `zones`: comma-separated zone names (spaces around commas allowed), at least one. */
+function parseZones(value: string, field: string): string[] {
+  const zones = value.split(',').map((z) => z.trim());
+  const bad = zones.find((z) => !ZONE_RE.test(z));
+  if (bad !== undefined) {
+    throw invalid(`${field}.zones must be a comma-separated list of zone names, got "${value}"${bad === '' ? ' (an empty name)' : ` ("${bad}" is not a zone name)`}`, { field: `${field}.zones` });
+  }
+  return [...new Set(zones)];
+}
+
+/** `parameters` (or `mutable_parameters` when `mutable`): `replicas` 1-3, `fsType` ext4|xfs, `zones`; any other key is refused by name. */
 export function parseParameters(params: Record<string, string> | undefined, mutable = false): VolumeParameters {
   const field = mutable ? 'mutable_parameters' : 'parameters';
   const out: VolumeParameters = {};
@@ -44,6 +71,8 @@ export function parseParameters(params: Record<string, string> | undefined, muta
     } else if (key === 'fsType' && !mutable) {
       if (!(SUPPORTED_FS_TYPES as readonly string[]).includes(value)) throw invalid(`${field}.fsType must be ext4 or xfs, got "${value}"`, { field: `${field}.fsType` });
       out.fsType = value as FsType;
+    } else if (key === 'zones' && !mutable) {
+      out.zones = parseZones(value, field);
     } else if (!mutable && key.startsWith(PROVISIONER_PREFIX)) {
       continue;
     } else {
@@ -55,10 +84,11 @@ export function parseParameters(params: Record<string, string> | undefined, muta
 
 /**
  * The size to create for `capacity_range`: required_bytes rounded up to 4 KiB, the default
- * when neither bound is set, limit_bytes rounded down when only the limit is set. OUT_OF_RANGE
- * when no 4 KiB multiple fits (or the size is over Cairn's maximum).
+ * when neither bound is set, limit_bytes rounded down when only the limit is set; never
+ * under `minBytes` (an xfs volume's floor). OUT_OF_RANGE when no 4 KiB multiple fits (or
+ * the size is over Cairn's maximum, or the limit is under `minBytes`).
  */
-export function sizeForRange(range: { requiredBytes?: string | number; limitBytes?: string | number } | undefined): number {
+export function sizeForRange(range: { requiredBytes?: string | number; limitBytes?: string | number } | undefined, minBytes = VOLUME_ALIGNMENT_BYTES): number {
   const required = Number(range?.requiredBytes ?? 0);
   const limit = Number(range?.limitBytes ?? 0);
   if (!Number.isSafeInteger(required) || !Number.isSafeInteger(limit) || required < 0 || limit < 0) {
@@ -68,6 +98,12 @@ export function sizeForRange(range: { requiredBytes?: string | number; limitByte
   if (required > 0) size = alignUp(required, VOLUME_ALIGNMENT_BYTES);
   else if (limit > 0) size = Math.min(DEFAULT_VOLUME_BYTES, limit - (limit % VOLUME_ALIGNMENT_BYTES));
   else size = DEFAULT_VOLUME_BYTES;
+  if (size < minBytes) size = minBytes;
+  if (limit > 0 && minBytes > VOLUME_ALIGNMENT_BYTES && limit < minBytes) {
+    throw new StorageError(Code.OUT_OF_RANGE,
+      `limit_bytes ${formatBytes(limit)} is under ${formatBytes(minBytes)}, the smallest xfs filesystem mkfs.xfs makes: raise the limit or use ext4`,
+      { details: { field: 'capacity_range.limit_bytes' } });
+  }
   if (size <= 0 || (limit > 0 && size > limit) || size > MAX_VOLUME_BYTES) {
     throw new StorageError(Code.OUT_OF_RANGE,
       `no volume size fits capacity_range (required ${formatBytes(required)}, limit ${limit ? formatBytes(limit) : 'none'}): sizes are multiples of 4 KiB up to ${formatBytes(MAX_VOLUME_BYTES)}`,
@@ -142,4 +178,24 @@ export function requisiteNodes(
   const matches = (n: { nodeId: string; name: string; zone?: string }, segments: Record<string, string>): boolean =>
     Object.entries(segments).every(([key, value]) => (key === TOPOLOGY_NODE_KEY ? value === n.name || value === n.nodeId : (n.zone ?? '') === value));
   return nodes.filter((n) => requisite.some((t) => matches(n, t.segments ?? {}))).map((n) => n.nodeId);
+}
+
+const LIST_TOKEN_PREFIX = 'after:';
+
+/** The ListVolumes next_token that continues after the volume `name` (opaque to the CO). */
+export function encodeListToken(name: string): string {
+  return Buffer.from(`${LIST_TOKEN_PREFIX}${name}`).toString('base64url');
+}
+
+/**
+ * The name a ListVolumes starting_token continues after. ABORTED (the spec's code for an
+ * invalid starting_token: start again without one) for a token this driver did not make.
+ */
+export function decodeListToken(token: string): string {
+  const text = /^[A-Za-z0-9_-]+$/.test(token) ? Buffer.from(token, 'base64url').toString('utf8') : '';
+  const name = text.startsWith(LIST_TOKEN_PREFIX) ? text.slice(LIST_TOKEN_PREFIX.length) : '';
+  if (!isVolumeId(name)) {
+    throw new StorageError(Code.ABORTED, `starting_token "${token}" is not a token ListVolumes returned: list again without one`, { details: { field: 'starting_token' } });
+  }
+  return name;
 }

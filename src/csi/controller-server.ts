@@ -4,40 +4,52 @@
  * every Cairn call is keyed by, the provisioner's name (pvc-<uid>) is already unique and
  * stable, and `cairnctl volume inspect <volume_id>` then works on what Kubernetes shows.
  *
- * Served: CreateVolume, DeleteVolume, ValidateVolumeCapabilities, ControllerGetVolume,
- * ControllerModifyVolume (controller-modify.ts), ControllerExpandVolume (controller-expand.ts),
- * ControllerGetCapabilities. Every other Controller
- * method answers UNIMPLEMENTED and its capability is not advertised.
+ * Served: CreateVolume, DeleteVolume (refused while the volume is published or served),
+ * ValidateVolumeCapabilities, ControllerGetVolume, ControllerPublishVolume and
+ * ControllerUnpublishVolume (controller-publish.ts), ListVolumes and GetCapacity
+ * (controller-list.ts), ControllerModifyVolume (controller-modify.ts),
+ * ControllerExpandVolume (controller-expand.ts), ControllerGetCapabilities. The snapshot
+ * methods answer UNIMPLEMENTED and their capabilities are not advertised.
+ *
+ * A volume made by CreateVolume keeps its filesystem type (the `fsType` parameter, else the
+ * mount capability's, else ext4 for a mount volume; none for a block-only one): it is in
+ * the volume_context of every reply, and the same name with another is ALREADY_EXISTS.
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import { csiService, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey, type CsiLocks } from './csi-locks.js';
-import { volumeCondition } from './volume-condition.js';
 import { controllerModifyMethods } from './controller-modify.js';
 import { controllerExpandMethods } from './controller-expand.js';
+import { controllerListMethods } from './controller-list.js';
+import { controllerPublishMethods } from './controller-publish.js';
+import { volumeMessage, volumeStatus } from './controller-volume.js';
 import {
-  TOPOLOGY_NODE_KEY, checkCapabilities, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
+  checkCapabilities, checkTopology, isVolumeId, minimumBytes, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from './controller-params.js';
 
 export interface ControllerServiceOptions {
-  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes' | 'modify' | 'expand'>;
+  volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes' | 'modify' | 'expand' | 'publish' | 'unpublish' | 'listPage' | 'placeableBytes'>;
   log: Logger;
   locks: CsiLocks;
 }
 
 /** The controller capabilities whose RPCs are complete. */
-export const CONTROLLER_CAPABILITIES = ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION', 'MODIFY_VOLUME', 'EXPAND_VOLUME'] as const;
+export const CONTROLLER_CAPABILITIES = [
+  'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME', 'LIST_VOLUMES', 'GET_CAPACITY', 'PUBLISH_READONLY', 'EXPAND_VOLUME',
+  'LIST_VOLUMES_PUBLISHED_NODES', 'VOLUME_CONDITION', 'GET_VOLUME', 'MODIFY_VOLUME',
+] as const;
 
-const NAME_RE = /^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$/;
+interface CreateArgs { sizeBytes: number; replicas?: number; fsType?: string; zones?: string[] }
 
 /** The parsed CreateVolume arguments (validated before any lock or side effect). */
-function createArgs(r: CsiRequest): { sizeBytes: number; replicas?: number; fsType: string } {
-  if (!NAME_RE.test(r.name)) {
+function createArgs(r: CsiRequest): CreateArgs {
+  if (!isVolumeId(r.name)) {
     throw new StorageError(Code.INVALID_ARGUMENT, `name "${r.name}" is not valid: use 1-253 lower-case letters, digits, '.', '_' or '-'`, { details: { field: 'name' } });
   }
-  checkCapabilities(r.volumeCapabilities);
+  const capabilities = r.volumeCapabilities as CsiRequest[];
+  checkCapabilities(capabilities);
   const params = parseParameters(r.parameters);
   const mutable = parseParameters(r.mutableParameters, true);
   checkTopology(r.accessibilityRequirements);
@@ -45,19 +57,19 @@ function createArgs(r: CsiRequest): { sizeBytes: number; replicas?: number; fsTy
     throw new StorageError(Code.INVALID_ARGUMENT, 'volume_content_source is not supported: Cairn creates empty volumes only', { details: { field: 'volume_content_source' } });
   }
   const replicas = mutable.replicas ?? params.replicas;
-  const capabilityFs = (r.volumeCapabilities as CsiRequest[]).map((c) => c.mount?.fsType).find((f) => f);
-  return { sizeBytes: sizeForRange(r.capacityRange), ...(replicas ? { replicas } : {}), fsType: params.fsType ?? capabilityFs ?? 'ext4' };
+  const fsType = params.fsType ?? capabilities.map((c) => c.mount?.fsType).find((f) => f) ?? (capabilities.some((c) => c.mount) ? 'ext4' : undefined);
+  return {
+    sizeBytes: sizeForRange(r.capacityRange, minimumBytes(fsType)),
+    ...(replicas ? { replicas } : {}), ...(fsType ? { fsType } : {}), ...(params.zones ? { zones: params.zones } : {}),
+  };
 }
 
-function volumeReply(v: VolumeView, fsType: string): CsiRequest {
-  return {
-    volume: {
-      volumeId: v.name,
-      capacityBytes: String(v.sizeBytes),
-      volumeContext: { fsType, replicas: String(v.replicasWanted) },
-      accessibleTopology: v.replicas.map((r) => ({ segments: { [TOPOLOGY_NODE_KEY]: r.nodeName } })),
-    },
-  };
+/** Why an existing volume does not answer this CreateVolume (ALREADY_EXISTS), or undefined. */
+function conflict(found: VolumeView, r: CsiRequest, args: CreateArgs): string | undefined {
+  if (!sizeFitsRange(found.sizeBytes, r.capacityRange)) return `${found.sizeBytes} bytes, outside capacity_range`;
+  if (args.replicas !== undefined && args.replicas !== found.replicasWanted) return `${found.replicasWanted} replica(s), not ${args.replicas}`;
+  if (found.fsType !== args.fsType) return `fsType ${found.fsType ?? 'none'}, not ${args.fsType ?? 'none'}`;
+  return undefined;
 }
 
 /**
@@ -80,6 +92,7 @@ function validationProblem(r: CsiRequest, volume: VolumeView): string | undefine
     const mutable = parseParameters(r.mutableParameters, true);
     const replicas = mutable.replicas ?? params.replicas;
     if (replicas !== undefined && replicas !== volume.replicasWanted) return `volume "${volume.name}" has ${volume.replicasWanted} replica(s), not ${replicas}`;
+    if (params.fsType !== undefined && params.fsType !== volume.fsType) return `volume "${volume.name}" is for ${volume.fsType ?? 'no filesystem'}, not ${params.fsType}`;
     return undefined;
   } catch (err) {
     if (isStorageError(err) && err.code === Code.INVALID_ARGUMENT) return err.message;
@@ -107,10 +120,8 @@ export function controllerService(options: ControllerServiceOptions): CsiService
       handler: async (r, { signal }) => {
         const args = createArgs(r);
         const found = await existing(volumes, r.name, signal);
-        if (found && (!sizeFitsRange(found.sizeBytes, r.capacityRange) || (args.replicas !== undefined && args.replicas !== found.replicasWanted))) {
-          throw new StorageError(Code.ALREADY_EXISTS,
-            `volume "${r.name}" already exists with ${found.sizeBytes} bytes and ${found.replicasWanted} replica(s), which this request does not allow`, { details: { volume: r.name } });
-        }
+        const why = found && conflict(found, r, args);
+        if (why) throw new StorageError(Code.ALREADY_EXISTS, `volume "${r.name}" already exists with ${why}: use another name`, { details: { volume: r.name } });
         const preferredNode = preferredNodeOf(r.accessibilityRequirements);
         const requisite = found ? undefined : requisiteNodes(r.accessibilityRequirements, await volumes.nodes());
         // An existing volume (or one a crash left half-made) is completed and returned as it is.
@@ -118,8 +129,10 @@ export function controllerService(options: ControllerServiceOptions): CsiService
           ...(found ? { replicas: found.replicasWanted } : args.replicas ? { replicas: args.replicas } : {}),
           ...(preferredNode ? { preferredNode } : {}),
           ...(requisite ? { requisiteNodes: requisite } : {}),
+          ...(args.zones && !found ? { zones: args.zones } : {}),
+          ...(args.fsType ? { fsType: args.fsType } : {}),
         }, signal).catch(tooFewNodes);
-        return volumeReply(view, args.fsType);
+        return { volume: volumeMessage(view) };
       },
     },
     DeleteVolume: {
@@ -128,7 +141,7 @@ export function controllerService(options: ControllerServiceOptions): CsiService
       logIds: (r) => ({ volume: r.volumeId }),
       handler: async (r, { signal }) => {
         // An id that cannot name a Cairn volume names none: deleting it succeeds (idempotent).
-        if (!NAME_RE.test(r.volumeId)) return {};
+        if (!isVolumeId(r.volumeId)) return {};
         await volumes.delete(r.volumeId, false, signal);
         return {};
       },
@@ -137,7 +150,7 @@ export function controllerService(options: ControllerServiceOptions): CsiService
       required: ['volume_id', 'volume_capabilities', 'volume_capabilities.access_mode'],
       logIds: (r) => ({ volume: r.volumeId }),
       handler: async (r, { signal }) => {
-        if (!NAME_RE.test(r.volumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.volumeId}" not found`, { details: { volume: r.volumeId } });
+        if (!isVolumeId(r.volumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.volumeId}" not found`, { details: { volume: r.volumeId } });
         const volume = await volumes.get(r.volumeId, signal);
         const problem = validationProblem(r, volume);
         if (problem) return { message: problem };
@@ -153,13 +166,13 @@ export function controllerService(options: ControllerServiceOptions): CsiService
       required: ['volume_id'],
       logIds: (r) => ({ volume: r.volumeId }),
       handler: async (r, { signal }) => {
-        if (!NAME_RE.test(r.volumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.volumeId}" not found`, { details: { volume: r.volumeId } });
+        if (!isVolumeId(r.volumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.volumeId}" not found`, { details: { volume: r.volumeId } });
         const view = await volumes.get(r.volumeId, signal);
-        const { volume } = volumeReply(view, '');
-        // No fsType here: it is the StorageClass's, which the volume does not keep.
-        return { volume: { ...volume, volumeContext: { replicas: String(view.replicasWanted) } }, status: { publishedNodeIds: [], volumeCondition: volumeCondition(view) } };
+        return { volume: volumeMessage(view), status: volumeStatus(view) };
       },
     },
+    ...controllerPublishMethods(volumes),
+    ...controllerListMethods(volumes),
     ...controllerModifyMethods(volumes),
     ...controllerExpandMethods(volumes),
     ControllerGetCapabilities: {

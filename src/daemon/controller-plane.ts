@@ -49,6 +49,10 @@ export function openControllerPlane(config: Readonly<DaemonConfig>, log: Logger,
     capacity: () => lifecycle.capacity(),
     clusterStatus: () => lifecycle.clusterStatus(),
     nodes: () => lifecycle.nodes(),
+    publish: (name, nodeId, access, signal) => lifecycle.publish(name, nodeId, access, signal),
+    unpublish: (name, nodeId, signal) => lifecycle.unpublish(name, nodeId, signal),
+    listPage: (after, maxEntries, signal) => lifecycle.listPage(after, maxEntries, signal),
+    placeableBytes: (query) => lifecycle.placeableBytes(query),
   };
   return {
     volumes,

@@ -34,19 +34,22 @@ interface VolumeMsg { volumeId: string; capacityBytes: string; volumeContext: Re
 
 test.serial('ControllerGetCapabilities advertises exactly the RPCs that are served', async (t) => {
   const { capabilities } = ok(await csi.controller.ControllerGetCapabilities!({})) as { capabilities: { rpc: { type: string } }[] };
-  t.deepEqual(capabilities.map((c) => c.rpc.type), ['CREATE_DELETE_VOLUME', 'GET_VOLUME', 'VOLUME_CONDITION', 'MODIFY_VOLUME', 'EXPAND_VOLUME']);
-  t.is(codeName(await csi.controller.ListVolumes!({})), 'UNIMPLEMENTED');
+  t.deepEqual(capabilities.map((c) => c.rpc.type), [
+    'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME', 'LIST_VOLUMES', 'GET_CAPACITY', 'PUBLISH_READONLY', 'EXPAND_VOLUME',
+    'LIST_VOLUMES_PUBLISHED_NODES', 'VOLUME_CONDITION', 'GET_VOLUME', 'MODIFY_VOLUME',
+  ]);
+  t.is(codeName(await csi.controller.CreateSnapshot!({ sourceVolumeId: 'pvc-x', name: 'snap-1' })), 'UNIMPLEMENTED', 'snapshots are not advertised');
 });
 
 test.serial('CreateVolume: the reply names the volume, its 4 KiB-rounded size, context and replica node; a repeat returns the same volume', async (t) => {
   const request = create('pvc-0001', {
-    capacityRange: { requiredBytes: String(8 * MiB + 1) }, parameters: { replicas: '1', fsType: 'xfs', 'csi.storage.k8s.io/pvc/name': 'data', 'csi.storage.k8s.io/pvc/namespace': 'default', 'csi.storage.k8s.io/pv/name': 'pvc-0001' },
+    capacityRange: { requiredBytes: String(8 * MiB + 1) }, parameters: { replicas: '1', fsType: 'ext4', 'csi.storage.k8s.io/pvc/name': 'data', 'csi.storage.k8s.io/pvc/namespace': 'default', 'csi.storage.k8s.io/pv/name': 'pvc-0001' },
     accessibilityRequirements: { preferred: [{ segments: { 'topology.cairn.dev/node': 'node-a' } }] },
   });
   const first = (ok(await csi.controller.CreateVolume!(request)) as { volume: VolumeMsg }).volume;
   t.is(first.volumeId, 'pvc-0001');
   t.is(Number(first.capacityBytes), 8 * MiB + 4096);
-  t.deepEqual(first.volumeContext, { fsType: 'xfs', replicas: '1' });
+  t.deepEqual(first.volumeContext, { fsType: 'ext4', replicas: '1' });
   t.deepEqual(first.accessibleTopology.map((s) => s.segments), [{ 'topology.cairn.dev/node': 'node-a' }]);
   const again = (ok(await csi.controller.CreateVolume!(request)) as { volume: VolumeMsg }).volume;
   t.deepEqual(again, first);

@@ -15,7 +15,7 @@ import type { NodeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import type { NodeStatus } from '../../src/cluster/node-registry.js';
 import type {
-  ClusterStatusView, CreateVolumeOptions, ExportOptions, VerifyResult, VolumeApi, VolumeChanges, VolumeView,
+  ClusterStatusView, CreateVolumeOptions, ExportOptions, VerifyResult, VolumeApi, VolumeChanges, VolumePage, VolumeView,
 } from '../../src/cluster/volume-views.js';
 import { apiHandlers, apiServiceDefinition } from '../../src/daemon/api-service.js';
 import type { ExportInfo } from '../../src/engine/export-manager.js';
@@ -98,6 +98,10 @@ class ScriptedVolumes implements VolumeApi {
     return { cluster: 'prod', store: 'etcd', nodeName: 'node-a', repairLeader: undefined, nodes: { total: 2, up: 1 }, volumes: { total: 2, healthy: 1, degraded: 1, faulted: 0 } };
   }
   async nodes(): Promise<NodeStatus[]> { return NODES; }
+  async publish(): Promise<void> {}
+  async unpublish(): Promise<void> {}
+  async listPage(): Promise<VolumePage> { return { volumes: [] }; }
+  async placeableBytes(): Promise<number> { return 0; }
 }
 
 interface Fixture { volumes: ScriptedVolumes; ctl: (args: string[]) => Promise<{ stdout: string; stderr: string; exitCode: number }> }

@@ -1,7 +1,8 @@
 import test from 'ava';
 import { Code, StorageError } from '../../src/common/errors.js';
 import {
-  DEFAULT_VOLUME_BYTES, capabilityProblem, checkTopology, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
+  DEFAULT_VOLUME_BYTES, XFS_MIN_BYTES, capabilityProblem, checkTopology, decodeListToken, encodeListToken, minimumBytes, parseParameters,
+  preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from '../../src/csi/controller-params.js';
 import { volumeCondition } from '../../src/csi/volume-condition.js';
 import type { VolumeView } from '../../src/cluster/volume-views.js';
@@ -48,6 +49,40 @@ test('capacity: no 4 KiB multiple in range, a limit under 4 KiB, or over the max
   t.is(codeOf(() => sizeForRange({ requiredBytes: '4097', limitBytes: '5000' })), Code.OUT_OF_RANGE);
   t.is(codeOf(() => sizeForRange({ limitBytes: '100' })), Code.OUT_OF_RANGE);
   t.is(codeOf(() => sizeForRange({ requiredBytes: String(2 ** 51) })), Code.OUT_OF_RANGE);
+});
+
+test('parameters: zones is a comma-separated list of zone names; an empty or ill-formed list is INVALID_ARGUMENT naming zones', (t) => {
+  t.deepEqual(parseParameters({ zones: 'eu-1a' }), { zones: ['eu-1a'] });
+  t.deepEqual(parseParameters({ zones: 'eu-1a, eu-1b,eu-1a' }), { zones: ['eu-1a', 'eu-1b'] });
+  for (const bad of ['', ',', 'a,,b', 'a,', ' ', 'zone with space', '-a', 'a/b']) {
+    const err = t.throws(() => parseParameters({ zones: bad }), { instanceOf: StorageError }, JSON.stringify(bad));
+    t.is(err.code, Code.INVALID_ARGUMENT);
+    t.regex(err.message, /zones/);
+  }
+  t.is(codeOf(() => parseParameters({ zones: 'a' }, true)), Code.INVALID_ARGUMENT, 'zones is not mutable');
+});
+
+test('capacity: an xfs volume is at least what mkfs.xfs accepts; a limit under that is OUT_OF_RANGE saying why', (t) => {
+  t.is(minimumBytes('xfs'), XFS_MIN_BYTES);
+  t.is(minimumBytes('ext4'), 4096);
+  t.is(minimumBytes(undefined), 4096);
+  t.is(sizeForRange({ requiredBytes: '1' }, XFS_MIN_BYTES), XFS_MIN_BYTES);
+  t.is(sizeForRange({ requiredBytes: String(8 * 1024 ** 2), limitBytes: String(XFS_MIN_BYTES) }, XFS_MIN_BYTES), XFS_MIN_BYTES);
+  t.is(sizeForRange({ requiredBytes: String(XFS_MIN_BYTES + 1) }, XFS_MIN_BYTES), XFS_MIN_BYTES + 4096);
+  t.is(sizeForRange(undefined, XFS_MIN_BYTES), DEFAULT_VOLUME_BYTES);
+  t.is(sizeForRange({ limitBytes: String(XFS_MIN_BYTES + 5000) }, XFS_MIN_BYTES), XFS_MIN_BYTES + 4096);
+  const err = t.throws(() => sizeForRange({ requiredBytes: '4096', limitBytes: String(XFS_MIN_BYTES - 1) }, XFS_MIN_BYTES), { instanceOf: StorageError });
+  t.is(err.code, Code.OUT_OF_RANGE);
+  t.regex(err.message, /mkfs\.xfs/);
+  t.is(codeOf(() => sizeForRange({ limitBytes: String(100 * 1024 ** 2) }, XFS_MIN_BYTES)), Code.OUT_OF_RANGE);
+});
+
+test('list tokens: a token continues after its name; anything else is ABORTED', (t) => {
+  for (const name of ['a', 'pvc-0001', 'x.y_z-9']) t.is(decodeListToken(encodeListToken(name)), name);
+  t.notRegex(encodeListToken('pvc-1'), /pvc-1/, 'opaque to the CO');
+  for (const bad of ['garbage!', 'cHZjLTE', Buffer.from('after:Not A Name').toString('base64url'), Buffer.from('before:pvc-1').toString('base64url'), '']) {
+    t.is(codeOf(() => decodeListToken(bad)), Code.ABORTED, bad);
+  }
 });
 
 test('capacity: an existing size fits a range when within its bounds', (t) => {

@@ -1,0 +1,26 @@
+/**
+ * The CSI Volume message and volume status of a Cairn volume, one shape for CreateVolume,
+ * ControllerGetVolume and ListVolumes.
+ */
+import type { VolumeView } from '../cluster/volume-views.js';
+import type { CsiRequest } from './csi-call.js';
+import { TOPOLOGY_NODE_KEY } from './controller-params.js';
+import { volumeCondition } from './volume-condition.js';
+
+/**
+ * volume_id (the name), capacity_bytes, volume_context {replicas, fsType when the volume has
+ * one} and accessible_topology: one node segment per node holding a replica.
+ */
+export function volumeMessage(v: VolumeView): CsiRequest {
+  return {
+    volumeId: v.name,
+    capacityBytes: String(v.sizeBytes),
+    volumeContext: { replicas: String(v.replicasWanted), ...(v.fsType === undefined ? {} : { fsType: v.fsType }) },
+    accessibleTopology: v.replicas.map((r) => ({ segments: { [TOPOLOGY_NODE_KEY]: r.nodeName } })),
+  };
+}
+
+/** The nodes it is published to and its condition (abnormal while degraded or faulted). */
+export function volumeStatus(v: VolumeView): CsiRequest {
+  return { publishedNodeIds: v.published.map((p) => p.nodeId), volumeCondition: volumeCondition(v) };
+}
