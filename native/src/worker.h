@@ -52,5 +52,6 @@ bool ValueString(Napi::Env env, const Napi::Value& value, const char* what, size
 void InitFileOps(Napi::Env env, Napi::Object exports);
 void InitBlockOps(Napi::Env env, Napi::Object exports);
 void InitDeviceMapper(Napi::Env env, Napi::Object exports);
+void InitNbdNetlink(Napi::Env env, Napi::Object exports);
 
 }  // namespace cairn

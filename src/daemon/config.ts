@@ -187,7 +187,7 @@ function resolvePeers(r: Reader, nodeName: string, clustered: boolean, role: Dae
   return { peerListen, peerAddress, peerTlsCa: abs(tls.peerTlsCa), peerTlsCert: abs(tls.peerTlsCert), peerTlsKey: abs(tls.peerTlsKey), peerInsecure };
 }
 
-type TuningSettings = Pick<DaemonConfig, 'nodeTtlMs' | 'replicaTimeoutMs' | 'rebuildRateBytes' | 'repairWaitMs' | 'orphanGraceMs' | 'shutdownTimeoutMs' | 'maxVolumesPerNode'>;
+type TuningSettings = Pick<DaemonConfig, 'nodeTtlMs' | 'replicaTimeoutMs' | 'rebuildRateBytes' | 'repairWaitMs' | 'orphanGraceMs' | 'shutdownTimeoutMs' | 'maxVolumesPerNode' | 'attachReconnectMs'>;
 
 function resolveTuning(r: Reader): TuningSettings {
   return {
@@ -198,6 +198,7 @@ function resolveTuning(r: Reader): TuningSettings {
     repairWaitMs: r.wholeNumber('repairWaitMs', 300_000, 0, 'a whole number of milliseconds (0 replaces a faulted replica at once)'),
     orphanGraceMs: r.wholeNumber('orphanGraceMs', 600_000, 1000, 'a whole number of milliseconds, at least 1000'),
     maxVolumesPerNode: r.wholeNumber('maxVolumesPerNode', 0, 0, 'a whole number of volumes (0 = no limit)'),
+    attachReconnectMs: r.wholeNumber('attachReconnectMs', 120_000, 1000, 'a whole number of milliseconds, at least 1000'),
   };
 }
 

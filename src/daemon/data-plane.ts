@@ -93,7 +93,9 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   });
   const repair = new RepairLoop({ store: cluster, election, connector, volumes, repairWaitMs: config.repairWaitMs, log });
   const collector = new ReplicaCollector({ store: cluster, manager, graceMs: config.orphanGraceMs, log });
-  const attacher = new KernelAttacher({ log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach') });
+  const attacher = new KernelAttacher({
+    log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach'), reconnectS: Math.ceil(config.attachReconnectMs / 1000),
+  });
   const exporter: VolumeExporter = {
     export: async (volume, signal) => {
       const { socketPath } = await volumes.export(volume, undefined, signal);

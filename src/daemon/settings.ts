@@ -74,6 +74,8 @@ export interface DaemonConfig {
   csiSocket: string;
   /** CSI NodeGetInfo max_volumes_per_node: volumes the scheduler may put on this node; 0 = no limit. */
   maxVolumesPerNode: number;
+  /** How long a staged volume's kernel device holds I/O while its export is not served (a cairnd restart) before failing it. */
+  attachReconnectMs: number;
 }
 
 /** One row per setting: how it is named on the command line and in the environment. */
@@ -120,6 +122,7 @@ export const SETTINGS: readonly SettingSpec[] = [
   { key: 'role', flag: '--role <role>', env: 'CAIRN_ROLE', description: 'what this cairnd serves: node (data plane and CSI Node, one per node), controller (CSI Controller over etcd, no data plane), or all (everything, single node)', defaultText: 'all' },
   { key: 'csiSocket', flag: '--csi-socket <path>', env: 'CAIRN_CSI_SOCKET', description: 'unix socket of the CSI services, e.g. /var/lib/kubelet/plugins/csi.cairn.dev/csi.sock on a node', defaultText: '<data-dir>/csi.sock' },
   { key: 'maxVolumesPerNode', flag: '--max-volumes-per-node <n>', env: 'CAIRN_MAX_VOLUMES_PER_NODE', description: 'volumes Kubernetes may stage on this node (CSI NodeGetInfo); 0 = no limit', defaultText: '0' },
+  { key: 'attachReconnectMs', flag: '--attach-reconnect-ms <ms>', env: 'CAIRN_ATTACH_RECONNECT_MS', description: 'how long a staged volume\'s device holds I/O while no cairnd serves it (a restart) before failing it (rounded up to whole seconds; at least 1000)', defaultText: '120000' },
   { key: 'defaultReplicas', flag: '--default-replicas <n>', env: 'CAIRN_DEFAULT_REPLICAS', description: 'replicas of a volume that does not say (1-3)', defaultText: '3 with --etcd-endpoints, else 1' },
 ];
 

@@ -1,18 +1,18 @@
 /**
  * Attaching an exported volume to a kernel block device.
  *
- * - With the kernel's nbd driver: `nbd-client -unix <socket> /dev/nbdX -N <volume> -b 4096
- *   -t <timeout>` (Debian's nbd-client, netlink mode). Why nbd-client and not netlink from
- *   the addon: the kernel takes a socket on which the NBD handshake is already done, plus
- *   the size and flags it returned; nbd-client does that client side of the protocol (and
- *   TLS, should we need it), so the addon would otherwise carry a second NBD client. It is
- *   one short-lived child per attach, run with a timeout, whose failure is a typed
- *   ChildProcessError (exit code and stderr).
- * - Dead-connection policy: a request the server has not answered within `timeoutS` (30 s)
- *   fails with EIO and the kernel marks the connection dead, so I/O fails instead of hanging
- *   forever; the filesystem above sees errors (ext4 and xfs stop writing). A cairnd restart
- *   ends the server side of the socket: attachments are not re-established (see
- *   docs/pool-dm.md).
+ * - With the kernel's nbd driver: /dev/nbdX driven over netlink from the addon
+ *   (nbd-kernel-device.ts): our own NBD handshake on a unix socket to the export, then
+ *   NBD_CMD_CONNECT with the export's size and flags, a per-request timeout `timeoutS`
+ *   (30 s) and a dead-connection timeout `reconnectS` (120 s). Why not Debian's nbd-client
+ *   any more: a cairnd restart ends the server side of the socket, and only
+ *   NBD_CMD_RECONFIGURE gives the same device a new one, which nbd-client cannot send.
+ *   While no connection is alive the kernel holds I/O for up to `reconnectS` instead of
+ *   failing it; a request lost with the old socket is sent again after `timeoutS`. So when
+ *   cairnd serves the export again in time, `adopt` reconnects the same /dev/nbdX and the
+ *   mounted filesystem sees a pause, not an error (docs/csi.md, "Staging and restart
+ *   safety"). What `adopt` needs is in the attachment: the device path (its index) and
+ *   the volume (the export name, and the device's backend identifier `cairn:<volume>`).
  * - Without an nbd driver (this project's dev machines): nbdfuse shows the export as a file
  *   and a loop device (direct I/O) makes a block device of it. The choice is logged.
  *   nbdfuse runs in its own session (it outlives a cairnd kill -9) and reaches the export
@@ -21,16 +21,17 @@
  *   and replays it, so the mounted filesystem sees a pause, not an error, when cairnd
  *   serves the export again in time (docs/csi.md, "Staging and restart safety").
  *   `adopt` takes such an attachment back after a restart from what was recorded.
- * Detach: nbd-client -d (waits until the kernel lets go), or losetup -d, fusermount -u and
- * stopping nbdfuse, in that order.
+ * Detach: NBD_CMD_DISCONNECT (waits until the kernel lets go), or losetup -d, fusermount -u
+ * and stopping nbdfuse, in that order.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ChildProcessError, Code, StorageError } from '../common/errors.js';
+import { ChildProcessError } from '../common/errors.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import { runCommand } from './command.js';
+import { connectNbdDevice, disconnectNbdDevice, isExportUnreachable, nbdDeviceInUse, reconnectNbdDevice, type NbdDeviceTimeouts } from './nbd-kernel-device.js';
 
 export type AttachMethod = 'nbd' | 'nbdfuse-loop';
 
@@ -47,11 +48,15 @@ export interface KernelAttacherOptions {
   log: Logger;
   /** Where nbdfuse mount points go (fallback only). */
   runDir: string;
-  /** The kernel's per-request timeout (nbd-client -t); 30 s by default. */
+  /** nbd: the kernel's per-request timeout; 30 s by default. */
   timeoutS?: number;
   /** Force a method (tests); by default nbd where /sys/module/nbd exists. */
   method?: AttachMethod;
-  /** nbdfuse-loop: how long a lost export is retried (once a second) before I/O fails; 120 s by default. */
+  /**
+   * How long I/O waits for a lost export to be served again before it fails; 120 s by
+   * default. nbdfuse-loop: the retry filter's retries (once a second); nbd: the kernel's
+   * dead-connection timeout.
+   */
   reconnectS?: number;
 }
 
@@ -99,24 +104,17 @@ async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean
   return check();
 }
 
-/** /dev/nbdN devices the kernel has that no client is using. */
-function freeNbdDevices(): string[] {
-  if (!existsSync('/sys/block')) return [];
-  return readdirSync('/sys/block').filter((d) => /^nbd\d+$/.test(d) && !existsSync(`/sys/block/${d}/pid`))
-    .sort((a, b) => Number(a.slice(3)) - Number(b.slice(3))).map((d) => `/dev/${d}`);
-}
-
 export class KernelAttacher {
   private readonly attached = new Map<string, Entry>();
   private readonly locks = new KeyedLock();
   private readonly method: AttachMethod;
-  private readonly timeoutS: number;
+  private readonly nbdTimeouts: NbdDeviceTimeouts;
 
   constructor(private readonly options: KernelAttacherOptions) {
-    this.timeoutS = options.timeoutS ?? 30;
+    this.nbdTimeouts = { timeoutS: options.timeoutS ?? 30, deadConnTimeoutS: options.reconnectS ?? 120 };
     this.method = options.method ?? (existsSync('/sys/module/nbd') ? 'nbd' : 'nbdfuse-loop');
     if (this.method === 'nbdfuse-loop') options.log.warn({ method: this.method }, 'kernel has no nbd driver: volumes attach through nbdfuse and a loop device');
-    else options.log.info({ method: this.method, timeoutS: this.timeoutS }, 'volumes attach through the kernel nbd driver');
+    else options.log.info({ method: this.method, ...this.nbdTimeouts }, 'volumes attach through the kernel nbd driver');
   }
 
   get(name: string): Attachment | undefined {
@@ -126,21 +124,25 @@ export class KernelAttacher {
 
   /**
    * After a restart: takes back an attachment recorded earlier when its pieces are still
-   * there (the nbd device connected; nbdfuse alive on its directory and the loop device
-   * still on its file). Returns whether it did; a lost one stays the caller's to undo.
+   * there (the nbd device connected to this volume; nbdfuse alive on its directory and the
+   * loop device still on its file). An nbd device is reconnected to the export on
+   * `recorded.socketPath`, which must be served again first. Returns whether it did (false
+   * also when nothing serves the export); a lost one stays the caller's to undo.
    */
   adopt(recorded: Attachment): Promise<boolean> {
     return this.locks.run(recorded.name, async () => {
       if (this.attached.has(recorded.name)) return true;
-      if (!this.alive(recorded)) return false;
+      if (!this.present(recorded)) return false;
+      if (recorded.method === 'nbd' && !(await this.reconnectNbd(recorded))) return false;
       this.attached.set(recorded.name, { ...recorded });
       this.options.log.info({ volume: recorded.name, device: recorded.devicePath, method: recorded.method }, 'volume attachment taken back after restart');
       return true;
     });
   }
 
-  private alive(a: Attachment): boolean {
-    if (a.method === 'nbd') return existsSync(`/sys/block/${a.devicePath.slice('/dev/'.length)}/pid`);
+  /** Whether a recorded attachment's pieces are still there (see `adopt`); changes nothing. */
+  present(a: Attachment): boolean {
+    if (a.method === 'nbd') return nbdDeviceInUse(a.devicePath, a.name);
     if (!a.fuse) return false;
     const cmd = commandLine(a.fuse.pid);
     return cmd[0]?.endsWith('nbdfuse') === true && cmd.includes(a.fuse.dir) && loopBackingFile(a.devicePath) === join(a.fuse.dir, 'nbd');
@@ -167,7 +169,7 @@ export class KernelAttacher {
       const e = this.attached.get(name) ?? recorded;
       if (!e) return;
       if (e.method === 'nbdfuse-loop') await this.detachFuse(e);
-      else if (existsSync(`/sys/block/${e.devicePath.slice('/dev/'.length)}/pid`)) await this.detachNbd(e.devicePath);
+      else if (nbdDeviceInUse(e.devicePath, e.name)) await disconnectNbdDevice(e.devicePath);
       this.attached.delete(name);
       this.options.log.info({ volume: name, device: e.devicePath }, 'volume detached');
     });
@@ -181,30 +183,21 @@ export class KernelAttacher {
   }
 
   private async attachNbd(name: string, socketPath: string): Promise<Entry> {
-    let lastError: unknown = new StorageError(Code.RESOURCE_EXHAUSTED, 'no free /dev/nbd device', { details: { volume: name } });
-    for (const device of freeNbdDevices().slice(0, 4)) {
-      try {
-        await run('nbd-client', ['-unix', socketPath, device, '-N', name, '-b', '4096', '-t', String(this.timeoutS)]);
-      } catch (err) {
-        lastError = err;
-        continue;
-      }
-      const base = device.slice('/dev/'.length);
-      if (!(await waitFor(() => existsSync(`/sys/block/${base}/pid`), 10_000))) {
-        await this.detachNbd(device).catch(() => undefined);
-        throw new StorageError(Code.INTERNAL, 'nbd-client returned but the device is not connected', { details: { volume: name, device } });
-      }
-      return { name, devicePath: device, method: 'nbd', socketPath };
-    }
-    throw lastError;
+    const devicePath = await connectNbdDevice(name, socketPath, this.nbdTimeouts);
+    return { name, devicePath, method: 'nbd', socketPath };
   }
 
-  private async detachNbd(device: string): Promise<void> {
-    await run('nbd-client', ['-d', device]);
-    const base = device.slice('/dev/'.length);
-    if (!(await waitFor(() => !existsSync(`/sys/block/${base}/pid`), 10_000))) {
-      throw new StorageError(Code.UNAVAILABLE, 'the nbd device is still connected after nbd-client -d', { details: { device } });
+  /** Reconnects a recorded nbd device to its export; false when nothing serves the export. */
+  private async reconnectNbd(a: Attachment): Promise<boolean> {
+    try {
+      await reconnectNbdDevice(a.name, a.devicePath, a.socketPath, this.nbdTimeouts);
+    } catch (err) {
+      if (!isExportUnreachable(err)) throw err;
+      this.options.log.warn({ volume: a.name, device: a.devicePath, err }, 'nbd device cannot reconnect: nothing serves its export');
+      return false;
     }
+    this.options.log.info({ volume: a.name, device: a.devicePath }, 'nbd device reconnected to its export');
+    return true;
   }
 
   private async attachFuse(name: string, socketPath: string): Promise<Entry> {

@@ -161,11 +161,11 @@ export class Stager {
       return;
     }
     const attachment = attachmentOf(record);
-    if (!attachment || !(await this.opts.attacher.adopt(attachment))) {
-      this.opts.log.warn({ volume, device: record.devicePath }, 'staged volume lost its kernel device (a reboot?): it is staged again or cleared by the next call');
-      return;
-    }
-    await this.opts.exporter.export(volume);
+    const lost = (): void => this.opts.log.warn({ volume, device: record.devicePath }, 'staged volume lost its kernel device (a reboot?): it is staged again or cleared by the next call');
+    if (!attachment || !this.opts.attacher.present(attachment)) return lost();
+    // Served before the device is taken back: a /dev/nbdX reconnects through the export's handshake.
+    const { socketPath } = await this.opts.exporter.export(volume);
+    if (!(await this.opts.attacher.adopt({ ...attachment, socketPath }))) return lost();
     this.opts.log.info({ volume, device: record.devicePath, method: record.attachMethod }, 'staged volume served again after restart');
   }
 

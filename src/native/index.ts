@@ -1,5 +1,5 @@
 /**
- * The native surface of Cairn: file, block-device and device-mapper calls with typed
+ * The native surface of Cairn: file, block-device, device-mapper and nbd netlink calls with typed
  * arguments and typed errors. Raw declarations live in native-addon.ts.
  */
 export {
@@ -35,3 +35,4 @@ export {
   type DmVersion,
 } from './device-mapper.js';
 export { DeviceMapperUnavailableError, DEVICE_MAPPER_UNAVAILABLE, fromNativeError } from './native-errors.js';
+export { unixConnect, nbdConnect, nbdReconfigure, nbdDisconnect, NBD_UNAVAILABLE, type NbdConnectConfig, type NbdReconfigureConfig } from './nbd-netlink.js';

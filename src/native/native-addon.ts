@@ -1,8 +1,8 @@
 /**
  * The one declaration of the native addon's surface (native/src/*.cc) with exact types,
  * and its loader. Nothing else imports the `.node` file: callers use the checked
- * wrappers in file-ops.ts, block-ops.ts and device-mapper.ts (re-exported by index.ts),
- * which validate arguments and turn native failures into SystemError.
+ * wrappers in file-ops.ts, block-ops.ts, device-mapper.ts and nbd-netlink.ts
+ * (re-exported by index.ts), which validate arguments and turn native failures into SystemError.
  *
  * Conventions of the raw functions: every call that can block returns a promise and runs
  * on libuv's thread pool; a failed system call rejects with an Error carrying `errno`
@@ -56,6 +56,33 @@ export interface DmListEntry {
   minor: number;
 }
 
+/** What NBD_CMD_CONNECT sends (linux/nbd-netlink.h); the kernel picks a free device for index -1. */
+export interface NbdConnectConfig {
+  /** A connected socket on which the NBD handshake is done; the kernel takes its own reference. */
+  fd: number;
+  index: number;
+  sizeBytes: number;
+  blockSizeBytes: number;
+  /** The transmission flags the server sent. */
+  serverFlags: number;
+  clientFlags: number;
+  /** Per-request timeout, seconds (0: the kernel's default). */
+  timeoutS: number;
+  /** How long I/O waits for RECONFIGURE once no connection is alive, seconds (0: it fails at once). */
+  deadConnTimeoutS: number;
+  /** NBD_ATTR_BACKEND_IDENTIFIER ('' for none): shown in /sys/block/nbdX/backend, required to match on RECONFIGURE. */
+  backend: string;
+}
+
+/** What NBD_CMD_RECONFIGURE sends: a new socket for a configured device whose connection died. */
+export interface NbdReconfigureConfig {
+  fd: number;
+  index: number;
+  timeoutS: number;
+  deadConnTimeoutS: number;
+  backend: string;
+}
+
 export interface NativeAddon {
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
@@ -80,6 +107,12 @@ export interface NativeAddon {
   dmMessage(name: string, sector: number, message: string): Promise<string | null>;
   dmStatus(name: string, table: boolean): Promise<DmStatus>;
   dmList(): Promise<DmListEntry[]>;
+  /** A blocking unix stream socket connected to `path`, with send/receive timeouts; the caller closes the fd. */
+  unixConnect(path: string, timeoutMs: number): Promise<number>;
+  /** NBD_CMD_CONNECT; resolves with the device index. */
+  nbdConnect(config: NbdConnectConfig): Promise<number>;
+  nbdReconfigure(config: NbdReconfigureConfig): Promise<void>;
+  nbdDisconnect(index: number): Promise<void>;
 }
 
 /** Linux ABI values (linux/falloc.h); checked against the addon's at load. */

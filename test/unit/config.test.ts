@@ -151,6 +151,13 @@ test('cluster and tuning settings: environment, flags over it, and units', (t) =
   t.is(resolveConfig({ nodeName: 'n' }, { ...env, CAIRN_REBUILD_RATE: '200MiB/s' }, false).rebuildRateBytes, 200 * 1024 ** 2);
 });
 
+test('the attach reconnect window: 120 s by default, from the environment or the flag, at least a second', (t) => {
+  t.is(resolveConfig({ nodeName: 'n' }, {}, false).attachReconnectMs, 120_000);
+  t.is(resolveConfig({ nodeName: 'n' }, { CAIRN_ATTACH_RECONNECT_MS: '300000' }, false).attachReconnectMs, 300_000);
+  t.is(resolveConfig({ nodeName: 'n', attachReconnectMs: '5000' }, { CAIRN_ATTACH_RECONNECT_MS: '300000' }, false).attachReconnectMs, 5000);
+  t.throws(() => resolveConfig({ nodeName: 'n', attachReconnectMs: '999' }, {}, false), { message: /invalid --attach-reconnect-ms \/ CAIRN_ATTACH_RECONNECT_MS "999": .*at least 1000/ });
+});
+
 test('bad cluster, peer and tuning settings say what to write', (t) => {
   const etcd = { etcdEndpoints: 'http://etcd:2379' };
   const insecure = { peerInsecure: 'true' };
