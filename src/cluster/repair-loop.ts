@@ -133,7 +133,7 @@ export class RepairLoop {
   private async replace(doc: VolumeDoc, old: VolumeReplicaEntry | undefined, nodes: NodeStatus[]): Promise<void> {
     let target: NodeId;
     try {
-      const placed = placeReplicas({ replicas: 1, sizeBytes: doc.sizeBytes, nodes: toPlacementNodes(nodes), existing: doc.replicas.map((r) => r.nodeId) });
+      const placed = placeReplicas({ replicas: 1, sizeBytes: doc.sizeBytes, nodes: toPlacementNodes(nodes), existing: doc.replicas.map((r) => r.nodeId), ...(doc.zones ? { zones: doc.zones } : {}) });
       target = placed.nodeIds[0]!;
     } catch (err) {
       const why = (err as Error).message;

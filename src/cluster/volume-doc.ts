@@ -74,6 +74,11 @@ export interface VolumeDoc extends EngineVolumeDoc {
   published?: VolumePublication[];
   /** The filesystem the volume was created for (CSI StorageClass `fsType`); absent for a raw or cairnctl volume. */
   fsType?: string;
+  /**
+   * The zones its replicas must stay in (CSI StorageClass `zones`): creation, repair and a
+   * raised replica count all place inside them. Absent: any zone.
+   */
+  zones?: string[];
 }
 
 export interface StoredVolumeDoc {
@@ -160,11 +165,13 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
     });
   }
   if (v.fsType !== undefined && typeof v.fsType !== 'string') throw malformed(key, 'fsType is not a string');
+  if (v.zones !== undefined && !(Array.isArray(v.zones) && v.zones.every((z) => typeof z === 'string'))) throw malformed(key, 'zones is not a list of strings');
   return {
     id: str('id') as VolumeId, name: str('name'), sizeBytes: num('sizeBytes'), createdAt: str('createdAt'), state: state as VolumeDocState,
     replicasWanted: num('replicasWanted'), regionBytes: num('regionBytes'), epoch: num('epoch'), engine, replicas,
     ...(published && published.length > 0 ? { published } : {}),
     ...(typeof v.fsType === 'string' ? { fsType: v.fsType } : {}),
+    ...(Array.isArray(v.zones) && v.zones.length > 0 ? { zones: v.zones as string[] } : {}),
   };
 }
 
@@ -184,6 +191,7 @@ export function volumeDocToJson(doc: VolumeDoc): JsonValue {
     })),
     ...(doc.published && doc.published.length > 0 ? { published: doc.published.map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })) } : {}),
     ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
+    ...(doc.zones && doc.zones.length > 0 ? { zones: [...doc.zones] } : {}),
   };
 }
 

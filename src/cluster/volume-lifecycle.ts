@@ -154,6 +154,9 @@ export class VolumeLifecycle {
         if (options.fsType !== undefined && d.fsType !== options.fsType) {
           throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists for ${d.fsType ?? 'no filesystem'}, not ${options.fsType}`, { details: { volume: name } });
         }
+        if (options.zones !== undefined && !sameZones(d.zones, options.zones)) {
+          throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists in ${zoneList(d.zones)}, not ${zoneList(options.zones)}`, { details: { volume: name } });
+        }
         if (d.state === 'ready') return this.view(d);
       } else if (stored) {
         throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" is still being deleted; try again once it is gone`, { details: { volume: name } });
@@ -178,6 +181,7 @@ export class VolumeLifecycle {
       id: newVolumeId(), name, sizeBytes, createdAt: now, state: 'creating', replicasWanted: replicas, regionBytes: regionBytesFor(sizeBytes),
       epoch: 1, engine: null, replicas: placed.nodeIds.map((nodeId) => ({ id: newReplicaId(), nodeId, state: 'in-sync', since: now })),
       ...(options.fsType === undefined ? {} : { fsType: options.fsType }),
+      ...(options.zones && options.zones.length > 0 ? { zones: [...new Set(options.zones)].sort() } : {}),
     };
     if (!(await createVolumeDoc(this.store, doc))) {
       throw new StorageError(Code.ABORTED, `volume "${name}" was created concurrently on another node; run the command again`, { details: { volume: name } });
@@ -386,6 +390,7 @@ export class VolumeLifecycle {
       export: this.opts.host?.exportOf(doc.name),
       published: (doc.published ?? []).map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })),
       ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
+      ...(doc.zones === undefined ? {} : { zones: doc.zones }),
     };
   }
 
@@ -406,4 +411,15 @@ export class VolumeLifecycle {
     if (r.state === 'rebuilding' && rebuild) view.rebuild = rebuild;
     return view;
   }
+}
+
+/** Whether a stored volume's zones and a request's are the same set (order and repeats aside). */
+function sameZones(stored: readonly string[] | undefined, asked: readonly string[]): boolean {
+  const a = [...new Set(stored ?? [])].sort();
+  const b = [...new Set(asked)].sort();
+  return a.length === b.length && a.every((z, i) => z === b[i]);
+}
+
+function zoneList(zones: readonly string[] | undefined): string {
+  return zones && zones.length > 0 ? `zone(s) ${zones.join(', ')}` : 'any zone';
 }

@@ -137,7 +137,7 @@ async function addReplicas(deps: ReplicaCountDeps, doc: VolumeDoc, replicas: num
   const what = `change the replica count of volume "${doc.name}"`;
   let targets: NodeId[];
   try {
-    targets = placeReplicas({ replicas: count, sizeBytes: doc.sizeBytes, nodes: toPlacementNodes(nodes), existing: doc.replicas.map((r) => r.nodeId) }).nodeIds;
+    targets = placeReplicas({ replicas: count, sizeBytes: doc.sizeBytes, nodes: toPlacementNodes(nodes), existing: doc.replicas.map((r) => r.nodeId), ...(doc.zones ? { zones: doc.zones } : {}) }).nodeIds;
   } catch (err) {
     // Too few nodes up is a lack of resources for this request, like too little room.
     if (isStorageError(err, Code.FAILED_PRECONDITION)) throw new StorageError(Code.RESOURCE_EXHAUSTED, `volume "${doc.name}": ${err.message}`, { cause: err, details: err.details });

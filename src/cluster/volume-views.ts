@@ -45,6 +45,8 @@ export interface VolumeView {
   published: { nodeId: string; readonly: boolean }[];
   /** The filesystem it was created for (CSI), if any. */
   fsType?: string;
+  /** The zones its replicas are kept in (CSI StorageClass `zones`), if any. */
+  zones?: readonly string[];
 }
 
 export interface VerifyMismatch {

@@ -50,18 +50,20 @@ test('fullRebuild on a replica entry: kept through the round trip, absent means 
   t.deepEqual(parseVolumeDoc('volumes/db', newer), d);
 });
 
-test('published and fsType: kept through the round trip, absent when empty, malformed entries are DATA_LOSS', (t) => {
-  const d = doc({ published: [{ nodeId: 'b' as NodeId, readonly: false }], fsType: 'xfs' });
+test('published, fsType and zones: kept through the round trip, absent when empty, malformed entries are DATA_LOSS', (t) => {
+  const d = doc({ published: [{ nodeId: 'b' as NodeId, readonly: false }], fsType: 'xfs', zones: ['z1', 'z2'] });
   const json = JSON.parse(JSON.stringify(volumeDocToJson(d))) as { [key: string]: JsonValue };
   t.deepEqual(parseVolumeDoc('volumes/db', json), d);
   const plain = volumeDocToJson(doc({ published: [] })) as object;
   t.false('published' in plain, 'an empty publication list is not written');
   t.false('fsType' in plain);
+  t.false('zones' in plain);
   t.false('published' in parseVolumeDoc('volumes/db', { ...json, published: [] }), 'an empty list reads as none');
   const err = t.throws(() => parseVolumeDoc('volumes/db', { ...json, published: [{ nodeId: 'b' }] }), { instanceOf: StorageError });
   t.is(err.code, Code.DATA_LOSS);
   t.throws(() => parseVolumeDoc('volumes/db', { ...json, published: 'b' }), { message: /published/ });
   t.throws(() => parseVolumeDoc('volumes/db', { ...json, fsType: 4 }), { message: /fsType/ });
+  t.throws(() => parseVolumeDoc('volumes/db', { ...json, zones: ['z1', 3] }), { message: /zones/ });
 });
 
 test('region size keeps the bitmap at most 256 Ki regions', (t) => {

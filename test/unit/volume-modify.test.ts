@@ -72,7 +72,7 @@ test('planReplicaCount: bounds, idempotence, recording only, adding and removing
 
 interface Setup { store: EmbeddedStore; fxs: Map<NodeId, ReplicaFixture>; volumes: VolumeLifecycle }
 
-async function setup(t: ExecutionContext, nodes: string[]): Promise<Setup> {
+async function setup(t: ExecutionContext, nodes: string[], zones: Record<string, string> = {}): Promise<Setup> {
   const store = EmbeddedStore.open({ path: ':memory:', cluster: uniqueCluster(), log: silentLogger() });
   t.teardown(() => store.close());
   const fxs = new Map<NodeId, ReplicaFixture>();
@@ -82,7 +82,7 @@ async function setup(t: ExecutionContext, nodes: string[]): Promise<Setup> {
     fxs.set(id, fx);
     const registry = new NodeRegistry(store, { ttlMs: 60_000, log: silentLogger() });
     t.teardown(() => registry.close());
-    await registry.register({ nodeId: id, name: id, peerAddress: '', labels: {}, capacity: { totalBytes: 1 << 30, freeBytes: 1 << 29 }, version: 'test' });
+    await registry.register({ nodeId: id, name: id, peerAddress: '', ...(zones[id] ? { zone: zones[id] } : {}), labels: {}, capacity: { totalBytes: 1 << 30, freeBytes: 1 << 29 }, version: 'test' });
   }
   const volumes = new VolumeLifecycle({
     nodeId: 'controller-0' as NodeId, clusterName: 'c', store, controls: { control: async (nodeId) => localControl(fxs.get(nodeId)!.manager) },
@@ -115,6 +115,31 @@ test('modify raises the count: the new replica exists on the third node, listed 
   const again = await s.volumes.modify('db', { replicas: 3 });
   t.deepEqual(again.replicas.map((r) => r.id), raised.replicas.map((r) => r.id));
   t.is((await getVolumeDoc(s.store, 'db'))!.modRevision, before!.modRevision, 'an idempotent modify writes nothing');
+});
+
+test('a volume created in zones keeps to them: a raised count places only there; the same name with another zones set is ALREADY_EXISTS', async (t) => {
+  const s = await setup(t, ['node-a', 'node-b', 'node-c', 'node-d'], { 'node-a': 'z1', 'node-b': 'z1', 'node-c': 'z2', 'node-d': 'z1' });
+  const created = await s.volumes.create('db', 8 * MiB, { replicas: 1, zones: ['z1'], preferredNode: 'node-a' });
+  t.deepEqual(created.zones, ['z1']);
+  t.deepEqual((await getVolumeDoc(s.store, 'db'))!.doc.zones, ['z1'], 'kept in the document');
+
+  const three = await s.volumes.modify('db', { replicas: 3 });
+  t.deepEqual(three.replicas.map((r) => r.nodeName).sort(), ['node-a', 'node-b', 'node-d'], 'node-c (z2) is not used');
+  const before = await getVolumeDoc(s.store, 'db');
+  const again = await t.throwsAsync(s.volumes.create('db', 8 * MiB, { zones: ['z2'] }), { instanceOf: StorageError });
+  t.is(again.code, Code.ALREADY_EXISTS);
+  t.is((await s.volumes.create('db', 8 * MiB, { zones: ['z1', 'z1'] })).id, created.id, 'the same set again is the same volume');
+  t.is((await getVolumeDoc(s.store, 'db'))!.modRevision, before!.modRevision, 'refused calls wrote nothing');
+});
+
+test('a raised count with no room left in the volume\'s zones is RESOURCE_EXHAUSTED and changes nothing, although another zone has a node', async (t) => {
+  const s = await setup(t, ['node-a', 'node-b', 'node-c'], { 'node-a': 'z1', 'node-b': 'z1', 'node-c': 'z2' });
+  await s.volumes.create('db', 8 * MiB, { replicas: 2, zones: ['z1'] });
+  const before = await getVolumeDoc(s.store, 'db');
+  const err = await t.throwsAsync(s.volumes.modify('db', { replicas: 3 }), { instanceOf: StorageError });
+  t.is(err.code, Code.RESOURCE_EXHAUSTED);
+  t.regex(err.message, /z1/, 'the message names the zone');
+  t.is((await getVolumeDoc(s.store, 'db'))!.modRevision, before!.modRevision);
 });
 
 test('modify lowers the count: the replica not in sync goes first, then one off the engine\'s node; their data is deleted on their nodes', async (t) => {
