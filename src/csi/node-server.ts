@@ -28,6 +28,7 @@ import type { Stager, StageAccess } from '../engine/stager.js';
 import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import { csiService, type CsiCallOptions, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey } from './csi-locks.js';
+import { volumeCondition } from './volume-condition.js';
 
 export const TOPOLOGY_NODE_KEY = 'topology.cairn.dev/node';
 export const TOPOLOGY_ZONE_KEY = 'topology.cairn.dev/zone';
@@ -282,7 +283,11 @@ async function filesystemUsage(path: string): Promise<CsiRequest[]> {
   ];
 }
 
-/** Abnormal while the volume is degraded or faulted, naming each replica out of sync and why. */
+/**
+ * The volume's condition as ControllerGetVolume reports it (volume-condition.ts); a volume
+ * still staged here that the cluster no longer knows is abnormal too, not NOT_FOUND, so
+ * that kubelet's stats of a mounted volume keep answering.
+ */
 async function condition(o: NodeServiceOptions, volume: string, signal: AbortSignal): Promise<CsiRequest> {
   let view: VolumeView;
   try {
@@ -291,8 +296,5 @@ async function condition(o: NodeServiceOptions, volume: string, signal: AbortSig
     if (isStorageError(err, Code.NOT_FOUND)) return { abnormal: true, message: `volume "${volume}" is staged here but no longer exists in the cluster` };
     throw err;
   }
-  if (view.health === 'healthy') return { abnormal: false, message: 'healthy' };
-  const out = view.replicas.filter((r) => r.state !== 'in-sync')
-    .map((r) => `replica ${r.id} on ${r.nodeName} ${r.state}${r.reason ? ` (${r.reason})` : ''}`);
-  return { abnormal: true, message: `volume is ${view.health}${out.length ? `: ${out.join('; ')}` : ''}` };
+  return volumeCondition(view);
 }
