@@ -49,8 +49,11 @@ function stagingMessage(r: StagedVolumeRecord | undefined, nodeName: string): ob
   } : null;
 }
 
-/** `ctx` adds this node's staging of the volume. */
-function volumeMessage(v: VolumeView, ctx?: Pick<ApiContext, 'staged' | 'nodeName'>): object {
+/**
+ * `ctx` adds this node's staging of the volume. Required, so that every reply carrying a
+ * volume (create, get, list, expand, modify) shows the same staging as inspect.
+ */
+function volumeMessage(v: VolumeView, ctx: Pick<ApiContext, 'staged' | 'nodeName'>): object {
   return {
     id: v.id,
     name: v.name,
@@ -65,7 +68,7 @@ function volumeMessage(v: VolumeView, ctx?: Pick<ApiContext, 'staged' | 'nodeNam
     replicasWanted: v.replicasWanted,
     engineNode: v.engineNode ?? '',
     published: v.published.map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })),
-    staging: ctx ? stagingMessage(ctx.staged?.(v.name), ctx.nodeName) : null,
+    staging: stagingMessage(ctx.staged?.(v.name), ctx.nodeName),
   };
 }
 
@@ -140,8 +143,8 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
       await ctx.volumes.delete(requireName(req), req.force);
       return {};
     }),
-    ExpandVolume: h('ExpandVolume', async (req: NameRequest & { sizeBytes: number }) => volumeMessage(await ctx.volumes.expand(requireName(req), req.sizeBytes))),
-    ModifyVolume: h('ModifyVolume', async (req: NameRequest & { replicas?: number }) => volumeMessage(await ctx.volumes.modify(requireName(req), replicasOption(req.replicas)))),
+    ExpandVolume: h('ExpandVolume', async (req: NameRequest & { sizeBytes: number }) => volumeMessage(await ctx.volumes.expand(requireName(req), req.sizeBytes), ctx)),
+    ModifyVolume: h('ModifyVolume', async (req: NameRequest & { replicas?: number }) => volumeMessage(await ctx.volumes.modify(requireName(req), replicasOption(req.replicas)), ctx)),
     ExportVolume: h('ExportVolume', async (req: ExportVolumeRequest) => exportMessage(await ctx.volumes.export(requireName(req), {
       ...(req.takeover ? { takeover: true } : {}),
       ...(req.force ? { force: true } : {}),

@@ -20,6 +20,7 @@ import type {
 import { apiHandlers, apiServiceDefinition } from '../../src/daemon/api-service.js';
 import type { ExportInfo } from '../../src/engine/export-manager.js';
 import type { KernelAttacher } from '../../src/engine/kernel-attach.js';
+import type { StagedVolumeRecord } from '../../src/store/staged-volume-record.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -106,14 +107,21 @@ class ScriptedVolumes implements VolumeApi {
 
 interface Fixture { volumes: ScriptedVolumes; ctl: (args: string[]) => Promise<{ stdout: string; stderr: string; exitCode: number }> }
 
-async function serve(t: import('ava').ExecutionContext): Promise<Fixture> {
+/** pgdata staged on node-a, as the stager records it. */
+const STAGED_PGDATA: StagedVolumeRecord = {
+  volume: 'pgdata', volumeId: 'vol-pgdata' as StagedVolumeRecord['volumeId'], stagingPath: '/var/lib/kubelet/staging/pgdata', accessType: 'mount',
+  fsType: 'ext4', mountFlags: [], readonly: false, devicePath: '/dev/nbd0', attachMethod: 'nbd', attachState: {}, state: 'staged',
+  updatedAt: '2025-03-01T00:03:00.000Z',
+};
+
+async function serve(t: import('ava').ExecutionContext, options: { staged?: (volume: string) => StagedVolumeRecord | undefined } = {}): Promise<Fixture> {
   const dir = mkdtempSync('/tmp/cairn-cli-');
   const socket = join(dir, 'api.sock');
   const volumes = new ScriptedVolumes();
   const server = new grpc.Server();
   server.addService(apiServiceDefinition(), apiHandlers({
     volumes, nodeName: 'node-a', poolKind: 'file', poolPath: '/pool', startedAt: Date.now(), connectionCount: () => 0,
-    attacher: {} as KernelAttacher, log: silentLogger(),
+    attacher: {} as KernelAttacher, log: silentLogger(), ...options,
   }));
   await new Promise<void>((resolve, reject) => server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
   t.teardown(() => {
@@ -198,6 +206,16 @@ test('volume inspect carries the new replica fields through the API', async (t) 
   const missing = await ctl(['volume', 'inspect', 'nope']);
   t.is(missing.exitCode, 1);
   t.regex(missing.stderr, /volume "nope" not found \(NOT_FOUND\)/);
+});
+
+test('volume modify and expand show this node\'s staging of the volume, as inspect does', async (t) => {
+  const { ctl } = await serve(t, { staged: (volume) => (volume === 'pgdata' ? STAGED_PGDATA : undefined) });
+  const staging = { nodeName: 'node-a', state: 'staged', stagingPath: STAGED_PGDATA.stagingPath, devicePath: '/dev/nbd0', attachMethod: 'nbd', accessType: 'mount', fsType: 'ext4', readonly: false, updatedAt: STAGED_PGDATA.updatedAt };
+  for (const args of [['volume', 'inspect', 'pgdata'], ['volume', 'modify', 'pgdata', '--replicas', '2'], ['volume', 'expand', 'pgdata', '20GiB']]) {
+    const r = await ctl(['-o', 'json', ...args]);
+    t.is(r.exitCode, 0, r.stderr);
+    t.deepEqual((JSON.parse(r.stdout) as VolumeMessage).staging, staging, args.join(' '));
+  }
 });
 
 test('volume list shows in-sync/total replicas', async (t) => {
