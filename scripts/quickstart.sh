@@ -52,7 +52,8 @@ Put a filesystem on it (needs root; this kernel has no nbd driver, so nbdfuse + 
   LOOP=\$(losetup -f --show --direct-io=on /tmp/cairn-fuse/nbd)
   mkfs.ext4 -q \$LOOP && mount \$LOOP /mnt/$VOLUME
   # ... and to undo: umount /mnt/$VOLUME; losetup -d \$LOOP; fusermount3 -u /tmp/cairn-fuse
-On a kernel with nbd: nbd-client -unix ${URI#*socket=} /dev/nbd0
+Or let cairnd attach it (/dev/nbdX where the kernel has nbd, else nbdfuse + loop; needs root):
+  node bin/cairnctl.js volume attach $VOLUME    # prints the device; volume detach $VOLUME undoes it
 
 Stop cairnd with: scripts/quickstart.sh stop
 MSG

@@ -15,7 +15,7 @@ mkdir -p "$CACHE"
 log() { echo "vm-setup: $*" >&2; }
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends)
 
-packages=(qemu-system-x86 busybox-static cpio kmod dmsetup nbd-client e2fsprogs xfsprogs util-linux libnbd-bin fuse3)
+packages=(qemu-system-x86 busybox-static cpio kmod dmsetup e2fsprogs xfsprogs util-linux libnbd-bin fuse3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
