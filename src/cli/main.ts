@@ -8,6 +8,7 @@ import { resolve } from 'node:path';
 import { Code, isStoreUnavailable, StorageError } from '../common/errors.js';
 import { formatBytes, parseSize } from '../common/units.js';
 import { ApiClient } from './api-client.js';
+import { csiInfo, type CsiInfo } from './csi-info.js';
 import { clusterStatusText, keyValues, mismatchedRegions, nodeRows, percent, verifyText, volumeDetail, volumeRows } from './format.js';
 
 type Output = 'table' | 'json';
@@ -18,6 +19,25 @@ function defaultSocket(): string {
   if (process.env.CAIRN_API_SOCKET) return process.env.CAIRN_API_SOCKET;
   const local = resolve('.cairn/cairnd.sock');
   return existsSync(local) ? local : '/var/lib/cairn/cairnd.sock';
+}
+
+/** --csi-socket, else CAIRN_CSI_SOCKET, else ./.cairn's (the quick start's daemon), else the default data dir's. */
+function defaultCsiSocket(): string {
+  if (process.env.CAIRN_CSI_SOCKET) return process.env.CAIRN_CSI_SOCKET;
+  const local = resolve('.cairn/csi.sock');
+  return existsSync(local) ? local : '/var/lib/cairn/csi.sock';
+}
+
+function csiInfoText(i: CsiInfo): string {
+  const node = i.node;
+  const topology = node ? Object.entries(node.topology).map(([k, v]) => `${k}=${v}`).join(', ') : '';
+  return keyValues([
+    ['Socket', i.socket], ['Plugin', `${i.name} ${i.vendorVersion}`], ['Ready', i.ready ? 'yes' : 'no'],
+    ['Plugin capabilities', i.pluginCapabilities.join(', ')],
+    ['Controller', i.controllerCapabilities ? i.controllerCapabilities.join(', ') : 'not served'],
+    ['Node', node ? `${node.nodeId}, max volumes ${node.maxVolumesPerNode || 'unlimited'}, topology ${topology || 'none'}` : 'not served'],
+    ...(node ? [['Node capabilities', node.capabilities.join(', ')] as [string, string]] : []),
+  ]);
 }
 
 function print(output: Output, json: unknown, human: () => string): void {
@@ -129,6 +149,14 @@ function buildProgram(): Command {
     const ns = await c.listNodes();
     print(g().output, ns, () => (ns.length ? nodeRows(ns) : 'no nodes registered'));
   }));
+  const csi = program.command('csi').description('the CSI socket that kubelet and the sidecars use');
+  csi.command('info').description('ask the CSI socket what it serves (Identity, Probe, capabilities, NodeGetInfo); exits 1 unless ready')
+    .option('--csi-socket <path>', 'cairnd CSI socket [env CAIRN_CSI_SOCKET; default ./.cairn/csi.sock if present, else /var/lib/cairn/csi.sock]')
+    .action(async (opts: { csiSocket?: string }) => {
+      const info = await csiInfo(opts.csiSocket ?? defaultCsiSocket());
+      print(g().output, info, () => csiInfoText(info));
+      if (!info.ready) throw new StorageError(Code.UNAVAILABLE, `the CSI plugin at ${info.socket} is not ready yet (Probe): see cairnd's log`);
+    });
   return program;
 }
 
