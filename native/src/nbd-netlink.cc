@@ -1,5 +1,5 @@
 // The kernel's nbd driver over generic netlink (family "nbd", linux/nbd-netlink.h):
-// CONNECT, RECONFIGURE and DISCONNECT, plus a unix-socket connect whose fd the caller
+// CONNECT, RECONFIGURE (a new socket, or a new size) and DISCONNECT, plus a unix-socket connect whose fd the caller
 // negotiates on and then hands to the kernel.
 //
 // Why netlink here and not nbd-client: only RECONFIGURE gives a connected /dev/nbdX a new
@@ -195,8 +195,9 @@ void ClearSocketTimeouts(int fd) {
 
 void PutConfig(Message& msg, const NbdConfig& c, bool connect) {
   if (c.index >= 0) msg.PutU32(NBD_ATTR_INDEX, static_cast<uint32_t>(c.index));
+  // RECONFIGURE with a size resizes the device (nbd_genl_size_set, Linux 5.3 and later).
+  if (connect || c.sizeBytes > 0) msg.PutU64(NBD_ATTR_SIZE_BYTES, c.sizeBytes);
   if (connect) {
-    msg.PutU64(NBD_ATTR_SIZE_BYTES, c.sizeBytes);
     msg.PutU64(NBD_ATTR_BLOCK_SIZE_BYTES, c.blockSizeBytes);
     msg.PutU64(NBD_ATTR_SERVER_FLAGS, c.serverFlags);
     msg.PutU64(NBD_ATTR_CLIENT_FLAGS, c.clientFlags);
@@ -267,6 +268,23 @@ Napi::Value NbdReconfigure(const Napi::CallbackInfo& info) {
                   [=](Failure& f) { RunNbd(NBD_CMD_RECONFIGURE, "NBD_CMD_RECONFIGURE", *c, nullptr, f); }, nullptr);
 }
 
+// RECONFIGURE with only a new size (no socket): the device grows (or shrinks) at once and
+// the kernel announces the new capacity; I/O in flight is not disturbed. `backend` must be
+// the device's backend identifier (the kernel refuses another with EINVAL).
+Napi::Value NbdResize(const Napi::CallbackInfo& info) {
+  uint64_t index = 0;
+  auto c = std::make_shared<NbdConfig>();
+  if (!ArgU64(info, 0, "index", &index) || !ArgU64(info, 1, "sizeBytes", &c->sizeBytes) ||
+      !ArgString(info, 2, "backend", 256, &c->backend)) {
+    return info.Env().Undefined();
+  }
+  if (index > 0x7fffffff) return ThrowType(info.Env(), "index is out of range");
+  if (c->sizeBytes == 0) return ThrowType(info.Env(), "sizeBytes must be greater than zero");
+  c->index = static_cast<int64_t>(index);
+  return RunAsync(info.Env(), "cairn.nbdResize",
+                  [=](Failure& f) { RunNbd(NBD_CMD_RECONFIGURE, "NBD_CMD_RECONFIGURE size", *c, nullptr, f); }, nullptr);
+}
+
 Napi::Value NbdDisconnect(const Napi::CallbackInfo& info) {
   uint64_t index = 0;
   if (!ArgU64(info, 0, "index", &index)) return info.Env().Undefined();
@@ -312,6 +330,7 @@ void InitNbdNetlink(Napi::Env env, Napi::Object exports) {
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
   exports.Set("nbdConnect", Napi::Function::New(env, NbdConnect, "nbdConnect"));
   exports.Set("nbdReconfigure", Napi::Function::New(env, NbdReconfigure, "nbdReconfigure"));
+  exports.Set("nbdResize", Napi::Function::New(env, NbdResize, "nbdResize"));
   exports.Set("nbdDisconnect", Napi::Function::New(env, NbdDisconnect, "nbdDisconnect"));
 }
 

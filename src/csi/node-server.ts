@@ -14,6 +14,8 @@
  *   to other nodes and not this one is FAILED_PRECONDITION naming them; one published
  *   read-only here is staged read-only whatever the access mode; one published nowhere is
  *   staged (cairnctl volumes, and a CO that does not attach).
+ * - Expand (NodeExpandVolume) is in node-expand.ts: the staged device and filesystem grow
+ *   online to the size ControllerExpandVolume gave the volume.
  * - After a cairnd restart, Stage and Unstage wait until the stager has taken back the
  *   volumes the previous cairnd staged (`recovery`), bounded by the call's deadline.
  * - Codes this file decides (others come from the layers below): see docs/csi.md, "Node".
@@ -28,6 +30,7 @@ import type { Stager, StageAccess } from '../engine/stager.js';
 import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import { csiService, type CsiCallOptions, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey } from './csi-locks.js';
+import { nodeExpandMethods } from './node-expand.js';
 import { volumeCondition } from './volume-condition.js';
 
 export const TOPOLOGY_NODE_KEY = 'topology.cairn.dev/node';
@@ -51,7 +54,7 @@ export interface NodeServiceOptions extends CsiCallOptions {
 }
 
 /** What the Node service calls of the stager (engine/stager.ts). */
-export type NodeStager = Pick<Stager, 'get' | 'stage' | 'unstage'>;
+export type NodeStager = Pick<Stager, 'get' | 'stage' | 'unstage' | 'expand'>;
 
 const WRITER_MULTI_NODE = new Set(['MULTI_NODE_SINGLE_WRITER', 'MULTI_NODE_MULTI_WRITER']);
 const READER_MODES = new Set(['SINGLE_NODE_READER_ONLY', 'MULTI_NODE_READER_ONLY']);
@@ -172,9 +175,10 @@ export function nodeService(o: NodeServiceOptions): CsiService {
       required: ['volume_id', 'volume_path'],
       handler: (r, { signal }) => volumeStats(o, r.volumeId, resolve(r.volumePath), signal),
     },
+    ...nodeExpandMethods({ stager: o.stager, volumes: o.volumes, capabilityIsBlock: (c) => checkCapability(c).block }),
     NodeGetCapabilities: {
       handler: () => ({
-        capabilities: ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER'].map((type) => ({ rpc: { type } })),
+        capabilities: ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER', 'EXPAND_VOLUME'].map((type) => ({ rpc: { type } })),
       }),
     },
     NodeGetInfo: {

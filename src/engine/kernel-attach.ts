@@ -21,17 +21,27 @@
  *   and replays it, so the mounted filesystem sees a pause, not an error, when cairnd
  *   serves the export again in time (docs/csi.md, "Staging and restart safety").
  *   `adopt` takes such an attachment back after a restart from what was recorded.
+ *   nbdfuse connects to the export's growable view (nbd/handshake.ts): its file is as
+ *   large as a volume can be, and the loop device is limited to the volume's size.
+ * Resize (online expansion, `resize`): nbd through a netlink reconfigure with the new
+ * size (nbd-kernel-device.ts); nbdfuse-loop by raising the loop device's size limit
+ * (loop-resize.ts). Both change the live device: nothing is detached or reconnected.
  * Detach: NBD_CMD_DISCONNECT (waits until the kernel lets go), or losetup -d, fusermount -u
  * and stopping nbdfuse, in that order.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ChildProcessError } from '../common/errors.js';
+import { ChildProcessError, Code, StorageError } from '../common/errors.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import { runCommand } from './command.js';
-import { connectNbdDevice, disconnectNbdDevice, isExportUnreachable, nbdDeviceInUse, reconnectNbdDevice, type NbdDeviceTimeouts } from './nbd-kernel-device.js';
+import { growLoopDevice } from './loop-resize.js';
+import { blockDeviceBytes } from './mounter.js';
+import { growableExportName } from './nbd/handshake.js';
+import {
+  connectNbdDevice, disconnectNbdDevice, exportSizeBytes, isExportUnreachable, nbdDeviceInUse, reconnectNbdDevice, resizeNbdDevice, type NbdDeviceTimeouts,
+} from './nbd-kernel-device.js';
 
 export type AttachMethod = 'nbd' | 'nbdfuse-loop';
 
@@ -161,6 +171,25 @@ export class KernelAttacher {
   }
 
   /**
+   * Grows the kernel device of attached volume `name` to `sizeBytes` online; a device
+   * already that large is left alone (devices never shrink). Returns the device's size.
+   * The export must already serve at least `sizeBytes`.
+   */
+  resize(name: string, sizeBytes: number): Promise<number> {
+    return this.locks.run(name, async () => {
+      const e = this.attached.get(name);
+      if (!e) throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" has no kernel device on this node: stage it first`, { details: { volume: name } });
+      const before = await blockDeviceBytes(e.devicePath);
+      if (before >= sizeBytes) return before;
+      if (e.method === 'nbd') await resizeNbdDevice(name, e.devicePath, sizeBytes);
+      else await growLoopDevice(name, e.devicePath, join(e.fuse?.dir ?? '', 'nbd'), sizeBytes);
+      const after = await blockDeviceBytes(e.devicePath);
+      this.options.log.info({ volume: name, device: e.devicePath, method: e.method, fromBytes: before, sizeBytes: after }, 'volume device grown');
+      return after;
+    });
+  }
+
+  /**
    * Detaches; not an error when `name` is not attached. The caller unmounts first.
    * `recorded` (an attachment of an earlier cairnd) is undone as far as its pieces remain.
    */
@@ -201,6 +230,8 @@ export class KernelAttacher {
   }
 
   private async attachFuse(name: string, socketPath: string): Promise<Entry> {
+    // The loop device is limited to the volume's size; nbdfuse's file is the growable view's.
+    const sizeBytes = await exportSizeBytes(socketPath, name);
     const dir = join(this.options.runDir, `fuse-${name}`);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const logPath = join(this.options.runDir, `fuse-${name}.log`);
@@ -209,7 +240,7 @@ export class KernelAttacher {
     // Its own session: nbdfuse (and the nbdkit under it) outlive cairnd, so that the
     // filesystem on the loop device survives a cairnd restart.
     const child = spawn('nbdfuse', [dir, '--command', 'nbdkit', '-s', '--exit-with-parent', '--filter=retry', 'nbd',
-      `socket=${socketPath}`, `export=${name}`, `retries=${reconnectS}`, 'retry-delay=1', 'retry-exponential=no'],
+      `socket=${socketPath}`, `export=${growableExportName(name)}`, `retries=${reconnectS}`, 'retry-delay=1', 'retry-exponential=no'],
     { detached: true, stdio: ['ignore', 'ignore', logFd] });
     closeSync(logFd);
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -223,7 +254,7 @@ export class KernelAttacher {
     child.unref();
     const fuse = { dir, pid: child.pid! };
     try {
-      const devicePath = await run('losetup', ['-f', '--show', '--direct-io=on', file]);
+      const devicePath = await run('losetup', ['-f', '--show', '--direct-io=on', '--sizelimit', String(sizeBytes), file]);
       return { name, devicePath, method: 'nbdfuse-loop', socketPath, fuse };
     } catch (err) {
       await this.stopFuse(name, fuse);

@@ -181,11 +181,35 @@ export async function unmount(target: string, signal?: AbortSignal): Promise<voi
   }
 }
 
-/** Grows the mounted filesystem to its device's size (online): resize2fs or xfs_growfs. */
+/** CAP_SYS_RESOURCE's bit in CapEff (linux/capability.h). */
+const CAP_SYS_RESOURCE = 24n;
+
+/** Whether this process has CAP_SYS_RESOURCE, which the kernel wants to grow a mounted ext4 (EXT4_IOC_RESIZE_FS). */
+async function hasSysResource(): Promise<boolean> {
+  const hex = /^CapEff:\s*([0-9a-f]+)$/m.exec(await readFile('/proc/self/status', 'utf8').catch(() => ''))?.[1];
+  return hex !== undefined && ((BigInt(`0x${hex}`) >> CAP_SYS_RESOURCE) & 1n) === 1n;
+}
+
+/**
+ * Grows the mounted filesystem to its device's size (online): resize2fs or xfs_growfs.
+ * Both do nothing when it already fills the device. A failed ext4 growth in a process
+ * without CAP_SYS_RESOURCE (a container that drops it) is FAILED_PRECONDITION saying so.
+ */
 export async function growFilesystem(device: string, mountPoint: string, fsType: string, signal?: AbortSignal): Promise<void> {
-  if (fsType === 'ext4') await runCommand('resize2fs', [device], { signal, details: { device } });
-  else if (fsType === 'xfs') await runCommand('xfs_growfs', [mountPoint], { signal, details: { device, mountPoint } });
-  else throw new StorageError(Code.INVALID_ARGUMENT, `cannot grow a ${fsType} filesystem`, { details: { fsType } });
+  if (fsType === 'xfs') {
+    await runCommand('xfs_growfs', [mountPoint], { signal, details: { device, mountPoint } });
+  } else if (fsType === 'ext4') {
+    try {
+      await runCommand('resize2fs', [device], { signal, details: { device } });
+    } catch (err) {
+      if (!(err instanceof StorageError) || err.code === Code.CANCELLED || await hasSysResource()) throw err;
+      throw new StorageError(Code.FAILED_PRECONDITION,
+        `cannot grow the ext4 filesystem on ${device} while mounted: cairnd lacks CAP_SYS_RESOURCE, which the kernel requires for that; give its container the capability (a privileged container has it)`,
+        { cause: err, details: { device, mountPoint } });
+    }
+  } else {
+    throw new StorageError(Code.INVALID_ARGUMENT, `cannot grow a ${fsType} filesystem`, { details: { fsType } });
+  }
 }
 
 /** Bytes and inodes of the filesystem mounted at `path` (statfs). */

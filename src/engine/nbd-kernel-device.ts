@@ -14,13 +14,16 @@
  *   NBD_CMD_RECONFIGURE on the same index. While no connection is alive the kernel holds
  *   I/O for up to the dead-connection timeout instead of failing it; a request that was in
  *   flight on the dead socket is sent again once its per-request timeout expires.
+ * - Resize (online expansion): NBD_CMD_RECONFIGURE with only the new size. The kernel
+ *   sets the capacity at once on the live device; the export already accepts requests up
+ *   to its grown size, so nothing is reconnected.
  * - Disconnect: NBD_CMD_DISCONNECT; the device lets go (its pid file goes) once nothing
  *   holds it open.
  */
 import { closeSync, existsSync, read, readFileSync, write } from 'node:fs';
 import { promisify } from 'node:util';
 import { Code, StorageError, SystemError, fromNodeError } from '../common/errors.js';
-import { nbdConnect, nbdDisconnect, nbdReconfigure, unixConnect } from '../native/index.js';
+import { nbdConnect, nbdDisconnect, nbdReconfigure, nbdResize, unixConnect } from '../native/index.js';
 import { negotiateExport, type HandshakeIo, type NegotiatedExport } from './nbd/client-handshake.js';
 
 export interface NbdDeviceTimeouts {
@@ -133,6 +136,18 @@ export async function reconnectNbdDevice(name: string, devicePath: string, socke
   } finally {
     closeSync(fd);
   }
+}
+
+/** The size export `name` on `socketPath` advertises to a client connecting now: its volume's current size. */
+export async function exportSizeBytes(socketPath: string, name: string): Promise<number> {
+  const { fd, exp } = await openNegotiatedSocket(socketPath, name);
+  closeSync(fd);
+  return exp.sizeBytes;
+}
+
+/** Sets the size of connected device `devicePath` (export `name`'s) to `sizeBytes`, online. */
+export async function resizeNbdDevice(name: string, devicePath: string, sizeBytes: number): Promise<void> {
+  await nbdResize(indexOf(devicePath), sizeBytes, backendId(name));
 }
 
 /** Whether `err` says the export's socket could not be reached (nothing serves it). */

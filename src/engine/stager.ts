@@ -14,23 +14,31 @@
  *   ALREADY_EXISTS. Unstage of what is not staged succeeds.
  * - `recover` after a cairnd restart serves each staged volume again and takes its kernel
  *   device back (see kernel-attach.ts for what survives on each attach path).
+ * - `expand` (NodeExpandVolume) grows a staged volume's kernel device to the size its
+ *   export serves, then its filesystem online.
  *
  * The engine layer cannot import the cluster layer, so the export is reached through
  * `VolumeExporter`, which the daemon wires to the volume service.
  */
 import { stat } from 'node:fs/promises';
+import { abortable } from '../common/abort.js';
 import { Code, StorageError, fromNodeError } from '../common/errors.js';
 import type { VolumeId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import type { AttachMethod, Attachment, KernelAttacher } from './kernel-attach.js';
-import { deviceNumber, detectContent, findMount, makeFilesystem, mount, unmount, type FsType } from './mounter.js';
+import { deviceNumber, detectContent, findMount, growFilesystem, makeFilesystem, mount, unmount, type FsType } from './mounter.js';
+import { exportSizeBytes, isExportUnreachable } from './nbd-kernel-device.js';
 
 /** Starts and stops serving a volume on this node (the daemon wires the volume service). */
 export interface VolumeExporter {
-  /** Serves the volume here (its engine runs here from then on); idempotent. */
-  export(volume: string, signal?: AbortSignal): Promise<{ socketPath: string; volumeId?: VolumeId }>;
+  /**
+   * Serves the volume here (its engine runs here from then on); idempotent. `readOnly`: a
+   * read-only export, or a reader next to another node's read-only engine (a staging of a
+   * volume every node has read-only).
+   */
+  export(volume: string, signal?: AbortSignal, options?: { readOnly?: boolean }): Promise<{ socketPath: string; volumeId?: VolumeId }>;
   /** Stops serving it here; not an error when it is not served. */
   unexport(volume: string): Promise<void>;
 }
@@ -59,6 +67,16 @@ export interface StageResult {
   /** The filesystem mounted at the staging path; undefined for a block volume. */
   fsType?: string;
 }
+
+export interface ExpandRequest {
+  /** The size the device must reach at least; the export may serve more, and the device gets it all. */
+  requiredBytes: number;
+  /** Bounds the wait for the engine to serve that size (it follows the volume's document). */
+  signal: AbortSignal;
+}
+
+/** How often `expand` asks the export for its size while the engine has not grown yet. */
+const EXPORT_SIZE_POLL_MS = 100;
 
 export interface StagerOptions {
   store: StagedVolumeStore;
@@ -140,6 +158,45 @@ export class Stager {
   }
 
   /**
+   * Grows staged volume `volume` online: waits until its export serves at least
+   * `requiredBytes` (the engine grows when the volume's document does), grows the kernel
+   * device to the export's size, then a mounted filesystem (resize2fs, xfs_growfs).
+   * Repeating it is harmless. FAILED_PRECONDITION when the volume is not staged here, its
+   * device is gone, or its filesystem is mounted read-only.
+   */
+  expand(volume: string, request: ExpandRequest): Promise<{ capacityBytes: number }> {
+    return this.locks.run(volume, async () => {
+      const record = this.opts.store.getStagedVolume(volume);
+      const attachment = this.opts.attacher.get(volume);
+      if (!record || record.state !== 'staged' || !attachment) {
+        throw new StorageError(Code.FAILED_PRECONDITION, `volume "${volume}" is not staged on this node${record ? ' (its staging is incomplete or its device is gone)' : ''}: call NodeStageVolume first`,
+          { details: { volume, state: record?.state ?? null } });
+      }
+      if (record.accessType === 'mount' && record.readonly) {
+        throw new StorageError(Code.FAILED_PRECONDITION, `volume "${volume}" is staged read-only: its filesystem cannot grow until it is staged writable`, { details: { volume } });
+      }
+      const exportBytes = await this.servedSize(volume, attachment.socketPath, request);
+      const capacityBytes = await this.opts.attacher.resize(volume, exportBytes);
+      if (record.accessType === 'mount') await growFilesystem(record.devicePath, record.stagingPath, record.fsType, request.signal);
+      this.opts.log.info({ volume, device: record.devicePath, sizeBytes: capacityBytes, fsType: record.fsType || undefined }, 'staged volume grown');
+      return { capacityBytes };
+    });
+  }
+
+  /** The export's size once it is at least `requiredBytes`, asked again every 100 ms until `signal` fires. */
+  private async servedSize(volume: string, socketPath: string, { requiredBytes, signal }: ExpandRequest): Promise<number> {
+    const what = `waiting for volume "${volume}" to be served at ${requiredBytes} bytes on this node`;
+    for (;;) {
+      const bytes = await abortable(exportSizeBytes(socketPath, volume), signal, what).catch((err: unknown) => {
+        if (!isExportUnreachable(err)) throw err;
+        throw new StorageError(Code.UNAVAILABLE, `volume "${volume}" is staged but not served on this node (cairnd still recovering it?): retry`, { cause: err, details: { volume } });
+      });
+      if (bytes >= requiredBytes) return bytes;
+      await abortable(new Promise((r) => setTimeout(r, EXPORT_SIZE_POLL_MS)), signal, what);
+    }
+  }
+
+  /**
    * At start: every staged volume is served again and its kernel device taken back, so a
    * mounted filesystem sees a pause. Stagings and unstagings a crash interrupted are undone
    * (kubelet repeats the call). A volume whose device is gone (a reboot) is left recorded
@@ -164,7 +221,7 @@ export class Stager {
     const lost = (): void => this.opts.log.warn({ volume, device: record.devicePath }, 'staged volume lost its kernel device (a reboot?): it is staged again or cleared by the next call');
     if (!attachment || !this.opts.attacher.present(attachment)) return lost();
     // Served before the device is taken back: a /dev/nbdX reconnects through the export's handshake.
-    const { socketPath } = await this.opts.exporter.export(volume);
+    const { socketPath } = await this.opts.exporter.export(volume, undefined, { readOnly: record.readonly });
     if (!(await this.opts.attacher.adopt({ ...attachment, socketPath }))) return lost();
     this.opts.log.info({ volume, device: record.devicePath, method: record.attachMethod }, 'staged volume served again after restart');
   }
@@ -200,7 +257,7 @@ export class Stager {
       this.opts.store.putStagedVolume(record);
     };
     try {
-      const exported = await this.opts.exporter.export(volume, signal);
+      const exported = await this.opts.exporter.export(volume, signal, { readOnly: record.readonly });
       undo.push(() => this.opts.exporter.unexport(volume));
       checkAborted(signal, volume);
       const a = await this.opts.attacher.attach(volume, exported.socketPath);

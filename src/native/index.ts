@@ -15,7 +15,7 @@ export {
   fsFreeze,
   fsThaw,
 } from './file-ops.js';
-export { blockDeviceSize, blockDiscard, blockFlush } from './block-ops.js';
+export { blockDeviceSize, blockDiscard, blockFlush, loopSetSizeLimit } from './block-ops.js';
 export {
   dmVersion,
   dmCreate,
@@ -35,4 +35,4 @@ export {
   type DmVersion,
 } from './device-mapper.js';
 export { DeviceMapperUnavailableError, DEVICE_MAPPER_UNAVAILABLE, fromNativeError } from './native-errors.js';
-export { unixConnect, nbdConnect, nbdReconfigure, nbdDisconnect, NBD_UNAVAILABLE, type NbdConnectConfig, type NbdReconfigureConfig } from './nbd-netlink.js';
+export { unixConnect, nbdConnect, nbdReconfigure, nbdResize, nbdDisconnect, NBD_UNAVAILABLE, type NbdConnectConfig, type NbdReconfigureConfig } from './nbd-netlink.js';

@@ -98,6 +98,8 @@ export interface NativeAddon {
   blockDeviceSize(fd: number): Promise<number>;
   blockDiscard(fd: number, offset: number, length: number): Promise<void>;
   blockFlush(fd: number): Promise<void>;
+  /** LOOP_GET_STATUS64, then LOOP_SET_STATUS64 with lo_sizelimit changed: the bound loop device's new size. */
+  loopSetSizeLimit(fd: number, sizeLimitBytes: number): Promise<void>;
   dmVersion(): Promise<DmVersion>;
   dmCreate(name: string, uuid: string): Promise<DmDeviceInfo>;
   dmLoadTable(name: string, targets: readonly DmTarget[]): Promise<void>;
@@ -112,6 +114,8 @@ export interface NativeAddon {
   /** NBD_CMD_CONNECT; resolves with the device index. */
   nbdConnect(config: NbdConnectConfig): Promise<number>;
   nbdReconfigure(config: NbdReconfigureConfig): Promise<void>;
+  /** NBD_CMD_RECONFIGURE with only NBD_ATTR_SIZE_BYTES (and the backend identifier, which must match). */
+  nbdResize(index: number, sizeBytes: number, backend: string): Promise<void>;
   nbdDisconnect(index: number): Promise<void>;
 }
 

@@ -1,8 +1,9 @@
 /**
  * The kernel's nbd driver over generic netlink (native/src/nbd-netlink.cc): CONNECT a
  * /dev/nbdX to a socket on which the NBD handshake is done, RECONFIGURE it with a new
- * socket after its server died, DISCONNECT it; and `unixConnect`, the socket the caller
- * negotiates on before handing it over (see the .cc file for why the addon opens it).
+ * socket after its server died or with a new size (`nbdResize`), DISCONNECT it; and
+ * `unixConnect`, the socket the caller negotiates on before handing it over (see the .cc
+ * file for why the addon opens it).
  *
  * Where the kernel has no nbd driver every netlink call throws an UNAVAILABLE SystemError
  * (errnoName ENOENT, syscall "netlink(CTRL_CMD_GETFAMILY nbd)"); other failures are
@@ -84,6 +85,18 @@ export async function nbdReconfigure(config: NbdReconfigureConfig): Promise<void
   checkCommon(config);
   checkIndex(config.index, false);
   await nbdCall(() => nativeAddon().nbdReconfigure({ ...config }), { index: config.index, backend: config.backend });
+}
+
+/**
+ * Resizes a connected device (NBD_CMD_RECONFIGURE with a size and no socket): the kernel
+ * sets the new capacity at once and tells the block layer, so a mounted filesystem can
+ * grow onto it. `backend` must be the device's identifier (EINVAL otherwise).
+ */
+export async function nbdResize(index: number, sizeBytes: number, backend: string): Promise<void> {
+  checkIndex(index, false);
+  checkPositive(sizeBytes, 'sizeBytes');
+  checkCString(backend, 'backend', 0, BACKEND_MAX_BYTES);
+  await nbdCall(() => nativeAddon().nbdResize(index, sizeBytes, backend), { index, sizeBytes, backend });
 }
 
 /** Disconnects the device; the kernel lets it go once nothing has it open. */

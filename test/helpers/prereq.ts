@@ -10,6 +10,7 @@
  */
 import avaTest from 'ava';
 import type { ImplementationFn } from 'ava';
+import { readFileSync } from 'node:fs';
 import { has } from './run.js';
 
 /** Why the test cannot run here, including how to install what is missing; null/undefined: nothing is. */
@@ -103,4 +104,20 @@ export async function missingCommands(...commands: string[]): Promise<string | u
 /** undefined as root, else why the test needs it. */
 export function missingRoot(why: string): string | undefined {
   return process.getuid?.() === 0 ? undefined : `needs root (${why}): run the tests as root`;
+}
+
+/** CAP_SYS_RESOURCE's bit in /proc/<pid>/status CapEff (linux/capability.h). */
+const CAP_SYS_RESOURCE = 24n;
+
+/**
+ * undefined when this process (and so cairnd and the resize2fs it runs) may grow a mounted
+ * ext4: the kernel's EXT4_IOC_RESIZE_FS wants CAP_SYS_RESOURCE, which some sandboxes drop
+ * even for root (resize2fs then fails "Permission denied to resize filesystem"). xfs_growfs
+ * needs only CAP_SYS_ADMIN. The kernel VM (test/kernel) runs with every capability.
+ */
+export function missingExt4OnlineResize(status?: string): string | undefined {
+  const text = status ?? readFileSync('/proc/self/status', 'utf8');
+  const hex = /^CapEff:\s*([0-9a-f]+)$/m.exec(text)?.[1];
+  if (hex && (BigInt(`0x${hex}`) >> CAP_SYS_RESOURCE) & 1n) return undefined;
+  return 'needs CAP_SYS_RESOURCE to grow a mounted ext4 (resize2fs online); this process does not have it (a sandbox that drops it): run as full root, or see test/kernel for ext4';
 }

@@ -108,7 +108,7 @@ nodeTest('NodeGetInfo and NodeGetCapabilities: node id, topology, volume limit, 
   t.is(Number(info.maxVolumesPerNode), 7);
   t.deepEqual(info.accessibleTopology.segments, { 'topology.cairn.dev/node': 'node-a', 'topology.cairn.dev/zone': 'zone-1' });
   const caps = ok(await csi.node.NodeGetCapabilities!({})).capabilities.map((c: CsiMessage) => c.rpc.type).sort();
-  t.deepEqual(caps, ['GET_VOLUME_STATS', 'SINGLE_NODE_MULTI_WRITER', 'STAGE_UNSTAGE_VOLUME', 'VOLUME_CONDITION']);
+  t.deepEqual(caps, ['EXPAND_VOLUME', 'GET_VOLUME_STATS', 'SINGLE_NODE_MULTI_WRITER', 'STAGE_UNSTAGE_VOLUME', 'VOLUME_CONDITION']);
 });
 
 nodeTest('ext4: stage, publish rw and ro, files survive unpublish, unstage and stage again', async (t) => {

@@ -38,6 +38,9 @@ class FakeStager implements NodeStager {
   async unstage(volume: string): Promise<void> {
     this.unstaged.push(volume);
   }
+  async expand(): Promise<{ capacityBytes: number }> {
+    throw new StorageError(Code.FAILED_PRECONDITION, 'not staged');
+  }
 }
 
 interface Fixture {

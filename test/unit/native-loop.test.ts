@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Code, SystemError } from '../../src/common/errors.js';
-import { blockDeviceSize, blockDiscard, blockFlush, ficlone, fsFreeze, fsThaw } from '../../src/native/index.js';
+import { blockDeviceSize, blockDiscard, blockFlush, ficlone, fsFreeze, fsThaw, loopSetSizeLimit } from '../../src/native/index.js';
 import { loopFsUnavailable, makeLoopDevice, makeLoopFs, type LoopFs } from '../helpers/loop-fs.js';
 import { requiring } from '../helpers/prereq.js';
 
@@ -120,4 +120,20 @@ loopTest('blockDeviceSize, blockFlush and blockDiscard on a loop device', async 
   } finally {
     await loop.dispose();
   }
+});
+
+loopTest('loopSetSizeLimit sets a bound loop device\'s size, down and back up within its file; a non-loop fd is refused', async (t) => {
+  const loop = await makeLoopDevice(8 * MiB);
+  t.teardown(() => loop.dispose());
+  const fh = await open(loop.device, 'r');
+  t.teardown(() => fh.close());
+  await loopSetSizeLimit(fh.fd, 4 * MiB);
+  t.is(await blockDeviceSize(fh.fd), 4 * MiB);
+  await loopSetSizeLimit(fh.fd, 6 * MiB);
+  t.is(await blockDeviceSize(fh.fd), 6 * MiB);
+  t.is(readFileSync(`/sys/block/${loop.device.slice('/dev/'.length)}/loop/sizelimit`, 'utf8').trim(), String(6 * MiB));
+  const file = await open(loop.image, 'r');
+  t.teardown(() => file.close());
+  const err = await t.throwsAsync(loopSetSizeLimit(file.fd, MiB), { instanceOf: SystemError });
+  t.is(err?.syscall, 'ioctl(LOOP_GET_STATUS64)');
 });

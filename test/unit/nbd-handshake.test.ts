@@ -1,7 +1,7 @@
 import test from 'ava';
 import * as C from '../../src/engine/nbd/codec.js';
 import * as P from '../../src/engine/nbd/protocol.js';
-import { exportNameReply, handleOption, transmissionFlags, type ExportDescriptor, type NegotiationState } from '../../src/engine/nbd/handshake.js';
+import { exportNameReply, growableExportName, handleOption, transmissionFlags, type ExportDescriptor, type NegotiationState } from '../../src/engine/nbd/handshake.js';
 import { nbdErrno } from '../../src/engine/nbd/errno-map.js';
 import { Code, StorageError, SystemError } from '../../src/common/errors.js';
 
@@ -101,4 +101,20 @@ test('device errors map to NBD errnos', (t) => {
   t.is(nbdErrno(new StorageError(Code.RESOURCE_EXHAUSTED, 'x')), P.NBD_ENOSPC);
   t.is(nbdErrno(new StorageError(Code.INVALID_ARGUMENT, 'x')), P.NBD_EINVAL);
   t.is(nbdErrno(new Error('x')), P.NBD_EIO);
+});
+
+test('the growable view: "<name>#growable" advertises growableBytes (INFO/GO and EXPORT_NAME); the plain name keeps the real size', (t) => {
+  const growable: ExportDescriptor = { ...exp, growableBytes: 2 ** 50 };
+  const sizeOf = (name: string): number => {
+    const out = handleOption(fresh(), growable, P.NBD_OPT_GO, C.encodeInfoRequest(name, []));
+    t.is(out.next, 'transmission', name);
+    return Number(out.replies[0]!.subarray(20).readBigUInt64BE(2));
+  };
+  t.is(sizeOf(growableExportName('vol-a')), 2 ** 50);
+  t.is(sizeOf('vol-a'), 1 << 20);
+  t.is(sizeOf(''), 1 << 20);
+  const reply = exportNameReply(fresh(), growable, Buffer.from(growableExportName('vol-a')));
+  t.is(Number(reply!.readBigUInt64BE(0)), 2 ** 50);
+  t.is(exportNameReply(fresh(), exp, Buffer.from(growableExportName('vol-a'))), undefined, 'an export without the view does not know the name');
+  t.deepEqual(types(handleOption(fresh(), growable, P.NBD_OPT_GO, C.encodeInfoRequest('vol-b#growable', [])).replies), [P.NBD_REP_ERR_UNKNOWN]);
 });

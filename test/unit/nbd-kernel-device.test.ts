@@ -12,7 +12,7 @@ import { Code, StorageError, SystemError } from '../../src/common/errors.js';
 import * as C from '../../src/engine/nbd/codec.js';
 import * as P from '../../src/engine/nbd/protocol.js';
 import { isExportUnreachable, openNegotiatedSocket } from '../../src/engine/nbd-kernel-device.js';
-import { nbdConnect, nbdDisconnect } from '../../src/native/index.js';
+import { nbdConnect, nbdDisconnect, nbdResize } from '../../src/native/index.js';
 import { makeTempDir, startExport } from '../helpers/nbd-fixture.js';
 import { onlyWhere } from '../helpers/prereq.js';
 
@@ -76,10 +76,14 @@ test('nbd netlink arguments are checked before any call', async (t) => {
   const bad = await t.throwsAsync(nbdConnect(config), { instanceOf: StorageError });
   t.is(bad?.code, Code.INVALID_ARGUMENT);
   t.is((await t.throwsAsync(nbdDisconnect(-1), { instanceOf: StorageError }))?.code, Code.INVALID_ARGUMENT);
+  t.is((await t.throwsAsync(nbdResize(0, 0, 'cairn:x'), { instanceOf: StorageError }))?.code, Code.INVALID_ARGUMENT, 'a size of 0');
+  t.is((await t.throwsAsync(nbdResize(-1, SIZE, 'cairn:x'), { instanceOf: StorageError }))?.code, Code.INVALID_ARGUMENT);
 });
 
 const withoutNbd = onlyWhere(!existsSync('/sys/module/nbd'), 'this kernel has the nbd driver (test/kernel covers it)', test);
 withoutNbd('on a kernel without nbd the netlink calls are UNAVAILABLE and say so', async (t) => {
+  const resize = await t.throwsAsync(nbdResize(0, SIZE, 'cairn:x'), { instanceOf: SystemError });
+  t.is(resize?.code, Code.UNAVAILABLE);
   const err = await t.throwsAsync(nbdDisconnect(0), { instanceOf: SystemError });
   t.is(err?.code, Code.UNAVAILABLE);
   t.is(err?.errnoName, 'ENOENT');

@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { inCi, onlyWhere, prerequisitesMet, requiring, type Registrar } from '../helpers/prereq.js';
+import { inCi, missingExt4OnlineResize, onlyWhere, prerequisitesMet, requiring, type Registrar } from '../helpers/prereq.js';
 
 interface Registered { title: string; kind: 'test' | 'skip'; run: () => Promise<string[]> }
 
@@ -70,4 +70,11 @@ test('not applicable here (by design, not missing): a skip in both modes', (t) =
   const { registrar, registered } = fakeRegistrar();
   onlyWhere(false, 'this kernel has no device-mapper', () => t.fail('must not register'), registrar)('dm round trip', () => undefined);
   t.deepEqual(registered.map((r) => [r.kind, r.title]), [['skip', 'dm round trip (not applicable here: this kernel has no device-mapper)']]);
+});
+
+test('ext4 online resize: present with CAP_SYS_RESOURCE (bit 24 of CapEff), missing without it, and the reason says so', (t) => {
+  t.is(missingExt4OnlineResize('Name:\tnode\nCapEff:\t000001ffffffffff\n'), undefined);
+  const missing = missingExt4OnlineResize('Name:\tnode\nCapEff:\t000001fffeffffff\n');
+  t.regex(missing ?? '', /CAP_SYS_RESOURCE/);
+  t.truthy(missingExt4OnlineResize('Name:\tnode\n'), 'no CapEff line: missing');
 });

@@ -12,6 +12,7 @@ import { sharedBufferPool, type BufferPool } from './buffer-pool.js';
 import { sharedByteBudget, type ByteBudget } from './byte-budget.js';
 import { NbdConnection } from './connection.js';
 import type { ConnectionContext } from './connection-context.js';
+import { GROWABLE_EXPORT_BYTES } from './handshake.js';
 import { newStats, type ServerStats } from './stats.js';
 
 export interface NbdExportServerOptions {
@@ -68,6 +69,8 @@ export class NbdExportServer {
         // Read at each use: a volume engine grows online, and a client that connects (or a
         // kernel device resized by the node) afterwards must be able to use the new size.
         get sizeBytes(): number { return device.sizeBytes; },
+        // The view the nbdfuse + loop attach connects to (handshake.ts, growableExportName).
+        growableBytes: GROWABLE_EXPORT_BYTES,
         readOnly: options.readOnly ?? false,
       },
       device: options.device,

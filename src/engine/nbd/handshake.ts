@@ -11,6 +11,28 @@ export interface ExportDescriptor {
   description: string;
   sizeBytes: number;
   readOnly: boolean;
+  /**
+   * When set, the export is also offered as `growableExportName(name)`, advertising this
+   * size instead of `sizeBytes`; requests are still bounded by `sizeBytes`, which grows.
+   */
+  growableBytes?: number;
+}
+
+/**
+ * The growable view of an export, for the nbdfuse + loop attach path. nbdfuse shows its
+ * file at the size the server advertised when it connected and an NBD connection cannot
+ * learn that the export grew, so a volume attached that way could never grow online. This
+ * view advertises the largest size a volume can reach; the loop device on top is limited
+ * to the volume's real size (lo_sizelimit) and raised when the volume grows, so nothing
+ * past the real end is ever asked for, and a request that were is refused like any
+ * out-of-range one. The suffix cannot occur in a volume name.
+ */
+export const GROWABLE_EXPORT_SUFFIX = '#growable';
+/** What the growable view advertises: Cairn's largest volume, 1 PiB. */
+export const GROWABLE_EXPORT_BYTES = 2 ** 50;
+
+export function growableExportName(name: string): string {
+  return `${name}${GROWABLE_EXPORT_SUFFIX}`;
 }
 
 export interface NegotiationState {
@@ -43,7 +65,12 @@ export function transmissionFlags(exp: ExportDescriptor, structuredReplies: bool
 }
 
 function matches(exp: ExportDescriptor, name: string): boolean {
-  return name === '' || name === exp.name;
+  return name === '' || name === exp.name || (exp.growableBytes !== undefined && name === growableExportName(exp.name));
+}
+
+/** The size advertised to a client that asked for export `name` (one that matches). */
+function advertisedBytes(exp: ExportDescriptor, name: string): number {
+  return exp.growableBytes !== undefined && name === growableExportName(exp.name) ? exp.growableBytes : exp.sizeBytes;
 }
 
 function reply(option: number, type: number, data?: Uint8Array): Buffer {
@@ -62,7 +89,7 @@ function infoOrGo(state: NegotiationState, exp: ExportDescriptor, option: number
   if (!matches(exp, req.name)) return error(option, P.NBD_REP_ERR_UNKNOWN, `no export named "${req.name}"`);
   const flags = transmissionFlags(exp, state.structuredReplies);
   const replies = [
-    reply(option, P.NBD_REP_INFO, C.encodeInfoExport(exp.sizeBytes, flags)),
+    reply(option, P.NBD_REP_INFO, C.encodeInfoExport(advertisedBytes(exp, req.name), flags)),
     reply(option, P.NBD_REP_INFO, C.encodeInfoBlockSize(P.BLOCK_SIZE_MIN, P.BLOCK_SIZE_PREFERRED, P.BLOCK_SIZE_MAX)),
   ];
   if (req.infos.includes(P.NBD_INFO_NAME)) replies.push(reply(option, P.NBD_REP_INFO, C.encodeInfoString(P.NBD_INFO_NAME, exp.name)));
@@ -114,7 +141,8 @@ export function handleOption(state: NegotiationState, exp: ExportDescriptor, opt
  */
 export function exportNameReply(state: NegotiationState, exp: ExportDescriptor, data: Buffer): Buffer | undefined {
   if (state.shuttingDown || data.length > P.MAX_STRING_BYTES) return undefined;
-  if (!matches(exp, data.toString('utf8'))) return undefined;
+  const name = data.toString('utf8');
+  if (!matches(exp, name)) return undefined;
   // Structured replies negotiated earlier in the session stay in force.
-  return C.encodeExportNameReply(exp.sizeBytes, transmissionFlags(exp, state.structuredReplies), state.noZeroes);
+  return C.encodeExportNameReply(advertisedBytes(exp, name), transmissionFlags(exp, state.structuredReplies), state.noZeroes);
 }
