@@ -123,7 +123,8 @@ export function controllerService(options: ControllerServiceOptions): CsiService
         const why = found && conflict(found, r, args);
         if (why) throw new StorageError(Code.ALREADY_EXISTS, `volume "${r.name}" already exists with ${why}: use another name`, { details: { volume: r.name } });
         const preferredNode = preferredNodeOf(r.accessibilityRequirements);
-        const requisite = found ? undefined : requisiteNodes(r.accessibilityRequirements, await volumes.nodes());
+        // The node list costs a store read: only a requisite topology needs it here.
+        const requisite = found || !r.accessibilityRequirements?.requisite?.length ? undefined : requisiteNodes(r.accessibilityRequirements, await volumes.nodes());
         // An existing volume (or one a crash left half-made) is completed and returned as it is.
         const view = await volumes.create(r.name, found?.sizeBytes ?? args.sizeBytes, {
           ...(found ? { replicas: found.replicasWanted } : args.replicas ? { replicas: args.replicas } : {}),
