@@ -10,7 +10,6 @@
  *   staging (state, path, device, attach method).
  */
 import test, { type ExecutionContext } from 'ava';
-import { execa, type ResultPromise } from 'execa';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -23,6 +22,7 @@ import { updateVolumeDoc } from '../../src/cluster/volume-doc.js';
 import { deviceNumber, findMount, listMounts } from '../../src/engine/mounter.js';
 import { csiClient, codeName, ok, type CsiMessage, type CsiTestClient } from '../helpers/csi-client.js';
 import { Daemon } from '../helpers/daemon.js';
+import { DdWriter } from '../helpers/dd-writer.js';
 import { combine, missingCommands, missingRoot, onlyWhere, requiring } from '../helpers/prereq.js';
 import { run } from '../helpers/run.js';
 
@@ -116,34 +116,6 @@ test.after.always(async () => {
   if (root) rmSync(root, { recursive: true, force: true });
 });
 
-/** What writer file f<i> holds: its own line repeated, 64 KiB. */
-function writerContent(i: number): Buffer {
-  const line = Buffer.from(`cairn writer file ${i}\n`);
-  return Buffer.concat(Array.from({ length: Math.ceil(65536 / line.length) }, () => line)).subarray(0, 65536);
-}
-
-/**
- * A writer process: dd writes f0, f1, ... (64 KiB each, O_DIRECT, fsync) into `dir` until
- * `stopFile` exists; any failed write ends it with that exit status.
- */
-function startWriter(dir: string, stopFile: string): ResultPromise {
-  const script = `i=0
-while [ ! -e "$2" ]; do
-  yes "cairn writer file $i" | head -c 65536 | dd of="$1/f$i" bs=64k count=1 iflag=fullblock oflag=direct conv=fsync status=none || exit 3
-  i=$((i+1))
-done
-echo "$i"`;
-  return execa('bash', ['-c', script, 'writer', dir, stopFile], { reject: false });
-}
-
-function countFiles(dir: string): number {
-  return readdirSync(dir).filter((f) => /^f\d+$/.test(f)).length;
-}
-
-async function until(check: () => boolean): Promise<void> {
-  while (!check()) await new Promise((r) => setTimeout(r, 50));
-}
-
 nodeTest('SIGTERM and restart with a dd writer running through the mount: no I/O error, every byte back, unstage leaves nothing', async (t) => {
   const d = await start();
   await create('rst-term', 64);
@@ -156,21 +128,16 @@ nodeTest('SIGTERM and restart with a dd writer running through the mount: no I/O
   writeFileSync(join(target, 'before'), before);
   await run('sync', []);
 
-  const stopFile = join(root, 'term-stop');
-  const writer = startWriter(target, stopFile);
-  await until(() => countFiles(target) >= 10 || writer.exitCode !== null);
+  const writer = DdWriter.start({ dir: target }, mkdtempSync(join(root, 'term-writer-')));
+  await writer.waitWritten(10);
   t.is(await restart('stop'), 0, 'cairnd stopped cleanly on SIGTERM');
-  const atRestart = countFiles(target);
+  const atRestart = writer.written();
   // The writer goes on through the restarted daemon (it would have ended with status 3 on an I/O error).
-  await until(() => countFiles(target) >= atRestart + 20 || writer.exitCode !== null);
-  writeFileSync(stopFile, '');
-  const result = await writer;
+  await writer.waitWritten(atRestart + 20);
+  const result = await writer.stop();
   t.is(result.exitCode, 0, `the writer saw no I/O error: ${result.stderr}`);
-  const written = Number(result.stdout);
-  t.true(written >= atRestart + 20, 'the writer went on after the restart');
-  for (let i = 0; i < written; i++) {
-    if (!readFileSync(join(target, `f${i}`)).equals(writerContent(i))) t.fail(`f${i} differs`);
-  }
+  t.true(result.written >= atRestart + 20, 'the writer went on after the restart');
+  t.deepEqual(await writer.mismatches(), [], 'every file the writer wrote reads back');
   t.is(sha(readFileSync(join(target, 'before'))), sha(before), 'the file written before the stop reads back');
   const fh = await open(join(target, 'after'), 'w');
   await fh.write(randomBytes(MiB));
