@@ -40,6 +40,11 @@ export interface VolumeEngineEntry {
    * exports, so that its out-of-sync replicas are rebuilt. An export anywhere fences it.
    */
   headless?: boolean;
+  /**
+   * The engine serves a read-only export (a read-only staging). With every publication
+   * read-only, other nodes may then serve the volume as readers (cluster/reader-share.ts).
+   */
+  readOnly?: boolean;
 }
 
 /** A node the volume is published to (CSI ControllerPublishVolume): that node may stage it and run its engine. */
@@ -155,6 +160,7 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
     engine = { nodeId: e.nodeId as NodeId, epoch: num('epoch', e), exported: e.exported, startedAt: e.startedAt };
     if (e.cleanStop === true) engine.cleanStop = true;
     if (e.headless === true) engine.headless = true;
+    if (e.readOnly === true) engine.readOnly = true;
   }
   let published: VolumePublication[] | undefined;
   if (v.published !== undefined) {
@@ -183,6 +189,7 @@ export function volumeDocToJson(doc: VolumeDoc): JsonValue {
       nodeId: doc.engine.nodeId, epoch: doc.engine.epoch, exported: doc.engine.exported, startedAt: doc.engine.startedAt,
       ...(doc.engine.cleanStop ? { cleanStop: true } : {}),
       ...(doc.engine.headless ? { headless: true } : {}),
+      ...(doc.engine.readOnly ? { readOnly: true } : {}),
     },
     replicas: doc.replicas.map((r) => ({
       id: r.id, nodeId: r.nodeId, state: r.state, since: r.since,

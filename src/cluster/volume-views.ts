@@ -123,6 +123,12 @@ export interface ExportOptions {
    */
   takeover?: boolean;
   force?: boolean;
+  /**
+   * Serve a read-only export (a read-only staging). While another node's read-only engine
+   * holds the volume and every publication is read-only, this node serves it as a reader
+   * (no epoch bump, nothing written to the document) instead of taking it.
+   */
+  readOnly?: boolean;
 }
 
 /**

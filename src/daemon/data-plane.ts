@@ -97,8 +97,8 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
     log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach'), reconnectS: Math.ceil(config.attachReconnectMs / 1000),
   });
   const exporter: VolumeExporter = {
-    export: async (volume, signal) => {
-      const { socketPath } = await volumes.export(volume, undefined, signal);
+    export: async (volume, signal, options) => {
+      const { socketPath } = await volumes.export(volume, { readOnly: options?.readOnly === true }, signal);
       // The staged record keeps the volume's id next to its name (the CSI volume id).
       const { id } = await volumes.get(volume, signal);
       return { socketPath, volumeId: id as VolumeId };

@@ -41,15 +41,15 @@ export class ExportManager {
     return join(this.socketDir, `${file}.sock`);
   }
 
-  /** Starts serving `device` as `name`. The manager takes ownership of the device. */
-  async start(name: string, device: BlockDevice): Promise<ExportInfo> {
+  /** Starts serving `device` as `name` (read-only: NBD_FLAG_READ_ONLY, writes refused). The manager takes ownership of the device. */
+  async start(name: string, device: BlockDevice, options: { readOnly?: boolean } = {}): Promise<ExportInfo> {
     const existing = this.exports.get(name);
     if (existing) {
       await device.close();
       return this.describe(name, existing);
     }
     const socketPath = this.socketPathFor(name);
-    const server = new NbdExportServer({ name, device, log: this.log.child({ volume: name }) });
+    const server = new NbdExportServer({ name, device, readOnly: options.readOnly === true, log: this.log.child({ volume: name }) });
     try {
       await server.listen(socketPath);
     } catch (err) {
@@ -58,7 +58,7 @@ export class ExportManager {
     }
     const entry = { server, device, socketPath };
     this.exports.set(name, entry);
-    this.log.info({ volume: name, socket: socketPath }, 'volume exported');
+    this.log.info({ volume: name, socket: socketPath, readOnly: options.readOnly === true }, 'volume exported');
     return this.describe(name, entry);
   }
 
