@@ -4,7 +4,7 @@
  * mounts, idempotent unmounts, mountinfo lookups, online growth and statfs usage.
  */
 import test from 'ava';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +14,7 @@ import {
   bindMount, blockDeviceBytes, detectContent, filesystemStats, findMount, growFilesystem, isMounted, makeFilesystem, mount, parseMountInfo, unmount,
 } from '../../src/engine/mounter.js';
 import { loopFsUnavailable, makeLoopDevice } from '../helpers/loop-fs.js';
-import { combine, missingCommands, onlyWhere, requiring } from '../helpers/prereq.js';
+import { combine, missingCommands, missingExt4OnlineResize, onlyWhere, requiring } from '../helpers/prereq.js';
 import { run } from '../helpers/run.js';
 
 const MiB = 1024 * 1024;
@@ -122,17 +122,10 @@ loopTest('a read-only bind mount refuses writes while its source stays writable'
   t.false(await isMounted(published));
 });
 
-/** ext4's online resize ioctl needs CAP_SYS_RESOURCE, which some containers drop. */
-function hasSysResource(): boolean {
-  const eff = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
-  const CAP_SYS_RESOURCE = 24n;
-  return eff !== undefined && ((BigInt(`0x${eff}`) >> CAP_SYS_RESOURCE) & 1n) === 1n;
-}
-
 for (const fsType of ['ext4', 'xfs'] as const) {
   // This sandbox drops CAP_SYS_RESOURCE by design (no install brings it back), like the host's missing
   // device-mapper: the ext4 case is not applicable here rather than a missing prerequisite.
-  const growTest = fsType === 'ext4' ? onlyWhere(hasSysResource(), 'the kernel refuses ext4 online resize without CAP_SYS_RESOURCE, which this sandbox drops', loopTest) : loopTest;
+  const growTest = fsType === 'ext4' ? onlyWhere(!missingExt4OnlineResize(), 'the kernel refuses ext4 online resize without CAP_SYS_RESOURCE, which this sandbox drops', loopTest) : loopTest;
   growTest(`${fsType} grows online to its device size`, async (t) => {
     const dir = tempDir(t);
     const loop = await makeLoopDevice(320 * MiB);
