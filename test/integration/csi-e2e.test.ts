@@ -8,6 +8,10 @@
  *    several sizes, fsynced) or the device node (dd), sha256s kept;
  * 2. NodeUnpublishVolume, NodeUnstageVolume, ControllerUnpublishVolume on A;
  * 3. the same attach on node B: every byte reads back (sha256);
+ * 4. ControllerExpandVolume, then NodeExpandVolume on B: df on the publish path (the device
+ *    node's size for block) shows the new size; block writes its new space. ext4 grows only
+ *    where cairnd has CAP_SYS_RESOURCE; without it the refusal (FAILED_PRECONDITION) is
+ *    checked and the step is reported as not applicable;
  * 5. ControllerModifyVolume to rf=3 and back to rf=2 while a dd writer (O_DIRECT, fsync)
  *    runs through B's mount or device: no write fails, every record reads back, and
  *    `cairnctl volume verify` finds the replicas equal;
@@ -23,11 +27,11 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VolumeMessage } from '../../src/cli/api-client.js';
 import { waitFor } from '../helpers/cluster.js';
-import { ok, type CsiMessage } from '../helpers/csi-client.js';
-import { CsiE2eCluster, KubeletPath, TOPOLOGY_NODE, deviceSha256, deviceWrite } from '../helpers/csi-e2e.js';
+import { codeName, ok, type CsiMessage } from '../helpers/csi-client.js';
+import { CsiE2eCluster, KubeletPath, TOPOLOGY_NODE, deviceSha256, deviceSizeBytes, deviceWrite, dfSizeBytes } from '../helpers/csi-e2e.js';
 import { DdWriter, RECORD_BYTES } from '../helpers/dd-writer.js';
 import { etcdMissingReason } from '../helpers/etcd.js';
-import { combine, missingCommands, missingRoot, onlyWhere, prerequisitesMet } from '../helpers/prereq.js';
+import { combine, missingCommands, missingExt4OnlineResize, missingRoot, onlyWhere, prerequisitesMet } from '../helpers/prereq.js';
 
 const MiB = 1024 * 1024;
 const A = 0;
@@ -38,15 +42,18 @@ interface Variant {
   /** Undefined: a raw block volume. */
   fsType?: 'ext4' | 'xfs';
   sizeBytes: number;
+  /** Whether NodeExpandVolume can grow the filesystem here (ext4 needs CAP_SYS_RESOURCE). */
+  growsOnNode: boolean;
 }
 
 const missing = combine(
   missingRoot('loop devices, FUSE and mounts'),
   existsSync('/dev/fuse') ? undefined : 'needs FUSE (/dev/fuse): modprobe fuse',
   await etcdMissingReason(),
-  await missingCommands('nbdfuse', 'nbdkit', 'losetup', 'mkfs.ext4', 'mkfs.xfs', 'dd', 'sha256sum', 'bash'),
+  await missingCommands('nbdfuse', 'nbdkit', 'losetup', 'mkfs.ext4', 'mkfs.xfs', 'resize2fs', 'xfs_growfs', 'blockdev', 'df', 'dd', 'sha256sum', 'bash'),
 );
 const hostAttach = !existsSync('/sys/module/nbd');
+const noExt4Resize = missingExt4OnlineResize();
 
 const TITLE = 'CSI end to end on etcd, three node daemons and a controller';
 
@@ -66,9 +73,11 @@ if (!hostAttach) {
     await e2e?.destroy(failed);
   });
 
-  test.serial('ext4 (64 MiB, rf 2): node A, node B, rf 3 and back under a writer, delete leaves nothing', (t) => kubeletFlow(t, e2e!, { name: 'ext4', fsType: 'ext4', sizeBytes: 64 * MiB }));
-  test.serial('xfs (320 MiB, rf 2): the same', (t) => kubeletFlow(t, e2e!, { name: 'xfs', fsType: 'xfs', sizeBytes: 320 * MiB }));
-  test.serial('raw block (64 MiB, rf 2): the same through the published device node', (t) => kubeletFlow(t, e2e!, { name: 'block', sizeBytes: 64 * MiB }));
+  test.serial(`ext4 (64 MiB, rf 2): node A, node B, ${noExt4Resize ? 'expansion refused (no CAP_SYS_RESOURCE)' : 'expanded online'}, rf 3 and back under a writer, delete leaves nothing`,
+    (t) => kubeletFlow(t, e2e!, { name: 'ext4', fsType: 'ext4', sizeBytes: 64 * MiB, growsOnNode: !noExt4Resize }));
+  onlyWhere(!noExt4Resize, `${noExt4Resize}; test/kernel/nbd-expand.test.ts grows ext4`, test.serial)('ext4: the online expansion step of the flow above', (t) => t.pass());
+  test.serial('xfs (320 MiB, rf 2): the same, expanded online', (t) => kubeletFlow(t, e2e!, { name: 'xfs', fsType: 'xfs', sizeBytes: 320 * MiB, growsOnNode: true }));
+  test.serial('raw block (64 MiB, rf 2): the same through the published device node, expanded online', (t) => kubeletFlow(t, e2e!, { name: 'block', sizeBytes: 64 * MiB, growsOnNode: true }));
 }
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -122,6 +131,9 @@ async function kubeletFlow(t: ExecutionContext, e2e: CsiE2eCluster, v: Variant):
     t.true(live.some((l) => kind.test(l)), `the leftovers check sees ${kind.source} of a live volume: ${live.join('; ')}`);
   }
 
+  // 4. The PVC is grown while the pod runs: external-resizer, then kubelet on B.
+  await expandOnline(t, e2e, path, v, written);
+
   // 5. A VolumeAttributesClass change to rf 3 and back, with a writer running through B's mount or device.
   const writer = v.fsType
     ? DdWriter.start({ dir: mkdirP(join(onB, 'writer')) })
@@ -153,6 +165,39 @@ async function kubeletFlow(t: ExecutionContext, e2e: CsiE2eCluster, v: Variant):
   await path.detach(B);
   ok(await ctrl.DeleteVolume!({ volumeId }));
   t.deepEqual(await e2e.leftovers(volumeId, [...replicaIds]), [], 'nothing is left of the volume');
+}
+
+/** ControllerExpandVolume by 64 MiB, then NodeExpandVolume on B: df (or the device node) shows the new size; a block volume's new space is written. */
+async function expandOnline(t: ExecutionContext, e2e: CsiE2eCluster, path: KubeletPath, v: Variant, written: Record<string, string>): Promise<void> {
+  const volumeId = path.volumeId;
+  const grownBytes = v.sizeBytes + 64 * MiB;
+  const target = path.targetPath(B);
+  const before = v.fsType ? await dfSizeBytes(target) : await deviceSizeBytes(target);
+  const expanded = ok(await e2e.controller.controller.ControllerExpandVolume!({ volumeId, capacityRange: { requiredBytes: String(grownBytes) }, volumeCapability: path.capability })) as CsiMessage;
+  t.is(Number(expanded.capacityBytes), grownBytes);
+  t.true(expanded.nodeExpansionRequired);
+  const request = { volumeId, volumePath: target, stagingTargetPath: path.stagingPath(B), capacityRange: { requiredBytes: String(grownBytes) }, volumeCapability: path.capability };
+  const node = e2e.nodes[B]!.node;
+  if (!v.growsOnNode) {
+    const refused = await node.NodeExpandVolume!(request, { timeoutMs: 60_000 });
+    t.is(codeName(refused), 'FAILED_PRECONDITION');
+    t.regex(refused.message ?? '', /CAP_SYS_RESOURCE/);
+    t.is(await dfSizeBytes(target), before, 'the filesystem is as it was');
+    return;
+  }
+  t.is(Number((ok(await node.NodeExpandVolume!(request, { timeoutMs: 60_000 })) as CsiMessage).capacityBytes), grownBytes);
+  if (v.fsType) {
+    const after = await dfSizeBytes(target);
+    t.true(after - before > 0.9 * (grownBytes - v.sizeBytes) && after <= grownBytes, `df: ${before} bytes before, ${after} after growing the volume to ${grownBytes}`);
+    return;
+  }
+  t.is(await deviceSizeBytes(target), grownBytes, 'the published device node has the new size');
+  const data = randomBytes(64 * 1024);
+  const file = join(e2e.root, `chunk-${v.name}-grown`);
+  writeFileSync(file, data);
+  await deviceWrite(target, v.sizeBytes, file);
+  written[`${v.sizeBytes}+${data.length}`] = sha(data);
+  t.is(await deviceSha256(target, v.sizeBytes, data.length), sha(data), 'the new space is written and read back');
 }
 
 function mkdirP(dir: string): string {
