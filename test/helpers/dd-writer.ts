@@ -19,7 +19,7 @@
  *   t.deepEqual(await w.mismatches(), []);
  */
 import { execa, type ResultPromise } from 'execa';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -53,18 +53,24 @@ while [ ! -e "$2/stop" ]; do
 done`;
 
 export class DdWriter {
-  private constructor(private readonly target: DdTarget, private readonly control: string, private readonly child: ResultPromise) {}
+  /** The count once stopped (the control dir may be gone). */
+  private final: number | undefined;
+  private stopped: Promise<DdWriterResult> | undefined;
 
-  /** Starts the writer; `controlDir` (default: a new one under /tmp) holds its stop and count files, off the volume. */
-  static start(target: DdTarget, controlDir = mkdtempSync('/tmp/cairn-ddw-')): DdWriter {
+  private constructor(private readonly target: DdTarget, private readonly control: string, private readonly ownsControl: boolean, private readonly child: ResultPromise) {}
+
+  /** Starts the writer; `controlDir` (default: a new one under /tmp, removed by stop) holds its stop and count files, off the volume. */
+  static start(target: DdTarget, controlDir?: string): DdWriter {
+    const control = controlDir ?? mkdtempSync('/tmp/cairn-ddw-');
     const args = 'dir' in target
-      ? ['-c', FILE_SCRIPT, 'writer', target.dir, controlDir]
-      : ['-c', DEVICE_SCRIPT, 'writer', target.device, controlDir, String(target.firstRecord), String(target.records)];
-    return new DdWriter(target, controlDir, execa('bash', args, { reject: false }));
+      ? ['-c', FILE_SCRIPT, 'writer', target.dir, control]
+      : ['-c', DEVICE_SCRIPT, 'writer', target.device, control, String(target.firstRecord), String(target.records)];
+    return new DdWriter(target, control, controlDir === undefined, execa('bash', args, { reject: false }));
   }
 
   /** Records acknowledged so far. */
   written(): number {
+    if (this.final !== undefined) return this.final;
     try {
       return Number(readFileSync(join(this.control, 'count'), 'utf8')) || 0;
     } catch {
@@ -82,11 +88,16 @@ export class DdWriter {
     }
   }
 
-  /** Tells the writer to stop after the record in hand and waits for it. */
-  async stop(): Promise<DdWriterResult> {
-    writeFileSync(join(this.control, 'stop'), '');
-    const r = await this.child;
-    return { exitCode: r.exitCode ?? undefined, written: this.written(), stderr: String(r.stderr) };
+  /** Tells the writer to stop after the record in hand and waits for it (again: the same result). */
+  stop(): Promise<DdWriterResult> {
+    this.stopped ??= (async () => {
+      writeFileSync(join(this.control, 'stop'), '');
+      const r = await this.child;
+      this.final = this.written();
+      if (this.ownsControl) rmSync(this.control, { recursive: true, force: true });
+      return { exitCode: r.exitCode ?? undefined, written: this.final, stderr: String(r.stderr) };
+    })();
+    return this.stopped;
   }
 
   /** The records that do not read back as written (after stop): "f3" or "slot 17 (record 145)". */

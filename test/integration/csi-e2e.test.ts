@@ -138,6 +138,7 @@ async function kubeletFlow(t: ExecutionContext, e2e: CsiE2eCluster, v: Variant):
   const writer = v.fsType
     ? DdWriter.start({ dir: mkdirP(join(onB, 'writer')) })
     : DdWriter.start({ device: onB, firstRecord: (16 * MiB) / RECORD_BYTES, records: 128 });
+  t.teardown(() => writer.stop()); // a failed step must not leave it running
   await writer.waitWritten(20);
   ok(await ctrl.ControllerModifyVolume!({ volumeId, mutableParameters: { replicas: '3' } }));
   const three = await waitFor(inspect, (vol) => vol.replicas.length === 3 && vol.replicas.every((r) => r.state === 'in-sync'), 'three in-sync replicas', 120_000);
