@@ -13,9 +13,19 @@
  *    restarted and the time to healthy is measured, against `cp --sparse=never` of a file
  *    of the same size on the same filesystem, then `sync` of the copy.
  * 3. Resync: the same, with only 1 % of the regions written while the node is down.
+ * 4. QD1 latency (issue 11): 4k random write at iodepth 1 on the same targets, fio's
+ *    completion-latency p50/p99.
+ * 5. CPU per remote replica (issue 11): from the 4k QD32 run (and the 1M run when it ran),
+ *    every cairnd's CPU per write split into the engine's node, the remote replicas' nodes
+ *    and idle nodes; what one remote replica adds over rf=1, engine side and replica side.
+ * The issue's goals are printed at the end, each met or MISSED, for the parts that ran.
+ *
+ * Parts (--parts, any of): fio (the throughput table for --workloads), latency (4), cpu (5;
+ * runs the 4k QD32 workload even without fio), rebuild (2 and 3). fio, latency and cpu
+ * share one set of filled volumes; e.g. `--quick --parts latency,cpu` is a cheap check.
  *
  *   npm run build && npm run bench:replication -- [--runtime 20] [--reps 3] [--quick]
- *       [--rf 1,2,3] [--workloads 4k-randwrite,1M-write] [--parts fio,rebuild]
+ *       [--rf 1,2,3] [--workloads 4k-randwrite,1M-write] [--parts fio,latency,cpu,rebuild]
  *       [--rebuild-mib 1024] [--rebuild-reps 1] [--resync-reps 3] [--resync-percent 1]
  *       [--peer-insecure] [--cpu-prof DIR] [--json OUT] [--h2-window BYTES]
  *
@@ -35,20 +45,25 @@ import { regionBytesFor } from '../src/cluster/volume-doc.js';
 import { Cluster } from '../test/helpers/cluster.js';
 import { etcdMissingReason } from '../test/helpers/etcd.js';
 import { checkBuild } from './lib/cairnd.js';
-import { runFio, type FioResult, type Workload } from './lib/fio.js';
+import { runFio, type Workload } from './lib/fio.js';
 import { loadAverage, machineFacts, median, printTable } from './lib/machine.js';
 import { ClusterProfiler, experimentHttp2Window, printProfiles } from './lib/profiling.js';
 import {
   cairndProcesses, copyToExport, describeSample, dirtyRegions, measureRecovery, syncAll, timeCp, waitHealthy, writeRandomFile,
   type BenchVolumeRef, type CpSample, type RecoveryContext, type RecoverySample,
 } from './lib/recovery.js';
+import {
+  fioGoals, goalLine, printCpuPerReplica, printLatency, type FioSample, type PerRemoteCpu, type ReplicatedTarget,
+} from './lib/replication-figures.js';
 import { cpuSeconds, startServer, stopServer, type ServerProcess } from './lib/servers.js';
-import { threadCpu, threadCpuDelta, type ThreadCpu } from './lib/thread-cpu.js';
+import { threadCpu, threadCpuDelta } from './lib/thread-cpu.js';
 
 const WORKLOADS: Workload[] = [
   { name: '4k-randwrite', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
   { name: '1M-write', rw: 'write', blockSize: '1M', iodepth: 8 },
 ];
+const LATENCY_WORKLOAD: Workload = { name: '4k-randwrite-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1 };
+const PARTS = ['fio', 'latency', 'cpu', 'rebuild'];
 const FIO_VOLUME_BYTES = 1 << 30;
 const GiB = 2 ** 30;
 /** cairnd flags over the harness's test defaults: the daemon's own replica timeout, so a busy 2-vCPU machine does not fault replicas. */
@@ -79,7 +94,7 @@ function options(): Options {
       quick: { type: 'boolean', default: false },
       rf: { type: 'string', default: env.BENCH_RF ?? '1,2,3' },
       workloads: { type: 'string', default: env.BENCH_WORKLOADS ?? WORKLOADS.map((w) => w.name).join(',') },
-      parts: { type: 'string', default: env.BENCH_PARTS ?? 'fio,rebuild' },
+      parts: { type: 'string', default: env.BENCH_PARTS ?? PARTS.join(',') },
       'rebuild-mib': { type: 'string', default: env.BENCH_REBUILD_MIB ?? '1024' },
       'rebuild-reps': { type: 'string', default: env.BENCH_REBUILD_REPS ?? '1' },
       'resync-reps': { type: 'string', default: env.BENCH_RESYNC_REPS ?? '3' },
@@ -99,10 +114,13 @@ function options(): Options {
   if (rfs.some((rf) => !Number.isInteger(rf) || rf > 3)) throw new Error(`--rf takes replica counts 1-3, got "${values.rf}"`);
   const workloads = WORKLOADS.filter((w) => values.workloads.split(',').includes(w.name));
   if (workloads.length === 0) throw new Error(`--workloads names none of ${WORKLOADS.map((w) => w.name).join(', ')}`);
+  const parts = values.parts.split(',');
+  const unknown = parts.filter((p) => !PARTS.includes(p));
+  if (unknown.length > 0) throw new Error(`--parts takes ${PARTS.join(', ')}; unknown: ${unknown.join(', ')}`);
   return {
     runtimeSec: values.quick ? 5 : positive('runtime', values.runtime),
     reps: values.quick ? 1 : positive('reps', values.reps),
-    rfs, workloads, parts: new Set(values.parts.split(',')),
+    rfs, workloads, parts: new Set(parts),
     rebuildBytes: positive('rebuild-mib', values['rebuild-mib']) * 2 ** 20,
     rebuildReps: values.quick ? 1 : positive('rebuild-reps', values['rebuild-reps']),
     resyncReps: values.quick ? 1 : positive('resync-reps', values['resync-reps']),
@@ -124,23 +142,13 @@ interface Bench {
 
 /* ------------------------------------------------------------------ throughput */
 
-interface FioSample extends FioResult {
-  /** CPU seconds of the server side: nbdkit, or every cairnd. */
-  serverCpuSec: number;
-  /** Of serverCpuSec, per cairnd node (node-0 is the engine's). */
-  cpuByNode: number[];
-  /** The same split into each process's main thread and its other threads (GC helpers, libuv pool). */
-  threadsByNode: ThreadCpu[];
-  load: number;
-  /** The volume was not healthy after the run (a replica was faulted): the figure is not an rf=N figure. */
-  degraded: boolean;
-}
-
 interface FioTarget {
   label: string;
   uri: string;
   rf?: number;
   volume?: string;
+  /** Node indexes of the replicas off node-0 (the engine's). */
+  remoteNodes?: number[];
   pids(): number[];
 }
 
@@ -200,11 +208,14 @@ async function throughputPart(b: Bench): Promise<void> {
       const name = `bench-rf${rf}`;
       const { uri, nodes } = await createExported(b, name, FIO_VOLUME_BYTES, rf, fill);
       console.log(`volume ${name}: replicas on ${nodes.join(', ')}; engine and export on ${cluster.nodeName(0)}`);
-      targets.push({ label: `cairn rf=${rf}`, uri, rf, volume: name, pids: () => cairndProcesses(cluster).map((p) => p.pid) });
+      const remoteNodes = Array.from({ length: cluster.size }, (_, i) => i).filter((i) => i !== 0 && nodes.includes(cluster.nodeName(i)));
+      // cpuByNode is indexed by node, so every daemon must be up for the CPU split to mean anything.
+      const pids = (): number[] => cairndProcesses(cluster).map((p) => p.pid);
+      targets.push({ label: `cairn rf=${rf}`, uri, rf, volume: name, remoteNodes, pids });
     }
     await syncAll();
     const results = new Map<string, Map<string, FioSample[]>>();
-    for (const w of opts.workloads) {
+    for (const w of fioWorkloads(opts)) {
       const byTarget = new Map<string, FioSample[]>(targets.map((t) => [t.label, []]));
       results.set(w.name, byTarget);
       for (let rep = 0; rep < opts.reps; rep++) {
@@ -216,7 +227,7 @@ async function throughputPart(b: Bench): Promise<void> {
         }
       }
     }
-    printThroughput(b, results, targets);
+    printFioFigures(b, results, targets);
     if (b.profiler) await profileThroughput(b, targets);
     b.json.throughput = Object.fromEntries([...results].map(([k, v]) => [k, Object.fromEntries(v)]));
   } finally {
@@ -225,6 +236,38 @@ async function throughputPart(b: Bench): Promise<void> {
     for (const rf of opts.rfs) await b.api.deleteVolume(`bench-rf${rf}`, true).catch(() => undefined);
     await rm(fill, { force: true });
   }
+}
+
+/** The workloads the chosen parts need: the throughput ones, 4k QD32 for the CPU figures, QD1 for latency. */
+function fioWorkloads(opts: Options): Workload[] {
+  const out = opts.parts.has('fio') ? [...opts.workloads] : [];
+  if (opts.parts.has('cpu') && !out.some((w) => w.name === '4k-randwrite')) out.push(WORKLOADS[0]!);
+  if (opts.parts.has('latency')) out.push(LATENCY_WORKLOAD);
+  return out;
+}
+
+function printFioFigures(b: Bench, results: Map<string, Map<string, FioSample[]>>, targets: FioTarget[]): void {
+  const throughput = new Map([...results].filter(([w]) => w !== LATENCY_WORKLOAD.name));
+  if (throughput.size > 0) printThroughput(b, throughput, targets);
+  const replicated: ReplicatedTarget[] = targets.filter((t) => t.rf).map((t) => ({ label: t.label, rf: t.rf!, remoteNodes: t.remoteNodes ?? [] }));
+  const qd1 = results.get(LATENCY_WORKLOAD.name);
+  const latency = qd1 ? printLatency(`QD1 4k random write latency: fio's completion latency, medians of ${b.opts.reps} x ${b.opts.runtimeSec} s`, qd1, (l) => targets.find((t) => t.label === l)?.rf) : [];
+  let cpu4k: PerRemoteCpu[] = [];
+  let cpu1M: PerRemoteCpu[] = [];
+  if (b.opts.parts.has('cpu')) {
+    const note = 'cairnd utime+stime per node during the run; idle nodes hold no replica of the volume; per remote: engine side = (engine node - rf=1 engine node) / remotes, replica side = remote nodes / remotes';
+    const four = results.get('4k-randwrite');
+    if (four) cpu4k = printCpuPerReplica(`CPU per 4k write at QD32, µs (${note})`, 'us-per-io', four, replicated);
+    const big = results.get('1M-write');
+    if (big) cpu1M = printCpuPerReplica(`CPU per GiB of 1M writes at QD8, s (${note})`, 's-per-GiB', big, replicated);
+  }
+  const iopsRatio = (workload: string, rf: number): number | undefined => {
+    const byTarget = results.get(workload);
+    const one = byTarget?.get('cairn rf=1');
+    const n = byTarget?.get(`cairn rf=${rf}`);
+    return one?.length && n?.length ? median(n.map((s) => s.iops)) / median(one.map((s) => s.iops)) : undefined;
+  };
+  b.goals.push(...fioGoals({ iopsRatio, cpu4k, cpu1M, latency }));
 }
 
 function printThroughput(b: Bench, results: Map<string, Map<string, FioSample[]>>, targets: FioTarget[]): void {
@@ -240,10 +283,6 @@ function printThroughput(b: Bench, results: Map<string, Map<string, FioSample[]>
       const degraded = samples.some((x) => x.degraded) ? ' (degraded run!)' : '';
       rows.push([workload, t.label + degraded, Math.round(s.iops).toString(), s.mbps.toFixed(0), s.cpuPerGiB.toFixed(2),
         t.rf && one ? (s.iops / one.iops).toFixed(2) : '', t.rf ? (s.iops / kit.iops).toFixed(2) : '', samples.map((x) => x.load.toFixed(1)).join('/')]);
-      if (workload === '4k-randwrite' && t.rf === 3 && one) {
-        const ratio = s.iops / one.iops;
-        b.goals.push(`4k random write, rf=3 / rf=1: ${ratio.toFixed(2)} (goal >= 0.6: ${ratio >= 0.6 ? 'met' : 'MISSED'})`);
-      }
     }
   }
   printTable(rows);
@@ -252,7 +291,7 @@ function printThroughput(b: Bench, results: Map<string, Map<string, FioSample[]>
 async function profileThroughput(b: Bench, targets: FioTarget[]): Promise<void> {
   const t = [...targets].reverse().find((x) => x.rf);
   if (!t) return;
-  for (const w of b.opts.workloads) {
+  for (const w of fioWorkloads(b.opts)) {
     const procs = cairndProcesses(b.cluster);
     b.profiler!.start(procs);
     const s = await measureFio(b, t, w);
@@ -349,9 +388,13 @@ function printRecovery(b: Bench, size: number, cp: CpSample[], full: RecoverySam
   printTable(rows, 1);
   console.log(`  reconnect (node ready .. the engine's 'replica rebuild starting'): full ${fmtMs(med(full, (s) => s.reconnectMs))}, resync ${fmtMs(med(resync, (s) => s.reconnectMs))}; node start-up (restart .. /readyz): ${fmtMs(med([...full, ...resync], (s) => s.startupMs))}`);
   if (fullCopyMbps) b.goals.push(`full rebuild / cp: ${(fullCopyMbps / cpMbps).toFixed(2)} on the engine's copy+verify time, ${(size / fullReady / 1e3 / cpMbps).toFixed(2)} from node ready to healthy (goal >= 0.8: ${fullCopyMbps / cpMbps >= 0.8 ? 'met' : 'MISSED'} on the copy time)`);
+  const rebuildCpu = med(full, (s) => s.cpuSec / ((s.copiedBytes ?? s.dirtyBytes) / GiB));
+  if (rebuildCpu !== undefined) b.goals.push(goalLine('full rebuild CPU, every cairnd, per GiB copied', `${rebuildCpu.toFixed(2)} s/GiB`, '<= 1.5', rebuildCpu <= 1.5));
   const share = (a: number | undefined, c: number | undefined): string => (a !== undefined && c ? `${((a / c) * 100).toFixed(1)}%` : '?');
+  const copyShare = rsCopyMs !== undefined && fullCopyMs ? rsCopyMs / fullCopyMs : undefined;
   b.goals.push(`resync of ${b.opts.resyncPercent}% / full rebuild: ${share(rsCopyMs, fullCopyMs)} on the engine's copy+verify time, ${share(rsAfterReconnect, fullAfterReconnect)} from reconnect to healthy, `
-    + `${share(rsReady, fullReady)} from node ready to healthy (reconnect delay included), ${share(rsTotal, fullTotal)} from restart to healthy (goal <= 3%)`);
+    + `${share(rsReady, fullReady)} from node ready to healthy (reconnect delay included), ${share(rsTotal, fullTotal)} from restart to healthy `
+    + `(goal <= 3%: ${copyShare === undefined ? '?' : copyShare <= 0.03 ? 'met' : 'MISSED'} on the copy time)`);
 }
 
 /* ------------------------------------------------------------------ main */
@@ -383,11 +426,11 @@ async function main(): Promise<void> {
   try {
     console.log(`cluster ${cluster.name}: 3 cairnd (pids ${cairndProcesses(cluster).map((p) => p.pid).join(', ')}), peers ${opts.insecure ? 'in plaintext' : 'with mutual TLS'}, `
       + `flags ${Object.entries(CLUSTER_FLAGS).map(([k, v]) => `${k} ${v}`).join(' ')} (and the harness's --node-ttl-ms 3000 --repair-wait-ms 600000), log level info`);
-    if (opts.parts.has('fio')) await throughputPart(b);
+    if (['fio', 'latency', 'cpu'].some((p) => opts.parts.has(p))) await throughputPart(b);
     if (opts.parts.has('rebuild')) await recoveryPart(b);
     console.log(`\nGoals (load average now ${loadAverage()}):`);
     for (const g of b.goals) console.log(`  ${g}`);
-    if (opts.json) await writeFile(opts.json, JSON.stringify(b.json, null, 2));
+    if (opts.json) await writeFile(opts.json, JSON.stringify({ ...b.json, goals: b.goals }, null, 2));
   } catch (err) {
     failed = true;
     throw err;

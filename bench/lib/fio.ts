@@ -16,6 +16,11 @@ export interface FioResult {
   runtimeSec: number;
   /** Client CPU seconds (fio's usr + sys over the run). */
   cpuSec: number;
+  /** Requests completed (reads + writes). */
+  ios: number;
+  /** fio's completion-latency percentiles (submission to completion) of the busier direction, in µs. */
+  clatP50Us: number;
+  clatP99Us: number;
 }
 
 export type FioTarget = { kind: 'nbd'; uri: string } | { kind: 'file'; path: string };
@@ -47,7 +52,16 @@ interface FioJobSide {
   iops: number;
   bw_bytes: number;
   io_bytes: number;
+  total_ios: number;
   runtime: number;
+  /** Keys as fio prints them, e.g. "50.000000"; absent when the side did no I/O. */
+  clat_ns?: { percentile?: Record<string, number> };
+}
+
+/** Percentile `key` of one side's completion latency in µs; NaN when fio did not report it. */
+function clatUs(side: FioJobSide, key: string): number {
+  const ns = side.clat_ns?.percentile?.[key];
+  return ns === undefined ? NaN : ns / 1000;
 }
 
 export function parseFioJson(text: string): FioResult {
@@ -55,11 +69,16 @@ export function parseFioJson(text: string): FioResult {
   const job = doc.jobs[0];
   if (!job) throw new Error('fio JSON has no job');
   const runtimeSec = job.job_runtime / 1000;
+  // The benchmarks' jobs only read or only write: take the percentiles of the side that did the I/O.
+  const busy = job.write.total_ios >= job.read.total_ios ? job.write : job.read;
   return {
     iops: job.read.iops + job.write.iops,
     bytesPerSec: job.read.bw_bytes + job.write.bw_bytes,
     ioBytes: job.read.io_bytes + job.write.io_bytes,
     runtimeSec,
     cpuSec: ((job.usr_cpu + job.sys_cpu) / 100) * runtimeSec,
+    ios: job.read.total_ios + job.write.total_ios,
+    clatP50Us: clatUs(busy, '50.000000'),
+    clatP99Us: clatUs(busy, '99.000000'),
   };
 }
