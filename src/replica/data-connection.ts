@@ -61,6 +61,8 @@ export class DataConnection {
   private hello: Buffer[] = [];
   private helloHave = 0;
   private parser: RequestParser | undefined;
+  /** Bytes that arrive while the hello is being admitted (after pause(), node may still deliver). */
+  private early: Buffer[] | undefined;
   private readonly pending = new Map<number, Pending>();
   private nextSeq = 1;
   private batch: IoRequest[] = [];
@@ -101,6 +103,10 @@ export class DataConnection {
 
   private onData(chunk: Buffer): void {
     if (this.closedFlag) return;
+    if (this.early) {
+      this.early.push(chunk);
+      return;
+    }
     try {
       if (this.parser) this.parser.feed(chunk);
       else this.onHelloBytes(chunk);
@@ -123,10 +129,11 @@ export class DataConnection {
     this.hello = [];
     this.helloHave = 0;
     this.socket.pause();
-    this.bind(hello, bytes.subarray(length)).catch((err: unknown) => this.close('socket-error', { err }));
+    this.early = length < bytes.length ? [bytes.subarray(length)] : [];
+    this.bind(hello).catch((err: unknown) => this.close('socket-error', { err }));
   }
 
-  private async bind(hello: Hello, rest: Buffer): Promise<void> {
+  private async bind(hello: Hello): Promise<void> {
     let replica: Replica;
     try {
       replica = await this.host.manager.open({ replicaId: hello.replicaId, volumeId: hello.volumeId });
@@ -147,7 +154,9 @@ export class DataConnection {
     }));
     this.host.log.info({ peer: this.peer, replica: replica.id, volumeId: replica.volumeId, epoch: hello.epoch }, 'replica data connection bound');
     this.parser = new RequestParser(this.host.pool, limits.maxPayloadBytes, (r) => this.onRequest(r));
-    if (rest.length > 0) this.onData(rest);
+    const early = this.early ?? [];
+    this.early = undefined;
+    for (const chunk of early) this.onData(chunk);
     if (!this.paused && !this.closedFlag) this.socket.resume();
   }
 

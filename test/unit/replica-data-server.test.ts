@@ -108,6 +108,19 @@ test('64 writes, then a flush, then 64 reads in flight: the bytes read back are 
   t.true((await device.read(writes[63]!.offset, writes[63]!.data.length)).equals(writes[63]!.data));
 });
 
+test('requests sent right behind the hello, before its reply, are served in order', async (t) => {
+  const s = await setup(t);
+  const c = await dialData(s.server.port, INSECURE);
+  t.teardown(() => c.socket.destroy());
+  const hello = c.handshake({ ...REF, epoch: 1 });
+  const write = c.write(0, pattern(4096, 6));
+  const flush = c.flush();
+  t.is((await hello).code, Code.OK);
+  t.is((await write).code, Code.OK);
+  t.is((await flush).code, Code.OK);
+  t.true((await c.read(0, 4096)).body.equals(pattern(4096, 6)));
+});
+
 test('a request past the end gets OUT_OF_RANGE and the connection keeps serving', async (t) => {
   const s = await setup(t);
   const c = await s.dial();
