@@ -126,6 +126,7 @@ export class DataConnection {
     const length = helloLength(bytes);
     if (bytes.length < length) return;
     const hello = decodeHello(bytes);
+    clearTimeout(this.timer);
     this.hello = [];
     this.helloHave = 0;
     this.socket.pause();
@@ -143,7 +144,6 @@ export class DataConnection {
       return this.refuse(hello, err);
     }
     if (this.closedFlag) return;
-    clearTimeout(this.timer);
     this.replica = replica;
     this.epoch = hello.epoch;
     this.host.bound(this);

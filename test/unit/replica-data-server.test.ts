@@ -6,6 +6,7 @@ import { BufferPool } from '../../src/common/buffer-pool.js';
 import { Code } from '../../src/common/errors.js';
 import type { Logger } from '../../src/common/log.js';
 import { DataOp, DataReason, encodeRequestHeader } from '../../src/replica/data-frames.js';
+import type { DataConnectionLimits } from '../../src/replica/data-connection.js';
 import { startReplicaDataServer, type ReplicaDataServer } from '../../src/replica/data-server.js';
 import type { PeerTlsConfig } from '../../src/rpc/tls.js';
 import { dialData, type DataClient } from '../helpers/data-client.js';
@@ -56,13 +57,13 @@ interface Setup {
   dial(epoch?: number, ref?: typeof REF, tls?: PeerTlsConfig): Promise<DataClient>;
 }
 
-async function setup(t: ExecutionContext, tls: PeerTlsConfig = INSECURE): Promise<Setup> {
+async function setup(t: ExecutionContext, tls: PeerTlsConfig = INSECURE, limits?: Partial<DataConnectionLimits>): Promise<Setup> {
   const fx = await replicaFixture();
   await fx.manager.create(REF, SIZE, 1, true);
   await fx.manager.create(OTHER, SIZE, 1, true);
   const logs = captureLog();
   const pool = new BufferPool();
-  const server = await startReplicaDataServer({ host: '127.0.0.1', port: 0, manager: fx.manager, tls, log: logs.log, pool });
+  const server = await startReplicaDataServer({ host: '127.0.0.1', port: 0, manager: fx.manager, tls, log: logs.log, pool, limits });
   t.teardown(async () => {
     await server.close();
     await fx.cleanup();
@@ -119,6 +120,27 @@ test('requests sent right behind the hello, before its reply, are served in orde
   t.is((await write).code, Code.OK);
   t.is((await flush).code, Code.OK);
   t.true((await c.read(0, 4096)).body.equals(pattern(4096, 6)));
+});
+
+test('with room for only 4 requests in flight, 64 pipelined writes still all complete (the server stops reading, then resumes)', async (t) => {
+  const s = await setup(t, INSECURE, { maxInflightRequests: 4, maxInflightBytes: 64 << 10 });
+  const c = await s.dial();
+  t.is(c.hello!.maxInflightRequests, 4);
+  const writes = Array.from({ length: 64 }, (_, i) => ({ offset: i * 65536, data: pattern(65536, i + 100) }));
+  const acks = await Promise.all(writes.map((w) => c.write(w.offset, w.data)));
+  t.true(acks.every((a) => a.code === Code.OK));
+  const reads = await Promise.all(writes.map((w) => c.read(w.offset, w.data.length)));
+  reads.forEach((r, i) => t.true(r.body.equals(writes[i]!.data), `request ${i}`));
+});
+
+test('a hello that never completes is closed at the handshake timeout', async (t) => {
+  // Long enough for the good connection's hello to arrive on loopback, however loaded.
+  const s = await setup(t, INSECURE, { handshakeTimeoutMs: 1000 });
+  const c = await dialData(s.server.port, INSECURE);
+  c.raw(Buffer.from('CAIRNDC1', 'latin1'));
+  await c.closed;
+  await s.logs.waitFor((l) => l.reason === 'handshake-timeout');
+  t.true(await roundTrip(await s.dial(), 0, pattern(4096, 8)));
 });
 
 test('a request past the end gets OUT_OF_RANGE and the connection keeps serving', async (t) => {
