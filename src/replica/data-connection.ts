@@ -71,6 +71,8 @@ export class DataConnection {
   private paused = false;
   private corked = false;
   private closedFlag = false;
+  /** Fenced: the last replies are on their way, nothing more is read or written. */
+  private ending = false;
   private readonly timer: NodeJS.Timeout;
   private readonly sink = (r: IoResult): void => this.onResult(r);
 
@@ -200,7 +202,7 @@ export class DataConnection {
     const p = this.pending.get(r.seq)!;
     this.pending.delete(r.seq);
     this.inflightBytes -= p.bytes;
-    if (this.closedFlag) return this.host.pool.give(p.owned);
+    if (this.closedFlag || this.ending) return this.host.pool.give(p.owned);
     this.cork();
     if (r.error) {
       const message = Buffer.from(r.error.message, 'utf8').subarray(0, MAX_MESSAGE_BYTES);
@@ -223,7 +225,8 @@ export class DataConnection {
   }
 
   private endFenced(): void {
-    if (this.closedFlag) return;
+    if (this.closedFlag || this.ending) return;
+    this.ending = true;
     this.socket.pause();
     this.socket.removeAllListeners('data');
     this.socket.end(() => this.close('stale-epoch', { newestEpoch: this.replica?.epoch }));

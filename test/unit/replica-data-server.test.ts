@@ -190,10 +190,15 @@ test('an epoch raised elsewhere (the gRPC path) fences the connection at its nex
   const s = await setup(t);
   const c = await s.dial(1);
   (await s.fx.manager.open(REF)).admitEpoch(5);
-  const r = await c.write(0, Buffer.alloc(4096, 0xaa));
-  t.is(r.code, Code.FAILED_PRECONDITION);
-  t.is(r.reason, DataReason.STALE_EPOCH);
+  // Several requests in one batch: the first refusal ends the connection, cleanly.
+  const replies = [c.write(0, Buffer.alloc(4096, 0xaa)), c.write(8192, Buffer.alloc(4096, 0xaa)), c.flush()].map((p) => p.catch(() => undefined));
+  const first = await replies[0];
+  t.is(first?.code, Code.FAILED_PRECONDITION);
+  t.is(first?.reason, DataReason.STALE_EPOCH);
   await c.closed;
+  await Promise.all(replies);
+  const line = await s.logs.waitFor((l) => l.msg === 'replica data connection closed' && l.epoch === 1);
+  t.is(line.reason, 'stale-epoch');
   t.true((await (await s.dial(5)).read(0, 4096)).body.equals(Buffer.alloc(4096)));
 });
 
