@@ -15,7 +15,7 @@ import type { BufferPool } from '../common/buffer-pool.js';
 import { Code, StorageError, isStaleEpoch } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import {
-  DataOp, DataReason, FLAG_FUA, HELLO_BYTES, MAX_MESSAGE_BYTES, REPLY_HEADER_BYTES, decodeHello, encodeHelloReply, encodeReplyHeader, helloLength,
+  DataOp, DataReason, FLAG_FUA, FLAG_MAY_TRIM, HELLO_BYTES, MAX_MESSAGE_BYTES, REPLY_HEADER_BYTES, decodeHello, encodeHelloReply, encodeReplyHeader, helloLength,
   isMalformedFrame, type Hello,
 } from './data-frames.js';
 import { RequestParser, type ParsedRequest } from './data-request-parser.js';
@@ -181,6 +181,12 @@ export class DataConnection {
     else if (h.op === DataOp.READ) {
       this.host.pool.take(h.lengthBytes, p.views, p.owned);
       request = { seq, op: 'read', offset: h.offset, lengthBytes: h.lengthBytes, targets: p.views };
+    } else if (h.op === DataOp.TRIM) {
+      p.bytes = 0;
+      request = { seq, op: 'trim', offset: h.offset, lengthBytes: h.lengthBytes };
+    } else if (h.op === DataOp.WRITE_ZEROES) {
+      p.bytes = 0;
+      request = { seq, op: 'write-zeroes', offset: h.offset, lengthBytes: h.lengthBytes, mayTrim: (h.flags & FLAG_MAY_TRIM) !== 0 };
     } else request = { seq, op: 'flush', offset: 0, lengthBytes: 0 };
     const limits = this.host.limits;
     if (this.batch.length >= limits.maxBatchRequests || this.batchBytes + p.bytes > limits.maxBatchBytes) this.submitBatch();

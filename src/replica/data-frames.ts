@@ -31,10 +31,18 @@ export enum DataOp {
   WRITE = 1,
   READ = 2,
   FLUSH = 3,
+  /** Deallocate a range (no payload); reads of it return zeros afterwards. */
+  TRIM = 4,
+  /** Make a range read as zeros (no payload); with FLAG_MAY_TRIM the replica may deallocate it. */
+  WRITE_ZEROES = 5,
 }
 
-/** Request flags. FUA is valid on WRITE only. */
+/** Request flags. FUA is valid on WRITE only, MAY_TRIM on WRITE_ZEROES only. */
 export const FLAG_FUA = 1;
+export const FLAG_MAY_TRIM = 2;
+
+/** The longest range one TRIM or WRITE_ZEROES may name (they carry no payload): the u32 length field. */
+export const MAX_RANGE_BYTES = 0xffff_f000;
 
 /** Why a request or a hello was refused, beyond its code (decide on it, never on text). */
 export enum DataReason {
@@ -188,13 +196,15 @@ export function decodeRequestHeader(b: Buffer, at: number, maxPayloadBytes: numb
   const magic = b.readUInt32LE(at);
   if (magic !== REQUEST_MAGIC) throw malformed('magic', `request magic 0x${magic.toString(16)}`);
   const op = b.readUInt8(at + 4);
-  if (op !== DataOp.WRITE && op !== DataOp.READ && op !== DataOp.FLUSH) throw malformed('op', `unknown op ${op}`);
+  if (op < DataOp.WRITE || op > DataOp.WRITE_ZEROES) throw malformed('op', `unknown op ${op}`);
   const flags = b.readUInt8(at + 5);
-  if ((flags & ~FLAG_FUA) !== 0 || (flags !== 0 && op !== DataOp.WRITE)) throw malformed('flags', `flags 0x${flags.toString(16)} on op ${op}`);
+  const allowed = op === DataOp.WRITE ? FLAG_FUA : op === DataOp.WRITE_ZEROES ? FLAG_MAY_TRIM : 0;
+  if ((flags & ~allowed) !== 0) throw malformed('flags', `flags 0x${flags.toString(16)} on op ${op}`);
   checkZero(b.readUInt16LE(at + 6), 'reserved');
   const lengthBytes = b.readUInt32LE(at + 8);
-  if (op === DataOp.FLUSH ? lengthBytes !== 0 : lengthBytes === 0 || lengthBytes > maxPayloadBytes) {
-    throw malformed('length', `length ${lengthBytes} on op ${op} (1 to ${maxPayloadBytes} for reads and writes, 0 for flush)`);
+  const maxLength = op === DataOp.TRIM || op === DataOp.WRITE_ZEROES ? MAX_RANGE_BYTES : maxPayloadBytes;
+  if (op === DataOp.FLUSH ? lengthBytes !== 0 : lengthBytes === 0 || lengthBytes > maxLength) {
+    throw malformed('length', `length ${lengthBytes} on op ${op} (1 to ${maxLength} for this op, 0 for flush)`);
   }
   checkZero(b.readUInt32LE(at + 12), 'reserved2');
   const id = readU64(b, at + 16, 'id');

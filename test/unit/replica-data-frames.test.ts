@@ -2,7 +2,7 @@ import test from 'ava';
 import { BufferPool } from '../../src/common/buffer-pool.js';
 import { Code } from '../../src/common/errors.js';
 import {
-  DataOp, DataReason, FLAG_FUA, HELLO_BYTES, MALFORMED_FRAME, REQUEST_HEADER_BYTES, decodeHello, decodeHelloReply, decodeReplyHeader,
+  DataOp, DataReason, FLAG_FUA, FLAG_MAY_TRIM, MAX_RANGE_BYTES, HELLO_BYTES, MALFORMED_FRAME, REQUEST_HEADER_BYTES, decodeHello, decodeHelloReply, decodeReplyHeader,
   decodeRequestHeader, encodeHello, encodeHelloReply, encodeReplyHeader, encodeRequestHeader, helloLength, type RequestHeader,
 } from '../../src/replica/data-frames.js';
 import { RequestParser, type ParsedRequest } from '../../src/replica/data-request-parser.js';
@@ -31,6 +31,8 @@ test('hello, hello reply, request and reply headers round-trip, 53-bit fields in
     { op: DataOp.WRITE, flags: FLAG_FUA, lengthBytes: MAX, id: BIG, offset: 2 ** 40 },
     { op: DataOp.READ, flags: 0, lengthBytes: 1, id: 0, offset: 0 },
     { op: DataOp.FLUSH, flags: 0, lengthBytes: 0, id: 3, offset: 0 },
+    { op: DataOp.TRIM, flags: 0, lengthBytes: MAX_RANGE_BYTES, id: 4, offset: 2 ** 33 },
+    { op: DataOp.WRITE_ZEROES, flags: FLAG_MAY_TRIM, lengthBytes: MAX + 1, id: 5, offset: 4096 },
   ] as RequestHeader[]) t.deepEqual(decodeRequestHeader(encodeRequestHeader(req), 0, MAX), req);
   const rh = { id: BIG, code: Code.OUT_OF_RANGE, reason: DataReason.NONE, lengthBytes: 12 };
   t.deepEqual(decodeReplyHeader(encodeReplyHeader(rh), 0), rh);
@@ -50,6 +52,10 @@ test('every malformed request header field is refused, naming the field', (t) =>
     ['op', badRequest((b) => b.writeUInt8(9, 4))],
     ['flags', badRequest((b) => b.writeUInt8(2, 5))],
     ['flags', badRequest((b) => b.writeUInt8(FLAG_FUA, 5), DataOp.READ)],
+    ['flags', badRequest((b) => b.writeUInt8(FLAG_MAY_TRIM, 5), DataOp.TRIM)],
+    ['flags', badRequest((b) => b.writeUInt8(FLAG_FUA, 5), DataOp.WRITE_ZEROES)],
+    ['length', badRequest((b) => b.writeUInt32LE(0, 8), DataOp.WRITE_ZEROES)],
+    ['length', badRequest((b) => b.writeUInt32LE(0xffffffff, 8), DataOp.TRIM)],
     ['reserved', badRequest((b) => b.writeUInt16LE(1, 6))],
     ['length', badRequest((b) => b.writeUInt32LE(0, 8))],
     ['length', badRequest((b) => b.writeUInt32LE(MAX + 1, 8))],
