@@ -38,6 +38,7 @@ export function localControl(manager: ReplicaManager): ReplicaControl {
     deleteReplica: (ref, epoch) => manager.delete(ref, epoch),
     getReplicaStatus: (ref) => manager.status(ref),
     checksumRange: (ref, epoch, offset, lengthBytes, regionBytes) => manager.checksumRange(ref, epoch, offset, lengthBytes, regionBytes),
+    allocatedRanges: (ref, epoch, offset, lengthBytes, maxExtents) => manager.allocatedRanges(ref, epoch, offset, lengthBytes, maxExtents),
     startRebuild: (ref, epoch, totalBytes, restart = false) => manager.startRebuild(ref, epoch, totalBytes, restart),
     updateRebuildProgress: (ref, epoch, progress) => manager.updateRebuildProgress(ref, epoch, progress),
     finishRebuild: (ref, epoch) => manager.finishRebuild(ref, epoch),

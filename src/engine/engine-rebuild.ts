@@ -124,7 +124,7 @@ export class Rebuilder {
       deps.maps.delete(m);
       this.members.refresh();
       const bytesPerSecond = result.durationMs > 0 ? Math.round(result.copiedBytes / (result.durationMs / 1000)) : 0;
-      ctx.log.info({ replica: m.id, node: m.entry.nodeId, copiedBytes: result.copiedBytes, zeroedBytes: result.zeroedBytes, bytesPerSecond, durationMs: result.durationMs },
+      ctx.log.info({ replica: m.id, node: m.entry.nodeId, doneBytes: result.doneBytes, copiedBytes: result.copiedBytes, zeroedBytes: result.zeroedBytes, discardedBytes: result.discardedBytes, bytesPerSecond, durationMs: result.durationMs },
         'replica rebuilt; it rejoined the in-sync set');
     } catch (err) {
       run.copying = false;

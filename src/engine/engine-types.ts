@@ -5,6 +5,7 @@
  * The daemon wires real implementations; unit tests may fake them.
  */
 import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
+import type { AllocatedRanges } from '../pool/backend.js';
 import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from '../replica/replica-manager.js';
 import type { RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
 
@@ -65,6 +66,12 @@ export interface ReplicaControl {
   deleteReplica(ref: ReplicaRefInput, epoch: number): Promise<void>;
   getReplicaStatus(ref: ReplicaRefInput): Promise<ReplicaStatusView>;
   checksumRange(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, regionBytes: number): Promise<ChecksumRangeResult>;
+  /**
+   * The bytes of [offset, offset + lengthBytes) that hold data (the rest reads as zeros), at
+   * most `maxExtents` extents; continue from `endOffset` when it falls short. UNIMPLEMENTED
+   * from a peer that predates the call: treat everything as allocated.
+   */
+  allocatedRanges(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, maxExtents?: number): Promise<AllocatedRanges>;
   startRebuild(ref: ReplicaRefInput, epoch: number, totalBytes: number, restart?: boolean): Promise<ReplicaStatusView>;
   updateRebuildProgress(ref: ReplicaRefInput, epoch: number, progress: RebuildProgressRecord): Promise<ReplicaStatusView>;
   finishRebuild(ref: ReplicaRefInput, epoch: number): Promise<ReplicaStatusView>;

@@ -8,10 +8,20 @@
  * Order of the steps and why:
  * 1. StartRebuild on the target (keeps its recorded progress: the map already says what
  *    an earlier attempt copied, so a resumed rebuild copies only what is still set).
- * 2. Copy every set region, `concurrency` at a time, each under an exclusive region lock,
- *    throttled by a token bucket. Regions that read as zeros go as write-zeroes so the
- *    target stays thin. Regions are read and written in chunks of at most 4 MiB so
- *    memory stays bounded (concurrency × 4 MiB) even with 64 MiB regions.
+ * 2. Copy every set region, `concurrency` runs at a time. A run is consecutive set
+ *    regions, up to 64 MiB (less under a rate limit), each region under an exclusive
+ *    region lock. Under those locks the source says which bytes of the run it holds data in
+ *    (AllocatedRanges; rebuild-extents.ts): only those are read and written, in chunks of
+ *    at most 4 MiB, so memory stays bounded (concurrency × 4 MiB); a chunk that reads as
+ *    zeros goes as write-zeroes. Everything else goes as write-zeroes that may trim
+ *    (discards on the target), one request per hole however many regions it spans, so
+ *    the target stays thin where the source is and loses any stale data there. A source
+ *    that does not know the call (UNIMPLEMENTED) has every byte copied. Each region's lock
+ *    is released as soon as the copy is past it.
+ *    The token bucket is charged after each run, outside the locks, with the bytes copied
+ *    plus 1/64 of the bytes discarded (a discard moves no data, but is not free on the
+ *    target); it may go into debt, which the worker waits out before its next run, so the
+ *    long-run rate is the configured one and live I/O never waits on the rate limit.
  * 3. About once a second (and at the end): flush the target, then clear the bits of the
  *    regions written before that flush, persist the map, and record progress on the
  *    target. A bit is never cleared before the target made its region durable.
@@ -30,6 +40,7 @@ import type { Logger } from '../common/log.js';
 import { MAX_CHECKPOINT_BYTES, type ReplicaRefInput } from '../replica/replica-manager.js';
 import type { ReplicaControl, ReplicaIo, VolumeReplicaEntry } from './engine-types.js';
 import type { RegionLocks, RegionMap } from './region-map.js';
+import { SourceExtents } from './rebuild-extents.js';
 import { TokenBucket, systemClock } from './token-bucket.js';
 
 export interface RebuildProgress { doneBytes: number; totalBytes: number; bytesPerSecond: number }
@@ -54,6 +65,8 @@ export interface RebuildContext {
   rateBytesPerSec: number;
   /** Regions copied at once, default 4. */
   concurrency?: number;
+  /** The most bytes one copy run spans, default RUN_MAX_BYTES (at least one region is copied at a time). */
+  runMaxBytes?: number;
   signal: AbortSignal;
   /** The engine's logger, with volume, volumeId and epoch bound; the rebuild adds replica and source. */
   log: Logger;
@@ -62,10 +75,14 @@ export interface RebuildContext {
 }
 
 export interface RebuildResult {
-  /** Bytes of the regions copied (data and zeros, every round). */
+  /** Bytes of the regions brought up to date, every round: copied plus discarded. */
+  doneBytes: number;
+  /** Bytes read from the source and sent to the target (its data, every round). */
   copiedBytes: number;
-  /** Of `copiedBytes`, those sent as write-zeroes. */
+  /** Of `copiedBytes`, those that read as zeros and went as write-zeroes. */
   zeroedBytes: number;
+  /** Bytes the source holds no data in: discarded on the target, never read. */
+  discardedBytes: number;
   /** Regions whose checksums agreed between source and target. */
   regionsVerified: number;
   durationMs: number;
@@ -76,6 +93,10 @@ export const DEFAULT_REBUILD_CONCURRENCY = 4;
 export const CHECKPOINT_INTERVAL_MS = 1000;
 export const VERIFY_RUN_REGIONS = 64;
 export const COPY_CHUNK_BYTES = 4 << 20;
+/** The most bytes one copy run spans (one AllocatedRanges question, one lock acquisition pass). */
+export const RUN_MAX_BYTES = 64 << 20;
+/** A discard charges the rate limit this fraction of its bytes. */
+export const DISCARD_COST_DIVISOR = 64;
 const LOG_INTERVAL_MS = 10_000;
 
 let zeros = Buffer.alloc(0);
@@ -101,10 +122,15 @@ class RebuildRun {
   private readonly concurrency: number;
   private readonly log: Logger;
   private readonly startedAt = systemClock.now();
+  private readonly extents: SourceExtents;
+  /** A run spans at most this many bytes (at least one region). */
+  private readonly runMaxBytes: number;
   private totalBytes = 0;
-  /** Bytes of regions copied in this run (progress). */
+  /** Bytes of regions copied or discarded in this run (progress). */
+  private doneBytes = 0;
   private copiedBytes = 0;
   private zeroedBytes = 0;
+  private discardedBytes = 0;
   /** Bytes of regions whose bits were cleared after a flush. */
   private durableBytes = 0;
   private regionsVerified = 0;
@@ -125,6 +151,13 @@ class RebuildRun {
     this.concurrency = Math.max(1, Math.floor(ctx.concurrency ?? DEFAULT_REBUILD_CONCURRENCY));
     this.bucket = new TokenBucket(ctx.rateBytesPerSec, ctx.regionBytes);
     this.log = ctx.log.child({ replica: ctx.target.id, source: ctx.source.replicaId });
+    this.extents = new SourceExtents(ctx.sourceControl, this.sourceRef, ctx.epoch,
+      (err) => this.log.warn({ err }, 'replica rebuild source cannot list its allocated ranges (an older node); copying every byte'));
+    // Under a rate limit, a run is about a quarter second of the workers' share of it, so
+    // the first runs do not burst far past the rate before the bucket is charged.
+    const most = ctx.runMaxBytes ?? RUN_MAX_BYTES;
+    const limited = ctx.rateBytesPerSec > 0 ? Math.floor(ctx.rateBytesPerSec / this.concurrency / 4) : most;
+    this.runMaxBytes = Math.max(ctx.regionBytes, Math.min(most, limited));
     if (ctx.map.regionBytes !== ctx.regionBytes || ctx.map.sizeBytes !== ctx.sizeBytes) {
       throw new StorageError(Code.INVALID_ARGUMENT,
         `the region map (${ctx.map.sizeBytes} bytes in regions of ${ctx.map.regionBytes}) does not match the volume (${ctx.sizeBytes} bytes in regions of ${ctx.regionBytes})`);
@@ -153,7 +186,8 @@ class RebuildRun {
     }
     await ctx.targetControl.finishRebuild(this.ref, ctx.epoch);
     const result: RebuildResult = {
-      copiedBytes: this.copiedBytes, zeroedBytes: this.zeroedBytes, regionsVerified: this.regionsVerified, durationMs: Math.round(systemClock.now() - this.startedAt),
+      doneBytes: this.doneBytes, copiedBytes: this.copiedBytes, zeroedBytes: this.zeroedBytes, discardedBytes: this.discardedBytes,
+      regionsVerified: this.regionsVerified, durationMs: Math.round(systemClock.now() - this.startedAt),
     };
     this.log.info({ ...result, totalBytes: this.totalBytes }, 'replica rebuild finished');
     return result;
@@ -164,23 +198,39 @@ class RebuildRun {
     const { map, signal } = this.ctx;
     const copied: number[] = [];
     let cursor = 0;
-    const next = (): number => {
-      if (this.failed || signal.aborted) return -1;
-      const r = map.nextSet(cursor);
-      if (r >= 0) cursor = r + 1;
-      return r;
+    const next = (): [number, number] | undefined => {
+      if (this.failed || signal.aborted) return undefined;
+      const first = map.nextSet(cursor);
+      if (first < 0) return undefined;
+      let count = 1;
+      let bytes = map.regionLength(first);
+      while (first + count < map.regionCount && map.has(first + count) && bytes + map.regionLength(first + count) <= this.runMaxBytes) {
+        bytes += map.regionLength(first + count);
+        count++;
+      }
+      cursor = first + count;
+      return [first, count];
     };
     const worker = async (): Promise<void> => {
-      for (let r = next(); r >= 0; r = next()) {
+      for (let run = next(); run; run = next()) {
+        let charge: number;
         try {
-          await this.copyRegion(r);
+          charge = await this.copyRun(run[0], run[1]);
         } catch (err) {
           if (!(signal.aborted && isStorageError(err, Code.CANCELLED))) this.fail(err);
           return;
         }
-        copied.push(r);
-        this.unflushed.push(r);
+        for (let r = run[0]; r < run[0] + run[1]; r++) {
+          copied.push(r);
+          this.unflushed.push(r);
+        }
         this.afterRegion();
+        try {
+          await this.bucket.take(charge, signal);
+        } catch (err) {
+          if (!(signal.aborted && isStorageError(err, Code.CANCELLED))) this.fail(err);
+          return;
+        }
       }
     };
     await Promise.all(Array.from({ length: this.concurrency }, worker));
@@ -196,30 +246,65 @@ class RebuildRun {
     return copied.sort((a, b) => a - b);
   }
 
-  private async copyRegion(r: number): Promise<void> {
-    const { map, locks, source, targetIo, signal } = this.ctx;
-    const offset = map.regionOffset(r);
-    const length = map.regionLength(r);
-    await this.bucket.take(length, signal);
-    const release = await locks.exclusive(r, 1);
+  /**
+   * Copies regions [first, first + count): takes their locks, asks the source where its
+   * data is, copies that and discards the rest. Returns what to charge the rate limit.
+   */
+  private async copyRun(first: number, count: number): Promise<number> {
+    const { map, locks } = this.ctx;
+    const start = map.regionOffset(first);
+    const end = map.regionOffset(first + count - 1) + map.regionLength(first + count - 1);
+    const releases: Array<() => void> = [];
+    let released = 0;
+    /** Releases the locks of the run's regions that end at or before `byte`. */
+    const releaseBefore = (byte: number): void => {
+      while (released < releases.length && map.regionOffset(first + released) + map.regionLength(first + released) <= byte) releases[released++]!();
+    };
     try {
-      for (let at = 0; at < length; at += COPY_CHUNK_BYTES) {
-        const chunk = Math.min(COPY_CHUNK_BYTES, length - at);
-        const data = await source.read(offset + at, chunk);
-        if (data.length !== chunk) {
-          throw new StorageError(Code.INTERNAL, `source replica ${source.replicaId} returned ${data.length} bytes for a read of ${chunk} at ${offset + at}`);
-        }
-        if (isZero(data)) {
-          await targetIo.writeZeroes(offset + at, chunk, true);
-          this.zeroedBytes += chunk;
-        } else {
-          await targetIo.write(offset + at, data, false);
-        }
+      for (let r = first; r < first + count; r++) releases.push(await locks.exclusive(r, 1));
+      let charge = 0;
+      let at = start;
+      for (const e of await this.extents.of(start, end - start)) {
+        if (e.offset > at) charge += await this.discard(at, e.offset - at);
+        releaseBefore(e.offset);
+        charge += await this.copyData(e.offset, e.offset + e.lengthBytes, releaseBefore);
+        at = e.offset + e.lengthBytes;
       }
+      if (end > at) charge += await this.discard(at, end - at);
+      this.doneBytes += end - start;
+      return charge;
     } finally {
-      release();
+      while (released < releases.length) releases[released++]!();
     }
-    this.copiedBytes += length;
+  }
+
+  /** Reads [offset, end) from the source and writes it to the target in chunks; returns the bytes moved. */
+  private async copyData(offset: number, end: number, releaseBefore: (byte: number) => void): Promise<number> {
+    const { source, targetIo, signal } = this.ctx;
+    for (let at = offset; at < end; at += COPY_CHUNK_BYTES) {
+      if (signal.aborted) throw cancelledError(this.ctx);
+      const chunk = Math.min(COPY_CHUNK_BYTES, end - at);
+      const data = await source.read(at, chunk);
+      if (data.length !== chunk) {
+        throw new StorageError(Code.INTERNAL, `source replica ${source.replicaId} returned ${data.length} bytes for a read of ${chunk} at ${at}`);
+      }
+      if (isZero(data)) {
+        await targetIo.writeZeroes(at, chunk, true);
+        this.zeroedBytes += chunk;
+      } else {
+        await targetIo.write(at, data, false);
+      }
+      this.copiedBytes += chunk;
+      releaseBefore(at + chunk);
+    }
+    return end - offset;
+  }
+
+  /** Discards [offset, offset + lengthBytes) on the target (the source holds no data there); returns its rate-limit charge. */
+  private async discard(offset: number, lengthBytes: number): Promise<number> {
+    await this.ctx.targetIo.writeZeroes(offset, lengthBytes, true);
+    this.discardedBytes += lengthBytes;
+    return Math.ceil(lengthBytes / DISCARD_COST_DIVISOR);
   }
 
   /** After each copied region: a checkpoint about once a second, progress now and then. */
@@ -303,20 +388,20 @@ class RebuildRun {
 
   private progress(): RebuildProgress {
     const seconds = (systemClock.now() - this.startedAt) / 1000;
-    return { doneBytes: Math.min(this.copiedBytes, this.totalBytes), totalBytes: this.totalBytes, bytesPerSecond: seconds > 0 ? Math.round(this.copiedBytes / seconds) : 0 };
+    return { doneBytes: Math.min(this.doneBytes, this.totalBytes), totalBytes: this.totalBytes, bytesPerSecond: seconds > 0 ? Math.round(this.doneBytes / seconds) : 0 };
   }
 
   /** Logs (and reports) progress every 10 % of the total or 10 s, and at the end of a round. */
   private report(force: boolean): void {
     const now = systemClock.now();
     const step = this.totalBytes / 10;
-    if (!force && this.copiedBytes - this.lastLoggedBytes < step && now - this.lastLogAt < LOG_INTERVAL_MS) return;
+    if (!force && this.doneBytes - this.lastLoggedBytes < step && now - this.lastLogAt < LOG_INTERVAL_MS) return;
     this.lastLogAt = now;
-    this.lastLoggedBytes = this.copiedBytes;
+    this.lastLoggedBytes = this.doneBytes;
     const p = this.progress();
     const etaSeconds = p.bytesPerSecond > 0 ? Math.round((p.totalBytes - p.doneBytes) / p.bytesPerSecond) : null;
     this.ctx.onProgress?.(p);
-    this.log.info({ ...p, etaSeconds }, 'replica rebuild progress');
+    this.log.info({ ...p, etaSeconds, copiedBytes: this.copiedBytes, discardedBytes: this.discardedBytes }, 'replica rebuild progress');
   }
 }
 

@@ -29,6 +29,23 @@ export interface PoolDeviceInfo {
   path: string;
 }
 
+/** A byte range of a device that holds (or may hold) data. */
+export interface Extent {
+  offset: number;
+  lengthBytes: number;
+}
+
+/**
+ * The answer to BlockDevice.allocatedRanges: `extents` (sorted, disjoint, inside the range
+ * asked for) are every allocated byte of [offset, endOffset); everything else there reads
+ * as zeros. `endOffset` is the end of the range asked for unless the extent limit cut the
+ * answer short: the caller then asks again from `endOffset`.
+ */
+export interface AllocatedRanges {
+  extents: Extent[];
+  endOffset: number;
+}
+
 /**
  * One open device, as the engine does I/O on it. Offsets and lengths are in bytes and must
  * lie inside [0, sizeBytes); the caller (the NBD server, a replica stream) checks bounds.
@@ -60,6 +77,13 @@ export interface BlockDevice {
   trim(offset: number, length: number): Promise<void>;
   /** Zeroes the range. With `mayTrim` the backend may deallocate it (NBD without NO_HOLE). */
   writeZeroes(offset: number, length: number, mayTrim: boolean): Promise<void>;
+  /**
+   * Optional: which bytes of [offset, offset + lengthBytes) are allocated, at most
+   * `maxExtents` extents per answer (see AllocatedRanges). It may report more than is
+   * allocated (never less): a byte outside every extent reads as zeros. The writes that
+   * completed before the call are seen. A device without it counts every byte as allocated.
+   */
+  allocatedRanges?(offset: number, lengthBytes: number, maxExtents: number): Promise<AllocatedRanges>;
   /** Closes the device; flushes first. */
   close(): Promise<void>;
 }

@@ -29,7 +29,8 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import type { DeviceId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
-import type { BlockDevice } from './backend.js';
+import type { AllocatedRanges, BlockDevice } from './backend.js';
+import { fileAllocatedRanges } from './file-extents.js';
 import { Code, StorageError, SystemError, codeForErrno, fromNodeError } from '../common/errors.js';
 import { IO_FDATASYNC, IO_READ, IO_WRITE, IO_WRITE_FDATASYNC, nativeIo, type NativeIo } from '../native/io.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate } from '../native/index.js';
@@ -282,6 +283,12 @@ class FileBlockDevice implements BlockDevice {
       if (!(err instanceof SystemError) || err.code !== Code.UNIMPLEMENTED) throw err;
       await this.writeZeroBuffers(offset, length);
     }
+  }
+
+  /** SEEK_DATA / SEEK_HOLE (file-extents.ts); on the thread pool. */
+  allocatedRanges(offset: number, lengthBytes: number, maxExtents: number): Promise<AllocatedRanges> {
+    if (this.closed) return Promise.reject(this.closedError());
+    return fileAllocatedRanges(this.handle.fd, this.id, offset, lengthBytes, maxExtents);
   }
 
   async close(): Promise<void> {

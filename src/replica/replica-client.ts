@@ -12,13 +12,14 @@ import { silentLogger } from '../common/log.js';
 import { fromServiceError } from '../rpc/status.js';
 import { peerClientWindowOptions } from '../rpc/http2-window.js';
 import { peerChannelCredentials, type PeerTlsConfig } from '../rpc/tls.js';
+import type { AllocatedRanges } from '../pool/backend.js';
 import type { RebuildProgressRecord } from '../store/node-store.js';
 import { DEFAULT_REPLICA_LIMITS } from './io-types.js';
 import { IoStream, type IoStreamOptions } from './io-stream.js';
 import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from './replica-manager.js';
 import {
   IO_METHOD_PATH, checksumFromWire, refToWire, replicaServiceConstructor, statusViewFromWire,
-  type ChecksumRangeMessage, type IoBatchMessage, type IoReplyBatchMessage, type ReplicaStatusMessage,
+  type AllocatedRangesMessage, type ChecksumRangeMessage, type IoBatchMessage, type IoReplyBatchMessage, type ReplicaStatusMessage,
 } from './replica-wire.js';
 
 export interface ReplicaClientOptions {
@@ -80,6 +81,12 @@ export class ReplicaClient {
 
   async checksumRange(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, regionBytes: number): Promise<ChecksumRangeResult> {
     return checksumFromWire(await this.call<ChecksumRangeMessage>('ChecksumRange', { replica: refToWire(ref), epoch, offset, lengthBytes, regionBytes }));
+  }
+
+  /** UNIMPLEMENTED from a peer that predates the call. */
+  async allocatedRanges(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, maxExtents = 0): Promise<AllocatedRanges> {
+    const res = await this.call<AllocatedRangesMessage>('AllocatedRanges', { replica: refToWire(ref), epoch, offset, lengthBytes, maxExtents });
+    return { extents: res.extents.map((e) => ({ offset: e.offset, lengthBytes: e.lengthBytes })), endOffset: res.endOffset };
   }
 
   startRebuild(ref: ReplicaRefInput, epoch: number, totalBytes: number, restart = false): Promise<ReplicaStatusView> {

@@ -11,7 +11,7 @@ import { Code, StorageError, staleEpochError } from '../common/errors.js';
 import { asDeviceId, type ReplicaId, type VolumeId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
-import type { PoolBackend } from '../pool/backend.js';
+import type { AllocatedRanges, PoolBackend } from '../pool/backend.js';
 import type { HostedReplicaRecord, NodeStore, RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
 import { CHECKSUM_ALGORITHM, checkRegions, checksumRegions } from './checksum.js';
 import { DEFAULT_REPLICA_LIMITS, type ReplicaLimits } from './io-types.js';
@@ -50,6 +50,8 @@ export interface ReplicaManagerOptions {
 }
 
 export const MAX_CHECKPOINT_BYTES = 64 << 10;
+/** At most this many extents per allocatedRanges answer (about 40 KiB on the wire). */
+export const MAX_ALLOCATED_EXTENTS = 2048;
 const NO_PROGRESS: RebuildProgressRecord = Object.freeze({ doneBytes: 0, totalBytes: 0, checkpoint: Buffer.alloc(0) });
 const MAX_VOLUME_ID_LENGTH = 128;
 
@@ -199,6 +201,26 @@ export class ReplicaManager {
     await replica.writesSettled();
     const digests = await checksumRegions(await replica.openedDevice(), offset, lengthBytes, regionBytes, signal);
     return { algorithm: CHECKSUM_ALGORITHM, offset, regionBytes, digests };
+  }
+
+  /**
+   * Which bytes of [offset, offset + lengthBytes) hold data, after every write accepted
+   * before the call has completed (as checksumRange). At most `maxExtents` (capped at
+   * MAX_ALLOCATED_EXTENTS) extents: when `endOffset` falls short of the range's end, ask
+   * again from there. A device that cannot tell (the dm pool today) reports the whole
+   * range as one extent.
+   */
+  async allocatedRanges(ref: ReplicaRefInput, epoch: number, offset: number, lengthBytes: number, maxExtents = MAX_ALLOCATED_EXTENTS): Promise<AllocatedRanges> {
+    const replica = await this.open(ref);
+    replica.admitEpoch(epoch);
+    replica.checkRange(offset, lengthBytes, 'allocated ranges');
+    const limit = Math.min(MAX_ALLOCATED_EXTENTS, Math.floor(maxExtents) || MAX_ALLOCATED_EXTENTS);
+    if (!(limit >= 1)) throw new StorageError(Code.INVALID_ARGUMENT, `max extents must be at least 1, got ${maxExtents}`);
+    await replica.writesSettled();
+    const device = await replica.openedDevice();
+    if (lengthBytes === 0) return { extents: [], endOffset: offset };
+    if (!device.allocatedRanges) return { extents: [{ offset, lengthBytes }], endOffset: offset + lengthBytes };
+    return device.allocatedRanges(offset, lengthBytes, limit);
   }
 
   /** Marks the replica rebuilding; keeps recorded progress unless `restart`. */

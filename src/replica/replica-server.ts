@@ -14,7 +14,7 @@ import type { ReplicaLimits } from './io-types.js';
 import { IoStreamHandler } from './io-stream-handler.js';
 import { ReplicaManager, type ReplicaRefInput } from './replica-manager.js';
 import {
-  replicaServerDefinition, statusViewToWire, type IoBatchMessage, type IoReplyBatchMessage, type MalformedFrame, type ReplicaRefMessage,
+  replicaServerDefinition, statusViewToWire, type AllocatedRangesMessage, type IoBatchMessage, type IoReplyBatchMessage, type MalformedFrame, type ReplicaRefMessage,
 } from './replica-wire.js';
 
 export interface ReplicaServerOptions {
@@ -61,6 +61,8 @@ function handlers(manager: ReplicaManager, log: Logger): grpc.UntypedServiceImpl
     ListReplicas: h('ListReplicas', async () => ({ replicas: (await manager.list()).map(statusViewToWire) })),
     ChecksumRange: h('ChecksumRange', async (req: Fenced & { offset: number; lengthBytes: number; regionBytes: number }) =>
       manager.checksumRange(ref(req), req.epoch, req.offset, req.lengthBytes, req.regionBytes)),
+    AllocatedRanges: h('AllocatedRanges', async (req: Fenced & { offset: number; lengthBytes: number; maxExtents: number }): Promise<AllocatedRangesMessage> =>
+      manager.allocatedRanges(ref(req), req.epoch, req.offset, req.lengthBytes, req.maxExtents)),
     StartRebuild: h('StartRebuild', async (req: Fenced & { totalBytes: number; restart: boolean }) =>
       statusViewToWire(await manager.startRebuild(ref(req), req.epoch, req.totalBytes, req.restart))),
     UpdateRebuildProgress: h('UpdateRebuildProgress', async (req: Fenced & { doneBytes: number; totalBytes: number; checkpoint: Buffer }) =>

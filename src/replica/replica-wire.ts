@@ -30,6 +30,7 @@ export interface ReplicaStatusMessage {
   rebuild: RebuildProgressMessage | null; createdAt: string;
 }
 export interface ChecksumRangeMessage { algorithm: string; offset: number; regionBytes: number; digests: Uint8Array[] }
+export interface AllocatedRangesMessage { extents: Array<{ offset: number; lengthBytes: number }>; endOffset: number }
 
 /** What the server's Io deserializer yields for a frame that is not an IoBatch. */
 export interface MalformedFrame { malformed: string }

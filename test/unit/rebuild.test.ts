@@ -1,140 +1,23 @@
 /**
- * Rebuild against real replicas: two ReplicaManagers on file pools in temp dirs (two
- * "nodes"), the source in sync and the target rebuilding, reached through the engine's
- * LocalReplicaIo (wrapped to record and to inject faults) and the managers' methods as
- * ReplicaControl.
+ * Rebuild against real replicas (test/helpers/rebuild-fixture.ts), followed region by
+ * region: checkpoints, aborts, the rate limit, live writes, verify rounds.
  */
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { Code, StorageError } from '../../src/common/errors.js';
-import type { NodeId, ReplicaId, VolumeId } from '../../src/common/ids.js';
-import { silentLogger } from '../../src/common/log.js';
-import type { ReplicaControl, ReplicaIo } from '../../src/engine/engine-types.js';
-import { contiguousRuns, runRebuild, type RebuildContext } from '../../src/engine/rebuild.js';
-import { RegionLocks, RegionMap } from '../../src/engine/region-map.js';
-import { LocalReplicaIo } from '../../src/engine/replica-io.js';
-import type { ReplicaManager } from '../../src/replica/replica-manager.js';
-import type { RebuildProgressRecord } from '../../src/store/node-store.js';
-import { replicaFixture, type ReplicaFixture } from '../helpers/replica-fixture.js';
+import { contiguousRuns, runRebuild } from '../../src/engine/rebuild.js';
+import { RegionMap } from '../../src/engine/region-map.js';
+import { controlOf, sameBytes, setup as setupRebuild, sourceRef, targetRef, type Setup } from '../helpers/rebuild-fixture.js';
 
 const KiB = 1024;
 const REGION = 64 * KiB;
 /** 33 regions, the last one 16 KiB. */
 const SIZE = 32 * REGION + 16 * KiB;
-const EPOCH = 3;
-const VOLUME = 'vol-rebuild' as VolumeId;
-const sourceRef = { replicaId: 'rep-src', volumeId: VOLUME };
-const targetRef = { replicaId: 'rep-tgt', volumeId: VOLUME };
-
-interface IoEvent { op: 'write' | 'write-zeroes' | 'read' | 'flush'; offset: number; lengthBytes: number }
-
-/** Records what passes through, with optional hooks before a read and on write data. */
-class RecordingIo implements ReplicaIo {
-  readonly events: IoEvent[] = [];
-  /** Runs after the inner read returned, before its data goes back to the caller. */
-  afterRead?: (offset: number) => Promise<void> | void;
-  mangleWrite?: (offset: number, data: Uint8Array) => Uint8Array;
-  failWrites?: StorageError;
-  constructor(readonly inner: ReplicaIo) {}
-  get replicaId(): ReplicaId { return this.inner.replicaId; }
-  get nodeId(): NodeId { return this.inner.nodeId; }
-  get local(): boolean { return this.inner.local; }
-  async write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
-    if (this.failWrites) throw this.failWrites;
-    this.events.push({ op: 'write', offset, lengthBytes: data.byteLength });
-    await this.inner.write(offset, this.mangleWrite ? this.mangleWrite(offset, data) : data, fua);
-  }
-  async read(offset: number, lengthBytes: number): Promise<Buffer> {
-    this.events.push({ op: 'read', offset, lengthBytes });
-    const data = await this.inner.read(offset, lengthBytes);
-    await this.afterRead?.(offset);
-    return data;
-  }
-  async flush(): Promise<void> {
-    this.events.push({ op: 'flush', offset: 0, lengthBytes: 0 });
-    await this.inner.flush();
-  }
-  trim(offset: number, lengthBytes: number): Promise<void> { return this.inner.trim(offset, lengthBytes); }
-  async writeZeroes(offset: number, lengthBytes: number, mayTrim: boolean): Promise<void> {
-    this.events.push({ op: 'write-zeroes', offset, lengthBytes });
-    await this.inner.writeZeroes(offset, lengthBytes, mayTrim);
-  }
-  close(): Promise<void> { return this.inner.close(); }
-  cancel(): void { this.inner.cancel(); }
-  /** Bytes written or zeroed. */
-  bytesIn(): number {
-    return this.events.filter((e) => e.op === 'write' || e.op === 'write-zeroes').reduce((n, e) => n + e.lengthBytes, 0);
-  }
-  regionsWritten(): number[] {
-    return [...new Set(this.events.filter((e) => e.op === 'write' || e.op === 'write-zeroes').map((e) => Math.floor(e.offset / REGION)))].sort((a, b) => a - b);
-  }
-}
-
-function controlOf(m: ReplicaManager): ReplicaControl {
-  return {
-    createReplica: (ref, sizeBytes, epoch, inSync) => m.create(ref, sizeBytes, epoch, inSync),
-    deleteReplica: (ref, epoch) => m.delete(ref, epoch),
-    getReplicaStatus: (ref) => m.status(ref),
-    checksumRange: (ref, epoch, offset, lengthBytes, regionBytes) => m.checksumRange(ref, epoch, offset, lengthBytes, regionBytes),
-    startRebuild: (ref, epoch, totalBytes, restart) => m.startRebuild(ref, epoch, totalBytes, restart ?? false),
-    updateRebuildProgress: (ref, epoch, progress) => m.updateRebuildProgress(ref, epoch, progress),
-    finishRebuild: (ref, epoch) => m.finishRebuild(ref, epoch),
-    resizeReplica: (ref, sizeBytes, epoch) => m.resize(ref, sizeBytes, epoch),
-  };
-}
-
-interface Setup {
-  src: ReplicaFixture;
-  tgt: ReplicaFixture;
-  source: RecordingIo;
-  target: RecordingIo;
-  sourceControl: ReplicaControl;
-  targetControl: ReplicaControl;
-  progress: RebuildProgressRecord[];
-  /** For each progress record: how many target I/O events had happened when it was sent. */
-  progressAt: number[];
-  saved: Buffer[];
-  locks: RegionLocks;
-  /** A rebuild context over `map`; `persistMap` records each save. */
-  context(map: RegionMap, extra?: Partial<RebuildContext>): RebuildContext;
-  deviceBytes(f: ReplicaFixture, ref: typeof sourceRef): Promise<Buffer>;
-}
-
+/** The shared fixture, with one region per copy run so that these tests can follow the copy region by region. */
 async function setup(t: ExecutionContext): Promise<Setup> {
-  const src = await replicaFixture();
-  const tgt = await replicaFixture();
-  t.teardown(async () => {
-    await src.cleanup();
-    await tgt.cleanup();
-  });
-  await src.manager.create(sourceRef, SIZE, EPOCH, true);
-  await tgt.manager.create(targetRef, SIZE, EPOCH, false);
-  const source = new RecordingIo(new LocalReplicaIo(await src.manager.open(sourceRef), EPOCH, 'node-a' as NodeId));
-  const target = new RecordingIo(new LocalReplicaIo(await tgt.manager.open(targetRef), EPOCH, 'node-b' as NodeId));
-  const progress: RebuildProgressRecord[] = [];
-  const progressAt: number[] = [];
-  const baseTarget = controlOf(tgt.manager);
-  const targetControl: ReplicaControl = {
-    ...baseTarget,
-    updateRebuildProgress: async (ref, epoch, p) => {
-      progressAt.push(target.events.length);
-      const status = await baseTarget.updateRebuildProgress(ref, epoch, p);
-      progress.push(p);
-      return status;
-    },
-  };
-  const saved: Buffer[] = [];
-  const locks = new RegionLocks(SIZE, REGION);
-  const s: Setup = {
-    src, tgt, source, target, sourceControl: controlOf(src.manager), targetControl, progress, progressAt, saved, locks,
-    context: (map, extra = {}) => ({
-      volumeId: VOLUME, target: { id: 'rep-tgt' as ReplicaId, nodeId: 'node-b' as NodeId, state: 'rebuilding', since: new Date().toISOString() },
-      epoch: EPOCH, sizeBytes: SIZE, regionBytes: REGION, source, targetIo: target, sourceControl: s.sourceControl, targetControl,
-      map, persistMap: () => saved.push(map.toBuffer()), locks, rateBytesPerSec: 0, signal: new AbortController().signal, log: silentLogger(),
-      ...extra,
-    }),
-    deviceBytes: async (f, ref) => (await (await f.manager.open(ref)).openedDevice()).read(0, SIZE),
-  };
+  const s = await setupRebuild(t, SIZE, REGION);
+  const context = s.context;
+  s.context = (map, extra = {}) => context(map, { runMaxBytes: REGION, ...extra });
   return s;
 }
 
@@ -153,14 +36,6 @@ async function staleTarget(s: Setup, dirty: readonly number[]): Promise<void> {
   await s.target.inner.write(0, bytes, false);
   for (const r of dirty) await s.target.inner.write(r * REGION, randomBytes(Math.min(REGION, SIZE - r * REGION)), false);
   await s.target.inner.flush();
-}
-
-/** Byte equality of two devices' contents; names the first differing offset. */
-function sameBytes(t: ExecutionContext, actual: Buffer, expected: Buffer, message = 'target byte-identical to the source'): void {
-  if (actual.equals(expected)) return void t.pass(message);
-  let at = 0;
-  while (at < Math.min(actual.length, expected.length) && actual[at] === expected[at]) at++;
-  t.fail(`${message}: they differ first at byte ${at} (region ${Math.floor(at / REGION)}), lengths ${actual.length} and ${expected.length}`);
 }
 
 function mapOf(regions: readonly number[]): RegionMap {
@@ -185,7 +60,8 @@ test('copies exactly the set regions, zeros as write-zeroes, checkpoints on the 
   t.is(s.target.bytesIn(), dirtyBytes);
   const zeroed = s.target.events.filter((e) => e.op === 'write-zeroes').map((e) => e.offset / REGION);
   t.deepEqual(zeroed.sort((a, b) => a - b), [5, 6, 20], 'zero regions went as write-zeroes');
-  t.deepEqual(result, { ...result, copiedBytes: dirtyBytes, zeroedBytes: 3 * REGION, regionsVerified: dirty.length });
+  t.false(s.source.events.some((e) => e.op === 'read' && [5, 6, 20].includes(e.offset / REGION)), 'the source\'s holes were never read');
+  t.deepEqual(result, { ...result, doneBytes: dirtyBytes, copiedBytes: dirtyBytes - 3 * REGION, zeroedBytes: 0, discardedBytes: 3 * REGION, regionsVerified: dirty.length });
 
   t.is(map.count(), 0);
   t.deepEqual(s.saved.at(-1), Buffer.alloc(5), 'the persisted map ends empty');
@@ -228,7 +104,7 @@ test('abort mid-way keeps only flushed regions cleared; the next run with the pe
   s.target.events.length = 0;
   const second = await runRebuild(s.context(persisted));
   t.is(s.target.bytesIn(), SIZE - firstBytes);
-  t.is(second.copiedBytes, SIZE - firstBytes, 'both runs together copied the volume once');
+  t.is(second.doneBytes, SIZE - firstBytes, 'both runs together copied the volume once');
   sameBytes(t, await s.deviceBytes(s.tgt, targetRef), await s.deviceBytes(s.src, sourceRef));
   t.is((await s.targetControl.getReplicaStatus(targetRef)).state, 'in-sync');
 });
@@ -237,13 +113,15 @@ test('an abort while waiting on the rate limit rejects at once with CANCELLED', 
   const s = await setup(t);
   await fillSource(s);
   const ac = new AbortController();
-  // One byte a second: the first region passes on the burst, the second would wait 18 hours.
+  // One byte a second; the bucket is charged after each region: region 3's charge passes on
+  // the burst, region 4's puts the worker 18 hours in debt before region 9.
   const running = runRebuild(s.context(mapOf([3, 4, 9]), { concurrency: 1, rateBytesPerSec: 1, signal: ac.signal }));
-  while (!s.target.events.some((e) => e.op === 'write')) await new Promise((resolve) => setImmediate(resolve));
+  while (!s.target.events.some((e) => e.op === 'write' && e.offset === 4 * REGION)) await new Promise((resolve) => setImmediate(resolve));
   ac.abort();
   const err = await t.throwsAsync(running, { instanceOf: StorageError });
   t.is(err.code, Code.CANCELLED);
-  t.deepEqual(new RegionMap(SIZE, REGION, s.saved.at(-1)).nextSet(0), 4, 'the region copied before the abort stays cleared');
+  t.deepEqual(new RegionMap(SIZE, REGION, s.saved.at(-1)).nextSet(0), 9, 'the regions copied before the abort stay cleared');
+  t.false(s.target.events.some((e) => e.offset === 9 * REGION), 'region 9 was not copied');
 });
 
 test('a checkpoint about every second clears only regions the target flushed before it', async (t) => {
@@ -359,6 +237,7 @@ test('a region that differs at verify is copied again; one that keeps differing 
   t.deepEqual(copies.sort((a, b) => a - b), [10, 11, 11, 12], 'region 11 was copied a second time');
   t.is(result.regionsVerified, 3);
   t.is(result.copiedBytes, 4 * REGION);
+  t.is(result.doneBytes, 4 * REGION);
   sameBytes(t, await s.deviceBytes(s.tgt, targetRef), await s.deviceBytes(s.src, sourceRef));
   t.is((await s.targetControl.getReplicaStatus(targetRef)).state, 'in-sync');
 
