@@ -2,7 +2,8 @@
  * Where a rebuild source holds data: its allocated extents over a run of regions, asked
  * from the source's replica service (AllocatedRanges), so that the rebuild reads and sends
  * only data and discards the rest on the target. A source that predates the call
- * (UNIMPLEMENTED) has everything counted as data, and is not asked again.
+ * (UNIMPLEMENTED) has everything counted as data, and is not asked again (only the
+ * copy workers that asked at the same time as the first get that answer too).
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { Extent } from '../pool/backend.js';
@@ -44,8 +45,9 @@ export class SourceExtents {
         answer = await this.control.allocatedRanges(this.ref, this.epoch, at, end - at);
       } catch (err) {
         if (!isStorageError(err, Code.UNIMPLEMENTED)) throw err;
+        // Workers that asked at the same time all get here; say it once.
+        if (this.supported) this.onUnsupported(err);
         this.supported = false;
-        this.onUnsupported(err);
         break;
       }
       if (!(answer.endOffset > at && answer.endOffset <= end)) {

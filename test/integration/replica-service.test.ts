@@ -3,6 +3,7 @@
  * checksums across two nodes, fencing, and refusals of bad peer input while a good stream
  * keeps working.
  */
+import * as grpc from '@grpc/grpc-js';
 import anyTest, { type TestFn } from 'ava';
 import { Code, StorageError, isStaleEpoch } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
@@ -11,6 +12,7 @@ import type { ChecksumRangeResult } from '../../src/replica/replica-manager.js';
 import { makeTestPki, type TestPki } from '../helpers/tls.js';
 import { codeOf, filled, startReplicaNode, type ReplicaNode } from '../helpers/replica-fixture.js';
 import type { PeerTlsConfig } from '../../src/rpc/tls.js';
+import { replicaServerDefinition } from '../../src/replica/replica-wire.js';
 
 const test = anyTest as TestFn<{ pki: TestPki; serverTls: PeerTlsConfig; clientTls: PeerTlsConfig }>;
 const MiB = 1 << 20;
@@ -83,6 +85,32 @@ test('identical writes to replicas on two nodes give identical region checksums'
   t.deepEqual(ca.digests, cb.digests);
   t.deepEqual(ca.digests[2], ca.digests[15], 'untouched regions (holes) agree');
   t.notDeepEqual(ca.digests[5], ca.digests[15]);
+});
+
+test('AllocatedRanges names the data a replica holds; a peer without the call answers UNIMPLEMENTED', async (t) => {
+  const n = await node(t);
+  const c = client(t, n.address);
+  const ref = { replicaId: 'rep-a', volumeId: 'vol-a' };
+  await c.createReplica(ref, 8 * MiB, 1, true);
+  const io = c.openIoStream(ref, 1);
+  await Promise.all([io.write(2 * MiB, filled(64 << 10, 7)), io.write(5 * MiB, filled(4096, 8))]);
+  await io.end();
+  t.deepEqual(await c.allocatedRanges(ref, 1, 0, 8 * MiB), {
+    extents: [{ offset: 2 * MiB, lengthBytes: 64 << 10 }, { offset: 5 * MiB, lengthBytes: 4096 }], endOffset: 8 * MiB,
+  });
+  t.deepEqual(await c.allocatedRanges(ref, 1, 0, 8 * MiB, 1), { extents: [{ offset: 2 * MiB, lengthBytes: 64 << 10 }], endOffset: 2 * MiB + (64 << 10) });
+  t.is(await codeOf(c.allocatedRanges(ref, 1, 4 * MiB, 8 * MiB)), Code.OUT_OF_RANGE);
+  await c.createReplica(ref, 8 * MiB, 2, true);
+  t.is(await codeOf(c.allocatedRanges(ref, 1, 0, MiB)), Code.FAILED_PRECONDITION);
+
+  // An older node: the same service without the method (grpc-js answers UNIMPLEMENTED).
+  const old = new grpc.Server();
+  old.addService(replicaServerDefinition(), {});
+  const port = await new Promise<number>((resolve, reject) => old.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  t.teardown(() => old.forceShutdown());
+  const oc = connect(`127.0.0.1:${port}`, { insecure: true }, { log, deadlineMs: 10_000 });
+  t.teardown(() => oc.close());
+  t.is(await codeOf(oc.allocatedRanges(ref, 2, 0, MiB)), Code.UNIMPLEMENTED, 'what makes a rebuild copy everything');
 });
 
 test('fencing: a newer engine fences the older one, which is refused while the newer proceeds', async (t) => {
