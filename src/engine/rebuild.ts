@@ -12,12 +12,13 @@
  *    regions, up to 64 MiB (less under a rate limit), each region under an exclusive
  *    region lock. Under those locks the source says which bytes of the run it holds data in
  *    (AllocatedRanges; rebuild-extents.ts): only those are read and written, in chunks of
- *    at most 4 MiB, so memory stays bounded (concurrency × 4 MiB); a chunk that reads as
- *    zeros goes as write-zeroes. Everything else goes as write-zeroes that may trim
+ *    at most 4 MiB inside one region, so memory stays bounded (concurrency × 4 MiB); a
+ *    chunk that reads as zeros goes as write-zeroes. Everything else goes as write-zeroes that may trim
  *    (discards on the target), one request per hole however many regions it spans, so
  *    the target stays thin where the source is and loses any stale data there. A source
  *    that does not know the call (UNIMPLEMENTED) has every byte copied. Each region's lock
- *    is released as soon as the copy is past it.
+ *    is released as soon as the copy is past it, and it counts as copied from then on (a
+ *    cancelled run keeps the regions it finished).
  *    The token bucket is charged after each run, outside the locks, with the bytes copied
  *    plus 1/64 of the bytes discarded (a discard moves no data, but is not free on the
  *    target); it may go into debt, which the worker waits out before its next run, so the
@@ -211,18 +212,19 @@ class RebuildRun {
       cursor = first + count;
       return [first, count];
     };
+    const regionDone = (r: number): void => {
+      copied.push(r);
+      this.unflushed.push(r);
+      this.doneBytes += map.regionLength(r);
+    };
     const worker = async (): Promise<void> => {
       for (let run = next(); run; run = next()) {
         let charge: number;
         try {
-          charge = await this.copyRun(run[0], run[1]);
+          charge = await this.copyRun(run[0], run[1], regionDone);
         } catch (err) {
           if (!(signal.aborted && isStorageError(err, Code.CANCELLED))) this.fail(err);
           return;
-        }
-        for (let r = run[0]; r < run[0] + run[1]; r++) {
-          copied.push(r);
-          this.unflushed.push(r);
         }
         this.afterRegion();
         try {
@@ -248,17 +250,22 @@ class RebuildRun {
 
   /**
    * Copies regions [first, first + count): takes their locks, asks the source where its
-   * data is, copies that and discards the rest. Returns what to charge the rate limit.
+   * data is, copies that and discards the rest. Each region, once completely written, goes
+   * to `regionDone` and its lock is released, so a cancelled run keeps what it finished.
+   * Returns what to charge the rate limit.
    */
-  private async copyRun(first: number, count: number): Promise<number> {
+  private async copyRun(first: number, count: number, regionDone: (r: number) => void): Promise<number> {
     const { map, locks } = this.ctx;
     const start = map.regionOffset(first);
     const end = map.regionOffset(first + count - 1) + map.regionLength(first + count - 1);
     const releases: Array<() => void> = [];
     let released = 0;
-    /** Releases the locks of the run's regions that end at or before `byte`. */
-    const releaseBefore = (byte: number): void => {
-      while (released < releases.length && map.regionOffset(first + released) + map.regionLength(first + released) <= byte) releases[released++]!();
+    /** The run's regions that end at or before `byte` are written: release and report them. */
+    const doneBefore = (byte: number): void => {
+      while (released < releases.length && map.regionOffset(first + released) + map.regionLength(first + released) <= byte) {
+        releases[released]!();
+        regionDone(first + released++);
+      }
     };
     try {
       for (let r = first; r < first + count; r++) releases.push(await locks.exclusive(r, 1));
@@ -266,24 +273,28 @@ class RebuildRun {
       let at = start;
       for (const e of await this.extents.of(start, end - start)) {
         if (e.offset > at) charge += await this.discard(at, e.offset - at);
-        releaseBefore(e.offset);
-        charge += await this.copyData(e.offset, e.offset + e.lengthBytes, releaseBefore);
+        doneBefore(e.offset);
+        charge += await this.copyData(e.offset, e.offset + e.lengthBytes, doneBefore);
         at = e.offset + e.lengthBytes;
       }
       if (end > at) charge += await this.discard(at, end - at);
-      this.doneBytes += end - start;
+      doneBefore(end);
       return charge;
     } finally {
       while (released < releases.length) releases[released++]!();
     }
   }
 
-  /** Reads [offset, end) from the source and writes it to the target in chunks; returns the bytes moved. */
-  private async copyData(offset: number, end: number, releaseBefore: (byte: number) => void): Promise<number> {
-    const { source, targetIo, signal } = this.ctx;
-    for (let at = offset; at < end; at += COPY_CHUNK_BYTES) {
+  /**
+   * Reads [offset, end) from the source and writes it to the target in chunks that never
+   * cross a region boundary (so each region is done as soon as its last chunk is); returns
+   * the bytes moved.
+   */
+  private async copyData(offset: number, end: number, doneBefore: (byte: number) => void): Promise<number> {
+    const { source, targetIo, signal, regionBytes } = this.ctx;
+    for (let at = offset, chunk = 0; at < end; at += chunk) {
       if (signal.aborted) throw cancelledError(this.ctx);
-      const chunk = Math.min(COPY_CHUNK_BYTES, end - at);
+      chunk = Math.min(COPY_CHUNK_BYTES, end - at, (Math.floor(at / regionBytes) + 1) * regionBytes - at);
       const data = await source.read(at, chunk);
       if (data.length !== chunk) {
         throw new StorageError(Code.INTERNAL, `source replica ${source.replicaId} returned ${data.length} bytes for a read of ${chunk} at ${at}`);
@@ -295,7 +306,7 @@ class RebuildRun {
         await targetIo.write(at, data, false);
       }
       this.copiedBytes += chunk;
-      releaseBefore(at + chunk);
+      doneBefore(at + chunk);
     }
     return end - offset;
   }
