@@ -27,7 +27,7 @@
  *   npm run build && npm run bench:replication -- [--runtime 20] [--reps 3] [--quick]
  *       [--rf 1,2,3] [--workloads 4k-randwrite,1M-write] [--parts fio,latency,cpu,rebuild]
  *       [--rebuild-mib 1024] [--rebuild-reps 1] [--resync-reps 3] [--resync-percent 1]
- *       [--peer-insecure] [--cpu-prof DIR] [--json OUT] [--h2-window BYTES]
+ *       [--peer-insecure] [--cpu-prof DIR] [--json OUT] [--h2-window BYTES] [--transport channel|grpc]
  *
  * Each flag has an env var: BENCH_RUNTIME, BENCH_REPS, BENCH_RF, BENCH_WORKLOADS,
  * BENCH_PARTS, BENCH_REBUILD_MIB, BENCH_REBUILD_REPS, BENCH_RESYNC_REPS,
@@ -83,6 +83,7 @@ interface Options {
   cpuProfDir: string | undefined;
   json: string | undefined;
   h2WindowBytes: number | undefined;
+  transport: 'channel' | 'grpc';
 }
 
 function options(): Options {
@@ -103,6 +104,7 @@ function options(): Options {
       'cpu-prof': { type: 'string', default: env.BENCH_CPU_PROF },
       json: { type: 'string', default: env.BENCH_JSON },
       'h2-window': { type: 'string', default: env.BENCH_H2_WINDOW },
+      transport: { type: 'string', default: env.BENCH_TRANSPORT ?? 'channel' },
     },
   });
   const positive = (name: string, v: string): number => {
@@ -127,7 +129,13 @@ function options(): Options {
     resyncPercent: positive('resync-percent', values['resync-percent']),
     insecure: values['peer-insecure'], cpuProfDir: values['cpu-prof'], json: values.json,
     h2WindowBytes: values['h2-window'] ? positive('h2-window', values['h2-window']) : undefined,
+    transport: transportOf(values.transport),
   };
+}
+
+function transportOf(v: string): 'channel' | 'grpc' {
+  if (v !== 'channel' && v !== 'grpc') throw new Error(`--transport takes channel or grpc, got "${v}"`);
+  return v;
 }
 
 interface Bench {
@@ -413,7 +421,8 @@ async function main(): Promise<void> {
   }
   console.log('Machine:');
   for (const line of machineFacts(dir)) console.log(`  ${line}`);
-  const cluster = await Cluster.start({ nodes: 3, tls: opts.insecure ? 'insecure' : true, flags: CLUSTER_FLAGS, extraArgs: ['--log-level', 'info'] });
+  const cluster = await Cluster.start({ nodes: 3, tls: opts.insecure ? 'insecure' : true, flags: { ...CLUSTER_FLAGS, '--replica-transport': opts.transport },
+    extraArgs: ['--log-level', 'info'] });
   const api = cluster.node(0).client();
   const b: Bench = { opts, cluster, api, dir, profiler, goals: [], json: {} };
   let failed = false;
@@ -424,7 +433,7 @@ async function main(): Promise<void> {
   };
   process.once('SIGINT', () => void cleanup().then(() => process.exit(130)));
   try {
-    console.log(`cluster ${cluster.name}: 3 cairnd (pids ${cairndProcesses(cluster).map((p) => p.pid).join(', ')}), peers ${opts.insecure ? 'in plaintext' : 'with mutual TLS'}, `
+    console.log(`cluster ${cluster.name}: 3 cairnd (pids ${cairndProcesses(cluster).map((p) => p.pid).join(', ')}), peers ${opts.insecure ? 'in plaintext' : 'with mutual TLS'}, block I/O on ${opts.transport === 'channel' ? 'the data channel' : 'gRPC Io streams'}, `
       + `flags ${Object.entries(CLUSTER_FLAGS).map(([k, v]) => `${k} ${v}`).join(' ')} (and the harness's --node-ttl-ms 3000 --repair-wait-ms 600000), log level info`);
     if (['fio', 'latency', 'cpu'].some((p) => opts.parts.has(p))) await throughputPart(b);
     if (opts.parts.has('rebuild')) await recoveryPart(b);

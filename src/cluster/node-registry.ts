@@ -25,6 +25,8 @@ export interface NodeRecord {
   name: string;
   /** host:port of the node's peer gRPC endpoint. */
   peerAddress: string;
+  /** host:port of the node's replica data channel; absent when it serves none (or runs an older cairnd). */
+  dataAddress?: string;
   zone?: string;
   labels: Record<string, string>;
   capacity: NodeCapacity;
@@ -58,7 +60,8 @@ function isRecord(v: JsonValue): v is { [key: string]: JsonValue } {
 
 function recordToJson(r: NodeRecord): JsonValue {
   return {
-    nodeId: r.nodeId, name: r.name, peerAddress: r.peerAddress, ...(r.zone === undefined ? {} : { zone: r.zone }), labels: { ...r.labels },
+    nodeId: r.nodeId, name: r.name, peerAddress: r.peerAddress, ...(r.dataAddress ? { dataAddress: r.dataAddress } : {}),
+    ...(r.zone === undefined ? {} : { zone: r.zone }), labels: { ...r.labels },
     capacity: { totalBytes: r.capacity.totalBytes, freeBytes: r.capacity.freeBytes }, version: r.version, heartbeatAt: r.heartbeatAt,
   };
 }
@@ -66,9 +69,9 @@ function recordToJson(r: NodeRecord): JsonValue {
 /** Reads a stored node record; undefined when it does not have the expected shape. */
 export function parseNodeRecord(value: JsonValue): NodeRecord | undefined {
   if (!isRecord(value)) return undefined;
-  const { nodeId, name, peerAddress, zone, labels, capacity, version, heartbeatAt } = value;
+  const { nodeId, name, peerAddress, dataAddress, zone, labels, capacity, version, heartbeatAt } = value;
   if (typeof nodeId !== 'string' || typeof name !== 'string' || typeof peerAddress !== 'string' || typeof version !== 'string'
-    || typeof heartbeatAt !== 'string' || (zone !== undefined && typeof zone !== 'string') || labels === undefined || !isRecord(labels)
+    || typeof heartbeatAt !== 'string' || (zone !== undefined && typeof zone !== 'string') || (dataAddress !== undefined && typeof dataAddress !== 'string') || labels === undefined || !isRecord(labels)
     || capacity === undefined || !isRecord(capacity) || typeof capacity.totalBytes !== 'number' || typeof capacity.freeBytes !== 'number'
     || !Object.values(labels).every((l) => typeof l === 'string')) {
     return undefined;
@@ -78,6 +81,7 @@ export function parseNodeRecord(value: JsonValue): NodeRecord | undefined {
     capacity: { totalBytes: capacity.totalBytes, freeBytes: capacity.freeBytes }, version, heartbeatAt,
   };
   if (zone !== undefined) record.zone = zone;
+  if (typeof dataAddress === 'string' && dataAddress !== '') record.dataAddress = dataAddress;
   return record;
 }
 

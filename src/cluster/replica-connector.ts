@@ -1,21 +1,26 @@
 /**
  * Reaches replicas wherever they live: the ones on this node through the local replica
- * manager (no network, still fenced by epoch), the others over the peer port with one
+ * manager (no network, still fenced by epoch), the others over the network. Block I/O to a
+ * remote replica goes over the node's data channel (engine/data-replica-io.ts) when the
+ * node advertises one and the transport is `channel` (the default), else over the Io
+ * stream of its replica service; control calls always go over the replica service, one
  * gRPC channel per peer. Peer addresses come from the node registry and are looked up
- * again when a peer cannot be reached (it may have moved). The channel credentials are
- * made once (certificate rotation needs a restart), so their log lines, such as the
- * plaintext warning, appear once and not on every reconnect to a peer that is down.
+ * again when a peer cannot be reached (it may have moved). The credentials are made once
+ * (certificate rotation needs a restart), so their log lines, such as the plaintext
+ * warning, appear once and not on every reconnect to a peer that is down.
  */
 import type { ChannelCredentials } from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
-import type { NodeId, VolumeId } from '../common/ids.js';
+import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { withTimeout } from '../common/timeout.js';
 import type { ReplicaConnector, ReplicaControl, ReplicaIo } from '../engine/engine-types.js';
+import { DataReplicaIo } from '../engine/data-replica-io.js';
+import { DataChannelStats } from '../engine/data-stats.js';
 import { LocalReplicaIo, RemoteReplicaIo } from '../engine/replica-io.js';
 import { ReplicaClient } from '../replica/replica-client.js';
 import type { ReplicaManager } from '../replica/replica-manager.js';
-import { peerChannelCredentials, type PeerTlsConfig } from '../rpc/tls.js';
+import { loadPeerTls, peerChannelCredentials, type PeerTlsConfig, type PeerTlsMaterial } from '../rpc/tls.js';
 import { listNodes } from './node-registry.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import type { VolumeReplicaEntry } from './volume-doc.js';
@@ -29,6 +34,24 @@ export interface PeerConnectorOptions {
   log: Logger;
   /** Deadline of control calls and of a stream's first answer; 10000 ms by default. */
   deadlineMs?: number;
+  /** How block I/O reaches remote replicas; `channel` by default (falls back to grpc for a node without a data channel). */
+  transport?: 'channel' | 'grpc';
+  /** Connections per remote replica on the data channel; 1 by default. */
+  dataConnections?: number;
+}
+
+/** The data channel's counters of one remote replica, for /metrics. */
+export interface DataChannelReplicaStats {
+  replicaId: ReplicaId;
+  volumeId: VolumeId;
+  nodeId: NodeId;
+  stats: DataChannelStats;
+}
+
+interface Peer {
+  address: string;
+  dataAddress: string | undefined;
+  client: ReplicaClient;
 }
 
 /** ReplicaManager's calls under the ReplicaControl names: the local node's control. */
@@ -47,7 +70,9 @@ export function localControl(manager: ReplicaManager): ReplicaControl {
 }
 
 export class PeerConnector implements ReplicaConnector {
-  private readonly clients = new Map<NodeId, { address: string; client: ReplicaClient }>();
+  private readonly clients = new Map<NodeId, Peer>();
+  private readonly dataStats = new Map<ReplicaId, DataChannelReplicaStats>();
+  private material: PeerTlsMaterial | undefined;
   private readonly local: ReplicaControl | undefined;
   private readonly deadlineMs: number;
   private credentials: ChannelCredentials | undefined;
@@ -65,8 +90,9 @@ export class PeerConnector implements ReplicaConnector {
       r.admitEpoch(epoch);
       return new LocalReplicaIo(r, epoch, replica.nodeId);
     }
-    const client = await this.client(replica.nodeId);
-    const stream = client.openIoStream(ref, epoch);
+    const peer = await this.peer(replica.nodeId);
+    if (peer.dataAddress && this.opts.transport !== 'grpc') return this.openData(peer.dataAddress, volumeId, replica, epoch);
+    const stream = peer.client.openIoStream(ref, epoch);
     try {
       await withTimeout(stream.ready, this.deadlineMs, `replica ${replica.id} on node ${replica.nodeId}`);
     } catch (err) {
@@ -79,7 +105,25 @@ export class PeerConnector implements ReplicaConnector {
 
   async control(nodeId: NodeId): Promise<ReplicaControl> {
     if (nodeId === this.opts.nodeId && this.local) return this.local;
-    return this.client(nodeId);
+    return (await this.peer(nodeId)).client;
+  }
+
+  /** The data channel's counters per remote replica this node's engines have reached. */
+  dataChannelStats(): DataChannelReplicaStats[] {
+    return [...this.dataStats.values()];
+  }
+
+  private async openData(address: string, volumeId: VolumeId, replica: VolumeReplicaEntry, epoch: number): Promise<ReplicaIo> {
+    let entry = this.dataStats.get(replica.id);
+    if (!entry) this.dataStats.set(replica.id, (entry = { replicaId: replica.id, volumeId, nodeId: replica.nodeId, stats: new DataChannelStats() }));
+    if (this.opts.tls.insecure !== true) this.material ??= loadPeerTls(this.opts.tls);
+    try {
+      return await DataReplicaIo.open({ address, replicaId: replica.id, volumeId, nodeId: replica.nodeId, epoch, tls: this.material },
+        { connections: this.opts.dataConnections, connectTimeoutMs: this.deadlineMs, stats: entry.stats });
+    } catch (err) {
+      if (err instanceof StorageError && err.code === Code.UNAVAILABLE) this.forget(replica.nodeId);
+      throw err;
+    }
   }
 
   /** Drops the cached channel to a peer, so the next call looks its address up again. */
@@ -96,19 +140,20 @@ export class PeerConnector implements ReplicaConnector {
     this.clients.clear();
   }
 
-  private async client(nodeId: NodeId): Promise<ReplicaClient> {
+  private async peer(nodeId: NodeId): Promise<Peer> {
     if (this.closed) throw new StorageError(Code.UNAVAILABLE, 'the peer connector is closed (cairnd is stopping)');
     const cached = this.clients.get(nodeId);
-    if (cached) return cached.client;
+    if (cached) return cached;
     const nodes = await listNodes(this.opts.store, this.opts.log);
     const node = nodes.find((n) => n.nodeId === nodeId);
     if (!node) throw new StorageError(Code.UNAVAILABLE, `node ${nodeId} is not registered in the cluster; is its cairnd running?`, { details: { node: nodeId } });
     if (!node.peerAddress) throw new StorageError(Code.UNAVAILABLE, `node ${nodeId} serves no peer port (started without --peer-listen)`, { details: { node: nodeId } });
     const again = this.clients.get(nodeId);
-    if (again) return again.client;
+    if (again) return again;
     this.credentials ??= peerChannelCredentials(this.opts.tls, this.opts.log);
     const client = new ReplicaClient(node.peerAddress, this.opts.tls, { log: this.opts.log, deadlineMs: this.deadlineMs, credentials: this.credentials });
-    this.clients.set(nodeId, { address: node.peerAddress, client });
-    return client;
+    const peer = { address: node.peerAddress, dataAddress: node.dataAddress, client };
+    this.clients.set(nodeId, peer);
+    return peer;
   }
 }

@@ -20,7 +20,8 @@ import { parseSize } from '../common/units.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
 import { MAX_REPLICAS } from '../cluster/volume-doc.js';
 import {
-  DEFAULT_PEER_PORT, MAX_SOCKET_PATH, MIN_NODE_TTL_MS, ROLES, specOf, type DaemonConfig, type DaemonRole, type RawFlags,
+  DEFAULT_DATA_PORT, DEFAULT_PEER_PORT, MAX_SOCKET_PATH, MIN_NODE_TTL_MS, REPLICA_TRANSPORTS, ROLES, specOf, type DaemonConfig, type DaemonRole, type RawFlags,
+  type ReplicaTransport,
 } from './settings.js';
 
 export {
@@ -152,7 +153,7 @@ function resolveCluster(r: Reader): ClusterSettings {
   return { clusterName, etcdEndpoints: Object.freeze(etcdEndpoints) as string[], zone, nodeLabels: Object.freeze(parseLabels(r)), defaultReplicas };
 }
 
-type PeerSettings = Pick<DaemonConfig, 'peerListen' | 'peerAddress' | 'peerTlsCa' | 'peerTlsCert' | 'peerTlsKey' | 'peerInsecure'>;
+type PeerSettings = Pick<DaemonConfig, 'peerListen' | 'peerAddress' | 'peerTlsCa' | 'peerTlsCert' | 'peerTlsKey' | 'peerInsecure' | 'dataListen' | 'replicaTransport'>;
 
 const TLS_REQUIRED = 'peer TLS is required: give --peer-tls-ca, --peer-tls-cert and --peer-tls-key, or --peer-insecure for development';
 
@@ -184,7 +185,29 @@ function resolvePeers(r: Reader, nodeName: string, clustered: boolean, role: Dae
   }
   if ((peerListen !== '' || clustered) && givenFiles.length === 0 && !peerInsecure) throw new StorageError(Code.INVALID_ARGUMENT, TLS_REQUIRED);
   const abs = (p: string): string => (p === '' || isAbsolute(p) ? p : resolve(p));
-  return { peerListen, peerAddress, peerTlsCa: abs(tls.peerTlsCa), peerTlsCert: abs(tls.peerTlsCert), peerTlsKey: abs(tls.peerTlsKey), peerInsecure };
+  return {
+    peerListen, peerAddress, peerTlsCa: abs(tls.peerTlsCa), peerTlsCert: abs(tls.peerTlsCert), peerTlsKey: abs(tls.peerTlsKey), peerInsecure,
+    dataListen: resolveDataListen(r, peerListen, listenPort), replicaTransport: resolveTransport(r),
+  };
+}
+
+/** The data channel's listen address: given, or the peer host at 9472 (port 0 when the peer port is 0, as in tests). */
+function resolveDataListen(r: Reader, peerListen: string, peerPort: number): string {
+  const given = r.raw('dataListen');
+  const host = peerListen.slice(0, peerListen.lastIndexOf(':'));
+  const dataListen = given ?? (peerListen === '' ? '' : `${host}:${peerPort === 0 ? 0 : DEFAULT_DATA_PORT}`);
+  if (dataListen === '') return '';
+  const port = parsePort(dataListen);
+  if (Number.isNaN(port)) throw invalid('dataListen', dataListen, 'write host:port (port 0 picks a free one), e.g. 0.0.0.0:9472, or an empty string to disable');
+  if (peerListen === '') throw invalid('dataListen', dataListen, 'the data channel serves this node\'s replicas, which need the replica service too: set --peer-listen');
+  if (port !== 0 && port === peerPort) throw invalid('dataListen', dataListen, `port ${port} is the replica service's (--peer-listen): use another, e.g. ${DEFAULT_DATA_PORT}`);
+  return dataListen;
+}
+
+function resolveTransport(r: Reader): ReplicaTransport {
+  const text = r.raw('replicaTransport') ?? 'channel';
+  if (!(REPLICA_TRANSPORTS as readonly string[]).includes(text)) throw invalid('replicaTransport', text, `use one of ${REPLICA_TRANSPORTS.join(', ')}`);
+  return text as ReplicaTransport;
 }
 
 type TuningSettings = Pick<DaemonConfig, 'nodeTtlMs' | 'replicaTimeoutMs' | 'rebuildRateBytes' | 'repairWaitMs' | 'orphanGraceMs' | 'shutdownTimeoutMs' | 'maxVolumesPerNode' | 'attachReconnectMs'>;

@@ -28,7 +28,9 @@ export interface ControllerPlane {
 
 export function openControllerPlane(config: Readonly<DaemonConfig>, log: Logger, cluster: ClusterStore): ControllerPlane {
   const nodeId = config.nodeName as NodeId;
-  const connector = new PeerConnector({ nodeId, store: cluster, tls: peerTlsConfig(config) ?? { insecure: true }, log: log.child({ component: 'peers' }) });
+  const connector = new PeerConnector({
+    nodeId, store: cluster, tls: peerTlsConfig(config) ?? { insecure: true }, transport: config.replicaTransport, log: log.child({ component: 'peers' }),
+  });
   const lifecycle = new VolumeLifecycle({
     nodeId, clusterName: config.clusterName, store: cluster, controls: connector, election: undefined,
     defaultReplicas: config.defaultReplicas, capacity: () => clusterCapacity(cluster, log), log,

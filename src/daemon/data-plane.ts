@@ -24,7 +24,9 @@ import { KernelAttacher } from '../engine/kernel-attach.js';
 import { Stager, type VolumeExporter } from '../engine/stager.js';
 import type { PoolBackend } from '../pool/backend.js';
 import { ReplicaManager } from '../replica/replica-manager.js';
+import { startReplicaDataServer, type ReplicaDataServer } from '../replica/data-server.js';
 import { startReplicaServer } from '../replica/replica-server.js';
+import type { PeerTlsConfig } from '../rpc/tls.js';
 import { NodeStore } from '../store/node-store.js';
 import { advertisedPeerAddress, peerTlsConfig, type DaemonConfig } from './config.js';
 import { openPool } from './pool-factory.js';
@@ -56,6 +58,10 @@ export interface DataPlane {
   /** CSI staging on this node (NodeStageVolume / NodeUnstageVolume). */
   stager: Stager;
   peerAddress: string;
+  /** host:port others dial for this node's replica data channel; empty when it serves none. */
+  dataAddress: string;
+  /** Reaches replicas on this node and the others (its data channel counters feed /metrics). */
+  connector: PeerConnector;
   /** Registers the node, starts the election, the repair loop and the collector, and restarts the engines of exported volumes. */
   start(): Promise<void>;
   /** Stops everything the data plane started, in reverse; the node storage and the cluster store are the caller's. */
@@ -76,6 +82,12 @@ async function registerNode(registry: NodeRegistry, registration: NodeRegistrati
   }
 }
 
+function startDataServer(listen: string, manager: ReplicaManager, tls: PeerTlsConfig, log: Logger): Promise<ReplicaDataServer> {
+  const colon = listen.lastIndexOf(':');
+  const host = listen.slice(0, colon).replace(/^\[(.*)\]$/, '$1');
+  return startReplicaDataServer({ host, port: Number(listen.slice(colon + 1)), manager, tls, log });
+}
+
 export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger, local: NodeStorage, cluster: ClusterStore): Promise<DataPlane> {
   const { store, pool } = local;
   const nodeId = config.nodeName as NodeId;
@@ -83,7 +95,12 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const tls = peerTlsConfig(config);
   const peers = tls && config.peerListen !== '' ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager }) : undefined;
   const peerAddress = peers ? advertisedPeerAddress(config, peers.port) : '';
-  const connector = new PeerConnector({ nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, log: log.child({ component: 'peers' }) });
+  const data = peers && tls && config.dataListen !== '' ? await startDataServer(config.dataListen, manager, tls, log.child({ component: 'replica-data' })) : undefined;
+  // Others dial the host they reach the replica service at, on the data channel's port.
+  const dataAddress = data ? `${peerAddress.slice(0, peerAddress.lastIndexOf(':'))}:${data.port}` : '';
+  const connector = new PeerConnector({
+    nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, transport: config.replicaTransport, log: log.child({ component: 'peers' }),
+  });
   const exports = new ExportManager(config.nbdSocketDir, log.child({ component: 'nbd' }));
   const registry = new NodeRegistry(cluster, { ttlMs: config.nodeTtlMs, log: log.child({ component: 'registry' }) });
   const election = new LeaderElection(cluster, { role: 'repair', candidateId: nodeId, ttlMs: config.nodeTtlMs, log: log.child({ component: 'election' }) });
@@ -113,10 +130,10 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   let capacityTimer: NodeJS.Timeout | undefined;
 
   return {
-    volumes, exports, attacher, stager, peerAddress,
+    volumes, exports, attacher, stager, peerAddress, dataAddress, connector,
     async start() {
       await registerNode(registry, {
-        nodeId, name: config.nodeName, peerAddress, ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,
+        nodeId, name: config.nodeName, peerAddress, ...(dataAddress ? { dataAddress } : {}), ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,
         capacity: await capacity(), version: VERSION,
       }, log);
       capacityTimer = setInterval(() => {
@@ -143,6 +160,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
       await volumes.shutdown();
       await election.close();
       await registry.close();
+      await data?.close();
       await peers?.close();
       connector.close();
       await manager.close();

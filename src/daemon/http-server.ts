@@ -4,12 +4,16 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { Logger } from '../common/log.js';
+import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
+import { LATENCY_BUCKETS_S } from '../engine/data-stats.js';
 
 export interface HttpContext {
   volumes: VolumeApi;
   isReady: () => boolean;
   connectionCount: () => number;
+  /** The data channel's counters per remote replica this node's engines reach. */
+  dataChannel?: () => DataChannelReplicaStats[];
   log: Logger;
 }
 
@@ -35,8 +39,34 @@ async function metrics(ctx: HttpContext): Promise<string> {
   const rebuilding = volumes.flatMap((v) => v.replicas.filter((r) => r.rebuild).map((r) => ({ v, r, p: r.rebuild! })));
   gauge('cairn_replica_rebuild_done_bytes', 'Bytes a rebuilding replica has copied so far.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.doneBytes]));
   gauge('cairn_replica_rebuild_total_bytes', 'Bytes a rebuilding replica copies in all.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.totalBytes]));
+  gauge('cairn_replica_rebuild_bytes_per_second', 'Copy rate of a rebuilding replica.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.bytesPerSecond]));
   gauge('cairn_nbd_connections', 'Open NBD client connections.', [['', ctx.connectionCount()]]);
+  dataChannelMetrics(lines, ctx.dataChannel?.() ?? []);
   return `${lines.join('\n')}\n`;
+}
+
+/** Counters, the in-flight gauge and the latency histogram of the data channel, per remote replica. */
+function dataChannelMetrics(lines: string[], replicas: DataChannelReplicaStats[]): void {
+  const label = (r: DataChannelReplicaStats): string => `replica="${r.replicaId}",volume_id="${r.volumeId}",node="${r.nodeId}"`;
+  const family = (name: string, type: string, help: string, value: (r: DataChannelReplicaStats) => number): void => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const r of replicas) lines.push(`${name}{${label(r)}} ${value(r)}`);
+  };
+  family('cairn_replica_data_requests_total', 'counter', 'Requests sent to a remote replica on the data channel.', (r) => r.stats.requests);
+  family('cairn_replica_data_sent_bytes_total', 'counter', 'Write payload bytes sent to a remote replica.', (r) => r.stats.bytesSent);
+  family('cairn_replica_data_failed_requests_total', 'counter', 'Requests to a remote replica that failed (refused, or the connection was lost).', (r) => r.stats.failures);
+  family('cairn_replica_data_inflight_requests', 'gauge', 'Requests to a remote replica waiting for their reply.', (r) => r.stats.inflight);
+  const name = 'cairn_replica_data_latency_seconds';
+  lines.push(`# HELP ${name} Time from sending a request to a remote replica to its reply.`, `# TYPE ${name} histogram`);
+  for (const r of replicas) {
+    let cumulative = 0;
+    LATENCY_BUCKETS_S.forEach((le, i) => {
+      cumulative += r.stats.latency[i]!;
+      lines.push(`${name}_bucket{${label(r)},le="${le}"} ${cumulative}`);
+    });
+    cumulative += r.stats.latency[LATENCY_BUCKETS_S.length]!;
+    lines.push(`${name}_bucket{${label(r)},le="+Inf"} ${cumulative}`, `${name}_sum{${label(r)}} ${r.stats.latencySumS}`, `${name}_count{${label(r)}} ${cumulative}`);
+  }
 }
 
 export async function startHttpServer(listen: string, ctx: HttpContext): Promise<Server> {

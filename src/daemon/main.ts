@@ -25,6 +25,7 @@ import { openControllerPlane } from './controller-plane.js';
 import { startCsi, type CsiDeps } from './csi-start.js';
 import { openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
+import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
 import { acquirePidFile } from './pid-file.js';
 import { VERSION } from './version.js';
 
@@ -53,6 +54,8 @@ interface Front {
   volumes: VolumeApi;
   api: Omit<ApiContext, 'volumes' | 'nodeName' | 'startedAt' | 'log'>;
   connectionCount: () => number;
+  /** The data channel's counters per remote replica (node role). */
+  dataChannel?: () => DataChannelReplicaStats[];
   /** Whether the role can serve now: HTTP /readyz and CSI Probe. */
   ready: () => boolean | Promise<boolean>;
   /** Roles `node` and `all`: the CSI Node service's dependencies. */
@@ -75,7 +78,9 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     return lastReady;
   };
   if (config.httpListen) {
-    const http: Server = await startHttpServer(config.httpListen, { volumes: front.volumes, isReady, connectionCount: front.connectionCount, log });
+    const http: Server = await startHttpServer(config.httpListen, {
+      volumes: front.volumes, isReady, connectionCount: front.connectionCount, dataChannel: front.dataChannel, log,
+    });
     stops.push(() => void http.close());
   }
   const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
@@ -96,6 +101,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const recovery = new Promise<void>((resolve) => { markRecovered = resolve; });
   await startFront(config, log, {
     volumes: plane.volumes, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
+    dataChannel: () => plane.connector.dataChannelStats(),
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
       staged: (volume) => plane.stager.get(volume),

@@ -48,6 +48,14 @@ export interface DaemonConfig {
   peerTlsKey: string;
   /** Plaintext, unauthenticated peer traffic: development only. Never together with the TLS files. */
   peerInsecure: boolean;
+  /**
+   * host:port the replica data channel (block I/O from engines, docs/replica-protocol.md)
+   * listens on; empty when off. Others dial the host of the advertised peer address at the
+   * port this binds.
+   */
+  dataListen: string;
+  /** How this node's engines reach replicas on other nodes: `channel` (the data channel) or `grpc` (the control service's Io stream). */
+  replicaTransport: ReplicaTransport;
   /** The node's failure domain; placement spreads a volume's replicas across zones. Empty: none. */
   zone: string;
   /** Labels recorded in the node registry (Kubernetes label syntax). */
@@ -112,6 +120,8 @@ export const SETTINGS: readonly SettingSpec[] = [
   { key: 'peerTlsCert', flag: '--peer-tls-cert <file>', env: 'CAIRN_PEER_TLS_CERT', description: 'PEM file of this node\'s peer certificate', defaultText: 'none' },
   { key: 'peerTlsKey', flag: '--peer-tls-key <file>', env: 'CAIRN_PEER_TLS_KEY', description: 'PEM file of this node\'s peer private key', defaultText: 'none' },
   { key: 'peerInsecure', flag: '--peer-insecure', env: 'CAIRN_PEER_INSECURE', description: 'plaintext, unauthenticated peer traffic (development only); the variable takes true/false', defaultText: 'false', boolean: true },
+  { key: 'dataListen', flag: '--data-listen <host:port>', env: 'CAIRN_DATA_LISTEN', description: 'where the replica data channel (block I/O between nodes) listens; empty to disable; port 0 picks a free port', defaultText: '<peer-listen host>:9472 while the replica service runs, else off' },
+  { key: 'replicaTransport', flag: '--replica-transport <kind>', env: 'CAIRN_REPLICA_TRANSPORT', description: 'how engines send block I/O to replicas on other nodes: channel (the binary data channel) or grpc (the replica service\'s stream, slower; for comparison)', defaultText: 'channel' },
   { key: 'zone', flag: '--zone <zone>', env: 'CAIRN_ZONE', description: 'this node\'s failure domain; replicas of a volume are spread across zones', defaultText: 'none' },
   { key: 'nodeLabels', flag: '--node-labels <k=v,...>', env: 'CAIRN_NODE_LABELS', description: 'comma-separated labels of this node, e.g. disk=nvme,rack=r12', defaultText: 'none' },
   { key: 'nodeTtlMs', flag: '--node-ttl-ms <ms>', env: 'CAIRN_NODE_TTL_MS', description: 'how long a silent node still counts as up (at least 2000)', defaultText: '10000' },
@@ -129,6 +139,9 @@ export const SETTINGS: readonly SettingSpec[] = [
 /** A unix socket path must fit sun_path (108 bytes with the NUL). */
 export const MAX_SOCKET_PATH = 107;
 export const DEFAULT_PEER_PORT = 9471;
+export const DEFAULT_DATA_PORT = 9472;
+export const REPLICA_TRANSPORTS = ['channel', 'grpc'] as const;
+export type ReplicaTransport = (typeof REPLICA_TRANSPORTS)[number];
 export const MIN_NODE_TTL_MS = 2000;
 
 export type RawFlags = Partial<Record<keyof DaemonConfig, string>>;

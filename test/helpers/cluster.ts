@@ -119,7 +119,7 @@ export class Cluster {
   private async argsFor(i: number): Promise<string[]> {
     const port = this.peerPorts[i]!;
     const a = ['--node-name', `node-${i}`, '--cluster-name', this.name, '--etcd-endpoints', this.etcd.endpoint,
-      '--peer-listen', `127.0.0.1:${port}`, '--peer-address', `127.0.0.1:${port}`];
+      '--peer-listen', `127.0.0.1:${port}`, '--peer-address', `127.0.0.1:${port}`, '--data-listen', '127.0.0.1:0'];
     if (this.pki) {
       const tls = await this.pki.node(`node-${i}`);
       a.push('--peer-tls-ca', tls.caFile, '--peer-tls-cert', tls.certFile, '--peer-tls-key', tls.keyFile);
@@ -148,6 +148,13 @@ export class Cluster {
 
   peerAddress(i: number): string {
     return `127.0.0.1:${this.peerPorts[i]}`;
+  }
+
+  /** The port node i's replica data channel bound (it picks a free one at each start). */
+  dataPort(i: number): number {
+    const e = this.node(i).events().filter((l) => l.msg === 'replica data channel listening' && typeof l.port === 'number').at(-1);
+    if (!e) throw new Error(`node-${i} logged no data channel port`);
+    return e.port as number;
   }
 
   /** The first node that is running and not paused (to ask about the cluster). */

@@ -93,6 +93,28 @@ test('the peer address is explicit, derived from the listen port, or left to run
   t.is(resolveConfig({ ...base, peerListen: '[::]:9471' }, {}, false).peerListen, '[::]:9471');
 });
 
+test('the data channel listens beside the replica service: 9472 by default, port 0 with a port-0 peer, off without peers', (t) => {
+  const base = { nodeName: 'node-a', etcdEndpoints: 'http://127.0.0.1:2379', peerInsecure: 'true' };
+  const c = resolveConfig(base, {}, false);
+  t.is(c.dataListen, '0.0.0.0:9472');
+  t.is(c.replicaTransport, 'channel');
+  t.is(resolveConfig({ ...base, peerListen: '127.0.0.1:0' }, {}, false).dataListen, '127.0.0.1:0');
+  t.is(resolveConfig({ ...base, peerListen: '10.0.0.1:7000', dataListen: '10.0.0.1:7001' }, {}, false).dataListen, '10.0.0.1:7001');
+  t.is(resolveConfig({ ...base, dataListen: '' }, {}, false).dataListen, '', 'empty turns it off');
+  t.is(resolveConfig({ nodeName: 'solo' }, {}, false).dataListen, '', 'a single node without peers serves none');
+  t.is(resolveConfig({ ...base, replicaTransport: 'grpc' }, {}, false).replicaTransport, 'grpc');
+  const refused = (flags: Record<string, string>, message: RegExp): void => {
+    const err = t.throws(() => resolveConfig({ ...base, ...flags }, {}, false), { instanceOf: StorageError });
+    t.is(err?.code, Code.INVALID_ARGUMENT);
+    t.regex(err?.message ?? '', message);
+  };
+  refused({ dataListen: 'nowhere' }, /--data-listen/);
+  refused({ peerListen: '0.0.0.0:7000', dataListen: '0.0.0.0:7000' }, /replica service's/);
+  refused({ replicaTransport: 'nbd' }, /channel, grpc/);
+  const err = t.throws(() => resolveConfig({ nodeName: 'solo', dataListen: '127.0.0.1:0' }, {}, false), { instanceOf: StorageError });
+  t.regex(err?.message ?? '', /--peer-listen/);
+});
+
 test('a single node may run the replica service when asked, with TLS', (t) => {
   const c = resolveConfig({ nodeName: 'solo', peerListen: '127.0.0.1:0' }, { CAIRN_PEER_INSECURE: '1' }, false);
   t.is(c.peerListen, '127.0.0.1:0');
