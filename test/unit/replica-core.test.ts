@@ -1,5 +1,6 @@
 import test from 'ava';
 import { Code, StorageError } from '../../src/common/errors.js';
+import { createHash } from 'node:crypto';
 import { zeroDigest } from '../../src/replica/checksum.js';
 import { filled, replicaFixture, runBatch } from '../helpers/replica-fixture.js';
 
@@ -117,6 +118,9 @@ test('checksums: a hole hashes as zeros; identical writes give identical digests
   t.deepEqual(sa.digests[0], zeroDigest(MiB), 'written zeros and a hole agree');
   t.deepEqual(sb.digests[0], zeroDigest(MiB));
   t.notDeepEqual(sa.digests[2], zeroDigest(MiB));
+  const region2 = Buffer.alloc(MiB);
+  filled(1000, 9).copy(region2, 12345);
+  t.deepEqual(sa.digests[2], createHash('sha256').update(region2).digest(), 'the digest is SHA-256 of the region\'s bytes');
   const tail = await fx.manager.checksumRange(a, 0, 3 * MiB, MiB - 4096, 4096 * 100);
   t.is(tail.digests.length, 3, 'the last region is shorter');
   t.deepEqual(tail.digests[2], zeroDigest(MiB - 4096 - 2 * 4096 * 100));
