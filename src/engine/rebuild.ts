@@ -13,9 +13,10 @@
  *    region lock. Under those locks the source says which bytes of the run it holds data in
  *    (AllocatedRanges; rebuild-extents.ts): only those are read and written, in chunks of
  *    at most 4 MiB inside one region, so memory stays bounded (concurrency × 4 MiB); a
- *    chunk that reads as zeros goes as write-zeroes. Everything else goes as write-zeroes that may trim
- *    (discards on the target), one request per hole however many regions it spans, so
- *    the target stays thin where the source is and loses any stale data there. A source
+ *    chunk that reads as zeros goes as write-zeroes. Everything else goes as write-zeroes
+ *    that may trim (discards on the target), one request per hole however many regions it
+ *    spans (a run is at most 64 MiB, far below any request limit), so the target stays
+ *    thin where the source is and loses any stale data there. A source
  *    that does not know the call (UNIMPLEMENTED) has every byte copied. Each region's lock
  *    is released as soon as the copy is past it, and it counts as copied from then on (a
  *    cancelled run keeps the regions it finished).
