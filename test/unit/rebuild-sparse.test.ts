@@ -54,6 +54,20 @@ test('the file backend reports the data extents of a sparse replica, at most max
   t.is(await codeOf(fx.manager.allocatedRanges(ref, 1, 0, MiB)), Code.FAILED_PRECONDITION, 'fenced by epoch');
 });
 
+test('a device that cannot tell where its data is (the dm pool) reports the whole range as data', async (t) => {
+  const fx = await replicaFixture();
+  t.teardown(() => fx.cleanup());
+  const open = fx.pool.open.bind(fx.pool);
+  fx.pool.open = async (id) => {
+    const device = await open(id);
+    return { ...device, id: device.id, sizeBytes: device.sizeBytes, read: device.read.bind(device), write: device.write.bind(device), flush: device.flush.bind(device),
+      trim: device.trim.bind(device), writeZeroes: device.writeZeroes.bind(device), close: device.close.bind(device), allocatedRanges: undefined };
+  };
+  const ref = { replicaId: 'rep-dm', volumeId: 'vol-dm' };
+  await fx.manager.create(ref, 4 * MiB, 1, true);
+  t.deepEqual(await fx.manager.allocatedRanges(ref, 1, MiB, 2 * MiB), { extents: [{ offset: MiB, lengthBytes: 2 * MiB }], endOffset: 3 * MiB });
+});
+
 /** Writes random data in [offset, offset + lengthBytes) of the source (and flushes). */
 async function writeSource(s: Setup, pieces: ReadonlyArray<[number, number]>): Promise<void> {
   for (const [offset, lengthBytes] of pieces) await s.source.inner.write(offset, randomBytes(lengthBytes), false);
