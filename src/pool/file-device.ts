@@ -12,9 +12,10 @@
  *   writes reached ~1.7x the IOPS of thread-pool writes, which pay a thread hop and a
  *   wake-up per batch, and 1M sequential writes took ~10% less CPU per GiB (2 vCPUs
  *   shared with the client); a 1 MiB page-cache copy holds the loop for a fraction of a
- *   millisecond. Each such write is timed; one slower than 2 ms (dirty throttling, journal
- *   waits) moves writes to the thread pool for the next second, so the event loop (and
- *   every other volume on it) never keeps waiting on the kernel.
+ *   millisecond. Each such write is timed; three in a row slower than 2 ms (dirty
+ *   throttling, journal waits; a single slow one is mostly the process being preempted on
+ *   shared cores) move writes to the thread pool for the next second, so the event loop
+ *   (and every other volume on it) never keeps waiting on the kernel.
  * - Larger writes, FUA writes and fdatasync are queued and, once per event-loop turn,
  *   handed to the thread pool in batches (one hop for many small requests; a large write
  *   gets a job of its own, so that it is answered as soon as it is done).
@@ -43,8 +44,14 @@ const SLAB_MAX_READ_BYTES = 64 << 10;
 const SLAB_BYTES = 1 << 20;
 /** Writes up to this size go to the page cache on the event loop (larger ones: thread pool). */
 const SYNC_WRITE_MAX_BYTES = 1 << 20;
-/** A page-cache write slower than this sends writes to the thread pool for a while. */
+/**
+ * This many page-cache writes in a row slower than SLOW_SYNC_WRITE_MS send writes to the
+ * thread pool for a while. One slow write proves nothing: on shared cores the process is
+ * often preempted in the middle of a 2 µs pwrite (many times a second at 10k writes/s),
+ * while dirty throttling or a journal wait makes every write slow.
+ */
 const SLOW_SYNC_WRITE_MS = 2;
+const SLOW_SYNC_WRITES_IN_A_ROW = 3;
 const SYNC_WRITE_BACKOFF_MS = 1000;
 /** writeZeroes falls back to plain writes of zeros in chunks of this size. */
 const ZERO_CHUNK_BYTES = 1 << 20;
@@ -178,6 +185,8 @@ class FileBlockDevice implements BlockDevice {
   private closed = false;
   /** While set (a performance.now() time), writes go to the thread pool. */
   private asyncWritesUntilMs = 0;
+  /** Page-cache writes in a row slower than SLOW_SYNC_WRITE_MS. */
+  private slowSyncWrites = 0;
   private readonly fallocating = new Set<Promise<void>>();
   private readonly batcher: IoBatcher;
   /** False once preadv2(RWF_NOWAIT) said it is not supported here: reads go to the thread pool. */
@@ -314,7 +323,8 @@ class FileBlockDevice implements BlockDevice {
 
   /** The outcome of a write done on the event loop, which backs off when it was slow. */
   private syncWriteDone(r: number, t0: number, offset: number): Promise<void> {
-    if (performance.now() - t0 > SLOW_SYNC_WRITE_MS) this.backOffSyncWrites();
+    if (performance.now() - t0 <= SLOW_SYNC_WRITE_MS) this.slowSyncWrites = 0;
+    else if (++this.slowSyncWrites >= SLOW_SYNC_WRITES_IN_A_ROW) this.backOffSyncWrites();
     return r < 0 ? Promise.reject(errnoError(r, 'pwrite', { device: this.id, offset })) : Promise.resolve();
   }
 
@@ -333,6 +343,7 @@ class FileBlockDevice implements BlockDevice {
    * the next ones, so writes take the thread pool for a while.
    */
   private backOffSyncWrites(): void {
+    this.slowSyncWrites = 0;
     if (this.asyncWritesUntilMs === 0) this.log.debug({ device: this.id }, 'slow page-cache write: writes move to the thread pool');
     this.asyncWritesUntilMs = performance.now() + SYNC_WRITE_BACKOFF_MS;
   }

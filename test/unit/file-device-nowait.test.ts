@@ -84,3 +84,55 @@ test('preadv2(RWF_NOWAIT) answering EIO still fails the read', async (t) => {
   t.is((err as { errnoName?: string }).errnoName, 'EIO');
   await dev.close();
 });
+
+/** The real native I/O, with page-cache writes that take `slowMs` while `slow()` says so; counts thread-pool jobs. */
+function slowWrites(slow: () => boolean, slowMs: number): NativeIo & { jobs: number } {
+  const real = nativeIo();
+  const wait = (): void => {
+    if (!slow()) return;
+    const until = performance.now() + slowMs;
+    while (performance.now() < until) { /* the kernel holding the write */ }
+  };
+  const io = {
+    jobs: 0,
+    ioPreadNowait: real.ioPreadNowait.bind(real),
+    ioPwrite: (fd: number, buf: Uint8Array, pos: number) => {
+      wait();
+      return real.ioPwrite(fd, buf, pos);
+    },
+    ioPwritev: (fd: number, bufs: readonly Uint8Array[], pos: number) => {
+      wait();
+      return real.ioPwritev(fd, bufs, pos);
+    },
+    ioDupFd: real.ioDupFd.bind(real),
+    ioSubmit: (...args: Parameters<NativeIo['ioSubmit']>) => {
+      io.jobs++;
+      real.ioSubmit(...args);
+    },
+  };
+  return io;
+}
+
+test('one slow page-cache write (a preemption) keeps writes on the event loop; three in a row move them to the thread pool', async (t) => {
+  const dir = await makeTempDir();
+  t.teardown(() => removeDir(dir));
+  const file = join(dir, 'dev.img');
+  await writeFile(file, '');
+  await truncate(file, MiB);
+  let slowNext = 0;
+  const io = slowWrites(() => slowNext-- > 0, 5);
+  const dev = await openFileDevice(file, 'dev-1' as DeviceId, MiB, silentLogger(), io);
+  const block = (i: number): Buffer => Buffer.alloc(4096, i);
+  for (let round = 0; round < 3; round++) {
+    slowNext = 2; // two slow writes, then a fast one: isolated stalls
+    for (let i = 0; i < 4; i++) await dev.write(i * 4096, block(i));
+  }
+  t.is(io.jobs, 0, 'no write went to the thread pool');
+  slowNext = 3;
+  for (let i = 0; i < 3; i++) await dev.write(i * 4096, block(i + 10));
+  await dev.write(3 * 4096, block(13));
+  t.is(io.jobs, 1, 'after three slow writes in a row the next one took the thread pool');
+  const back = await dev.read(0, 4 * 4096);
+  t.true(back.equals(Buffer.concat([10, 11, 12, 13].map(block))));
+  await dev.close();
+});
