@@ -369,7 +369,7 @@ function printRecovery(b: Bench, size: number, cp: CpSample[], full: RecoverySam
   const cpMs = median(cp.map((s) => s.ms));
   const cpMbps = size / cpMs / 1e3;
   const fullCopyMs = med(full, (s) => s.copyMs);
-  const fullCopied = med(full, (s) => s.copiedBytes);
+  const fullCopied = med(full, (s) => s.doneBytes);
   const fullCopyMbps = mbps(fullCopied, fullCopyMs);
   const fullReady = med(full, (s) => s.readyToHealthyMs)!;
   const fullTotal = med(full, (s) => s.totalMs)!;
@@ -379,7 +379,7 @@ function printRecovery(b: Bench, size: number, cp: CpSample[], full: RecoverySam
   const rsAfterReconnect = med(resync, (s) => (s.reconnectMs === undefined ? undefined : s.readyToHealthyMs - s.reconnectMs));
   const fullAfterReconnect = med(full, (s) => (s.reconnectMs === undefined ? undefined : s.readyToHealthyMs - s.reconnectMs));
   const pct = (a: number | undefined, c: number | undefined): string => (a !== undefined && c ? `${((a / c) * 100).toFixed(1)}% of full` : '');
-  const cpuPerGiB = (xs: RecoverySample[]): string => fmt(med(xs, (s) => s.cpuSec / ((s.copiedBytes ?? s.dirtyBytes) / GiB)), 2);
+  const cpuPerGiB = (xs: RecoverySample[]): string => fmt(med(xs, (s) => s.cpuSec / ((s.doneBytes ?? s.dirtyBytes) / GiB)), 2);
   console.log(`\nRebuild and resync (${(size / 2 ** 20).toFixed(0)} MiB volume, 2 replicas, --rebuild-rate 0; medians; CPU = every cairnd from the node's /readyz to healthy, per GiB copied)`);
   const rows = [
     ['what', 'time', 'MB/s', 'CPU s/GiB', 'ratio'],
@@ -396,7 +396,7 @@ function printRecovery(b: Bench, size: number, cp: CpSample[], full: RecoverySam
   printTable(rows, 1);
   console.log(`  reconnect (node ready .. the engine's 'replica rebuild starting'): full ${fmtMs(med(full, (s) => s.reconnectMs))}, resync ${fmtMs(med(resync, (s) => s.reconnectMs))}; node start-up (restart .. /readyz): ${fmtMs(med([...full, ...resync], (s) => s.startupMs))}`);
   if (fullCopyMbps) b.goals.push(`full rebuild / cp: ${(fullCopyMbps / cpMbps).toFixed(2)} on the engine's copy+verify time, ${(size / fullReady / 1e3 / cpMbps).toFixed(2)} from node ready to healthy (goal >= 0.8: ${fullCopyMbps / cpMbps >= 0.8 ? 'met' : 'MISSED'} on the copy time)`);
-  const rebuildCpu = med(full, (s) => s.cpuSec / ((s.copiedBytes ?? s.dirtyBytes) / GiB));
+  const rebuildCpu = med(full, (s) => s.cpuSec / ((s.doneBytes ?? s.dirtyBytes) / GiB));
   if (rebuildCpu !== undefined) b.goals.push(goalLine('full rebuild CPU, every cairnd, per GiB copied', `${rebuildCpu.toFixed(2)} s/GiB`, '<= 1.5', rebuildCpu <= 1.5));
   const share = (a: number | undefined, c: number | undefined): string => (a !== undefined && c ? `${((a / c) * 100).toFixed(1)}%` : '?');
   const copyShare = rsCopyMs !== undefined && fullCopyMs ? rsCopyMs / fullCopyMs : undefined;

@@ -43,6 +43,8 @@ export interface RecoverySample {
   reconnectMs: number | undefined;
   /** The engine's own duration of the rebuild (copy, checkpoints, checksum comparison). */
   copyMs: number | undefined;
+  /** Bytes of the regions the rebuild brought up to date (data copied plus holes discarded). */
+  doneBytes: number | undefined;
   copiedBytes: number | undefined;
   zeroedBytes: number | undefined;
   /** 'replica rebuild finished' until the engine logged that the replica rejoined the in-sync set (the store's compare-and-swap). */
@@ -208,6 +210,7 @@ export async function measureRecovery(ctx: RecoveryContext, vol: BenchVolumeRef,
     startupMs: t1 - t0,
     reconnectMs: startingAt !== undefined ? startingAt - readyWall : undefined,
     copyMs: num(finished, 'durationMs'),
+    doneBytes: num(finished, 'doneBytes') ?? num(finished, 'copiedBytes'),
     copiedBytes: num(finished, 'copiedBytes'),
     zeroedBytes: num(finished, 'zeroedBytes'),
     finishToRejoinMs: finishedAt !== undefined && rejoinedAt !== undefined ? rejoinedAt - finishedAt : undefined,
@@ -243,6 +246,6 @@ export function describeSample(s: RecoverySample): string {
   const ms = (v: number | undefined): string => (v === undefined ? '?' : `${Math.round(v)} ms`);
   const mb = (v: number | undefined): string => (v === undefined ? '?' : `${(v / 2 ** 20).toFixed(0)} MiB`);
   return `dirty ${mb(s.dirtyBytes)}; node start-up ${ms(s.startupMs)}, reconnect ${ms(s.reconnectMs)}, engine rebuild ${ms(s.copyMs)} `
-    + `(copied ${mb(s.copiedBytes)}, of it zeroes ${mb(s.zeroedBytes)}), finished→rejoined ${ms(s.finishToRejoinMs)}, finished→healthy seen ${ms(s.finishToHealthyMs)}; `
+    + `(${mb(s.doneBytes)} brought up to date: copied ${mb(s.copiedBytes)}, of it zeroes ${mb(s.zeroedBytes)}), finished→rejoined ${ms(s.finishToRejoinMs)}, finished→healthy seen ${ms(s.finishToHealthyMs)}; `
     + `ready→healthy ${ms(s.readyToHealthyMs)}, restart→healthy ${ms(s.totalMs)}; cairnd CPU ${s.cpuSec.toFixed(1)} s; load ${s.load.toFixed(1)}`;
 }
