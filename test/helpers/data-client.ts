@@ -120,3 +120,35 @@ export function dialData(port: number, tls: PeerTlsConfig | { caFile: string }):
     socket.once('error', reject);
   });
 }
+
+/** A seeded pseudo-random number generator in [0, 1) (mulberry32): fuzz runs repeat. */
+export function prng(seed: number): () => number {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let x = Math.imul(a ^ (a >>> 15), 1 | a);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** One to four frames for a bound connection: random bytes, or valid request headers with a few bytes changed, some cut short. */
+export function fuzzFrames(rand: () => number): Buffer {
+  const valid = [
+    encodeRequestHeader({ op: DataOp.WRITE, flags: 0, lengthBytes: 4096, id: 1, offset: 0 }),
+    encodeRequestHeader({ op: DataOp.READ, flags: 0, lengthBytes: 4096, id: 2, offset: 4096 }),
+    encodeRequestHeader({ op: DataOp.FLUSH, flags: 0, lengthBytes: 0, id: 3, offset: 0 }),
+    encodeRequestHeader({ op: DataOp.TRIM, flags: 0, lengthBytes: 8192, id: 4, offset: 8192 }),
+    encodeRequestHeader({ op: DataOp.WRITE_ZEROES, flags: 0, lengthBytes: 4096, id: 5, offset: 0 }),
+  ];
+  const frames: Buffer[] = [];
+  for (let n = 1 + Math.floor(rand() * 4); n > 0; n--) {
+    const base = Buffer.from(valid[Math.floor(rand() * valid.length)]!);
+    if (rand() < 0.3) frames.push(Buffer.from(Array.from({ length: Math.floor(rand() * 80) }, () => Math.floor(rand() * 256))));
+    else {
+      for (let m = 1 + Math.floor(rand() * 3); m > 0; m--) base[Math.floor(rand() * base.length)] = Math.floor(rand() * 256);
+      frames.push(base.subarray(0, rand() < 0.2 ? Math.floor(rand() * base.length) : base.length));
+    }
+  }
+  return Buffer.concat(frames);
+}

@@ -6,7 +6,7 @@
  */
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { Cluster } from '../helpers/cluster.js';
-import { dialData } from '../helpers/data-client.js';
+import { dialData, fuzzFrames, prng } from '../helpers/data-client.js';
 import { etcdMissingReason } from '../helpers/etcd.js';
 import { prerequisitesMet } from '../helpers/prereq.js';
 import { encodeBlock } from '../helpers/verified-writer.js';
@@ -129,5 +129,44 @@ if (prerequisitesMet('data channel tests', missing)) {
     t.is(w.stats().errors, 0, 'the volume kept serving');
     t.deepEqual((await w.verify()).mismatches, []);
     await c.waitForEvent(1, (e) => e.msg === 'replica data connection refused');
+  });
+
+  test.serial('fuzz: an authenticated peer sends random and mutated frames to a live replica while another volume\'s verified writer runs on the same daemon', async (t) => {
+    t.timeout(180_000);
+    const c = await startCluster(t);
+    await c.createVolume('target', '32MiB', 3, 0, ['--prefer-node', 'node-0']);
+    await c.createVolume('safe', '32MiB', 3, 0, ['--prefer-node', 'node-0']);
+    await c.exportVolume(0, 'target');
+    await c.exportVolume(0, 'safe');
+    const target = await c.volume('target', 0);
+    const replica = Cluster.replicaOn(target, 1)!;
+    const w = await c.writer(0, 'safe', { blockCount: 2048 });
+    const peer = await c.pki!.node('node-9');
+    const rand = prng(0xc0ffee);
+    const mark = c.node(1).logMark();
+    const fuzz = async (): Promise<void> => {
+      for (let i = 0; i < 40; i++) {
+        const client = await dialData(c.dataPort(1), peer);
+        // Bound at the engine's own epoch (a newer one would fence it: that is a takeover, not bad input).
+        const reply = await client.handshake({ replicaId: replica.id, volumeId: target.id, epoch: target.epoch });
+        t.is(reply.code, 0, reply.message);
+        client.raw(fuzzFrames(rand));
+        client.raw(Buffer.alloc(64, 0xee));
+        await client.end(); // a frame cut short, if the garbage did not end it first
+
+      }
+    };
+    const [stats] = await Promise.all([w.runFor({ writes: 20_000 }), fuzz()]);
+    t.is(stats.errors, 0, `the verified writer on the other volume: ${stats.errorDetails.join('; ')}`);
+    t.deepEqual((await w.verify()).mismatches, []);
+    const closed = c.events(1, mark).filter((e) => e.msg === 'replica data connection closed' && e.replica === replica.id);
+    t.true(closed.length >= 40, `closed fuzzing connections logged: ${closed.length}`);
+    t.true(closed.some((e) => e.reason === 'malformed-frame' && typeof e.field === 'string'), 'a malformed frame is closed naming the field');
+    // The fuzzed volume's own engine still serves: its replicas stayed in sync and it takes writes.
+    const nbd = await c.nbd(0, 'target');
+    await nbd.write(0, Buffer.alloc(4096, 7));
+    t.true((await nbd.read(0, 4096)).equals(Buffer.alloc(4096, 7)));
+    await nbd.destroy();
+    t.is((await c.volume('target', 0)).health, 'healthy');
   });
 }

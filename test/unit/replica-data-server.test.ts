@@ -9,7 +9,7 @@ import { DataOp, DataReason, encodeRequestHeader } from '../../src/replica/data-
 import type { DataConnectionLimits } from '../../src/replica/data-connection.js';
 import { startReplicaDataServer, type ReplicaDataServer } from '../../src/replica/data-server.js';
 import type { PeerTlsConfig } from '../../src/rpc/tls.js';
-import { dialData, type DataClient } from '../helpers/data-client.js';
+import { dialData, fuzzFrames, prng, type DataClient } from '../helpers/data-client.js';
 import { makeTestPki } from '../helpers/tls.js';
 import { replicaFixture, type ReplicaFixture } from '../helpers/replica-fixture.js';
 
@@ -236,39 +236,14 @@ test('half a payload then a disconnect: logged, its pooled memory returned, othe
   t.true((await good.read(0, 4096)).body.equals(pattern(4096, 5)), 'nothing of the half payload was written');
 });
 
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 test('fuzz: random and mutated frames against a live server while another volume\'s verified writes succeed', async (t) => {
   const s = await setup(t);
   const verified = await s.dial(1, OTHER);
   const rand = prng(0x5eed);
-  const valid = [
-    encodeRequestHeader({ op: DataOp.WRITE, flags: 0, lengthBytes: 4096, id: 1, offset: 0 }),
-    encodeRequestHeader({ op: DataOp.READ, flags: 0, lengthBytes: 4096, id: 2, offset: 4096 }),
-    encodeRequestHeader({ op: DataOp.FLUSH, flags: 0, lengthBytes: 0, id: 3, offset: 0 }),
-  ];
   let verifiedWrites = 0;
   for (let i = 0; i < 60; i++) {
     const fuzz = await s.dial(1);
-    const frames: Buffer[] = [];
-    for (let n = 1 + Math.floor(rand() * 4); n > 0; n--) {
-      const base = Buffer.from(valid[Math.floor(rand() * valid.length)]!);
-      if (rand() < 0.3) frames.push(Buffer.from(Array.from({ length: Math.floor(rand() * 80) }, () => Math.floor(rand() * 256))));
-      else {
-        for (let m = 1 + Math.floor(rand() * 3); m > 0; m--) base[Math.floor(rand() * base.length)] = Math.floor(rand() * 256);
-        frames.push(base.subarray(0, rand() < 0.2 ? Math.floor(rand() * base.length) : base.length));
-      }
-    }
-    fuzz.raw(Buffer.concat(frames));
+    fuzz.raw(fuzzFrames(rand));
     const offset = (i % 64) * 65536;
     const data = pattern(65536, i);
     t.true(await roundTrip(verified, offset, data), `verified write ${i}`);
