@@ -127,6 +127,13 @@ class RebuildRun {
   private readonly extents: SourceExtents;
   /** A run spans at most this many bytes (at least one region). */
   private readonly runMaxBytes: number;
+  /**
+   * Copy buffers (COPY_CHUNK_BYTES each), reused from chunk to chunk and worker to worker:
+   * a fresh buffer per chunk cost page faults and GC on every byte copied. One goes back
+   * only after its chunk was written; after a failure it is dropped, since a cancelled
+   * request may still be filling or sending it.
+   */
+  private readonly buffers: Buffer[] = [];
   private totalBytes = 0;
   /** Bytes of regions copied or discarded in this run (progress). */
   private doneBytes = 0;
@@ -293,10 +300,13 @@ class RebuildRun {
    */
   private async copyData(offset: number, end: number, doneBefore: (byte: number) => void): Promise<number> {
     const { source, targetIo, signal, regionBytes } = this.ctx;
+    const buffer = this.buffers.pop() ?? Buffer.allocUnsafeSlow(COPY_CHUNK_BYTES);
     for (let at = offset, chunk = 0; at < end; at += chunk) {
       if (signal.aborted) throw cancelledError(this.ctx);
       chunk = Math.min(COPY_CHUNK_BYTES, end - at, (Math.floor(at / regionBytes) + 1) * regionBytes - at);
-      const data = await source.read(at, chunk);
+      let data = buffer.subarray(0, chunk);
+      if (source.readInto) await source.readInto(at, [data]);
+      else data = await source.read(at, chunk);
       if (data.length !== chunk) {
         throw new StorageError(Code.INTERNAL, `source replica ${source.replicaId} returned ${data.length} bytes for a read of ${chunk} at ${at}`);
       }
@@ -309,6 +319,7 @@ class RebuildRun {
       this.copiedBytes += chunk;
       doneBefore(at + chunk);
     }
+    this.buffers.push(buffer);
     return end - offset;
   }
 
