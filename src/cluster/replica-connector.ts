@@ -48,6 +48,16 @@ export interface DataChannelReplicaStats {
   stats: DataChannelStats;
 }
 
+/** A replica's counters are dropped this long after its last connection closed (its series end in /metrics). */
+const STATS_RETAIN_MS = 10 * 60_000;
+
+interface StatsEntry extends DataChannelReplicaStats {
+  /** Open DataReplicaIos of the replica. */
+  open: number;
+  /** When the last one closed (performance.now()). */
+  idleSince: number;
+}
+
 interface Peer {
   address: string;
   dataAddress: string | undefined;
@@ -71,7 +81,7 @@ export function localControl(manager: ReplicaManager): ReplicaControl {
 
 export class PeerConnector implements ReplicaConnector {
   private readonly clients = new Map<NodeId, Peer>();
-  private readonly dataStats = new Map<ReplicaId, DataChannelReplicaStats>();
+  private readonly dataStats = new Map<ReplicaId, StatsEntry>();
   private material: PeerTlsMaterial | undefined;
   private readonly local: ReplicaControl | undefined;
   private readonly deadlineMs: number;
@@ -110,16 +120,29 @@ export class PeerConnector implements ReplicaConnector {
 
   /** The data channel's counters per remote replica this node's engines have reached. */
   dataChannelStats(): DataChannelReplicaStats[] {
+    const now = performance.now();
+    for (const [id, e] of this.dataStats) if (e.open === 0 && e.stats.inflight === 0 && now - e.idleSince > STATS_RETAIN_MS) this.dataStats.delete(id);
     return [...this.dataStats.values()];
   }
 
   private async openData(address: string, volumeId: VolumeId, replica: VolumeReplicaEntry, epoch: number): Promise<ReplicaIo> {
     let entry = this.dataStats.get(replica.id);
-    if (!entry) this.dataStats.set(replica.id, (entry = { replicaId: replica.id, volumeId, nodeId: replica.nodeId, stats: new DataChannelStats() }));
+    if (!entry) {
+      entry = { replicaId: replica.id, volumeId, nodeId: replica.nodeId, stats: new DataChannelStats(), open: 0, idleSince: performance.now() };
+      this.dataStats.set(replica.id, entry);
+    }
     if (this.opts.tls.insecure !== true) this.material ??= loadPeerTls(this.opts.tls);
+    const e = entry;
     try {
-      return await DataReplicaIo.open({ address, replicaId: replica.id, volumeId, nodeId: replica.nodeId, epoch, tls: this.material },
-        { connections: this.opts.dataConnections, connectTimeoutMs: this.deadlineMs, stats: entry.stats });
+      const io = await DataReplicaIo.open({ address, replicaId: replica.id, volumeId, nodeId: replica.nodeId, epoch, tls: this.material }, {
+        connections: this.opts.dataConnections, connectTimeoutMs: this.deadlineMs, stats: e.stats,
+        onClosed: () => {
+          e.open--;
+          e.idleSince = performance.now();
+        },
+      });
+      e.open++;
+      return io;
     } catch (err) {
       if (err instanceof StorageError && err.code === Code.UNAVAILABLE) this.forget(replica.nodeId);
       throw err;

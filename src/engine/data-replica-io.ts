@@ -23,6 +23,8 @@ export interface DataReplicaIoOptions {
   /** How long dialling and the handshake may take. */
   connectTimeoutMs?: number;
   stats?: DataChannelStats;
+  /** Called once when the ReplicaIo is closed or cancelled. */
+  onClosed?: () => void;
 }
 
 /** The parts of `parts` (laid back to back) between byte `from` and byte `to`, as views. */
@@ -46,8 +48,10 @@ export class DataReplicaIo implements ReplicaIo {
   readonly sizeBytes: number;
   private readonly maxPayload: number;
   private next = 0;
+  private onClosed: (() => void) | undefined;
 
-  private constructor(private readonly links: DataLink[]) {
+  private constructor(private readonly links: DataLink[], onClosed: (() => void) | undefined) {
+    this.onClosed = onClosed;
     const first = links[0]!;
     this.replicaId = first.target.replicaId;
     this.nodeId = first.target.nodeId;
@@ -66,7 +70,7 @@ export class DataReplicaIo implements ReplicaIo {
       for (const l of links) l.fail(new StorageError(Code.CANCELLED, 'another connection of this replica was refused'));
       throw refused.reason;
     }
-    return new DataReplicaIo(links);
+    return new DataReplicaIo(links, opts.onClosed);
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
@@ -117,11 +121,19 @@ export class DataReplicaIo implements ReplicaIo {
 
   async close(): Promise<void> {
     await Promise.all(this.links.map((l) => l.close()));
+    this.closed();
   }
 
   cancel(): void {
     const err = new StorageError(Code.CANCELLED, `I/O to replica ${this.replicaId} cancelled`, { details: { replica: this.replicaId } });
     for (const l of this.links) l.fail(err);
+    this.closed();
+  }
+
+  private closed(): void {
+    const notify = this.onClosed;
+    this.onClosed = undefined;
+    notify?.();
   }
 
   /** Requests in flight on every link. */

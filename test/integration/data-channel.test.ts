@@ -169,4 +169,28 @@ if (prerequisitesMet('data channel tests', missing)) {
     await nbd.destroy();
     t.is((await c.volume('target', 0)).health, 'healthy');
   });
+
+  test.serial('a replica daemon frozen under load (its data connection open, silent): faulted within the replica timeout, no client error, rebuilt after SIGCONT', async (t) => {
+    t.timeout(240_000);
+    const c = await startCluster(t);
+    await c.createVolume('stall', '64MiB', 3, 0, ['--prefer-node', 'node-0']);
+    await c.exportVolume(0, 'stall');
+    const w = await c.writer(0, 'stall', { blockCount: (8 * MiB) / BLOCK });
+    w.start();
+    await w.waitForAcks(300);
+    c.pause(2);
+    const frozenAt = Date.now();
+    const degraded = await c.waitFor(() => c.volume('stall', 0), (v) => Cluster.replicaOn(v, 2)?.state === 'faulted',
+      'the frozen node\'s replica faulted', 60_000);
+    t.log(`faulted ${Date.now() - frozenAt} ms after SIGSTOP (replica timeout 2000 ms): ${Cluster.replicaOn(degraded, 2)?.reason}`);
+    await w.waitForAcks(300, 30_000); // writes go on without the frozen replica
+    c.resume(2);
+    await c.waitHealth('stall', 'healthy', 120_000, 0);
+    const stats = await w.stop();
+    t.is(stats.errors, 0, `client errors: ${stats.errorDetails.join('; ')}`);
+    t.deepEqual((await w.verify()).mismatches, []);
+    const v = await c.verify('stall', 0);
+    t.is(v.exitCode, 0, v.stderr);
+    t.is(v.result?.replicas.length, 3);
+  });
 }

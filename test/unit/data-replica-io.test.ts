@@ -19,7 +19,7 @@ const REF = { replicaId: 'rep-a' as ReplicaId, volumeId: 'vol-1' as VolumeId };
 interface Setup {
   fx: ReplicaFixture;
   server: ReplicaDataServer;
-  open(epoch?: number, opts?: { connections?: number; stats?: DataChannelStats; tls?: PeerTlsMaterial }): Promise<DataReplicaIo>;
+  open(epoch?: number, opts?: { connections?: number; stats?: DataChannelStats; tls?: PeerTlsMaterial; onClosed?: () => void }): Promise<DataReplicaIo>;
 }
 
 async function setup(t: ExecutionContext, tls: PeerTlsConfig = { insecure: true }, clientTls?: PeerTlsMaterial): Promise<Setup> {
@@ -185,4 +185,19 @@ test('mutual TLS: a node certificate of the cluster CA is served; the replica re
   const material = { ca: readFileSync(rogue.caFile), cert: readFileSync(rogue.certFile), key: readFileSync(rogue.keyFile), subject: 'rogue' };
   const err = await t.throwsAsync<StorageError>(s.open(1, { tls: material }));
   t.is(err?.code, Code.UNAVAILABLE);
+});
+
+test('onClosed is told once, on close or on cancel (the connector drops idle replicas\' counters after it)', async (t) => {
+  const s = await setup(t);
+  let closedA = 0;
+  const a = await s.open(1, { onClosed: () => closedA++ });
+  await a.write(0, pattern(4096, 1), false);
+  await a.close();
+  a.cancel();
+  t.is(closedA, 1);
+  let closedB = 0;
+  const b = await s.open(1, { onClosed: () => closedB++ });
+  b.cancel();
+  b.cancel();
+  t.is(closedB, 1);
 });
