@@ -11,10 +11,9 @@
  * - write-zeroes without trim is ZERO_RANGE over the whole range (blocks stay allocated).
  * Both ioctls drop the range from the page cache, so later buffered reads see zeros.
  *
- * It has no allocatedRanges: Cairn does not read the thin pool's block mapping yet (that
- * needs a metadata snapshot and thin_dump, or the dm-thin metadata parsed directly), so a
- * rebuild from a dm replica reads every byte (and still sends regions that read as zeros as
- * discards). SEEK_DATA on a block device node would call every byte data anyway.
+ * allocatedRanges comes from the dm backend (dm-backend.ts, dm-extents.ts: the thin pool's
+ * mapping from a metadata snapshot, after a flush of this device's page cache); SEEK_DATA
+ * on a block device node would call every byte data.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { Code, StorageError, fromNodeError } from '../common/errors.js';

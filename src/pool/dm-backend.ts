@@ -18,7 +18,8 @@ import type { DeviceId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import { dmList, dmResume, dmSuspend, dmVersion } from '../native/index.js';
-import type { BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo } from './backend.js';
+import type { AllocatedRanges, BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo } from './backend.js';
+import { THIN_DUMP_MISSING, thinAllocatedRanges, thinDump } from './dm-extents.js';
 import { openBlockDevice } from './block-device.js';
 import { SECTOR_BYTES, parseThinStatus, thinName, thinTable, type ThinPoolStatus } from './dm-layout.js';
 import { ensureDevice, findDevice, isErrno, nodePath, reloadDevice, removeDevice, syncDevice } from './dm-kernel.js';
@@ -58,6 +59,7 @@ export class DmBackend implements PoolBackend {
   readonly kind = 'dm' as const;
   private readonly locks = new KeyedLock();
   private closed = false;
+  private thinDumpMissingLogged = false;
   private lastMode: string | undefined;
 
   private constructor(
@@ -212,7 +214,35 @@ export class DmBackend implements PoolBackend {
 
   async open(id: DeviceId): Promise<BlockDevice> {
     const info = await this.inspect(id);
-    return openBlockDevice(info.path, id, info.sizeBytes, this.pool.blockBytes, this.log);
+    const device = await openBlockDevice(info.path, id, info.sizeBytes, this.pool.blockBytes, this.log);
+    // Writes sit in the device's page cache until written back; dm-thin maps a block only
+    // when a write reaches it. Flushing first makes every completed write part of the answer.
+    device.allocatedRanges = async (offset, lengthBytes, maxExtents) => {
+      await device.flush();
+      return this.allocatedRanges(id, offset, lengthBytes, maxExtents);
+    };
+    return device;
+  }
+
+  /** The pool's mapping of the device (dm-extents.ts): one metadata snapshot at a time, under the pool lock. */
+  private async allocatedRanges(id: DeviceId, offset: number, lengthBytes: number, maxExtents: number): Promise<AllocatedRanges> {
+    this.checkOpen();
+    const { thinId } = this.requireRecord(id);
+    return this.withPool(async () => {
+      const meta = await findDevice(this.pool.names.meta);
+      if (!meta) throw new StorageError(Code.UNAVAILABLE, 'the pool\'s metadata device is gone', { details: { device: id } });
+      const metadataDevice = nodePath(this.pool.names.meta, meta);
+      const mapping = { dump: (thin: number, onLine: (l: string) => void) => thinDump(metadataDevice, thin, onLine), message: (text: string) => this.pool.message(text) };
+      try {
+        return await thinAllocatedRanges(mapping, thinId, this.pool.blockBytes, offset, lengthBytes, maxExtents);
+      } catch (err) {
+        if (!(err instanceof StorageError) || err.details.reason !== THIN_DUMP_MISSING) throw err;
+        // Without thin_dump every byte counts as data: rebuilds stay correct, only not thin.
+        if (!this.thinDumpMissingLogged) this.log.warn({ pool: this.pool.dir }, 'thin_dump is not installed: rebuilds from this pool copy every byte; install thin-provisioning-tools');
+        this.thinDumpMissingLogged = true;
+        return { extents: [{ offset, lengthBytes }], endOffset: offset + lengthBytes };
+      }
+    });
   }
 
   /** Grows the pool by a disk while every device stays online. */

@@ -163,3 +163,27 @@ test('a nearly full pool refuses new devices before it is full', async (t) => {
   t.regex(err?.message ?? '', /nearly full/);
   t.is((await p.backend.poolStatus()).mode, 'rw');
 });
+
+test('allocatedRanges follows the thin mapping: written blocks are data (flushed first), unwritten and discarded ones are not', async (t) => {
+  const p = await makePool(t, [128 * MIB]);
+  await p.backend.create(dev('sparse'), 64 * MIB);
+  const d = await p.backend.open(dev('sparse'));
+  const block = 64 * 1024; // the pool's default block
+  await d.write(0, pattern(1, 4096));
+  await d.write(10 * MIB, pattern(2, MIB));
+  await d.write(40 * MIB, pattern(3, 4 * MIB));
+  // No flush here: the writes may still be in the page cache; the call flushes them first.
+  const all = await d.allocatedRanges!(0, 64 * MIB, 100);
+  t.deepEqual(all.extents, [
+    { offset: 0, lengthBytes: block },
+    { offset: 10 * MIB, lengthBytes: MIB },
+    { offset: 40 * MIB, lengthBytes: 4 * MIB },
+  ]);
+  t.is(all.endOffset, 64 * MIB);
+  const firstTwo = await d.allocatedRanges!(0, 64 * MIB, 2);
+  t.is(firstTwo.endOffset, 40 * MIB, 'the next call starts at the third extent');
+  await d.trim(40 * MIB, 4 * MIB);
+  t.deepEqual((await d.allocatedRanges!(8 * MIB, 56 * MIB, 100)).extents, [{ offset: 10 * MIB, lengthBytes: MIB }], 'discarded blocks are unmapped');
+  sameBytes(t, await d.read(10 * MIB, MIB), pattern(2, MIB));
+  await d.close();
+});
