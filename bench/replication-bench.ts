@@ -18,10 +18,12 @@
  * 5. CPU per remote replica (issue 11): from the 4k QD32 run (and the 1M run when it ran),
  *    every cairnd's CPU per write split into the engine's node, the remote replicas' nodes
  *    and idle nodes; what one remote replica adds over rf=1, engine side and replica side.
+ * 6. Sparse rebuild (issue 11): a new replica of a fully written and of a half-written
+ *    volume (rf 2 -> 3), built from scratch; the half one should take half the time.
  * The issue's goals are printed at the end, each met or MISSED, for the parts that ran.
  *
  * Parts (--parts, any of): fio (the throughput table for --workloads), latency (4), cpu (5;
- * runs the 4k QD32 workload even without fio), rebuild (2 and 3). fio, latency and cpu
+ * runs the 4k QD32 workload even without fio), rebuild (2 and 3), sparse (6). fio, latency and cpu
  * share one set of filled volumes; e.g. `--quick --parts latency,cpu` is a cheap check.
  *
  *   npm run build && npm run bench:replication -- [--runtime 20] [--reps 3] [--quick]
@@ -48,6 +50,7 @@ import { checkBuild } from './lib/cairnd.js';
 import { runFio, type Workload } from './lib/fio.js';
 import { loadAverage, machineFacts, median, printTable } from './lib/machine.js';
 import { ClusterProfiler, experimentHttp2Window, printProfiles } from './lib/profiling.js';
+import { sparseRebuildPart } from './lib/sparse-rebuild.js';
 import {
   cairndProcesses, copyToExport, describeSample, dirtyRegions, measureRecovery, syncAll, timeCp, waitHealthy, writeRandomFile,
   type BenchVolumeRef, type CpSample, type RecoveryContext, type RecoverySample,
@@ -63,7 +66,7 @@ const WORKLOADS: Workload[] = [
   { name: '1M-write', rw: 'write', blockSize: '1M', iodepth: 8 },
 ];
 const LATENCY_WORKLOAD: Workload = { name: '4k-randwrite-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1 };
-const PARTS = ['fio', 'latency', 'cpu', 'rebuild'];
+const PARTS = ['fio', 'latency', 'cpu', 'rebuild', 'sparse'];
 const FIO_VOLUME_BYTES = 1 << 30;
 const GiB = 2 ** 30;
 /** cairnd flags over the harness's test defaults: the daemon's own replica timeout, so a busy 2-vCPU machine does not fault replicas. */
@@ -437,6 +440,7 @@ async function main(): Promise<void> {
       + `flags ${Object.entries(CLUSTER_FLAGS).map(([k, v]) => `${k} ${v}`).join(' ')} (and the harness's --node-ttl-ms 3000 --repair-wait-ms 600000), log level info`);
     if (['fio', 'latency', 'cpu'].some((p) => opts.parts.has(p))) await throughputPart(b);
     if (opts.parts.has('rebuild')) await recoveryPart(b);
+    if (opts.parts.has('sparse')) b.json.sparseRebuild = await sparseRebuildPart(cluster, api, dir, opts.rebuildBytes, b.goals);
     console.log(`\nGoals (load average now ${loadAverage()}):`);
     for (const g of b.goals) console.log(`  ${g}`);
     if (opts.json) await writeFile(opts.json, JSON.stringify({ ...b.json, goals: b.goals }, null, 2));

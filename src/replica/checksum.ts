@@ -4,7 +4,8 @@
  * collision-resistant (two replicas agree only if their bytes do), and needs no new
  * dependency. A region that reads as all zeros (a hole, or zeros written) skips the hash:
  * a memcmp finds it and the digest of a zero region of that length, computed once, is
- * used, so sparse replicas are compared at read speed.
+ * used, so sparse replicas are compared at read speed; regions the device reports as
+ * holes (allocatedRanges) are not even read.
  *
  * The event loop only reads and compares with zeros (a memcmp, several GB/s): the hash
  * itself runs on the libuv thread pool (WebCrypto's digest is an async job there), so a
@@ -58,15 +59,39 @@ export function checkRegions(lengthBytes: number, regionBytes: number): number {
 }
 
 /**
+ * Which regions of [offset, end) hold no data at all, from the device's allocated ranges
+ * (which may report too much, never too little): those read as zeros, so their digest is
+ * the zero digest without reading them. Undefined for a device that cannot tell.
+ */
+async function holeRegions(device: BlockDevice, offset: number, end: number, regionBytes: number, count: number): Promise<Uint8Array | undefined> {
+  if (!device.allocatedRanges) return undefined;
+  const hole = new Uint8Array(count).fill(1);
+  for (let at = offset; at < end;) {
+    const { extents, endOffset } = await device.allocatedRanges(at, end - at, 4096);
+    for (const e of extents) {
+      const first = Math.floor((e.offset - offset) / regionBytes);
+      const last = Math.floor((e.offset + e.lengthBytes - 1 - offset) / regionBytes);
+      hole.fill(0, first, last + 1);
+    }
+    if (endOffset <= at) break;
+    at = endOffset;
+  }
+  return hole;
+}
+
+/**
  * One digest per region of [offset, offset + lengthBytes); the last region may be
- * shorter. The caller checks the range. Reads one region ahead of the one it hashes.
+ * shorter. The caller checks the range. Regions the device says hold no data are not read
+ * (their digest is the zero digest); the others are read one ahead of the one hashed.
  */
 export async function checksumRegions(device: BlockDevice, offset: number, lengthBytes: number, regionBytes: number, signal?: AbortSignal): Promise<Buffer[]> {
   const count = checkRegions(lengthBytes, regionBytes);
   const end = offset + lengthBytes;
+  const holes = await holeRegions(device, offset, end, regionBytes, count);
   const readRegion = (i: number): Promise<Buffer> => {
     const at = offset + i * regionBytes;
-    return device.read(at, Math.min(regionBytes, end - at));
+    const length = Math.min(regionBytes, end - at);
+    return holes?.[i] ? Promise.resolve(zeroBuffer(length)) : device.read(at, length);
   };
   const digests: Buffer[] = [];
   let next = count > 0 ? readRegion(0) : undefined;
