@@ -4,7 +4,7 @@
  * changes (compare-and-swap in the cluster store), and the node-local dirty-region maps.
  * The daemon wires real implementations; unit tests may fake them.
  */
-import type { NodeId, ReplicaId, VolumeId } from '../common/ids.js';
+import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { AllocatedRanges } from '../pool/backend.js';
 import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from '../replica/replica-manager.js';
 import type { RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
@@ -77,6 +77,48 @@ export interface ReplicaControl {
   finishRebuild(ref: ReplicaRefInput, epoch: number): Promise<ReplicaStatusView>;
   /** Grows the replica (volume expansion); idempotent; OUT_OF_RANGE for a smaller size. */
   resizeReplica(ref: ReplicaRefInput, sizeBytes: number, epoch: number): Promise<ReplicaStatusView>;
+  /**
+   * Copies the replica's device as it is now into the node's copy of snapshot `snapshotId`
+   * (a pool device of that id). The caller's barrier has drained and flushed the replica.
+   * Idempotent; FAILED_PRECONDITION for a stale epoch; RESOURCE_EXHAUSTED without room.
+   */
+  snapshotReplica(ref: ReplicaRefInput, epoch: number, snapshotId: SnapshotId): Promise<SnapshotCopyStatus>;
+  /** Deletes the node's copy of the snapshot; not an error when there is none. */
+  deleteSnapshotCopy(snapshotId: SnapshotId): Promise<void>;
+  /** Every snapshot copy the node holds. */
+  listSnapshotCopies(): Promise<SnapshotCopyStatus[]>;
+  /**
+   * A new replica, in sync at `epoch`, whose content is the node's copy of the snapshot (a
+   * thin or reflinked child), grown to `sizeBytes`. NOT_FOUND without a copy there.
+   */
+  createReplicaFromSnapshot(ref: ReplicaRefInput, sizeBytes: number, epoch: number, snapshotId: SnapshotId): Promise<ReplicaStatusView>;
+  /**
+   * Runs the write barrier of the volume's engine on that node and copies every in-sync
+   * replica (SnapshotVolume in replica.proto). FAILED_PRECONDITION when no engine of the
+   * volume runs there; all copies or none.
+   */
+  snapshotVolume(volumeId: VolumeId, snapshotId: SnapshotId, deadlineMs: number): Promise<VolumeSnapshotResult>;
+}
+
+/** One node's copy of a snapshot, as its replica service reports it. */
+export interface SnapshotCopyStatus {
+  snapshotId: SnapshotId;
+  volumeId: VolumeId;
+  /** The replica it was taken from. */
+  replicaId: ReplicaId;
+  sizeBytes: number;
+  allocatedBytes: number;
+  /** RFC 3339. */
+  createdAt: string;
+}
+
+/** What a write barrier snapshot produced: one copy per in-sync replica. */
+export interface VolumeSnapshotResult {
+  copies: { nodeId: NodeId; replicaId: ReplicaId; sizeBytes: number }[];
+  /** How long new writes waited, in microseconds. */
+  pauseUs: number;
+  /** The engine's epoch. */
+  epoch: number;
 }
 
 /** Reaches replicas wherever they live. */

@@ -1,0 +1,69 @@
+/**
+ * Snapshots as the cluster sees them (docs/snapshots.md): the snapshot document in the
+ * cluster store, the view callers get, and the service the API, the CSI controller and
+ * cairnctl use. A snapshot is taken at a write barrier of the volume's engine (or, for a
+ * volume nobody serves, straight from its in-sync replicas at the document's epoch), with
+ * one copy per in-sync replica, each a pool device named by the snapshot id on its node.
+ */
+import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
+
+/** creating: copies being taken (not restorable); ready: every copy durable; deleting: copies being removed. */
+export type SnapshotState = 'creating' | 'ready' | 'deleting';
+
+/** One node's copy: the pool device `<snapshot id>` on `nodeId`, taken from `replicaId`. */
+export interface SnapshotCopyEntry {
+  nodeId: NodeId;
+  /** The replica of the source volume it was taken from (or, for a copy repair made, streamed into). */
+  replicaId: ReplicaId;
+}
+
+export interface SnapshotDoc {
+  id: SnapshotId;
+  name: string;
+  sourceVolumeId: VolumeId;
+  /** The source's name when the snapshot was taken (the volume may be gone since). */
+  sourceVolumeName: string;
+  sizeBytes: number;
+  /** RFC 3339: when the barrier ran. */
+  createdAt: string;
+  state: SnapshotState;
+  /** True once every copy is durable (state ready). */
+  readyToUse: boolean;
+  /** The source's in-sync replica count at the barrier; repair keeps the copies at it. */
+  copiesWanted: number;
+  copies: SnapshotCopyEntry[];
+  /** How long the source's writes waited for the barrier, in microseconds (0 without an engine). */
+  pauseUs: number;
+}
+
+export interface SnapshotCopyView extends SnapshotCopyEntry {
+  /** Whether the node is registered and its lease alive. */
+  nodeUp: boolean;
+}
+
+export interface SnapshotView extends Omit<SnapshotDoc, 'copies'> {
+  copies: SnapshotCopyView[];
+}
+
+export interface CreateSnapshotInput {
+  name: string;
+  /** The source volume, by name or id. */
+  volume: string;
+}
+
+/** Where a new volume's data comes from: a snapshot (restore) or a volume (clone). */
+export type VolumeContentSource = { snapshot: string } | { volume: string };
+
+export interface SnapshotService {
+  /**
+   * Takes the snapshot. Idempotent by name: the same name and source returns the existing
+   * one; another source is ALREADY_EXISTS. NOT_FOUND for an unknown volume.
+   */
+  create(input: CreateSnapshotInput, opts?: { signal?: AbortSignal }): Promise<SnapshotView>;
+  /** By name or id; NOT_FOUND when there is none. */
+  get(nameOrId: string): Promise<SnapshotView>;
+  /** Every snapshot, or those of one volume (name or id), oldest first. */
+  list(filter?: { volume?: string }): Promise<SnapshotView[]>;
+  /** Removes the copies and the document. Not an error when there is no such snapshot. */
+  delete(nameOrId: string): Promise<void>;
+}
