@@ -20,6 +20,7 @@ import { DataChannelStats } from '../engine/data-stats.js';
 import { LocalReplicaIo, RemoteReplicaIo } from '../engine/replica-io.js';
 import { ReplicaClient } from '../replica/replica-client.js';
 import type { ReplicaManager } from '../replica/replica-manager.js';
+import { noEngineHere, type VolumeSnapshotHook } from '../replica/replica-server.js';
 import { loadPeerTls, peerChannelCredentials, type PeerTlsConfig, type PeerTlsMaterial } from '../rpc/tls.js';
 import { listNodes } from './node-registry.js';
 import type { ClusterStore } from './store/cluster-store.js';
@@ -38,6 +39,8 @@ export interface PeerConnectorOptions {
   transport?: 'channel' | 'grpc';
   /** Connections per remote replica on the data channel; 1 by default. */
   dataConnections?: number;
+  /** The barrier of this node's engines, for the local control's snapshotVolume (see localControl). */
+  volumeSnapshots?: VolumeSnapshotHook;
 }
 
 /** The data channel's counters of one remote replica, for /metrics. */
@@ -64,9 +67,18 @@ interface Peer {
   client: ReplicaClient;
 }
 
-/** ReplicaManager's calls under the ReplicaControl names: the local node's control. */
-export function localControl(manager: ReplicaManager): ReplicaControl {
+/**
+ * ReplicaManager's calls under the ReplicaControl names: the local node's control.
+ * `volumeSnapshots` runs the barrier of this node's engine of a volume (snapshotVolume);
+ * without it, snapshotVolume is FAILED_PRECONDITION as from a node without the engine.
+ */
+export function localControl(manager: ReplicaManager, volumeSnapshots?: VolumeSnapshotHook): ReplicaControl {
   return {
+    snapshotReplica: (ref, epoch, snapshotId) => manager.snapshot(ref, epoch, snapshotId),
+    deleteSnapshotCopy: (snapshotId) => manager.deleteSnapshotCopy(snapshotId),
+    listSnapshotCopies: () => manager.listSnapshotCopies(),
+    createReplicaFromSnapshot: (ref, sizeBytes, epoch, snapshotId) => manager.createReplicaFromSnapshot(ref, sizeBytes, epoch, snapshotId),
+    snapshotVolume: (volumeId, snapshotId, deadlineMs) => (volumeSnapshots ? volumeSnapshots(volumeId, snapshotId, deadlineMs) : Promise.reject(noEngineHere(volumeId))),
     createReplica: (ref, sizeBytes, epoch, inSync) => manager.create(ref, sizeBytes, epoch, inSync),
     deleteReplica: (ref, epoch) => manager.delete(ref, epoch),
     getReplicaStatus: (ref) => manager.status(ref),
@@ -89,7 +101,7 @@ export class PeerConnector implements ReplicaConnector {
   private closed = false;
 
   constructor(private readonly opts: PeerConnectorOptions) {
-    this.local = opts.manager ? localControl(opts.manager) : undefined;
+    this.local = opts.manager ? localControl(opts.manager, opts.volumeSnapshots) : undefined;
     this.deadlineMs = opts.deadlineMs ?? 10_000;
   }
 

@@ -16,10 +16,12 @@ import type { AllocatedRanges } from '../pool/backend.js';
 import type { RebuildProgressRecord } from '../store/node-store.js';
 import { DEFAULT_REPLICA_LIMITS } from './io-types.js';
 import { IoStream, type IoStreamOptions } from './io-stream.js';
-import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from './replica-manager.js';
+import type { SnapshotId, VolumeId } from '../common/ids.js';
+import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView, SnapshotCopyView } from './replica-manager.js';
 import {
-  IO_METHOD_PATH, checksumFromWire, refToWire, replicaServiceConstructor, statusViewFromWire,
+  IO_METHOD_PATH, checksumFromWire, refToWire, replicaServiceConstructor, snapshotCopyFromWire, statusViewFromWire, volumeSnapshotFromWire,
   type AllocatedRangesMessage, type ChecksumRangeMessage, type IoBatchMessage, type IoReplyBatchMessage, type ReplicaStatusMessage,
+  type SnapshotCopyMessage, type SnapshotVolumeResponseMessage, type VolumeSnapshotView,
 } from './replica-wire.js';
 
 export interface ReplicaClientOptions {
@@ -106,6 +108,36 @@ export class ReplicaClient {
     return this.status('ResizeReplica', { replica: refToWire(ref), sizeBytes, epoch });
   }
 
+  /** Copies the replica into the peer's copy of the snapshot; idempotent. */
+  async snapshotReplica(ref: ReplicaRefInput, epoch: number, snapshotId: SnapshotId): Promise<SnapshotCopyView> {
+    return snapshotCopyFromWire(await this.call<SnapshotCopyMessage>('SnapshotReplica', { replica: refToWire(ref), epoch, snapshotId }));
+  }
+
+  /** Not an error when the peer holds no copy. */
+  async deleteSnapshotCopy(snapshotId: SnapshotId): Promise<void> {
+    await this.call('DeleteSnapshotCopy', { snapshotId });
+  }
+
+  async listSnapshotCopies(): Promise<SnapshotCopyView[]> {
+    const res = await this.call<{ copies: SnapshotCopyMessage[] }>('ListSnapshotCopies', {});
+    return res.copies.map(snapshotCopyFromWire);
+  }
+
+  /** A replica in sync at `epoch` made from the peer's copy of the snapshot; NOT_FOUND without one there. */
+  createReplicaFromSnapshot(ref: ReplicaRefInput, sizeBytes: number, epoch: number, snapshotId: SnapshotId): Promise<ReplicaStatusView> {
+    return this.status('CreateReplicaFromSnapshot', { replica: refToWire(ref), sizeBytes, epoch, snapshotId });
+  }
+
+  /**
+   * Runs the write barrier of the volume's engine on the peer. The call's own deadline is
+   * the barrier's plus this client's, so that the peer's answer (DEADLINE_EXCEEDED with the
+   * copies cleaned up) arrives rather than a local timeout.
+   */
+  async snapshotVolume(volumeId: VolumeId, snapshotId: SnapshotId, deadlineMs: number): Promise<VolumeSnapshotView> {
+    const res = await this.call<SnapshotVolumeResponseMessage>('SnapshotVolume', { volumeId, snapshotId, deadlineMs }, deadlineMs + this.deadlineMs);
+    return volumeSnapshotFromWire(res);
+  }
+
   /** Opens an Io stream to one replica at `epoch`. */
   openIoStream(ref: ReplicaRefInput, epoch: number, options?: IoStreamOptions): IoStream {
     const call = this.client.makeBidiStreamRequest(IO_METHOD_PATH,
@@ -127,10 +159,10 @@ export class ReplicaClient {
     return statusViewFromWire(await this.call<ReplicaStatusMessage>(method, request));
   }
 
-  private call<Res>(method: string, request: object): Promise<Res> {
+  private call<Res>(method: string, request: object, deadlineMs = this.deadlineMs): Promise<Res> {
     const fn = (this.client as unknown as Record<string, UnaryMethod>)[method]!;
     return new Promise<Res>((resolve, reject) => {
-      fn.call(this.client, request, { deadline: Date.now() + this.deadlineMs }, (err, res) => {
+      fn.call(this.client, request, { deadline: Date.now() + deadlineMs }, (err, res) => {
         if (err) reject(fromServiceError(err));
         else resolve(res as Res);
       });

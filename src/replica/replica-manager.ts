@@ -8,11 +8,12 @@
  * calls on different replicas run concurrently.
  */
 import { Code, StorageError, staleEpochError } from '../common/errors.js';
-import { asDeviceId, type ReplicaId, type VolumeId } from '../common/ids.js';
+import { asDeviceId, type DeviceId, type ReplicaId, type SnapshotId, type VolumeId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import type { AllocatedRanges, PoolBackend } from '../pool/backend.js';
 import type { HostedReplicaRecord, NodeStore, RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
+import type { SnapshotCopyRecord } from '../store/snapshot-copy-record.js';
 import { CHECKSUM_ALGORITHM, checkRegions, checksumRegions } from './checksum.js';
 import { DEFAULT_REPLICA_LIMITS, type ReplicaLimits } from './io-types.js';
 import { Replica } from './replica.js';
@@ -32,6 +33,18 @@ export interface ReplicaStatusView {
   state: ReplicaState;
   /** Set while rebuilding. */
   rebuild: RebuildProgressRecord | undefined;
+  createdAt: string;
+}
+
+/** One snapshot copy this node holds (the engine's SnapshotCopyStatus has this shape). */
+export interface SnapshotCopyView {
+  snapshotId: SnapshotId;
+  volumeId: VolumeId;
+  /** The replica it was taken from. */
+  replicaId: ReplicaId;
+  sizeBytes: number;
+  allocatedBytes: number;
+  /** RFC 3339. */
   createdAt: string;
 }
 
@@ -58,6 +71,14 @@ const MAX_VOLUME_ID_LENGTH = 128;
 function wholeBytes(value: number, what: string): number {
   if (!Number.isSafeInteger(value) || value < 0) throw new StorageError(Code.INVALID_ARGUMENT, `${what} must be a whole number of bytes, got ${value}`);
   return value;
+}
+
+/** The lock key of a snapshot copy: apart from replica ids, which share the pool's device names. */
+const copyKey = (id: SnapshotId): string => `copy/${id}`;
+
+function parseSnapshotId(text: string): SnapshotId {
+  if (!text) throw new StorageError(Code.INVALID_ARGUMENT, 'the request names no snapshot');
+  return asDeviceId(text) as string as SnapshotId;
 }
 
 function checkReplicaSize(id: ReplicaId, sizeBytes: number): void {
@@ -249,6 +270,136 @@ export class ReplicaManager {
     return this.changeRebuild(ref, epoch, () => ({ state: 'in-sync', rebuild: NO_PROGRESS }), 'replica rebuild finished');
   }
 
+  // --- snapshot copies --------------------------------------------------------------------
+
+  /**
+   * Copies the replica's device as it is now into this node's copy of `snapshotId` (a pool
+   * device of that id; thin snapshot or reflink). Fenced like every change. The caller's
+   * barrier drained the volume's writes; the open device is flushed here too. Idempotent: a
+   * copy of this snapshot from this replica is answered as it is; one from another replica
+   * is ALREADY_EXISTS. A failure leaves no device and no record.
+   */
+  async snapshot(ref: ReplicaRefInput, epoch: number, snapshotId: string): Promise<SnapshotCopyView> {
+    const id = this.parseRef(ref);
+    const snap = parseSnapshotId(snapshotId);
+    return this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
+      const record = this.opts.store.getHostedReplica(id);
+      if (!record || record.volumeId !== ref.volumeId) throw this.notFound(ref);
+      await this.fence(record, epoch);
+      const existing = this.opts.store.getSnapshotCopy(snap);
+      if (existing) {
+        if (existing.replicaId === id && existing.volumeId === record.volumeId) return this.copyView(existing);
+        throw new StorageError(Code.ALREADY_EXISTS, `snapshot ${snap} already has a copy on this node, taken from replica ${existing.replicaId} of volume ${existing.volumeId}: use another snapshot id`,
+          { details: { snapshot: snap, replica: existing.replicaId } });
+      }
+      if (this.opts.store.knownDeviceIds().has(snap as string as DeviceId)) {
+        throw new StorageError(Code.ALREADY_EXISTS, `snapshot id ${snap} names another device of this node's pool: use another snapshot id`, { details: { snapshot: snap } });
+      }
+      const loaded = this.replicas.get(id);
+      const replica = loaded && await loaded.catch(() => undefined);
+      if (replica && !replica.isClosed) {
+        await replica.writesSettled();
+        await (await replica.openedDevice()).flush();
+      }
+      // A device of this id without a record is left from an attempt that crashed: it is of
+      // another moment, so it goes rather than being adopted.
+      await this.opts.pool.delete(snap as string as DeviceId);
+      const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId);
+      const copy: SnapshotCopyRecord = { snapshotId: snap, volumeId: record.volumeId, replicaId: id, sizeBytes: info.sizeBytes, createdAt: new Date().toISOString() };
+      try {
+        this.opts.store.insertSnapshotCopy(copy);
+      } catch (err) {
+        await this.opts.pool.delete(snap as string as DeviceId).catch((e: unknown) =>
+          this.opts.log.warn({ snapshot: snap, err: (e as Error).message }, 'cannot delete an unrecorded snapshot copy; a repeated snapshot or delete call removes it'));
+        throw err;
+      }
+      this.opts.log.info({ snapshot: snap, replica: id, volumeId: record.volumeId, sizeBytes: info.sizeBytes, epoch }, 'snapshot copy taken');
+      return { ...copy, allocatedBytes: info.allocatedBytes };
+    }));
+  }
+
+  /**
+   * Deletes this node's copy of the snapshot: its device, then its record. Not an error when
+   * there is none; a device left without a record (a crash while it was taken) goes too.
+   */
+  async deleteSnapshotCopy(snapshotId: string): Promise<void> {
+    const snap = parseSnapshotId(snapshotId);
+    await this.locks.run(copyKey(snap), async () => {
+      const existing = this.opts.store.getSnapshotCopy(snap);
+      if (!existing && this.opts.store.knownDeviceIds().has(snap as string as DeviceId)) return; // another device's name: not a copy
+      await this.opts.pool.delete(snap as string as DeviceId);
+      if (!existing) return;
+      this.opts.store.deleteSnapshotCopy(snap);
+      this.opts.log.info({ snapshot: snap, volumeId: existing.volumeId, replica: existing.replicaId }, 'snapshot copy deleted');
+    });
+  }
+
+  /** Every snapshot copy this node holds. A recorded copy whose device is gone is left out (and logged). */
+  async listSnapshotCopies(): Promise<SnapshotCopyView[]> {
+    const out: SnapshotCopyView[] = [];
+    for (const c of this.opts.store.listSnapshotCopies()) {
+      try {
+        out.push(await this.copyView(c));
+      } catch (err) {
+        this.opts.log.warn({ snapshot: c.snapshotId, err: (err as Error).message }, 'a recorded snapshot copy has no device; left out of the list');
+      }
+    }
+    return out;
+  }
+
+  /**
+   * A new replica whose content is this node's copy of the snapshot (a thin or reflinked
+   * child), grown to `sizeBytes`, in sync at `epoch`. Recorded before its device is made,
+   * as `create`; idempotent like it. NOT_FOUND without a copy here; OUT_OF_RANGE for a size
+   * smaller than the snapshot's.
+   */
+  async createReplicaFromSnapshot(ref: ReplicaRefInput, sizeBytes: number, epoch: number, snapshotId: string): Promise<ReplicaStatusView> {
+    const id = this.parseRef(ref);
+    checkReplicaSize(id, sizeBytes);
+    const snap = parseSnapshotId(snapshotId);
+    return this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
+      const existing = this.opts.store.getHostedReplica(id);
+      if (existing && existing.volumeId !== ref.volumeId) {
+        throw new StorageError(Code.ALREADY_EXISTS, `replica ${id} already exists for volume ${existing.volumeId}, not ${ref.volumeId}`, { details: { replica: id } });
+      }
+      if (existing) await this.fence(existing, epoch);
+      else wholeBytes(epoch, 'epoch');
+      const device = existing && await this.opts.pool.inspect(existing.deviceId).catch(() => undefined);
+      if (device) {
+        if (device.sizeBytes > sizeBytes) {
+          throw new StorageError(Code.ALREADY_EXISTS, `replica ${id} already exists with ${device.sizeBytes} bytes, not ${sizeBytes}`, { details: { replica: id } });
+        }
+        if (device.sizeBytes < sizeBytes) await this.opts.pool.resize(device.id, sizeBytes); // an interrupted create
+        return this.statusOf(id);
+      }
+      const copy = this.opts.store.getSnapshotCopy(snap);
+      if (!copy) {
+        throw new StorageError(Code.NOT_FOUND, `this node holds no copy of snapshot ${snap}: create the replica on a node that holds one, or stream the snapshot here first`,
+          { details: { snapshot: snap, replica: id } });
+      }
+      if (sizeBytes < copy.sizeBytes) {
+        throw new StorageError(Code.OUT_OF_RANGE, `replica ${id} of ${sizeBytes} bytes cannot hold snapshot ${snap} of ${copy.sizeBytes} bytes: ask for at least the snapshot's size`,
+          { details: { snapshot: snap, replica: id, sizeBytes: copy.sizeBytes, requestedBytes: sizeBytes } });
+      }
+      const deviceId = asDeviceId(id);
+      if (!existing) {
+        this.opts.store.insertHostedReplica({
+          id, volumeId: ref.volumeId as VolumeId, deviceId, state: 'in-sync', createdAt: new Date().toISOString(), epoch, rebuild: NO_PROGRESS,
+        });
+      }
+      try {
+        await this.opts.pool.snapshot(snap as string as DeviceId, deviceId);
+        if (sizeBytes > copy.sizeBytes) await this.opts.pool.resize(deviceId, sizeBytes);
+      } catch (err) {
+        await this.opts.pool.delete(deviceId).catch(() => undefined);
+        if (!existing) this.opts.store.deleteHostedReplica(id);
+        throw err;
+      }
+      this.opts.log.info({ replica: id, volumeId: ref.volumeId, snapshot: snap, sizeBytes, epoch }, 'replica created from snapshot');
+      return this.statusOf(id);
+    }));
+  }
+
   /** Closes every open device (waiting for requests in flight). Idempotent. */
   async close(): Promise<void> {
     this.closed = true;
@@ -302,6 +453,11 @@ export class ReplicaManager {
     if (!record) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found on this node`, { details: { replica: id } });
     const info = await this.opts.pool.inspect(record.deviceId);
     return this.view(record, info.sizeBytes, info.allocatedBytes);
+  }
+
+  private async copyView(c: SnapshotCopyRecord): Promise<SnapshotCopyView> {
+    const info = await this.opts.pool.inspect(c.snapshotId as string as DeviceId);
+    return { ...c, allocatedBytes: info.allocatedBytes };
   }
 
   private view(r: HostedReplicaRecord, sizeBytes: number, allocatedBytes: number): ReplicaStatusView {

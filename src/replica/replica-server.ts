@@ -4,6 +4,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
+import type { SnapshotId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import type { PoolBackend } from '../pool/backend.js';
 import { unary } from '../rpc/status.js';
@@ -14,8 +15,25 @@ import type { ReplicaLimits } from './io-types.js';
 import { IoStreamHandler } from './io-stream-handler.js';
 import { ReplicaManager, type ReplicaRefInput } from './replica-manager.js';
 import {
-  replicaServerDefinition, statusViewToWire, type AllocatedRangesMessage, type IoBatchMessage, type IoReplyBatchMessage, type MalformedFrame, type ReplicaRefMessage,
+  replicaServerDefinition, snapshotCopyToWire, statusViewToWire, volumeSnapshotToWire, type AllocatedRangesMessage, type IoBatchMessage, type IoReplyBatchMessage,
+  type MalformedFrame, type ReplicaRefMessage, type VolumeSnapshotView,
 } from './replica-wire.js';
+
+/**
+ * Runs the write barrier of the volume's engine on this node (SnapshotVolume). The data
+ * plane wires it to its engine host; it throws FAILED_PRECONDITION when no engine of the
+ * volume runs here.
+ */
+export type VolumeSnapshotHook = (volumeId: VolumeId, snapshotId: SnapshotId, deadlineMs: number) => Promise<VolumeSnapshotView>;
+
+/** The barrier's deadline when SnapshotVolume asks for none (deadline_ms 0). */
+export const DEFAULT_SNAPSHOT_DEADLINE_MS = 10_000;
+
+/** SnapshotVolume without an engine host here (the controller role, or a test server). */
+export function noEngineHere(volumeId: string): StorageError {
+  return new StorageError(Code.FAILED_PRECONDITION, `no engine of volume ${volumeId} runs on this node: ask the node that serves the volume`,
+    { details: { volumeId } });
+}
 
 export interface ReplicaServerOptions {
   /** "host:port"; port 0 picks a free one. */
@@ -29,6 +47,8 @@ export interface ReplicaServerOptions {
   limits?: Partial<ReplicaLimits>;
   /** How long close() lets calls finish before it cuts them; 5000 by default. */
   shutdownTimeoutMs?: number;
+  /** SnapshotVolume: the barrier of this node's engine of the volume. Without it, FAILED_PRECONDITION. */
+  volumeSnapshots?: VolumeSnapshotHook;
 }
 
 export interface ReplicaServer {
@@ -44,7 +64,7 @@ function ref(m: { replica: ReplicaRefMessage | null }): ReplicaRefInput {
   return { replicaId: m.replica?.replicaId ?? '', volumeId: m.replica?.volumeId ?? '' };
 }
 
-function handlers(manager: ReplicaManager, log: Logger): grpc.UntypedServiceImplementation {
+function handlers(manager: ReplicaManager, log: Logger, volumeSnapshots: VolumeSnapshotHook | undefined): grpc.UntypedServiceImplementation {
   const onUnexpected = (err: unknown, method: string): void => log.error({ err, method }, 'replica call failed unexpectedly');
   const h = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req) => fn(req), onUnexpected, method);
   return {
@@ -70,6 +90,21 @@ function handlers(manager: ReplicaManager, log: Logger): grpc.UntypedServiceImpl
     FinishRebuild: h('FinishRebuild', async (req: Fenced) => statusViewToWire(await manager.finishRebuild(ref(req), req.epoch))),
     ResizeReplica: h('ResizeReplica', async (req: Fenced & { sizeBytes: number }) =>
       statusViewToWire(await manager.resize(ref(req), req.sizeBytes, req.epoch))),
+    SnapshotReplica: h('SnapshotReplica', async (req: Fenced & { snapshotId: string }) =>
+      snapshotCopyToWire(await manager.snapshot(ref(req), req.epoch, req.snapshotId))),
+    DeleteSnapshotCopy: h('DeleteSnapshotCopy', async (req: { snapshotId: string }) => {
+      await manager.deleteSnapshotCopy(req.snapshotId);
+      return {};
+    }),
+    ListSnapshotCopies: h('ListSnapshotCopies', async () => ({ copies: (await manager.listSnapshotCopies()).map(snapshotCopyToWire) })),
+    CreateReplicaFromSnapshot: h('CreateReplicaFromSnapshot', async (req: Fenced & { sizeBytes: number; snapshotId: string }) =>
+      statusViewToWire(await manager.createReplicaFromSnapshot(ref(req), req.sizeBytes, req.epoch, req.snapshotId))),
+    SnapshotVolume: h('SnapshotVolume', async (req: { volumeId: string; snapshotId: string; deadlineMs: number }) => {
+      if (!req.volumeId || !req.snapshotId) throw new StorageError(Code.INVALID_ARGUMENT, 'SnapshotVolume needs a volume id and a snapshot id');
+      if (!volumeSnapshots) throw noEngineHere(req.volumeId);
+      const view = await volumeSnapshots(req.volumeId as VolumeId, req.snapshotId as SnapshotId, req.deadlineMs || DEFAULT_SNAPSHOT_DEADLINE_MS);
+      return volumeSnapshotToWire(view);
+    }),
   };
 }
 
@@ -92,7 +127,7 @@ export async function startReplicaServer(opts: ReplicaServerOptions): Promise<Re
     'grpc.keepalive_time_ms': 10_000,
     'grpc.keepalive_timeout_ms': 5_000,
   });
-  server.addService(replicaServerDefinition(), handlers(manager, log));
+  server.addService(replicaServerDefinition(), handlers(manager, log, opts.volumeSnapshots));
   const widened = widenStreamWindows(server);
   const port = await bind(server, opts.listen, credentials);
   if (!widened || !widenConnectionWindows(server)) log.warn('cannot widen the peer port\'s HTTP/2 windows (grpc-js internals changed); replicated throughput is capped by 64 KiB windows');

@@ -8,7 +8,8 @@ import { constants as osConstants } from 'node:os';
 import { Code, StorageError, SystemError } from '../common/errors.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
 import type { IoOp, IoRequest } from './io-types.js';
-import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from './replica-manager.js';
+import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
+import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView, SnapshotCopyView } from './replica-manager.js';
 
 export const REPLICA_PROTO = 'cairn/replica/v1/replica.proto';
 export const REPLICA_SERVICE = 'cairn.replica.v1.ReplicaService';
@@ -31,6 +32,22 @@ export interface ReplicaStatusMessage {
 }
 export interface ChecksumRangeMessage { algorithm: string; offset: number; regionBytes: number; digests: Uint8Array[] }
 export interface AllocatedRangesMessage { extents: Array<{ offset: number; lengthBytes: number }>; endOffset: number }
+export interface SnapshotCopyMessage {
+  snapshotId: string; volumeId: string; replicaId: string; sizeBytes: number; allocatedBytes: number; createdAt: string;
+}
+export interface SnapshotVolumeResponseMessage {
+  copies: Array<{ nodeId: string; replicaId: string; sizeBytes: number }>; pauseUs: number; epoch: number;
+}
+
+/**
+ * What a write barrier snapshot of a volume produced (SnapshotVolume): the engine's
+ * VolumeSnapshotResult, in a shape this layer may name.
+ */
+export interface VolumeSnapshotView {
+  copies: { nodeId: NodeId; replicaId: ReplicaId; sizeBytes: number }[];
+  pauseUs: number;
+  epoch: number;
+}
 
 /** What the server's Io deserializer yields for a frame that is not an IoBatch. */
 export interface MalformedFrame { malformed: string }
@@ -92,6 +109,28 @@ export function statusViewFromWire(m: ReplicaStatusMessage): ReplicaStatusView {
 
 export function checksumFromWire(m: ChecksumRangeMessage): ChecksumRangeResult {
   return { algorithm: m.algorithm, offset: m.offset, regionBytes: m.regionBytes, digests: m.digests.map((d) => Buffer.from(d)) };
+}
+
+export function snapshotCopyToWire(v: SnapshotCopyView): SnapshotCopyMessage {
+  return { snapshotId: v.snapshotId, volumeId: v.volumeId, replicaId: v.replicaId, sizeBytes: v.sizeBytes, allocatedBytes: v.allocatedBytes, createdAt: v.createdAt };
+}
+
+export function snapshotCopyFromWire(m: SnapshotCopyMessage): SnapshotCopyView {
+  return {
+    snapshotId: m.snapshotId as SnapshotId, volumeId: m.volumeId as VolumeId, replicaId: m.replicaId as ReplicaId,
+    sizeBytes: m.sizeBytes, allocatedBytes: m.allocatedBytes, createdAt: m.createdAt,
+  };
+}
+
+export function volumeSnapshotToWire(v: VolumeSnapshotView): SnapshotVolumeResponseMessage {
+  return { copies: v.copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId, sizeBytes: c.sizeBytes })), pauseUs: v.pauseUs, epoch: v.epoch };
+}
+
+export function volumeSnapshotFromWire(m: SnapshotVolumeResponseMessage): VolumeSnapshotView {
+  return {
+    copies: m.copies.map((c) => ({ nodeId: c.nodeId as NodeId, replicaId: c.replicaId as ReplicaId, sizeBytes: c.sizeBytes })),
+    pauseUs: m.pauseUs, epoch: m.epoch,
+  };
 }
 
 let constructorCache: grpc.ServiceClientConstructor | undefined;

@@ -122,4 +122,23 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    // The snapshot copies this node holds (src/replica/replica-manager.ts, docs/snapshots.md):
+    // one pool device per copy, whose device id is the snapshot id. Recorded once the device
+    // exists and forgotten once it is deleted, so that a restart knows every copy it holds.
+    // Not tied to the replica it was taken from: deleting the replica keeps its copies. (The
+    // `snapshots` table of migration 1 belongs to the legacy single-node volumes.)
+    version: 5,
+    description: 'snapshot copies held by this node',
+    sql: `
+      CREATE TABLE snapshot_copies (
+        snapshot_id  TEXT PRIMARY KEY,
+        volume_id    TEXT NOT NULL,
+        replica_id   TEXT NOT NULL,
+        size_bytes   INTEGER NOT NULL CHECK (size_bytes > 0),
+        created_at   TEXT NOT NULL
+      );
+      CREATE INDEX snapshot_copies_by_volume ON snapshot_copies(volume_id);
+    `,
+  },
 ];

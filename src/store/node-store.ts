@@ -13,6 +13,7 @@ import type { DeviceId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js
 import type { Logger } from '../common/log.js';
 import { MIGRATIONS, type Migration } from './migrations.js';
 import { fromSqliteError, withStorageErrors } from './sqlite-errors.js';
+import { toSnapshotCopy, type SnapshotCopyRecord, type SnapshotCopyRow } from './snapshot-copy-record.js';
 import { STAGED_COLUMNS, stagedVolumeValues, toStagedVolume, type StagedVolumeRecord, type StagedVolumeRow } from './staged-volume-record.js';
 
 export type VolumeState = 'creating' | 'ready' | 'deleting';
@@ -219,9 +220,10 @@ export class NodeStore {
     this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
   }
 
-  /** Every device id the store knows of (replicas and snapshots): what the pool must keep. */
+  /** Every device id the store knows of (replicas, snapshots and snapshot copies): what the pool must keep. */
   knownDeviceIds(): Set<DeviceId> {
-    const rows = this.db.prepare('SELECT device_id FROM replicas UNION SELECT device_id FROM snapshots').all() as { device_id: string }[];
+    const rows = this.db.prepare(
+      'SELECT device_id FROM replicas UNION SELECT device_id FROM snapshots UNION SELECT snapshot_id AS device_id FROM snapshot_copies').all() as { device_id: string }[];
     return new Set(rows.map((r) => r.device_id as DeviceId));
   }
 
@@ -303,6 +305,36 @@ export class NodeStore {
   /** The maps under the names the engine expects (`DirtyMapStore` of src/engine/engine-types.ts). */
   dirtyMaps(): NodeDirtyMaps {
     return new NodeDirtyMaps(this);
+  }
+
+  // --- snapshot copies (the replica service, src/replica/; migration 5) ---------------
+  // A copy's pool device id is its snapshot id.
+
+  getSnapshotCopy(id: SnapshotId): SnapshotCopyRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM snapshot_copies WHERE snapshot_id = ?').get(id) as SnapshotCopyRow | undefined;
+    return row && toSnapshotCopy(row);
+  }
+
+  listSnapshotCopies(): SnapshotCopyRecord[] {
+    return (this.db.prepare('SELECT * FROM snapshot_copies ORDER BY created_at, snapshot_id').all() as SnapshotCopyRow[]).map(toSnapshotCopy);
+  }
+
+  /** Records a copy. ALREADY_EXISTS when the snapshot id is taken. Durable when it returns. */
+  insertSnapshotCopy(c: SnapshotCopyRecord): void {
+    try {
+      this.db.prepare('INSERT INTO snapshot_copies (snapshot_id, volume_id, replica_id, size_bytes, created_at) VALUES (?, ?, ?, ?, ?)')
+        .run(c.snapshotId, c.volumeId, c.replicaId, c.sizeBytes, c.createdAt);
+    } catch (err) {
+      if (isStorageError(err, Code.ALREADY_EXISTS)) {
+        throw new StorageError(Code.ALREADY_EXISTS, `snapshot ${c.snapshotId} already has a copy on this node`, { cause: err, details: { ...(err as StorageError).details, snapshot: c.snapshotId } });
+      }
+      throw err;
+    }
+  }
+
+  /** Forgets a copy. Not an error when there is none. */
+  deleteSnapshotCopy(id: SnapshotId): void {
+    this.db.prepare('DELETE FROM snapshot_copies WHERE snapshot_id = ?').run(id);
   }
 
   // --- staged volumes (CSI staging, src/engine/stager.ts; migration 4) ----------------
