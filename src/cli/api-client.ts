@@ -65,10 +65,25 @@ export interface NodeMessage {
 }
 export interface VerifyMismatchMessage { offset: number; lengthBytes: number; replicas: string[] }
 export interface VerifyMessage { volume: string; replicas: string[]; regionBytes: number; regionsCompared: number; mismatches: VerifyMismatchMessage[] }
+export interface SnapshotCopyMessage { nodeId: string; replicaId: string; nodeUp: boolean }
+export interface SnapshotMessage {
+  id: string; name: string; sourceVolumeId: string; sourceVolumeName: string; sizeBytes: number;
+  /** RFC 3339: when the barrier ran. */
+  createdAt: string;
+  /** creating, ready or deleting. */
+  state: string;
+  readyToUse: boolean; copiesWanted: number; copies: SnapshotCopyMessage[];
+  /** How long the source's writes waited for the barrier, in microseconds. */
+  pauseUs: number;
+}
 export interface CreateVolumeOptions {
   /** 0 or undefined: the cluster default. */
   replicas?: number;
   preferredNode?: string;
+  /** Restore: the new volume holds this snapshot's data (name or id). */
+  sourceSnapshot?: string;
+  /** Clone: the new volume holds this volume's data (name or id). */
+  sourceVolume?: string;
 }
 export interface ExportOptions { takeover?: boolean; force?: boolean }
 
@@ -105,7 +120,10 @@ export class ApiClient {
 
   status(): Promise<NodeStatusMessage> { return this.call('GetStatus', {}); }
   createVolume(name: string, sizeBytes: number, options: CreateVolumeOptions = {}): Promise<VolumeMessage> {
-    return this.call('CreateVolume', { name, sizeBytes, replicas: options.replicas ?? 0, preferredNode: options.preferredNode ?? '' });
+    return this.call('CreateVolume', {
+      name, sizeBytes, replicas: options.replicas ?? 0, preferredNode: options.preferredNode ?? '',
+      sourceSnapshot: options.sourceSnapshot ?? '', sourceVolume: options.sourceVolume ?? '',
+    });
   }
   async listVolumes(): Promise<VolumeMessage[]> { return (await this.call<{ volumes: VolumeMessage[] }>('ListVolumes', {})).volumes; }
   getVolume(name: string): Promise<VolumeMessage> { return this.call('GetVolume', { name }); }
@@ -125,6 +143,14 @@ export class ApiClient {
   clusterStatus(): Promise<ClusterStatusMessage> { return this.call('GetClusterStatus', {}); }
   async listNodes(): Promise<NodeMessage[]> { return (await this.call<{ nodes: NodeMessage[] }>('ListNodes', {})).nodes; }
   verifyVolume(name: string): Promise<VerifyMessage> { return this.call('VerifyVolume', { name }); }
+  /** Takes a snapshot of `volume` (name or id) at a write barrier; the same name and volume again returns it. */
+  createSnapshot(name: string, volume: string): Promise<SnapshotMessage> { return this.call('CreateSnapshot', { name, volume }); }
+  /** Every snapshot, or those of one volume (name or id), oldest first. */
+  async listSnapshots(volume?: string): Promise<SnapshotMessage[]> {
+    return (await this.call<{ snapshots: SnapshotMessage[] }>('ListSnapshots', { volume: volume ?? '' })).snapshots;
+  }
+  getSnapshot(name: string): Promise<SnapshotMessage> { return this.call('GetSnapshot', { name }); }
+  async deleteSnapshot(name: string): Promise<void> { await this.call('DeleteSnapshot', { name }); }
 
   close(): void {
     this.client.close();

@@ -4,7 +4,9 @@
  * so they are unit-tested without a daemon.
  */
 import { formatBytes } from '../common/units.js';
-import type { ClusterStatusMessage, NodeMessage, PublicationMessage, RebuildProgressMessage, StagingMessage, VerifyMessage, VolumeMessage } from './api-client.js';
+import type {
+  ClusterStatusMessage, NodeMessage, PublicationMessage, RebuildProgressMessage, SnapshotMessage, StagingMessage, VerifyMessage, VolumeMessage,
+} from './api-client.js';
 
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -156,4 +158,68 @@ export function verifyText(r: VerifyMessage): string {
     `reference replica: ${r.replicas[0] ?? '-'}; compared: ${r.replicas.join(', ')}`,
     table(['OFFSET', 'AT', 'LENGTH', 'DIFFERING REPLICAS'], rows),
   ].join('\n');
+}
+
+/** A barrier pause in microseconds: "850us", "12.4ms", "1.20s"; "-" for none (no engine served the volume). */
+export function formatPause(us: number): string {
+  if (!(us > 0)) return '-';
+  if (us < 1000) return `${Math.round(us)}us`;
+  if (us < 1_000_000) return `${(us / 1000).toFixed(1)}ms`;
+  return `${(us / 1_000_000).toFixed(2)}s`;
+}
+
+/** A snapshot's copies as present/wanted, counting copies on nodes that are up: "2/3", "1/2 (+1 on a down node)". */
+export function copiesText(s: SnapshotMessage): string {
+  const up = s.copies.filter((c) => c.nodeUp).length;
+  const down = s.copies.length - up;
+  return `${up}/${s.copiesWanted || s.copies.length}${down > 0 ? ` (+${down} on a down node)` : ''}`;
+}
+
+/** READY: "yes" once every copy is durable, else the state (creating, deleting). */
+function readyText(s: SnapshotMessage): string {
+  return s.readyToUse ? 'yes' : s.state === 'ready' ? 'no' : s.state;
+}
+
+/** The source volume as shown: its name when the snapshot was taken, else its id. */
+function sourceText(s: SnapshotMessage): string {
+  return s.sourceVolumeName || s.sourceVolumeId || '-';
+}
+
+/** `snapshot list`. */
+export function snapshotRows(snapshots: SnapshotMessage[], nowMs: number): string {
+  return table(['NAME', 'VOLUME', 'SIZE', 'READY', 'COPIES', 'CREATED', 'PAUSE'], snapshots.map((s) => [
+    s.name, sourceText(s), formatBytes(s.sizeBytes), readyText(s), copiesText(s), formatAge(s.createdAt, nowMs), formatPause(s.pauseUs),
+  ]));
+}
+
+/** `snapshot inspect`: the snapshot's facts and one row per copy. */
+export function snapshotDetail(s: SnapshotMessage, nowMs: number): string {
+  const head = keyValues([
+    ['Name', s.name], ['ID', s.id], ['Source volume', `${sourceText(s)} (${s.sourceVolumeId || 'no id'})`],
+    ['Size', `${formatBytes(s.sizeBytes)} (${s.sizeBytes} bytes)`], ['State', s.state], ['Ready to use', s.readyToUse ? 'yes' : 'no'],
+    ['Copies', `${copiesText(s)} wanted ${s.copiesWanted}`], ['Created', `${s.createdAt || '-'} (${formatAge(s.createdAt, nowMs)})`],
+    ['Barrier pause', formatPause(s.pauseUs)],
+  ]);
+  if (s.copies.length === 0) return [head, '', 'no copies'].join('\n');
+  const copies = table(['NODE', 'FROM REPLICA', 'NODE STATE'], s.copies.map((c) => [c.nodeId, c.replicaId, c.nodeUp ? 'up' : 'down']));
+  return [head, '', copies].join('\n');
+}
+
+/** The fill of a new volume's replicas (restore, clone): the rebuilds summed; undefined when every replica is in sync. */
+export function fillProgress(v: VolumeMessage): { filling: number; progress: RebuildProgressMessage | undefined } | undefined {
+  const pending = v.replicas.filter((r) => r.state !== 'in-sync');
+  if (pending.length === 0) return undefined;
+  const rebuilds = pending.map((r) => r.rebuild).filter((p): p is RebuildProgressMessage => p !== null && p !== undefined);
+  const progress = rebuilds.length === 0 ? undefined : rebuilds.reduce((a, p) => ({
+    doneBytes: a.doneBytes + p.doneBytes, totalBytes: a.totalBytes + p.totalBytes, bytesPerSecond: a.bytesPerSecond + p.bytesPerSecond,
+  }), { doneBytes: 0, totalBytes: 0, bytesPerSecond: 0 });
+  return { filling: pending.length, progress };
+}
+
+/** One progress line of a fill: "pgcopy: filling 2 replica(s) [####----] 20.0% ...", or the wait without a measure yet. */
+export function fillLine(v: VolumeMessage): string {
+  const fill = fillProgress(v);
+  if (!fill) return `${v.name}: every replica in sync`;
+  const what = `${v.name}: filling ${fill.filling} replica(s)`;
+  return fill.progress ? `${what} ${progressBar(fill.progress)}` : `${what} (${v.health}; no progress reported yet)`;
 }

@@ -7,9 +7,13 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Code, isStoreUnavailable, StorageError } from '../common/errors.js';
 import { formatBytes, parseSize } from '../common/units.js';
-import { ApiClient } from './api-client.js';
+import { ApiClient, type CreateVolumeOptions, type VolumeMessage } from './api-client.js';
 import { csiInfo, type CsiInfo } from './csi-info.js';
-import { clusterStatusText, keyValues, mismatchedRegions, nodeRows, percent, verifyText, volumeDetail, volumeRows } from './format.js';
+import { waitForFill } from './fill-wait.js';
+import {
+  clusterStatusText, copiesText, fillProgress, formatPause, keyValues, mismatchedRegions, nodeRows, percent, snapshotDetail, snapshotRows, verifyText,
+  volumeDetail, volumeRows,
+} from './format.js';
 
 type Output = 'table' | 'json';
 interface GlobalOptions { apiSocket?: string; output: Output }
@@ -58,6 +62,61 @@ async function withClient<T>(g: GlobalOptions, fn: (client: ApiClient) => Promis
     return await fn(client);
   } finally {
     client.close();
+  }
+}
+
+interface CopyOptions { size?: string; replicas?: string; preferNode?: string; wait: boolean; pollMs: string }
+
+/** The options `snapshot restore` and `volume clone` share with `volume create`, and the wait. */
+function copyCommand(cmd: Command): Command {
+  return cmd.option('--size <size>', 'size, e.g. 20GiB [default: the source\'s; never smaller]')
+    .option('--replicas <n>', 'replicas on distinct nodes, 1-3 [default: the cluster\'s --default-replicas]')
+    .option('--prefer-node <node>', 'place a replica on this node when it qualifies (e.g. where the volume will be used)')
+    .option('--no-wait', 'return once the volume exists, without waiting for its replicas to fill')
+    .addOption(new Option('--poll-ms <ms>', 'how often to ask for progress while waiting').default('1000').hideHelp());
+}
+
+/** Ctrl-C while waiting: stop the wait (the fill goes on in the daemons). */
+function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  const onSigint = (): void => controller.abort();
+  process.once('SIGINT', onSigint);
+  return { signal: controller.signal, dispose: () => process.removeListener('SIGINT', onSigint) };
+}
+
+/**
+ * Creates a volume from a snapshot or a volume, prints it, and unless --no-wait follows its
+ * replicas' fill on stderr until every one is in sync. Interrupted, it says how to follow
+ * the fill and exits 130; the new volume stays and keeps filling.
+ */
+async function createFrom(g: GlobalOptions, c: ApiClient, name: string, opts: CopyOptions, source: Pick<CreateVolumeOptions, 'sourceSnapshot' | 'sourceVolume'>, verb: string): Promise<void> {
+  const replicas = parseReplicas(opts.replicas);
+  const pollMs = Number(opts.pollMs);
+  const created = await c.createVolume(name, opts.size === undefined ? 0 : parseSize(opts.size), {
+    ...(replicas ? { replicas } : {}), ...(opts.preferNode ? { preferredNode: opts.preferNode } : {}), ...source,
+  });
+  const from = source.sourceSnapshot ? `snapshot ${source.sourceSnapshot}` : `volume ${source.sourceVolume}`;
+  const summary = (v: VolumeMessage): string => {
+    const nodes = [...new Set(v.replicas.map((r) => r.nodeName))].join(', ');
+    return `volume ${v.name} ${verb} from ${from} (${formatBytes(v.sizeBytes)}, ${v.replicas.length} replica(s) on ${nodes || 'no node'})`;
+  };
+  if (!opts.wait || !fillProgress(created)) {
+    print(g.output, created, () => summary(created) + (fillProgress(created) ? `; its replicas are filling: see cairnctl volume inspect ${name}` : ''));
+    return;
+  }
+  if (g.output === 'table') console.log(summary(created));
+  const interrupt = interruptSignal();
+  try {
+    const r = await waitForFill(created, {
+      get: () => c.getVolume(name), pollMs: Number.isFinite(pollMs) && pollMs > 0 ? pollMs : 1000, out: process.stderr, plainEveryMs: 10_000, signal: interrupt.signal,
+    });
+    if (!r.done) {
+      console.error(`stopped waiting; volume ${name} keeps filling: see cairnctl volume inspect ${name}`);
+      process.exitCode = 130;
+    }
+    if (r.done || g.output === 'json') print(g.output, r.volume, () => `volume ${name} is ready: ${r.volume.replicas.length} replica(s) in sync`);
+  } finally {
+    interrupt.dispose();
   }
 }
 
@@ -138,6 +197,32 @@ function buildProgram(): Command {
     await c.detachVolume(name);
     print(g().output, { detached: name }, () => `volume ${name} detached`);
   }));
+
+  copyCommand(volume.command('clone <source-volume> <new-volume>').description('create a volume holding another volume\'s data (taken at a write barrier)'))
+    .action((source: string, name: string, opts: CopyOptions) => withClient(g(), (c) => createFrom(g(), c, name, opts, { sourceVolume: source }, 'cloned')));
+
+  const snapshot = program.command('snapshot').description('take, list, inspect, restore and delete crash-consistent snapshots');
+  snapshot.command('create <name>').description('snapshot a volume at a write barrier, with a copy on every in-sync replica')
+    .requiredOption('--volume <volume>', 'the volume to snapshot (name or id)')
+    .action((name: string, opts: { volume: string }) => withClient(g(), async (c) => {
+      const s = await c.createSnapshot(name, opts.volume);
+      print(g().output, s, () => `snapshot ${s.name} of ${s.sourceVolumeName || opts.volume} ${s.readyToUse ? 'ready' : s.state} (${formatBytes(s.sizeBytes)}, copies ${copiesText(s)}, writes paused ${formatPause(s.pauseUs)})`);
+    }));
+  snapshot.command('list').alias('ls').description('list snapshots').option('--volume <volume>', 'only the snapshots of this volume')
+    .action((opts: { volume?: string }) => withClient(g(), async (c) => {
+      const ss = await c.listSnapshots(opts.volume);
+      print(g().output, ss, () => (ss.length ? snapshotRows(ss, Date.now()) : `no snapshots${opts.volume ? ` of ${opts.volume}` : ''}`));
+    }));
+  snapshot.command('inspect <name>').description('show a snapshot with its copies').action((name: string) => withClient(g(), async (c) => {
+    const s = await c.getSnapshot(name);
+    print(g().output, s, () => snapshotDetail(s, Date.now()));
+  }));
+  snapshot.command('delete <name>').alias('rm').description('delete a snapshot and its copies').action((name: string) => withClient(g(), async (c) => {
+    await c.deleteSnapshot(name);
+    print(g().output, { deleted: name }, () => `snapshot ${name} deleted`);
+  }));
+  copyCommand(snapshot.command('restore <snapshot> <new-volume>').description('create a volume holding a snapshot\'s data'))
+    .action((source: string, name: string, opts: CopyOptions) => withClient(g(), (c) => createFrom(g(), c, name, opts, { sourceSnapshot: source }, 'restored')));
 
   const cluster = program.command('cluster').description('the cluster as a whole');
   cluster.command('status').description('store, nodes up, repair leader and volume health').action(() => withClient(g(), async (c) => {

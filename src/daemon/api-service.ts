@@ -1,11 +1,14 @@
 /**
  * The cairnctl gRPC API (proto/cairn/api/v1/api.proto): thin handlers that validate,
- * call the volume service (`VolumeApi`), and build the reply from its views.
+ * call the volume service (`VolumeApi`) or the snapshot service (`SnapshotService`), and
+ * build the reply from their views. CreateVolume with `source_snapshot` (restore) or
+ * `source_volume` (clone) passes the source on as `CreateVolumeOptions.source`.
  */
 import * as grpc from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { NodeStatus } from '../cluster/node-registry.js';
+import type { SnapshotService, SnapshotView, VolumeContentSource } from '../cluster/snapshot-types.js';
 import type { ClusterStatusView, ReplicaView, VerifyResult, VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import type { ExportInfo } from '../engine/export-manager.js';
 import type { KernelAttacher } from '../engine/kernel-attach.js';
@@ -95,7 +98,26 @@ function replicasOption(replicas: number | undefined): { replicas?: number } {
   return replicas ? { replicas } : {};
 }
 
-interface CreateVolumeRequest extends NameRequest { sizeBytes: number; replicas?: number; preferredNode?: string }
+function snapshotMessage(s: SnapshotView): object {
+  return {
+    id: s.id, name: s.name, sourceVolumeId: s.sourceVolumeId, sourceVolumeName: s.sourceVolumeName, sizeBytes: s.sizeBytes,
+    createdAt: s.createdAt, state: s.state, readyToUse: s.readyToUse, copiesWanted: s.copiesWanted,
+    copies: s.copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId, nodeUp: c.nodeUp })), pauseUs: s.pauseUs,
+  };
+}
+
+interface CreateVolumeRequest extends NameRequest { sizeBytes: number; replicas?: number; preferredNode?: string; sourceSnapshot?: string; sourceVolume?: string }
+
+/** CreateVolume's content source: at most one of source_snapshot and source_volume. */
+export function contentSource(req: Pick<CreateVolumeRequest, 'sourceSnapshot' | 'sourceVolume'>): VolumeContentSource | undefined {
+  if (req.sourceSnapshot && req.sourceVolume) {
+    throw new StorageError(Code.INVALID_ARGUMENT,
+      `the request names both source_snapshot "${req.sourceSnapshot}" and source_volume "${req.sourceVolume}": restore from a snapshot or clone a volume, not both`);
+  }
+  if (req.sourceSnapshot) return { snapshot: req.sourceSnapshot };
+  if (req.sourceVolume) return { volume: req.sourceVolume };
+  return undefined;
+}
 interface ExportVolumeRequest extends NameRequest { takeover?: boolean; force?: boolean }
 
 export interface ApiContext {
@@ -107,6 +129,8 @@ export interface ApiContext {
   connectionCount: () => number;
   /** Kernel block devices for volumes (AttachVolume / DetachVolume); none on a controller-role cairnd. */
   attacher: KernelAttacher | undefined;
+  /** Snapshots, restore and clone (docs/snapshots.md); the snapshot RPCs answer UNIMPLEMENTED without it. */
+  snapshots?: SnapshotService;
   /** The volume's CSI staging on this node (the stager's record); absent on a controller-role cairnd. */
   staged?: (volume: string) => StagedVolumeRecord | undefined;
   log: Logger;
@@ -115,6 +139,16 @@ export interface ApiContext {
 function requireAttacher(ctx: ApiContext): KernelAttacher {
   if (!ctx.attacher) throw new StorageError(Code.UNIMPLEMENTED, `this cairnd (${ctx.nodeName}) runs the controller role and has no data plane: attach volumes on a node`);
   return ctx.attacher;
+}
+
+function requireSnapshots(ctx: ApiContext): SnapshotService {
+  if (!ctx.snapshots) throw new StorageError(Code.UNIMPLEMENTED, `this cairnd (${ctx.nodeName}) does not serve snapshots: upgrade it, or ask another node`);
+  return ctx.snapshots;
+}
+
+function requireSnapshotName(request: NameRequest): string {
+  if (!request.name) throw new StorageError(Code.INVALID_ARGUMENT, 'the request has no snapshot name');
+  return request.name;
 }
 
 export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation {
@@ -133,10 +167,15 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
         nbdConnectionCount: ctx.connectionCount(),
       };
     }),
-    CreateVolume: h('CreateVolume', async (req: CreateVolumeRequest) => volumeMessage(await ctx.volumes.create(requireName(req), req.sizeBytes, {
-      ...replicasOption(req.replicas),
-      ...(req.preferredNode ? { preferredNode: req.preferredNode } : {}),
-    }), ctx)),
+    CreateVolume: h('CreateVolume', async (req: CreateVolumeRequest) => {
+      const name = requireName(req);
+      const source = contentSource(req);
+      return volumeMessage(await ctx.volumes.create(name, req.sizeBytes, {
+        ...replicasOption(req.replicas),
+        ...(req.preferredNode ? { preferredNode: req.preferredNode } : {}),
+        ...(source ? { source } : {}),
+      }), ctx);
+    }),
     ListVolumes: h('ListVolumes', async () => ({ volumes: (await ctx.volumes.list()).map((v) => volumeMessage(v, ctx)) })),
     GetVolume: h('GetVolume', async (req: NameRequest) => volumeMessage(await ctx.volumes.get(requireName(req)), ctx)),
     DeleteVolume: h('DeleteVolume', async (req: NameRequest & { force: boolean }) => {
@@ -166,6 +205,19 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
     GetClusterStatus: h('GetClusterStatus', async () => clusterStatusMessage(await ctx.volumes.clusterStatus())),
     ListNodes: h('ListNodes', async () => ({ nodes: (await ctx.volumes.nodes()).map(nodeMessage) })),
     VerifyVolume: h('VerifyVolume', async (req: NameRequest) => verifyMessage(await ctx.volumes.verify(requireName(req)))),
+    CreateSnapshot: h('CreateSnapshot', async (req: NameRequest & { volume: string }) => {
+      const name = requireSnapshotName(req);
+      if (!req.volume) throw new StorageError(Code.INVALID_ARGUMENT, `snapshot "${name}": the request names no source volume`);
+      return snapshotMessage(await requireSnapshots(ctx).create({ name, volume: req.volume }));
+    }),
+    ListSnapshots: h('ListSnapshots', async (req: { volume?: string }) => ({
+      snapshots: (await requireSnapshots(ctx).list(req.volume ? { volume: req.volume } : {})).map(snapshotMessage),
+    })),
+    GetSnapshot: h('GetSnapshot', async (req: NameRequest) => snapshotMessage(await requireSnapshots(ctx).get(requireSnapshotName(req)))),
+    DeleteSnapshot: h('DeleteSnapshot', async (req: NameRequest) => {
+      await requireSnapshots(ctx).delete(requireSnapshotName(req));
+      return {};
+    }),
   };
 }
 
