@@ -34,6 +34,11 @@ export interface SnapshotDoc {
   copies: SnapshotCopyEntry[];
   /** How long the source's writes waited for the barrier, in microseconds (0 without an engine). */
   pauseUs: number;
+  /**
+   * Taken by the cluster itself (a clone's source snapshot, deleted once the clone is made):
+   * lists hide it unless asked. Absent means false.
+   */
+  internal?: boolean;
 }
 
 export interface SnapshotCopyView extends SnapshotCopyEntry {
@@ -49,6 +54,8 @@ export interface CreateSnapshotInput {
   name: string;
   /** The source volume, by name or id. */
   volume: string;
+  /** A snapshot the cluster takes for itself (a clone's): hidden from lists unless asked. */
+  internal?: boolean;
 }
 
 /** Where a new volume's data comes from: a snapshot (restore) or a volume (clone). */
@@ -63,7 +70,7 @@ export interface SnapshotService {
   /** By name or id; NOT_FOUND when there is none. */
   get(nameOrId: string): Promise<SnapshotView>;
   /** Every snapshot, or those of one volume (name or id), oldest first. */
-  list(filter?: { volume?: string }): Promise<SnapshotView[]>;
+  list(filter?: { volume?: string; includeInternal?: boolean }): Promise<SnapshotView[]>;
   /** Removes the copies and the document. Not an error when there is no such snapshot. */
   delete(nameOrId: string): Promise<void>;
 }

@@ -84,6 +84,26 @@ export interface VolumeDoc extends EngineVolumeDoc {
    * raised replica count all place inside them. Absent: any zone.
    */
   zones?: string[];
+  /**
+   * Where the volume's data came from at creation: a snapshot (restore) or a volume
+   * (clone), by id and by name as they were then. Absent: created empty.
+   */
+  contentSource?: VolumeContentSourceEntry;
+  /**
+   * Replicas placed only to seed a restore (on a node holding a copy of the snapshot when
+   * the wanted placement allowed none): not counted in `replicasWanted`; the repair loop
+   * removes them once every other replica is in sync (volume-restore.ts).
+   */
+  seedReplicas?: ReplicaId[];
+}
+
+export interface VolumeContentSourceEntry {
+  kind: 'snapshot' | 'volume';
+  /** The source snapshot's or volume's id and name. */
+  id: string;
+  name: string;
+  /** The snapshot the replicas are made from: the source itself, or the clone's internal one. */
+  snapshotId: string;
 }
 
 export interface StoredVolumeDoc {
@@ -172,12 +192,25 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
   }
   if (v.fsType !== undefined && typeof v.fsType !== 'string') throw malformed(key, 'fsType is not a string');
   if (v.zones !== undefined && !(Array.isArray(v.zones) && v.zones.every((z) => typeof z === 'string'))) throw malformed(key, 'zones is not a list of strings');
+  let contentSource: VolumeContentSourceEntry | undefined;
+  if (v.contentSource !== undefined) {
+    const c = v.contentSource;
+    if (!isObject(c) || (c.kind !== 'snapshot' && c.kind !== 'volume') || typeof c.id !== 'string' || typeof c.name !== 'string' || typeof c.snapshotId !== 'string') {
+      throw malformed(key, 'contentSource lacks kind (snapshot or volume), id, name or snapshotId');
+    }
+    contentSource = { kind: c.kind, id: c.id, name: c.name, snapshotId: c.snapshotId };
+  }
+  if (v.seedReplicas !== undefined && !(Array.isArray(v.seedReplicas) && v.seedReplicas.every((id) => typeof id === 'string'))) throw malformed(key, 'seedReplicas is not a list of replica ids');
+  // A seed replica another change took out of the document (a replacement) is no longer one.
+  const seedReplicas = ((v.seedReplicas ?? []) as ReplicaId[]).filter((id) => replicas.some((r) => r.id === id));
   return {
     id: str('id') as VolumeId, name: str('name'), sizeBytes: num('sizeBytes'), createdAt: str('createdAt'), state: state as VolumeDocState,
     replicasWanted: num('replicasWanted'), regionBytes: num('regionBytes'), epoch: num('epoch'), engine, replicas,
     ...(published && published.length > 0 ? { published } : {}),
     ...(typeof v.fsType === 'string' ? { fsType: v.fsType } : {}),
     ...(Array.isArray(v.zones) && v.zones.length > 0 ? { zones: v.zones as string[] } : {}),
+    ...(contentSource ? { contentSource } : {}),
+    ...(seedReplicas.length > 0 ? { seedReplicas } : {}),
   };
 }
 
@@ -199,6 +232,8 @@ export function volumeDocToJson(doc: VolumeDoc): JsonValue {
     ...(doc.published && doc.published.length > 0 ? { published: doc.published.map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })) } : {}),
     ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
     ...(doc.zones && doc.zones.length > 0 ? { zones: [...doc.zones] } : {}),
+    ...(doc.contentSource ? { contentSource: { ...doc.contentSource } } : {}),
+    ...(doc.seedReplicas && doc.seedReplicas.length > 0 ? { seedReplicas: [...doc.seedReplicas] } : {}),
   };
 }
 
@@ -237,6 +272,15 @@ export async function listVolumeDocs(store: ClusterStore, onMalformed?: (err: St
     }
   }
   return { docs, unreadable, revision };
+}
+
+/** The volume named `nameOrId`, or whose id it is (volumes are keyed by name: an id lists them). */
+export async function findVolumeDoc(store: ClusterStore, nameOrId: string, options?: CallOptions): Promise<StoredVolumeDoc | undefined> {
+  if (nameOrId === '') return undefined;
+  const byName = await getVolumeDoc(store, nameOrId, options);
+  if (byName) return byName;
+  const { docs } = await listVolumeDocs(store, undefined, options);
+  return docs.find((d) => d.doc.id === nameOrId);
 }
 
 /** Writes a new document; false when one of that name exists already. */

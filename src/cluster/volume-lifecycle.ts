@@ -28,13 +28,15 @@ import type { ReplicaStatusView } from '../replica/replica-manager.js';
 import type { LeaderElection } from './leader-election.js';
 import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
 import { largestPlaceable, placeReplicas } from './placement.js';
+import type { SnapshotDoc, SnapshotService, VolumeContentSource } from './snapshot-types.js';
 import { expandVolume } from './volume-expand.js';
+import { checkRestoreSize, cloneSnapshotName, createRestoredReplica, placeRestore, restorableSnapshot, restoreReplicas } from './volume-restore.js';
 import { changeReplicaCount, checkReplicaCount } from './volume-modify.js';
 import { publishVolume, unpublishVolume } from './volume-publish.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import {
-  MAX_REPLICAS, createVolumeDoc, getVolumeDoc, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth,
-  type VolumeDoc, type VolumeReplicaEntry,
+  MAX_REPLICAS, createVolumeDoc, findVolumeDoc, getVolumeDoc, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth,
+  type VolumeContentSourceEntry, type VolumeDoc, type VolumeReplicaEntry,
 } from './volume-doc.js';
 import type {
   CapacityQuery, ClusterStatusView, CreateVolumeOptions, PublishAccess, ReplicaView, VolumeChanges, VolumePage, VolumeView,
@@ -78,6 +80,8 @@ export interface VolumeLifecycleOptions {
   /** Shared with the engine host, so that create, delete and export of one volume run one at a time. */
   locks?: KeyedLock;
   host?: LocalVolumeHost;
+  /** Takes and deletes the internal snapshot a clone is made from; clones are FAILED_PRECONDITION without it. */
+  snapshots?: Pick<SnapshotService, 'create' | 'delete'>;
 }
 
 /** The document of a volume that exists (NOT_FOUND otherwise); UNAVAILABLE while it is being created, unless allowed. */
@@ -137,6 +141,7 @@ export class VolumeLifecycle {
   }
 
   async create(name: string, requestedBytes: number, options: CreateVolumeOptions = {}, signal?: AbortSignal): Promise<VolumeView> {
+    if (options.source) return this.createFrom(name, requestedBytes, options, options.source, signal);
     const replicas = options.replicas || this.opts.defaultReplicas;
     validateCreate(name, requestedBytes, replicas);
     const sizeBytes = alignUp(requestedBytes, VOLUME_ALIGNMENT_BYTES);
@@ -156,6 +161,9 @@ export class VolumeLifecycle {
         }
         if (options.zones !== undefined && !sameZones(d.zones, options.zones)) {
           throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists in ${zoneList(d.zones)}, not ${zoneList(options.zones)}`, { details: { volume: name } });
+        }
+        if (d.contentSource) {
+          throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists, made from ${d.contentSource.kind} "${d.contentSource.name}", not empty`, { details: { volume: name } });
         }
         if (d.state === 'ready') return this.view(d);
       } else if (stored) {
@@ -190,6 +198,94 @@ export class VolumeLifecycle {
     return doc;
   }
 
+  /**
+   * Restore (a snapshot source) or clone (a volume source): see volume-restore.ts. A clone
+   * takes an internal snapshot of the source through the snapshot service, restores from it,
+   * and deletes it again (the new replicas do not depend on it), whatever the outcome.
+   */
+  private async createFrom(name: string, requestedBytes: number, options: CreateVolumeOptions, source: VolumeContentSource, signal?: AbortSignal): Promise<VolumeView> {
+    validateName('volume', name);
+    const replicas = options.replicas || this.opts.defaultReplicas;
+    const asked = 'snapshot' in source ? { kind: 'snapshot' as const, ref: source.snapshot } : { kind: 'volume' as const, ref: source.volume };
+    if (!asked.ref) throw new StorageError(Code.INVALID_ARGUMENT, `volume "${name}": the content source names no ${asked.kind}`, { details: { volume: name } });
+    if (requestedBytes !== 0 && !(Number.isSafeInteger(requestedBytes) && requestedBytes > 0)) {
+      throw new StorageError(Code.INVALID_ARGUMENT, `volume size must be 0 (the source's size) or a positive number of bytes, got ${requestedBytes}`);
+    }
+    return this.locks.run(name, async () => {
+      throwIfCancelled(signal, `create volume "${name}"`);
+      const stored = await getVolumeDoc(this.store, name, { signal });
+      if (stored?.doc.state === 'deleting') {
+        throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" is still being deleted; try again once it is gone`, { details: { volume: name } });
+      }
+      if (stored) return this.view(await this.existingFrom(stored.doc, requestedBytes, options, asked, signal));
+      if (asked.kind === 'snapshot') {
+        const snap = await restorableSnapshot(this.store, asked.ref, signal);
+        const entry = { kind: 'snapshot' as const, id: snap.id, name: snap.name, snapshotId: snap.id };
+        return this.view(await this.restore(name, requestedBytes, replicas, options, snap, entry, signal));
+      }
+      const sourceDoc = requireVolume(await findVolumeDoc(this.store, asked.ref, { signal }), asked.ref);
+      if (!this.opts.snapshots) throw new StorageError(Code.FAILED_PRECONDITION, `this cairnd (${this.opts.nodeId}) cannot clone volumes: it has no snapshot service`);
+      const snapName = cloneSnapshotName(sourceDoc.id, name);
+      const taken = await this.opts.snapshots.create({ name: snapName, volume: sourceDoc.id, internal: true }, signal ? { signal } : {});
+      try {
+        const snap = await restorableSnapshot(this.store, taken.id, signal);
+        const entry = { kind: 'volume' as const, id: sourceDoc.id, name: sourceDoc.name, snapshotId: snap.id };
+        return this.view(await this.restore(name, requestedBytes, replicas, options, snap, entry, signal));
+      } finally {
+        await this.opts.snapshots.delete(taken.id).catch((err: unknown) => this.log.warn({ volume: name, snapshot: snapName, err: (err as Error).message },
+          'internal clone snapshot not deleted now; the repair leader deletes it'));
+      }
+    });
+  }
+
+  /** The same name again with a content source: the existing volume when it was made from the same source at that size, else ALREADY_EXISTS. */
+  private async existingFrom(d: VolumeDoc, requestedBytes: number, options: CreateVolumeOptions, asked: { kind: 'snapshot' | 'volume'; ref: string },
+    signal?: AbortSignal): Promise<VolumeDoc> {
+    const name = d.name;
+    const src = d.contentSource;
+    if (!src || src.kind !== asked.kind || (asked.ref !== src.id && asked.ref !== src.name)) {
+      const what = src ? `${src.kind} "${src.name}"` : 'nothing (empty)';
+      throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists, made from ${what}, not ${asked.kind} "${asked.ref}"`, { details: { volume: name } });
+    }
+    if (requestedBytes !== 0 && d.sizeBytes !== alignUp(requestedBytes, VOLUME_ALIGNMENT_BYTES)) {
+      throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists with size ${formatBytes(d.sizeBytes)}, not ${formatBytes(requestedBytes)}`, { details: { volume: name } });
+    }
+    if (options.replicas && d.replicasWanted !== options.replicas) {
+      throw new StorageError(Code.ALREADY_EXISTS, `volume "${name}" already exists with ${d.replicasWanted} replica(s), not ${options.replicas}`, { details: { volume: name } });
+    }
+    if (d.state === 'ready') return d;
+    return this.provision(d, signal);
+  }
+
+  /** Places a restored volume (copy nodes first), writes its `creating` document and makes its replicas. */
+  private async restore(name: string, requestedBytes: number, replicas: number, options: CreateVolumeOptions, snap: SnapshotDoc,
+    source: VolumeContentSourceEntry, signal?: AbortSignal): Promise<VolumeDoc> {
+    const sizeBytes = alignUp(requestedBytes === 0 ? snap.sizeBytes : requestedBytes, VOLUME_ALIGNMENT_BYTES);
+    checkRestoreSize(snap, sizeBytes, `volume "${name}"`);
+    validateCreate(name, sizeBytes, replicas);
+    const placement = placeRestore({
+      replicas, sizeBytes, nodes: toPlacementNodes(await listNodes(this.store, this.log)), copyNodes: snap.copies.map((c) => c.nodeId),
+      ...(options.preferredNode ? { preferredNode: options.preferredNode as NodeId } : {}),
+      ...(options.requisiteNodes ? { firstAmong: options.requisiteNodes as readonly NodeId[] } : {}),
+      ...(options.zones ? { zones: options.zones } : {}),
+    });
+    throwIfCancelled(signal, `create volume "${name}"`);
+    const now = new Date().toISOString();
+    const { replicas: entries, seedReplicas } = restoreReplicas(placement, snap, now);
+    const doc: VolumeDoc = {
+      id: newVolumeId(), name, sizeBytes, createdAt: now, state: 'creating', replicasWanted: replicas, regionBytes: regionBytesFor(sizeBytes),
+      epoch: 1, engine: null, replicas: entries, contentSource: source,
+      ...(seedReplicas.length > 0 ? { seedReplicas } : {}),
+      ...(options.fsType === undefined ? {} : { fsType: options.fsType }),
+      ...(options.zones && options.zones.length > 0 ? { zones: [...new Set(options.zones)].sort() } : {}),
+    };
+    if (!(await createVolumeDoc(this.store, doc))) {
+      throw new StorageError(Code.ABORTED, `volume "${name}" was created concurrently on another node; run the command again`, { details: { volume: name } });
+    }
+    this.log.info({ volume: name, sizeBytes, source, fromCopy: placement.fromCopy, rebuilt: placement.empty, seed: placement.seed }, 'restored volume placed');
+    return this.provision(doc, signal);
+  }
+
   /** Completes a creation that a crash interrupted (the repair loop calls it), or undoes it when it cannot complete. */
   async finishCreate(doc: VolumeDoc): Promise<void> {
     await this.locks.run(doc.name, async () => {
@@ -207,7 +303,8 @@ export class VolumeLifecycle {
   private async provision(doc: VolumeDoc, signal?: AbortSignal): Promise<VolumeDoc> {
     const creating = doc.replicas.map(async (r) => {
       const control = await this.opts.controls.control(r.nodeId);
-      await control.createReplica({ replicaId: r.id, volumeId: doc.id }, doc.sizeBytes, doc.epoch, true);
+      if (doc.contentSource) await createRestoredReplica(control, doc, r);
+      else await control.createReplica({ replicaId: r.id, volumeId: doc.id }, doc.sizeBytes, doc.epoch, true);
     });
     try {
       await abortable(Promise.all(creating), signal, `create volume "${doc.name}"`);
@@ -220,7 +317,7 @@ export class VolumeLifecycle {
       throw err;
     }
     const ready = await updateVolumeDoc(this.store, doc.name, (d) => (d.state === 'creating' ? { ...d, state: 'ready' } : undefined));
-    this.log.info({ volume: doc.name, sizeBytes: doc.sizeBytes, replicas: doc.replicas.length }, 'volume created');
+    this.log.info({ volume: doc.name, sizeBytes: doc.sizeBytes, replicas: doc.replicas.length, ...(doc.contentSource ? { source: doc.contentSource } : {}) }, 'volume created');
     return ready!.doc;
   }
 
@@ -391,6 +488,7 @@ export class VolumeLifecycle {
       published: (doc.published ?? []).map((p) => ({ nodeId: p.nodeId, readonly: p.readonly })),
       ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
       ...(doc.zones === undefined ? {} : { zones: doc.zones }),
+      ...(doc.contentSource ? { contentSource: { kind: doc.contentSource.kind, id: doc.contentSource.id, name: doc.contentSource.name } } : {}),
     };
   }
 

@@ -5,6 +5,7 @@
 import type { ExportInfo } from '../engine/export-manager.js';
 import type { PoolCapacity } from '../pool/backend.js';
 import type { NodeStatus } from './node-registry.js';
+import type { VolumeContentSource } from './snapshot-types.js';
 import type { ReplicaHealth, VolumeDocState } from './volume-doc.js';
 
 export type VolumeHealth = 'healthy' | 'degraded' | 'faulted';
@@ -47,6 +48,8 @@ export interface VolumeView {
   fsType?: string;
   /** The zones its replicas are kept in (CSI StorageClass `zones`), if any. */
   zones?: readonly string[];
+  /** Where its data came from at creation (restore or clone), if anywhere. */
+  contentSource?: { kind: 'snapshot' | 'volume'; id: string; name: string };
 }
 
 export interface VerifyMismatch {
@@ -86,6 +89,12 @@ export interface CreateVolumeOptions {
   zones?: readonly string[];
   /** The filesystem the volume is for (CSI), kept in its document; the same name with another is ALREADY_EXISTS. */
   fsType?: string;
+  /**
+   * The new volume's data: a snapshot's (restore) or a volume's (clone, through a barrier
+   * snapshot). A size of 0 then means the source's size; smaller is OUT_OF_RANGE. The same
+   * name with another source is ALREADY_EXISTS.
+   */
+  source?: VolumeContentSource;
 }
 
 /** How a node may use a volume it is published to (CSI ControllerPublishVolume). */

@@ -23,6 +23,8 @@ export const keys = {
   nodeAlive: (id: NodeId): string => `nodes/${id}/alive`,
   /** Volume documents are keyed by name: see volume-doc.ts (`volumeKey`). */
   volumesPrefix: 'volumes/',
+  /** Snapshot documents are keyed by name: see snapshot-doc.ts (`snapshotKey`). */
+  snapshotsPrefix: 'snapshots/',
   leadersPrefix: 'leaders/',
   /** The key a leader election for `role` campaigns on (e.g. "repair"). */
   leader: (role: string): string => `leaders/${role}`,
