@@ -8,8 +8,11 @@
  * ValidateVolumeCapabilities, ControllerGetVolume, ControllerPublishVolume and
  * ControllerUnpublishVolume (controller-publish.ts), ListVolumes and GetCapacity
  * (controller-list.ts), ControllerModifyVolume (controller-modify.ts),
- * ControllerExpandVolume (controller-expand.ts), ControllerGetCapabilities. The snapshot
- * methods answer UNIMPLEMENTED and their capabilities are not advertised.
+ * ControllerExpandVolume (controller-expand.ts), ControllerGetCapabilities, and, given the
+ * snapshot service, CreateSnapshot, DeleteSnapshot, ListSnapshots and GetSnapshot
+ * (controller-snapshot.ts) and CreateVolume from a snapshot or a volume
+ * (volume_content_source); without it those answer UNIMPLEMENTED (a content source
+ * INVALID_ARGUMENT) and their capabilities are not advertised.
  *
  * A volume made by CreateVolume keeps its filesystem type (the `fsType` parameter, else the
  * mount capability's, else ext4 for a mount volume; none for a block-only one): it is in
@@ -17,6 +20,7 @@
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
+import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import { csiService, type CsiRequest, type CsiService } from './csi-call.js';
 import { volumeLockKey, type CsiLocks } from './csi-locks.js';
@@ -24,24 +28,30 @@ import { controllerModifyMethods } from './controller-modify.js';
 import { controllerExpandMethods } from './controller-expand.js';
 import { controllerListMethods } from './controller-list.js';
 import { controllerPublishMethods } from './controller-publish.js';
+import { controllerSnapshotMethods, SNAPSHOT_CAPABILITIES, sourceBytes } from './controller-snapshot.js';
 import { volumeMessage, volumeStatus } from './controller-volume.js';
 import {
   checkCapabilities, checkTopology, isVolumeId, minimumBytes, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from './controller-params.js';
+import { contentSourceMessage, contentSourceOf, sizeForSource } from './snapshot-params.js';
 
 export interface ControllerServiceOptions {
   volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes' | 'modify' | 'expand' | 'publish' | 'unpublish' | 'listPage' | 'placeableBytes'>;
+  /** Snapshots, restore and clone; without it the snapshot calls answer UNIMPLEMENTED. */
+  snapshots?: SnapshotService;
   log: Logger;
   locks: CsiLocks;
 }
 
-/** The controller capabilities whose RPCs are complete. */
+/** The controller capabilities whose RPCs are complete (with SNAPSHOT_CAPABILITIES when snapshots are served). */
 export const CONTROLLER_CAPABILITIES = [
   'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME', 'LIST_VOLUMES', 'GET_CAPACITY', 'PUBLISH_READONLY', 'EXPAND_VOLUME',
   'LIST_VOLUMES_PUBLISHED_NODES', 'VOLUME_CONDITION', 'GET_VOLUME', 'MODIFY_VOLUME',
 ] as const;
 
-interface CreateArgs { sizeBytes: number; replicas?: number; fsType?: string; zones?: string[] }
+type ContentSource = { snapshot: string } | { volume: string };
+
+interface CreateArgs { sizeBytes: number; replicas?: number; fsType?: string; zones?: string[]; source?: ContentSource }
 
 /** The parsed CreateVolume arguments (validated before any lock or side effect). */
 function createArgs(r: CsiRequest): CreateArgs {
@@ -53,15 +63,21 @@ function createArgs(r: CsiRequest): CreateArgs {
   const params = parseParameters(r.parameters);
   const mutable = parseParameters(r.mutableParameters, true);
   checkTopology(r.accessibilityRequirements);
-  if (r.volumeContentSource) {
-    throw new StorageError(Code.INVALID_ARGUMENT, 'volume_content_source is not supported: Cairn creates empty volumes only', { details: { field: 'volume_content_source' } });
-  }
+  const source = contentSourceOf(r);
   const replicas = mutable.replicas ?? params.replicas;
   const fsType = params.fsType ?? capabilities.map((c) => c.mount?.fsType).find((f) => f) ?? (capabilities.some((c) => c.mount) ? 'ext4' : undefined);
   return {
     sizeBytes: sizeForRange(r.capacityRange, minimumBytes(fsType)),
-    ...(replicas ? { replicas } : {}), ...(fsType ? { fsType } : {}), ...(params.zones ? { zones: params.zones } : {}),
+    ...(replicas ? { replicas } : {}), ...(fsType ? { fsType } : {}), ...(params.zones ? { zones: params.zones } : {}), ...(source ? { source } : {}),
   };
+}
+
+/** Whether `found` was made from `source` (the same kind, named by name or id), or both from nothing. */
+function sameSource(found: VolumeView, source: ContentSource | undefined): boolean {
+  const had = found.contentSource;
+  if (!source || !had) return !source && !had;
+  const [kind, id] = 'snapshot' in source ? ['snapshot', source.snapshot] : ['volume', source.volume];
+  return had.kind === kind && (had.name === id || had.id === id);
 }
 
 /** Why an existing volume does not answer this CreateVolume (ALREADY_EXISTS), or undefined. */
@@ -69,6 +85,7 @@ function conflict(found: VolumeView, r: CsiRequest, args: CreateArgs): string | 
   if (!sizeFitsRange(found.sizeBytes, r.capacityRange)) return `${found.sizeBytes} bytes, outside capacity_range`;
   if (args.replicas !== undefined && args.replicas !== found.replicasWanted) return `${found.replicasWanted} replica(s), not ${args.replicas}`;
   if (found.fsType !== args.fsType) return `fsType ${found.fsType ?? 'none'}, not ${args.fsType ?? 'none'}`;
+  if (!sameSource(found, args.source)) return `content source ${found.contentSource ? `${found.contentSource.kind} ${found.contentSource.name}` : 'none'}`;
   return undefined;
 }
 
@@ -110,7 +127,8 @@ async function existing(volumes: ControllerServiceOptions['volumes'], name: stri
 }
 
 export function controllerService(options: ControllerServiceOptions): CsiService {
-  const { volumes } = options;
+  const { volumes, snapshots } = options;
+  const capabilities = [...CONTROLLER_CAPABILITIES, ...(snapshots ? SNAPSHOT_CAPABILITIES : [])];
   return csiService('Controller', {
     CreateVolume: {
       required: ['name', 'volume_capabilities', 'volume_capabilities.access_mode'],
@@ -120,6 +138,10 @@ export function controllerService(options: ControllerServiceOptions): CsiService
       handler: async (r, { signal }) => {
         const args = createArgs(r);
         const found = await existing(volumes, r.name, signal);
+        if (args.source && !found) {
+          const what = 'snapshot' in args.source ? `snapshot "${args.source.snapshot}"` : `volume "${args.source.volume}"`;
+          args.sizeBytes = sizeForSource(r.capacityRange, await sourceBytes(args.source, snapshots, volumes, signal), `the source ${what}`, minimumBytes(args.fsType));
+        }
         const why = found && conflict(found, r, args);
         if (why) throw new StorageError(Code.ALREADY_EXISTS, `volume "${r.name}" already exists with ${why}: use another name`, { details: { volume: r.name } });
         const preferredNode = preferredNodeOf(r.accessibilityRequirements);
@@ -132,8 +154,9 @@ export function controllerService(options: ControllerServiceOptions): CsiService
           ...(requisite ? { requisiteNodes: requisite } : {}),
           ...(args.zones && !found ? { zones: args.zones } : {}),
           ...(args.fsType ? { fsType: args.fsType } : {}),
+          ...(args.source ? { source: args.source } : {}),
         }, signal).catch(tooFewNodes);
-        return { volume: volumeMessage(view) };
+        return { volume: { ...volumeMessage(view), ...(args.source ? { contentSource: contentSourceMessage(args.source) } : {}) } };
       },
     },
     DeleteVolume: {
@@ -176,8 +199,9 @@ export function controllerService(options: ControllerServiceOptions): CsiService
     ...controllerListMethods(volumes),
     ...controllerModifyMethods(volumes),
     ...controllerExpandMethods(volumes),
+    ...(snapshots ? controllerSnapshotMethods(snapshots) : {}),
     ControllerGetCapabilities: {
-      handler: () => ({ capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })) }),
+      handler: () => ({ capabilities: capabilities.map((type) => ({ rpc: { type } })) }),
     },
   }, options);
 }

@@ -9,7 +9,8 @@ import { volumeCondition } from './volume-condition.js';
 
 /**
  * volume_id (the name), capacity_bytes, volume_context {replicas, fsType when the volume has
- * one} and accessible_topology: one node segment per node holding a replica.
+ * one}, accessible_topology: one node segment per node holding a replica, and content_source
+ * for a volume restored from a snapshot or cloned from a volume (named by its CSI id, the name).
  */
 export function volumeMessage(v: VolumeView): CsiRequest {
   return {
@@ -17,6 +18,9 @@ export function volumeMessage(v: VolumeView): CsiRequest {
     capacityBytes: String(v.sizeBytes),
     volumeContext: { replicas: String(v.replicasWanted), ...(v.fsType === undefined ? {} : { fsType: v.fsType }) },
     accessibleTopology: v.replicas.map((r) => ({ segments: { [TOPOLOGY_NODE_KEY]: r.nodeName } })),
+    ...(v.contentSource ? {
+      contentSource: v.contentSource.kind === 'snapshot' ? { snapshot: { snapshotId: v.contentSource.name } } : { volume: { volumeId: v.contentSource.name } },
+    } : {}),
   };
 }
 
