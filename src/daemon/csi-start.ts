@@ -6,6 +6,7 @@
  * service in `node` and `all`, as those services are built.
  */
 import type { Logger } from '../common/log.js';
+import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
 import { controllerService } from '../csi/controller-server.js';
 import { CsiLocks } from '../csi/csi-locks.js';
@@ -20,8 +21,8 @@ export interface CsiDeps {
   log: Logger;
   /** Whether this role can serve its CSI services now (Probe). */
   ready: () => boolean | Promise<boolean>;
-  /** Roles `controller` and `all`: the cluster's volume API the Controller service calls. */
-  controller?: { volumes: VolumeApi };
+  /** Roles `controller` and `all`: the cluster's volume API and snapshot service the Controller service calls. */
+  controller?: { volumes: VolumeApi; snapshots?: SnapshotService };
   /** Roles `node` and `all`: what the Node service needs (the stager and volumes of the data plane, this node's name, zone and volume limit). */
   node?: Omit<NodeServiceOptions, 'log' | 'locks'>;
 }
@@ -34,7 +35,7 @@ export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServ
   const locks = new CsiLocks();
   const services = [
     identity,
-    ...(deps.controller ? [controllerService({ volumes: deps.controller.volumes, log, locks })] : []),
+    ...(deps.controller ? [controllerService({ volumes: deps.controller.volumes, ...(deps.controller.snapshots ? { snapshots: deps.controller.snapshots } : {}), log, locks })] : []),
     ...(deps.node ? [nodeService({ ...deps.node, log, locks })] : []),
   ];
   const server = await startCsiServer({ socketPath: deps.socketPath, log, services });
