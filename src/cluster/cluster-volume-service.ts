@@ -3,7 +3,8 @@
  * (volume-lifecycle.ts: create, delete, views, over the cluster store and the peers), the
  * engine host (engine-host.ts: engines, NBD exports, rebuild-only engines, the watches)
  * and verification (volume-verifier.ts), behind the one `VolumeApi` the cairnctl API and
- * the repair loop use. A controller-role cairnd uses the lifecycle and the verifier alone.
+ * the repair loop use, and the snapshot service (snapshot-service.ts). A controller-role
+ * cairnd uses the lifecycle, the verifier and the snapshot service alone.
  */
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
@@ -14,6 +15,7 @@ import type { PoolBackend, PoolCapacity } from '../pool/backend.js';
 import { EngineHost } from './engine-host.js';
 import type { LeaderElection } from './leader-election.js';
 import type { NodeStatus } from './node-registry.js';
+import { ClusterSnapshotService } from './snapshot-service.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import type { VolumeDoc } from './volume-doc.js';
 import { VolumeLifecycle } from './volume-lifecycle.js';
@@ -43,6 +45,8 @@ export class ClusterVolumeService implements VolumeApi {
   readonly lifecycle: VolumeLifecycle;
   readonly host: EngineHost;
   readonly verifier: VolumeVerifier;
+  /** Snapshots (snapshot-service.ts); restore and clone go through `create` with a content source. */
+  readonly snapshots: ClusterSnapshotService;
 
   constructor(opts: ClusterVolumeServiceOptions) {
     const locks = new KeyedLock();
@@ -50,9 +54,13 @@ export class ClusterVolumeService implements VolumeApi {
       nodeId: opts.nodeId, store: opts.store, connector: opts.connector, exports: opts.exports, dirtyMaps: opts.dirtyMaps,
       replicaTimeoutMs: opts.replicaTimeoutMs, rebuildRateBytesPerSec: opts.rebuildRateBytesPerSec, log: opts.log, locks,
     });
+    this.snapshots = new ClusterSnapshotService({
+      nodeId: opts.nodeId, store: opts.store, controls: opts.connector, log: opts.log,
+      localSnapshotVolume: (volumeId, snapshotId, deadlineMs) => this.host.snapshotVolume(volumeId, snapshotId, deadlineMs),
+    });
     this.lifecycle = new VolumeLifecycle({
       nodeId: opts.nodeId, clusterName: opts.clusterName, store: opts.store, controls: opts.connector, election: opts.election,
-      defaultReplicas: opts.defaultReplicas, capacity: () => opts.pool.capacity(), log: opts.log, locks, host: this.host,
+      defaultReplicas: opts.defaultReplicas, capacity: () => opts.pool.capacity(), log: opts.log, locks, host: this.host, snapshots: this.snapshots,
     });
     this.verifier = new VolumeVerifier({ store: opts.store, controls: opts.connector, log: opts.log });
   }

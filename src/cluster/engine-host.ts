@@ -16,10 +16,10 @@
  */
 import { throwIfCancelled } from '../common/abort.js';
 import { Code, StorageError } from '../common/errors.js';
-import type { NodeId } from '../common/ids.js';
+import type { NodeId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
-import type { DirtyMapStore, EngineReplicaView, ReplicaConnector } from '../engine/engine-types.js';
+import type { DirtyMapStore, EngineReplicaView, ReplicaConnector, VolumeSnapshotResult } from '../engine/engine-types.js';
 import type { ExportInfo, ExportManager } from '../engine/export-manager.js';
 import { ReaderEngine } from '../engine/reader-engine.js';
 import { VolumeEngine } from '../engine/volume-engine.js';
@@ -317,6 +317,20 @@ export class EngineHost implements LocalVolumeHost {
   /** Number of NBD connections over every export of this node. */
   connectionCount(): number {
     return this.opts.exports.connectionCount();
+  }
+
+  /**
+   * Runs the write barrier of the engine serving volume `volumeId` here (SnapshotVolume, and
+   * the snapshot service on this node): every in-sync replica copied under `snapshotId`.
+   * FAILED_PRECONDITION when no engine of the volume runs here (or it was fenced).
+   */
+  async snapshotVolume(volumeId: VolumeId, snapshotId: SnapshotId, deadlineMs: number): Promise<VolumeSnapshotResult> {
+    const running = [...this.engines.values()].find((r) => r.engine.volumeId === volumeId);
+    if (!running || running.engine.fenced) {
+      throw new StorageError(Code.FAILED_PRECONDITION, `no engine of volume ${volumeId} runs on node ${this.opts.nodeId}: snapshot it where it is served`,
+        { details: { volumeId, node: this.opts.nodeId } });
+    }
+    return running.engine.snapshot(snapshotId, { deadlineMs });
   }
 
   /**

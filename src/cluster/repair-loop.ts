@@ -14,7 +14,11 @@
  *   change and rebuilds it from an in-sync replica; the old replica is deleted where its
  *   node can be reached;
  * - a volume that no node exports but has replicas out of sync on nodes that are up: the
- *   leader runs a rebuild-only engine for it (no NBD) until they are in sync again.
+ *   leader runs a rebuild-only engine for it (no NBD) until they are in sync again;
+ * - a restored volume whose seed replica (volume-restore.ts) is no longer needed: every other
+ *   replica is in sync, so the seed is removed (seeds are never replaced);
+ * - snapshots: `deleting` ones whose copy nodes are back, and ones a crash left `creating`
+ *   (snapshot-service.ts `collect`).
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import { newReplicaId, type NodeId } from '../common/ids.js';
@@ -24,8 +28,9 @@ import type { ClusterVolumeService } from './cluster-volume-service.js';
 import type { LeaderElection } from './leader-election.js';
 import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
 import { placeReplicas } from './placement.js';
-import type { ClusterStore } from './store/cluster-store.js';
+import type { ClusterStore, Guard } from './store/cluster-store.js';
 import { listVolumeDocs, updateVolumeDoc, type VolumeDoc, type VolumeReplicaEntry } from './volume-doc.js';
+import { dropSeedReplicas } from './volume-restore.js';
 
 /** A `creating` document older than this was left by a crash: finish it (or undo it). */
 const CREATING_GRACE_MS = 10_000;
@@ -91,12 +96,16 @@ export class RepairLoop {
     const keys = unreadable.map((err) => String(err.details.key)).sort();
     if (keys.join('\n') !== this.unreadable && keys.length > 0) this.log.error({ keys, errs: unreadable.map((err) => err.message) }, 'volume documents this node cannot read are not repaired');
     this.unreadable = keys.join('\n');
+    await this.opts.volumes.snapshots.collect(nodes).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'snapshot cleanup pass failed; retrying next pass'));
     for (const { doc } of docs) {
       if (this.closed || !this.opts.election.isLeader()) return;
       try {
         if (doc.state === 'deleting') await this.finishDelete(doc, nodes);
         else if (doc.state === 'creating' && Date.now() - Date.parse(doc.createdAt) > CREATING_GRACE_MS) await this.opts.volumes.finishCreate(doc);
         else if (doc.state === 'ready') {
+          if (doc.seedReplicas) {
+            await dropSeedReplicas({ store: this.opts.store, controls: this.opts.connector, log: this.log, guards: () => this.leaderGuard() }, doc);
+          }
           await this.repair(doc, nodes);
           if (!doc.engine?.exported && doc.replicas.some((r) => r.state !== 'in-sync')) await this.opts.volumes.startRebuilder(doc.name, nodes);
         }
@@ -117,9 +126,10 @@ export class RepairLoop {
     const downSince = new Map(nodes.filter((n) => !n.up).map((n) => [n.nodeId, Date.parse(n.heartbeatAt)]));
     // Faulted for too long, or on a node down for too long (no engine may have noticed, e.g.
     // a volume nobody exports; the node's last heartbeat is when it was last known up).
-    const overdue = doc.replicas.filter((r) => (r.state === 'faulted' && now - Date.parse(r.since) >= wait)
-      || (downSince.has(r.nodeId) && now - downSince.get(r.nodeId)! >= wait));
-    const missing = Math.max(0, doc.replicasWanted - doc.replicas.length);
+    const seeds = new Set(doc.seedReplicas ?? []);
+    const overdue = doc.replicas.filter((r) => !seeds.has(r.id) && ((r.state === 'faulted' && now - Date.parse(r.since) >= wait)
+      || (downSince.has(r.nodeId) && now - downSince.get(r.nodeId)! >= wait)));
+    const missing = Math.max(0, doc.replicasWanted - (doc.replicas.length - seeds.size));
     if (overdue.length === 0 && missing === 0) {
       this.stuck.delete(doc.name);
       return;
@@ -127,6 +137,13 @@ export class RepairLoop {
     if (!doc.replicas.some((r) => r.state === 'in-sync')) return; // nothing to rebuild from
     // One change per volume and pass: the next pass sees the document as it became.
     await this.replace(doc, overdue[0], nodes);
+  }
+
+  /** The guard every change of the leader carries: its leadership key. */
+  private leaderGuard(): Guard[] {
+    const guard = this.opts.election.guard();
+    if (!guard) throw new StorageError(Code.ABORTED, 'no longer the repair leader');
+    return [guard];
   }
 
   /** Places a new replica, creates it, swaps it into the document for `old` (or adds it). */
@@ -151,18 +168,14 @@ export class RepairLoop {
         if (d.state !== 'ready') throw new StorageError(Code.ABORTED, `volume "${doc.name}" is ${d.state}`);
         if (old && d.replicas.find((r) => r.id === old.id)?.state !== old.state) throw new StorageError(Code.ABORTED, `replica ${old.id} changed state meanwhile`);
         if (!d.replicas.some((r) => r.state === 'in-sync' && r.id !== old?.id)) throw new StorageError(Code.ABORTED, `volume "${doc.name}" would have no in-sync replica left`);
-        if (!old && d.replicas.length >= d.replicasWanted) throw new StorageError(Code.ABORTED, `volume "${doc.name}" has its replicas`);
+        if (!old && d.replicas.length - (d.seedReplicas?.length ?? 0) >= d.replicasWanted) throw new StorageError(Code.ABORTED, `volume "${doc.name}" has its replicas`);
         const replicas = d.replicas.filter((r) => r.id !== old?.id);
         replicas.push({
           id, nodeId: target, state: 'rebuilding', since: new Date().toISOString(),
           reason: old ? `replaces ${old.id} on ${old.nodeId} (${old.reason ?? 'faulted'})` : 'added to reach the wanted replica count',
         });
         return { ...d, replicas };
-      }, () => {
-        const guard = this.opts.election.guard();
-        if (!guard) throw new StorageError(Code.ABORTED, 'no longer the repair leader');
-        return [guard];
-      });
+      }, () => this.leaderGuard());
     } catch (err) {
       await control.deleteReplica(ref, doc.epoch).catch(() => undefined);
       throw err;

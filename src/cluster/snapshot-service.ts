@@ -297,8 +297,9 @@ export class ClusterSnapshotService implements SnapshotService {
   }
 
   /**
-   * For the repair leader: finishes `deleting` snapshots whose copy nodes are back, and undoes
-   * `creating` ones older than the stale limit that no creation here works on (a crash).
+   * For the repair leader: finishes `deleting` snapshots whose copy nodes are back, undoes
+   * `creating` ones older than the stale limit that no creation here works on (a crash), and
+   * deletes internal (clone) snapshots that old, which a crashed clone left.
    */
   async collect(nodes?: readonly NodeStatus[], now = Date.now()): Promise<void> {
     const up = new Set((nodes ?? await listNodes(this.store, this.log)).filter((n) => n.up).map((n) => n.nodeId));
@@ -308,6 +309,10 @@ export class ClusterSnapshotService implements SnapshotService {
       try {
         if (doc.state === 'deleting' && doc.copies.some((c) => up.has(c.nodeId))) {
           await this.locks.run(doc.name, () => this.finishDelete(doc));
+        } else if (doc.state === 'ready' && doc.internal && now - Date.parse(doc.createdAt) >= staleMs) {
+          // A clone's snapshot outlives its clone only when the cloning node crashed before deleting it.
+          this.log.warn({ snapshot: doc.name, snapshotId: doc.id, volume: doc.sourceVolumeName }, 'internal clone snapshot left behind; deleting it');
+          await this.delete(doc.id);
         } else if (doc.state === 'creating' && !this.inFlight.has(doc.id) && now - Date.parse(doc.createdAt) >= staleMs) {
           await this.locks.run(doc.name, async () => {
             if (this.inFlight.has(doc.id)) return;

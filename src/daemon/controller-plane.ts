@@ -3,9 +3,11 @@
  * and the node daemons' replica services (dialled over the peer port, with the peer TLS
  * credentials), with no pool, no replica service, no NBD and no node registration: a
  * controller is no data node, so placement never puts a replica on it. Export, unexport
- * and attach are the node daemons' work: here they answer UNIMPLEMENTED.
+ * and attach are the node daemons' work: here they answer UNIMPLEMENTED. Snapshots are
+ * served: the barrier of a served volume runs on its engine's node (SnapshotVolume).
  */
 import { PeerConnector } from '../cluster/replica-connector.js';
+import { ClusterSnapshotService } from '../cluster/snapshot-service.js';
 import type { ClusterStore } from '../cluster/store/cluster-store.js';
 import { keys } from '../cluster/store/keys.js';
 import { clusterCapacity, VolumeLifecycle } from '../cluster/volume-lifecycle.js';
@@ -21,6 +23,8 @@ const STORE_PROBE_TIMEOUT_MS = 2000;
 
 export interface ControllerPlane {
   volumes: VolumeApi;
+  /** Snapshots: a barrier runs on the engine's node (SnapshotVolume), else the in-sync replicas are copied directly. */
+  snapshots: ClusterSnapshotService;
   /** True while the cluster store answers a read. */
   storeReachable(): Promise<boolean>;
   close(): void;
@@ -31,9 +35,11 @@ export function openControllerPlane(config: Readonly<DaemonConfig>, log: Logger,
   const connector = new PeerConnector({
     nodeId, store: cluster, tls: peerTlsConfig(config) ?? { insecure: true }, transport: config.replicaTransport, log: log.child({ component: 'peers' }),
   });
+  // No engines here: a snapshot of a served volume asks its engine's node over the peer port.
+  const snapshots = new ClusterSnapshotService({ nodeId, store: cluster, controls: connector, log });
   const lifecycle = new VolumeLifecycle({
     nodeId, clusterName: config.clusterName, store: cluster, controls: connector, election: undefined,
-    defaultReplicas: config.defaultReplicas, capacity: () => clusterCapacity(cluster, log), log,
+    defaultReplicas: config.defaultReplicas, capacity: () => clusterCapacity(cluster, log), log, snapshots,
   });
   const verifier = new VolumeVerifier({ store: cluster, controls: connector, log });
   const noDataPlane = (what: string): Promise<never> => Promise.reject(new StorageError(Code.UNIMPLEMENTED,
@@ -57,7 +63,7 @@ export function openControllerPlane(config: Readonly<DaemonConfig>, log: Logger,
     placeableBytes: (query) => lifecycle.placeableBytes(query),
   };
   return {
-    volumes,
+    volumes, snapshots,
     storeReachable: () => cluster.get(keys.leader('repair'), { timeoutMs: STORE_PROBE_TIMEOUT_MS }).then(() => true, () => false),
     close: () => connector.close(),
   };

@@ -2,7 +2,7 @@
  * The data plane of a node daemon (roles `node` and `all`), in start order: the node's own
  * storage (node store, pool), then, over the cluster store, the replica manager and its
  * peer service, the engine host and volume service, NBD exports, node registration, the
- * repair leader election and loop, the replica collector, the kernel attacher and the CSI
+ * repair leader election and loop, the replica and snapshot copy collectors, the kernel attacher and the CSI
  * stager (whose staged volumes are served again after the volumes' own recovery). `close`
  * runs it backwards: engines flush every replica before the pool and the stores close;
  * staged volumes keep their kernel devices across the stop (see `close`).
@@ -14,9 +14,11 @@ import { importLegacyVolumes } from '../cluster/legacy-import.js';
 import { NodeRegistry, type NodeCapacity, type NodeRegistration } from '../cluster/node-registry.js';
 import { RepairLoop } from '../cluster/repair-loop.js';
 import { ReplicaCollector } from '../cluster/replica-gc.js';
-import { PeerConnector } from '../cluster/replica-connector.js';
+import { PeerConnector, localControl } from '../cluster/replica-connector.js';
+import type { EngineHost } from '../cluster/engine-host.js';
+import { SnapshotCopyCollector } from '../cluster/snapshot-gc.js';
 import type { ClusterStore } from '../cluster/store/cluster-store.js';
-import { Code, isStorageError } from '../common/errors.js';
+import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { NodeId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { ExportManager } from '../engine/export-manager.js';
@@ -25,7 +27,7 @@ import { Stager, type VolumeExporter } from '../engine/stager.js';
 import type { PoolBackend } from '../pool/backend.js';
 import { ReplicaManager } from '../replica/replica-manager.js';
 import { startReplicaDataServer, type ReplicaDataServer } from '../replica/data-server.js';
-import { startReplicaServer } from '../replica/replica-server.js';
+import { startReplicaServer, type VolumeSnapshotHook } from '../replica/replica-server.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
 import { NodeStore } from '../store/node-store.js';
 import { advertisedPeerAddress, peerTlsConfig, type DaemonConfig } from './config.js';
@@ -93,13 +95,22 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const nodeId = config.nodeName as NodeId;
   const manager = new ReplicaManager({ pool, store, log: log.child({ component: 'replica' }) });
   const tls = peerTlsConfig(config);
-  const peers = tls && config.peerListen !== '' ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager }) : undefined;
+  // SnapshotVolume (from peers, and this node's own snapshot service through the local control)
+  // runs the barrier of the engine here; the engine host exists once the volume service does.
+  let engineHost: EngineHost | undefined;
+  const volumeSnapshots: VolumeSnapshotHook = (volumeId, snapshotId, deadlineMs) => {
+    if (!engineHost) return Promise.reject(new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`));
+    return engineHost.snapshotVolume(volumeId, snapshotId, deadlineMs);
+  };
+  const peers = tls && config.peerListen !== ''
+    ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager, volumeSnapshots })
+    : undefined;
   const peerAddress = peers ? advertisedPeerAddress(config, peers.port) : '';
   const data = peers && tls && config.dataListen !== '' ? await startDataServer(config.dataListen, manager, tls, log.child({ component: 'replica-data' })) : undefined;
   // Others dial the host they reach the replica service at, on the data channel's port.
   const dataAddress = data ? `${peerAddress.slice(0, peerAddress.lastIndexOf(':'))}:${data.port}` : '';
   const connector = new PeerConnector({
-    nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, transport: config.replicaTransport, log: log.child({ component: 'peers' }),
+    nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, transport: config.replicaTransport, log: log.child({ component: 'peers' }), volumeSnapshots,
   });
   const exports = new ExportManager(config.nbdSocketDir, log.child({ component: 'nbd' }));
   const registry = new NodeRegistry(cluster, { ttlMs: config.nodeTtlMs, log: log.child({ component: 'registry' }) });
@@ -108,8 +119,10 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
     nodeId, clusterName: config.clusterName, store: cluster, pool, connector, exports, dirtyMaps: store.dirtyMaps(), election,
     defaultReplicas: config.defaultReplicas, replicaTimeoutMs: config.replicaTimeoutMs, rebuildRateBytesPerSec: config.rebuildRateBytes, log,
   });
+  engineHost = volumes.host;
   const repair = new RepairLoop({ store: cluster, election, connector, volumes, repairWaitMs: config.repairWaitMs, log });
   const collector = new ReplicaCollector({ store: cluster, manager, graceMs: config.orphanGraceMs, log });
+  const copyCollector = new SnapshotCopyCollector({ nodeId, store: cluster, control: localControl(manager), graceMs: config.orphanGraceMs, log });
   const attacher = new KernelAttacher({
     log: log.child({ component: 'attach' }), runDir: join(config.dataDir, 'attach'), reconnectS: Math.ceil(config.attachReconnectMs / 1000),
   });
@@ -143,6 +156,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
       election.start();
       repair.start();
       collector.start();
+      copyCollector.start();
       await importLegacyVolumes({ store, cluster, pool, nodeId, log });
       await volumes.recover();
       await stager.recover();
@@ -157,6 +171,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
       await attacher.detachAll((volume) => stager.get(volume) !== undefined);
       await repair.close();
       await collector.close();
+      await copyCollector.close();
       await volumes.shutdown();
       await election.close();
       await registry.close();

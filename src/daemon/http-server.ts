@@ -5,11 +5,14 @@
 import { createServer, type Server } from 'node:http';
 import type { Logger } from '../common/log.js';
 import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
+import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
 import { LATENCY_BUCKETS_S } from '../engine/data-stats.js';
 
 export interface HttpContext {
   volumes: VolumeApi;
+  /** Snapshot counts and bytes per source volume come from it; none without. */
+  snapshots?: Pick<SnapshotService, 'list'>;
   isReady: () => boolean;
   connectionCount: () => number;
   /** The data channel's counters per remote replica this node's engines reach. */
@@ -40,6 +43,18 @@ async function metrics(ctx: HttpContext): Promise<string> {
   gauge('cairn_replica_rebuild_done_bytes', 'Bytes a rebuilding replica has copied so far.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.doneBytes]));
   gauge('cairn_replica_rebuild_total_bytes', 'Bytes a rebuilding replica copies in all.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.totalBytes]));
   gauge('cairn_replica_rebuild_bytes_per_second', 'Copy rate of a rebuilding replica.', rebuilding.map(({ v, r, p }) => [`{volume="${v.name}",replica="${r.id}"}`, p.bytesPerSecond]));
+  if (ctx.snapshots) {
+    const perVolume = new Map<string, { count: number; bytes: number }>();
+    for (const s of await ctx.snapshots.list()) {
+      const e = perVolume.get(s.sourceVolumeName) ?? { count: 0, bytes: 0 };
+      e.count++;
+      e.bytes += s.sizeBytes;
+      perVolume.set(s.sourceVolumeName, e);
+    }
+    const rows = [...perVolume].sort(([a], [b]) => (a < b ? -1 : 1));
+    gauge('cairn_volume_snapshots', 'Snapshots of each source volume (deleted volumes included while their snapshots remain).', rows.map(([v, e]) => [`{volume="${v}"}`, e.count]));
+    gauge('cairn_volume_snapshot_bytes', 'Sum of the sizes of the snapshots of each source volume.', rows.map(([v, e]) => [`{volume="${v}"}`, e.bytes]));
+  }
   gauge('cairn_nbd_connections', 'Open NBD client connections.', [['', ctx.connectionCount()]]);
   dataChannelMetrics(lines, ctx.dataChannel?.() ?? []);
   return `${lines.join('\n')}\n`;
