@@ -97,10 +97,10 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const tls = peerTlsConfig(config);
   // SnapshotVolume (from peers, and this node's own snapshot service through the local control)
   // runs the barrier of the engine here; the engine host exists once the volume service does.
-  let engineHost: EngineHost | undefined;
+  const late: { host?: EngineHost } = {};
   const volumeSnapshots: VolumeSnapshotHook = (volumeId, snapshotId, deadlineMs) => {
-    if (!engineHost) return Promise.reject(new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`));
-    return engineHost.snapshotVolume(volumeId, snapshotId, deadlineMs);
+    if (!late.host) return Promise.reject(new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`));
+    return late.host.snapshotVolume(volumeId, snapshotId, deadlineMs);
   };
   const peers = tls && config.peerListen !== ''
     ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager, volumeSnapshots })
@@ -119,7 +119,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
     nodeId, clusterName: config.clusterName, store: cluster, pool, connector, exports, dirtyMaps: store.dirtyMaps(), election,
     defaultReplicas: config.defaultReplicas, replicaTimeoutMs: config.replicaTimeoutMs, rebuildRateBytesPerSec: config.rebuildRateBytes, log,
   });
-  engineHost = volumes.host;
+  late.host = volumes.host;
   const repair = new RepairLoop({ store: cluster, election, connector, volumes, repairWaitMs: config.repairWaitMs, log });
   const collector = new ReplicaCollector({ store: cluster, manager, graceMs: config.orphanGraceMs, log });
   const copyCollector = new SnapshotCopyCollector({ nodeId, store: cluster, control: localControl(manager), graceMs: config.orphanGraceMs, log });
