@@ -16,6 +16,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { createLogger, type Logger } from '../common/log.js';
+import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
 import { openClusterStore } from '../cluster/store/open-cluster-store.js';
 import type { ClusterStore } from '../cluster/store/cluster-store.js';
@@ -52,6 +53,8 @@ type Stop = () => void | Promise<void>;
 /** What the shared front (API, HTTP, CSI) needs from a role. */
 interface Front {
   volumes: VolumeApi;
+  /** Snapshots, restore and clone: the cairnctl API's and the CSI Controller's. */
+  snapshots: SnapshotService;
   api: Omit<ApiContext, 'volumes' | 'nodeName' | 'startedAt' | 'log'>;
   connectionCount: () => number;
   /** The data channel's counters per remote replica (node role). */
@@ -64,7 +67,7 @@ interface Front {
 
 /** The cairnctl API, the HTTP endpoints and the CSI server: the same in every role. */
 async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Front, stops: Stop[]): Promise<void> {
-  const api = await startApi(config.apiSocket, apiHandlers({ ...front.api, volumes: front.volumes, nodeName: config.nodeName, startedAt: Date.now(), log }));
+  const api = await startApi(config.apiSocket, apiHandlers({ ...front.api, volumes: front.volumes, snapshots: front.snapshots, nodeName: config.nodeName, startedAt: Date.now(), log }));
   stops.push(async () => {
     await new Promise<void>((resolve) => api.tryShutdown(() => resolve()));
     rmSync(config.apiSocket, { force: true });
@@ -79,12 +82,12 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
   };
   if (config.httpListen) {
     const http: Server = await startHttpServer(config.httpListen, {
-      volumes: front.volumes, isReady, connectionCount: front.connectionCount, dataChannel: front.dataChannel, log,
+      volumes: front.volumes, snapshots: front.snapshots, isReady, connectionCount: front.connectionCount, dataChannel: front.dataChannel, log,
     });
     stops.push(() => void http.close());
   }
   const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
-    ...(config.role !== 'node' ? { controller: { volumes: front.volumes } } : {}) });
+    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots } } : {}) });
   stops.push(() => csi.close());
 }
 
@@ -100,7 +103,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   let markRecovered!: () => void;
   const recovery = new Promise<void>((resolve) => { markRecovered = resolve; });
   await startFront(config, log, {
-    volumes: plane.volumes, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
+    volumes: plane.volumes, snapshots: plane.volumes.snapshots, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
     dataChannel: () => plane.connector.dataChannelStats(),
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
@@ -120,7 +123,7 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const plane = openControllerPlane(config, log, cluster);
   stops.push(() => plane.close());
   await startFront(config, log, {
-    volumes: plane.volumes, connectionCount: () => 0, ready: () => plane.storeReachable(),
+    volumes: plane.volumes, snapshots: plane.snapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
     api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined },
   }, stops);
   return { pool: 'none', store: cluster.kind };
