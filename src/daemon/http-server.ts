@@ -7,6 +7,7 @@ import type { Logger } from '../common/log.js';
 import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
 import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
+import { barrierPauses } from '../engine/barrier-stats.js';
 import { LATENCY_BUCKETS_S } from '../engine/data-stats.js';
 
 export interface HttpContext {
@@ -57,6 +58,7 @@ async function metrics(ctx: HttpContext): Promise<string> {
   }
   gauge('cairn_nbd_connections', 'Open NBD client connections.', [['', ctx.connectionCount()]]);
   dataChannelMetrics(lines, ctx.dataChannel?.() ?? []);
+  lines.push(...barrierPauses.prometheusLines());
   return `${lines.join('\n')}\n`;
 }
 

@@ -8,6 +8,11 @@
  * Hot path: no timer or closure per request beyond the promises; timeouts are found by one
  * sweep timer (`sweep`) that looks at per-replica counters of requests in flight by start
  * interval.
+ *
+ * The write barrier (write-barrier.ts) closes a gate here: mutating requests that arrive
+ * while it is closed wait for it to open (reads and flushes go on). Mutating requests are
+ * counted from entry to settlement, including their wait for a fault commit after the
+ * region locks were released, so that `drained()` tells when none is left.
  */
 import { Code, StorageError, isStaleEpoch } from '../common/errors.js';
 import type { ReplicaIo } from './engine-types.js';
@@ -47,6 +52,12 @@ export class FanOut {
   /** The current sweep interval: requests count in slot `tick & MASK` of their replica's ring. */
   private tick = 0;
   private allSlowWarned = false;
+  /** Mutating requests from entry (mutate) to settlement. */
+  private mutating = 0;
+  /** Closed by a write barrier: resolves when it opens. */
+  private gate: Promise<void> | undefined;
+  /** Who waits for `mutating` to reach 0 (write barriers). */
+  private drainWaiters: (() => void)[] = [];
 
   constructor(deps: FanOutDeps) {
     this.ctx = deps.ctx;
@@ -180,6 +191,31 @@ export class FanOut {
     };
   }
 
+  // --- the write barrier's gate ----------------------------------------------------------
+
+  /** New mutating requests wait until `opened` resolves (or `openGate` is called). */
+  closeGate(opened: Promise<void>): void {
+    this.gate = opened;
+  }
+
+  openGate(): void {
+    this.gate = undefined;
+  }
+
+  /** Resolves once no mutating request is in flight (with the gate closed, it stays so). */
+  drained(): Promise<void> {
+    if (this.mutating === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private settled(): void {
+    if (--this.mutating === 0 && this.drainWaiters.length > 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
   // --- timeouts ---------------------------------------------------------------------------
 
   /** Runs every replicaTimeoutMs / 4: drops the connection of a replica whose requests are overdue. */
@@ -213,37 +249,47 @@ export class FanOut {
   // --- writes ---------------------------------------------------------------------------
 
   private mutate(kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | Payload | undefined, flag: boolean): Promise<void> {
+    if (this.gate) return this.gate.then(() => this.mutate(kind, offset, lengthBytes, data, flag));
     const refused = this.refuse(offset, lengthBytes);
     if (refused) return Promise.reject(refused);
+    this.mutating++; // settled() in fanOut, or below when the lock is never granted
     const release = this.locks.tryShared(offset, lengthBytes);
     if (release) return this.fanOut(kind, offset, lengthBytes, data, flag, release);
-    return this.locks.shared(offset, lengthBytes).then((r) => this.fanOut(kind, offset, lengthBytes, data, flag, r));
+    return this.locks.shared(offset, lengthBytes).then((r) => this.fanOut(kind, offset, lengthBytes, data, flag, r), (err: unknown) => {
+      this.settled();
+      throw err;
+    });
   }
 
   private async fanOut(kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | Payload | undefined, flag: boolean, release: () => void): Promise<void> {
-    let wait: Promise<void> | undefined;
     try {
-      this.throwIfFenced();
-      const targets = this.members.targets;
-      const inSyncCount = this.members.inSync.length;
-      if (inSyncCount === 0) throw noInSyncError(this.ctx);
-      if (this.members.missing.length > 0) wait = this.faults.noteMissed(offset, lengthBytes);
-      if (targets.length === 1) {
-        const err = await this.send(targets[0]!, kind, offset, lengthBytes, data, flag);
-        if (err) wait = join(wait, this.afterFailures(targets, inSyncCount, [err], offset, lengthBytes, false));
-      } else {
-        const errs = await Promise.all(targets.map((m) => this.send(m, kind, offset, lengthBytes, data, flag)));
-        if (errs.some((e) => e !== undefined)) wait = join(wait, this.afterFailures(targets, inSyncCount, errs, offset, lengthBytes, false));
+      let wait: Promise<void> | undefined;
+      try {
+        this.throwIfFenced();
+        const targets = this.members.targets;
+        const inSyncCount = this.members.inSync.length;
+        if (inSyncCount === 0) throw noInSyncError(this.ctx);
+        if (this.members.missing.length > 0) wait = this.faults.noteMissed(offset, lengthBytes);
+        if (targets.length === 1) {
+          const err = await this.send(targets[0]!, kind, offset, lengthBytes, data, flag);
+          if (err) wait = join(wait, this.afterFailures(targets, inSyncCount, [err], offset, lengthBytes, false));
+        } else {
+          const errs = await Promise.all(targets.map((m) => this.send(m, kind, offset, lengthBytes, data, flag)));
+          if (errs.some((e) => e !== undefined)) wait = join(wait, this.afterFailures(targets, inSyncCount, errs, offset, lengthBytes, false));
+        }
+      } catch (err) {
+        wait?.catch(noop); // the request failed: nobody waits for the commit any more
+        throw this.life.fencedError() ?? err;
+      } finally {
+        // Every target has answered: the region may be copied by a rebuild from now on.
+        release();
       }
-    } catch (err) {
-      wait?.catch(noop); // the request failed: nobody waits for the commit any more
-      throw this.life.fencedError() ?? err;
+      if (wait) await wait;
+      this.throwIfFenced();
     } finally {
-      // Every target has answered: the region may be copied by a rebuild from now on.
-      release();
+      // Settled, fault commit included: a write barrier may go on.
+      this.settled();
     }
-    if (wait) await wait;
-    this.throwIfFenced();
   }
 
   private issue(io: ReplicaIo, kind: Kind, offset: number, lengthBytes: number, data: Uint8Array | Payload | undefined, flag: boolean): Promise<void> {

@@ -18,13 +18,14 @@
  *   replicas at that epoch. Otherwise a writer took the volume and the reader is fenced:
  *   every request fails from then on.
  * - Writes, trims and write-zeroes are PERMISSION_DENIED (the export is read-only anyway).
+ * - A snapshot is FAILED_PRECONDITION: the barrier is the holder's engine's, which owns the volume.
  */
 import { Code, StorageError, isStaleEpoch, fromNodeError } from '../common/errors.js';
-import type { DeviceId, NodeId, VolumeId } from '../common/ids.js';
+import type { DeviceId, NodeId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { withTimeout } from '../common/timeout.js';
 import type { BlockDevice } from '../pool/backend.js';
-import type { EngineVolumeDoc, ReplicaConnector, ReplicaIo, VolumeReplicaEntry } from './engine-types.js';
+import type { EngineVolumeDoc, ReplicaConnector, ReplicaIo, VolumeReplicaEntry, VolumeSnapshotResult } from './engine-types.js';
 
 export interface ReaderEngineOptions {
   volumeId: VolumeId;
@@ -155,6 +156,13 @@ export class ReaderEngine implements BlockDevice {
 
   writeZeroes(_offset: number, _lengthBytes: number, _mayTrim: boolean): Promise<void> {
     return Promise.reject(this.readOnlyError('write-zeroes'));
+  }
+
+  /** Refused: a reader does not own the volume; the engine holding it takes snapshots. */
+  snapshot(snapshotId: SnapshotId, _opts: { deadlineMs: number }): Promise<VolumeSnapshotResult> {
+    return Promise.reject(new StorageError(Code.FAILED_PRECONDITION,
+      `volume ${this.opts.name} is served read-only here and its engine runs on another node: take snapshot ${snapshotId} there`,
+      { details: { volumeId: this.opts.volumeId, snapshot: snapshotId } }));
   }
 
   /** Nothing was written: nothing to make durable. */

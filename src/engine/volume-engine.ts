@@ -38,14 +38,14 @@
  * starts and stops them, follows the volume document and fences.
  */
 import { Code, StorageError, isStaleEpoch } from '../common/errors.js';
-import type { DeviceId, NodeId, VolumeId } from '../common/ids.js';
+import type { DeviceId, NodeId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { withTimeout } from '../common/timeout.js';
 import type { BlockDevice } from '../pool/backend.js';
 import { type EngineContext, type EngineLife, Member, MemberMaps, newestEpochOf, openReplicaIo, replicaError } from './engine-member.js';
 import { Rebuilder } from './engine-rebuild.js';
 import type {
-  DirtyMapStore, EngineControl, EngineReplicaView, EngineVolumeDoc, ReplicaConnector, ReplicaControl, VolumeReplicaEntry,
+  DirtyMapStore, EngineControl, EngineReplicaView, EngineVolumeDoc, ReplicaConnector, ReplicaControl, VolumeReplicaEntry, VolumeSnapshotResult,
 } from './engine-types.js';
 import { FanOut } from './fan-out.js';
 import { FaultCommit } from './fault-commit.js';
@@ -53,6 +53,7 @@ import { MemberSet } from './member-set.js';
 import { runReconcile } from './reconcile.js';
 import { growMember } from './engine-resize.js';
 import { RegionLocks, RegionMap } from './region-map.js';
+import { WriteBarrier } from './write-barrier.js';
 
 export interface VolumeEngineOptions {
   volumeId: VolumeId;
@@ -92,6 +93,7 @@ export class VolumeEngine implements BlockDevice {
   private readonly faults: FaultCommit;
   private readonly fanOut: FanOut;
   private readonly rebuilder: Rebuilder;
+  private readonly barrier: WriteBarrier;
   private sweepTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private fencedError: StorageError | undefined;
@@ -126,6 +128,7 @@ export class VolumeEngine implements BlockDevice {
       ctx, life, members, maps, faults, connector: opts.connector, control: opts.control, locks,
       rateBytesPerSec: opts.rebuildRateBytesPerSec ?? 0, tracked: (m, io) => fanOut.tracked(m, io),
     });
+    this.barrier = new WriteBarrier({ ctx, life, members, fanOut, connector: opts.connector, reconciling: () => this.reconciling !== undefined });
     for (const entry of opts.replicas) members.add(new Member(entry));
   }
 
@@ -213,6 +216,23 @@ export class VolumeEngine implements BlockDevice {
   close(): Promise<void> {
     this.closed ??= this.shutdown();
     return this.closed;
+  }
+
+  // --- snapshots ------------------------------------------------------------------------
+
+  /**
+   * A crash-consistent snapshot at a write barrier (write-barrier.ts): new writes wait, those
+   * in flight and pending fault records finish, every in-sync replica is flushed and copied
+   * under `snapshotId`, writes resume. All copies or none; writes never stay paused past
+   * `deadlineMs` (DEADLINE_EXCEEDED). ABORTED while another snapshot of the volume runs.
+   */
+  snapshot(snapshotId: SnapshotId, opts: { deadlineMs: number }): Promise<VolumeSnapshotResult> {
+    return this.barrier.snapshot(snapshotId, opts.deadlineMs);
+  }
+
+  /** Resolves once copies that finished after their barrier's deadline are deleted. */
+  snapshotsSettled(): Promise<void> {
+    return this.barrier.settled();
   }
 
   // --- the volume document and views --------------------------------------------------
