@@ -250,6 +250,9 @@ function resolveLocal(r: Reader, isTty: boolean): LocalSettings {
   for (const d of poolDevices) if (!isAbsolute(d)) throw invalid('poolDevices', devicesText, 'write absolute block device paths, e.g. /dev/sdb,/dev/sdc');
   if (poolBackend === 'dm' && poolDevices.length === 0) throw invalid('poolDevices', devicesText, 'the dm backend needs at least one block device');
   const poolCapacityBytes = r.size('poolCapacityBytes', '0', 'write a size such as 100GiB');
+  const filePoolLayout = r.raw('filePoolLayout') ?? 'auto';
+  if (filePoolLayout !== 'auto' && filePoolLayout !== 'direct' && filePoolLayout !== 'xfs-image') throw invalid('filePoolLayout', filePoolLayout, 'use auto, direct or xfs-image');
+  const filePoolSizeBytes = r.size('filePoolSizeBytes', '0', 'write a size such as 500GiB, or 0 for the host filesystem\'s size');
 
   const logLevel = r.raw('logLevel') ?? 'info';
   if (!(LEVELS as readonly string[]).includes(logLevel)) throw invalid('logLevel', logLevel, `use one of ${LEVELS.join(', ')}`);
@@ -276,6 +279,8 @@ function resolveLocal(r: Reader, isTty: boolean): LocalSettings {
     poolDir: r.path('poolDir', join(dataDir, 'pool')),
     poolDevices: Object.freeze(poolDevices) as string[],
     poolCapacityBytes,
+    filePoolLayout,
+    filePoolSizeBytes,
     apiSocket,
     nbdSocketDir,
     httpListen,

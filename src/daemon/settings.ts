@@ -19,6 +19,14 @@ export interface DaemonConfig {
   poolDevices: string[];
   /** Caps the pool's capacity below what its filesystem has; 0 means the filesystem's size. */
   poolCapacityBytes: number;
+  /**
+   * Layout of the file pool: `direct` (devices on the pool directory's filesystem), `xfs-image`
+   * (devices on an xfs image the pool mounts, so snapshots are reflinks on any filesystem), or
+   * `auto` (the pool's recorded layout; a new pool probes reflink). See pool/file-layout.ts.
+   */
+  filePoolLayout: 'auto' | 'direct' | 'xfs-image';
+  /** Size of a new file pool's xfs image; 0 means the host filesystem's size (the image is sparse). */
+  filePoolSizeBytes: number;
   apiSocket: string;
   nbdSocketDir: string;
   /** host:port for /metrics, /healthz and /readyz; empty to switch the HTTP server off. */
@@ -106,6 +114,8 @@ export const SETTINGS: readonly SettingSpec[] = [
   { key: 'poolDevices', flag: '--pool-devices <list>', env: 'CAIRN_POOL_DEVICES', description: 'comma-separated block devices of the dm pool, e.g. /dev/sdb,/dev/sdc', defaultText: 'none' },
   { key: 'poolDir', flag: '--pool-dir <dir>', env: 'CAIRN_POOL_DIR', description: 'directory of the file pool', defaultText: '<data-dir>/pool' },
   { key: 'poolCapacityBytes', flag: '--pool-capacity <size>', env: 'CAIRN_POOL_CAPACITY', description: 'cap on the pool size, e.g. 100GiB; 0 = the filesystem\'s size', defaultText: '0' },
+  { key: 'filePoolLayout', flag: '--file-pool-layout <layout>', env: 'CAIRN_FILE_POOL_LAYOUT', description: 'file pool layout: direct (device files in the pool directory), xfs-image (on an xfs image the pool mounts: instant snapshots on any filesystem), or auto (what the pool recorded; a new pool takes direct where its filesystem can reflink, else xfs-image)', defaultText: 'auto' },
+  { key: 'filePoolSizeBytes', flag: '--file-pool-size <size>', env: 'CAIRN_FILE_POOL_SIZE', description: 'size of a new file pool\'s xfs image (sparse), e.g. 500GiB; 0 = the host filesystem\'s size', defaultText: '0' },
   { key: 'apiSocket', flag: '--api-socket <path>', env: 'CAIRN_API_SOCKET', description: 'unix socket of the cairnctl gRPC API', defaultText: '<data-dir>/cairnd.sock' },
   { key: 'nbdSocketDir', flag: '--nbd-socket-dir <dir>', env: 'CAIRN_NBD_SOCKET_DIR', description: 'directory of the per-volume NBD sockets', defaultText: '<data-dir>/nbd' },
   { key: 'httpListen', flag: '--http-listen <host:port>', env: 'CAIRN_HTTP_LISTEN', description: '/metrics, /healthz, /readyz; empty to disable', defaultText: '127.0.0.1:9470' },

@@ -11,6 +11,11 @@
  * same sizes. Snapshots are reflinks (FICLONE) where the filesystem can (xfs with
  * reflink=1, btrfs); elsewhere they are full sparse copies, with one warning per pool.
  *
+ * Layouts (file-layout.ts): `direct` keeps the devices in `<dir>/devices` as above;
+ * `xfs-image` keeps them in `<dir>/xfs/devices`, on an xfs image the pool mounts
+ * (xfs-image.ts), so snapshots are reflinks on any host filesystem. Used directly the
+ * backend is `direct` unless told otherwise; cairnd asks for `auto`.
+ *
  * Capacity: totalBytes and freeBytes come from statfs of the pool directory (blocks and
  * bavail times bsize); usedBytes is the sum of the devices' allocated bytes (st_blocks *
  * 512; blocks shared by reflink are counted once per file, so it can exceed the truth);
@@ -18,9 +23,11 @@
  * at it, freeBytes at what is left of it, and create/resize/snapshot refuse with
  * RESOURCE_EXHAUSTED when provisionedBytes would exceed capacityBytes * overcommitRatio
  * (default ratio 1: never promise more than the cap). Without it, provisioning is
- * unlimited and a full filesystem shows up as ENOSPC on write.
+ * unlimited and a full filesystem shows up as ENOSPC on write. In the xfs-image layout
+ * totalBytes and freeBytes are what xfs reports, freeBytes never above the host
+ * filesystem's free bytes (the image is sparse: it grows on the host as devices are written).
  */
-import { mkdir, open, readdir, rename, stat, statfs, truncate, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Code, StorageError, fromNodeError } from '../common/errors.js';
@@ -30,6 +37,9 @@ import type { Logger } from '../common/log.js';
 import type { BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo } from './backend.js';
 import { openFileDevice } from './file-device.js';
 import { cloneOrCopy } from './file-copy.js';
+import { punchHole } from '../native/index.js';
+import { resolveLayout, type FileLayout, type FileLayoutChoice } from './file-layout.js';
+import { spaceOf, XfsImage, type FsSpace } from './xfs-image.js';
 import { syncDirectory } from '../common/fs-sync.js';
 
 export interface FileBackendOptions {
@@ -40,15 +50,43 @@ export interface FileBackendOptions {
   capacityBytes?: number;
   /** How far provisioning may exceed capacityBytes; 1 by default. */
   overcommitRatio?: number;
+  /** `direct` by default; `auto` follows the pool's record or probes reflink (file-layout.ts). */
+  layout?: FileLayoutChoice;
+  /** Size of a new xfs image (xfs-image layout); the host filesystem's size by default. */
+  imageSizeBytes?: number | undefined;
 }
 
 const SECTOR_BYTES = 512;
 const DEVICE_SUFFIX = '.img';
 const TEMP_SUFFIX = '.tmp';
 const NO_REFLINK_WARNING = 'pool filesystem cannot reflink; snapshots are full copies';
+const NO_REFLINK_HINT = 'for instant snapshots move to a new, empty --pool-dir: cairnd then puts the devices on an xfs image of its own (--file-pool-layout auto or xfs-image)';
 
 function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | null)?.code === 'ENOENT';
+}
+
+/**
+ * Punches the whole file and syncs it, so that xfs frees its blocks (and discards them to
+ * the host image) now: an unlinked file's blocks are freed later, by background inode
+ * inactivation and a log commit that may be 30 s away. Shared (reflinked) blocks stay
+ * with the other file. Not an error when the file is missing.
+ */
+async function releaseBlocks(path: string): Promise<void> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r+');
+  } catch (err) {
+    if (isMissing(err)) return;
+    throw err;
+  }
+  try {
+    const { size } = await fh.stat();
+    if (size > 0) await punchHole(fh.fd, 0, size);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 function checkSize(sizeBytes: number): void {
@@ -60,8 +98,12 @@ function checkSize(sizeBytes: number): void {
 export class FileBackend implements PoolBackend {
   readonly kind = 'file' as const;
   readonly dir: string;
-  private readonly devicesDir: string;
+  private devicesDir: string;
   private readonly log: Logger;
+  private readonly requestedLayout: FileLayoutChoice;
+  private readonly imageSizeBytes: number | undefined;
+  private layoutInUse: FileLayout = 'direct';
+  private image: XfsImage | undefined;
   private readonly capacityBytes: number | undefined;
   private readonly overcommitRatio: number;
   private readonly locks = new KeyedLock();
@@ -83,6 +125,13 @@ export class FileBackend implements PoolBackend {
     this.log = options.log;
     this.capacityBytes = capacityBytes;
     this.overcommitRatio = overcommitRatio;
+    this.requestedLayout = options.layout ?? 'direct';
+    this.imageSizeBytes = options.imageSizeBytes;
+  }
+
+  /** The layout the pool uses (decided at open). */
+  get layout(): FileLayout {
+    return this.layoutInUse;
   }
 
   /** Makes the pool directory if needed and removes temp files of interrupted calls. */
@@ -93,6 +142,24 @@ export class FileBackend implements PoolBackend {
   }
 
   private async init(): Promise<void> {
+    await mkdir(this.dir, { recursive: true }).catch((err: unknown) => {
+      throw fromNodeError(err, 'open file pool', { pool: this.dir });
+    });
+    this.layoutInUse = await resolveLayout(this.dir, this.requestedLayout, this.log);
+    if (this.layoutInUse === 'xfs-image') {
+      this.image = await XfsImage.mount({ poolDir: this.dir, log: this.log, sizeBytes: this.imageSizeBytes });
+      this.devicesDir = join(this.image.mountPoint, 'devices');
+    }
+    try {
+      await this.openDevicesDir();
+    } catch (err) {
+      await this.image?.unmount().catch(() => undefined);
+      throw err;
+    }
+    this.log.info({ pool: this.dir, layout: this.layoutInUse, capacityBytes: this.capacityBytes }, 'file pool opened');
+  }
+
+  private async openDevicesDir(): Promise<void> {
     try {
       await mkdir(this.devicesDir, { recursive: true });
       let removed = 0;
@@ -108,7 +175,6 @@ export class FileBackend implements PoolBackend {
     } catch (err) {
       throw fromNodeError(err, 'open file pool', { pool: this.dir });
     }
-    this.log.info({ pool: this.dir, capacityBytes: this.capacityBytes }, 'file pool opened');
   }
 
   async capacity(): Promise<PoolCapacity> {
@@ -120,8 +186,7 @@ export class FileBackend implements PoolBackend {
       usedBytes += d.allocatedBytes;
       provisionedBytes += d.sizeBytes;
     }
-    const fsTotal = fs.blocks * fs.bsize;
-    const fsFree = fs.bavail * fs.bsize;
+    const { totalBytes: fsTotal, freeBytes: fsFree } = fs;
     if (this.capacityBytes === undefined) return { totalBytes: fsTotal, usedBytes, freeBytes: fsFree, provisionedBytes };
     return {
       totalBytes: Math.min(fsTotal, this.capacityBytes),
@@ -152,6 +217,7 @@ export class FileBackend implements PoolBackend {
     this.checkOpen();
     await this.locks.run(id, async () => {
       try {
+        if (this.image) await releaseBlocks(this.pathOf(id));
         await unlink(this.pathOf(id));
       } catch (err) {
         if (isMissing(err)) return;
@@ -218,7 +284,7 @@ export class FileBackend implements PoolBackend {
           const method = await cloneOrCopy(src, dest, source.sizeBytes);
           if (method === 'copy' && !this.warnedNoReflink) {
             this.warnedNoReflink = true;
-            this.log.warn({ pool: this.dir, device: snapshotId, source: sourceId }, NO_REFLINK_WARNING);
+            this.log.warn({ pool: this.dir, device: snapshotId, source: sourceId, hint: NO_REFLINK_HINT }, NO_REFLINK_WARNING);
           }
         } finally {
           await src.close();
@@ -262,8 +328,10 @@ export class FileBackend implements PoolBackend {
     return openFileDevice(info.path, id, info.sizeBytes, this.log);
   }
 
+  /** Marks the pool closed; in the xfs-image layout also unmounts the image (open devices must be closed first). */
   async close(): Promise<void> {
     this.closed = true;
+    await this.image?.unmount();
   }
 
   private pathOf(id: DeviceId): string {
@@ -282,12 +350,11 @@ export class FileBackend implements PoolBackend {
     }
   }
 
-  private async statfs(): Promise<{ blocks: number; bavail: number; bsize: number }> {
-    try {
-      return await statfs(this.dir);
-    } catch (err) {
-      throw fromNodeError(err, 'statfs pool directory', { pool: this.dir });
-    }
+  /** The space of the filesystem the devices live on; in the xfs-image layout free never above the host's. */
+  private async statfs(): Promise<FsSpace> {
+    if (!this.image) return spaceOf(this.dir, 'pool directory');
+    const [inner, host] = await Promise.all([this.image.imageSpace(), this.image.hostSpace()]);
+    return { totalBytes: inner.totalBytes, freeBytes: Math.min(inner.freeBytes, host.freeBytes) };
   }
 
   /**

@@ -9,7 +9,7 @@ import { ficlone, seekData, seekHole } from '../native/index.js';
 
 const CHUNK_BYTES = 1 << 20;
 /** What FICLONE answers where the filesystem (or the pair of files) cannot share blocks. */
-const NO_REFLINK = new Set(['EOPNOTSUPP', 'ENOTSUP', 'EXDEV', 'EINVAL', 'ENOTTY', 'ENOSYS']);
+export const NO_REFLINK_ERRNOS: ReadonlySet<string> = new Set(['EOPNOTSUPP', 'ENOTSUP', 'EXDEV', 'EINVAL', 'ENOTTY', 'ENOSYS']);
 
 export type CopyMethod = 'reflink' | 'copy';
 
@@ -22,7 +22,7 @@ export async function cloneOrCopy(src: FileHandle, dest: FileHandle, sizeBytes: 
     await ficlone(dest.fd, src.fd);
     return 'reflink';
   } catch (err) {
-    if (!(err instanceof SystemError) || !NO_REFLINK.has(err.errnoName)) throw err;
+    if (!(err instanceof SystemError) || !NO_REFLINK_ERRNOS.has(err.errnoName)) throw err;
   }
   await copySparse(src, dest, sizeBytes);
   return 'copy';
