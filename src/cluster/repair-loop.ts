@@ -18,7 +18,9 @@
  * - a restored volume whose seed replica (volume-restore.ts) is no longer needed: every other
  *   replica is in sync, so the seed is removed (seeds are never replaced);
  * - snapshots: `deleting` ones whose copy nodes are back, and ones a crash left `creating`
- *   (snapshot-service.ts `collect`).
+ *   (snapshot-service.ts `collect`); `ready` ones with fewer copies on nodes that are up than
+ *   wanted get one streamed from a surviving copy, and copies on nodes down for
+ *   `repairWaitMs` are dropped once enough others exist (snapshot-repair.ts).
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import { newReplicaId, type NodeId } from '../common/ids.js';
@@ -28,6 +30,7 @@ import type { ClusterVolumeService } from './cluster-volume-service.js';
 import type { LeaderElection } from './leader-election.js';
 import { listNodes, toPlacementNodes, type NodeStatus } from './node-registry.js';
 import { placeReplicas } from './placement.js';
+import { SnapshotRepair } from './snapshot-repair.js';
 import type { ClusterStore, Guard } from './store/cluster-store.js';
 import { listVolumeDocs, updateVolumeDoc, type VolumeDoc, type VolumeReplicaEntry } from './volume-doc.js';
 import { dropSeedReplicas } from './volume-restore.js';
@@ -56,9 +59,13 @@ export class RepairLoop {
   /** The keys of the documents the last pass could not parse, to log a change only. */
   private unreadable = '';
   private readonly log: Logger;
+  private readonly snapshotRepair: SnapshotRepair;
 
   constructor(private readonly opts: RepairLoopOptions) {
     this.log = opts.log.child({ component: 'repair' });
+    this.snapshotRepair = new SnapshotRepair({
+      store: opts.store, controls: opts.connector, log: opts.log, dropAfterMs: opts.repairWaitMs, guards: () => this.leaderGuard(),
+    });
   }
 
   start(): void {
@@ -97,6 +104,7 @@ export class RepairLoop {
     if (keys.join('\n') !== this.unreadable && keys.length > 0) this.log.error({ keys, errs: unreadable.map((err) => err.message) }, 'volume documents this node cannot read are not repaired');
     this.unreadable = keys.join('\n');
     await this.opts.volumes.snapshots.collect(nodes).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'snapshot cleanup pass failed; retrying next pass'));
+    await this.snapshotRepair.pass(nodes, docs.map((d) => d.doc)).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'snapshot repair pass failed; retrying next pass'));
     for (const { doc } of docs) {
       if (this.closed || !this.opts.election.isLeader()) return;
       try {

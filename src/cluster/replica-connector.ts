@@ -21,6 +21,7 @@ import { LocalReplicaIo, RemoteReplicaIo } from '../engine/replica-io.js';
 import { ReplicaClient } from '../replica/replica-client.js';
 import type { ReplicaManager } from '../replica/replica-manager.js';
 import { noEngineHere, type VolumeSnapshotHook } from '../replica/replica-server.js';
+import type { SnapshotPuller, SnapshotPullHook } from '../replica/snapshot-pull.js';
 import { loadPeerTls, peerChannelCredentials, type PeerTlsConfig, type PeerTlsMaterial } from '../rpc/tls.js';
 import { listNodes } from './node-registry.js';
 import type { ClusterStore } from './store/cluster-store.js';
@@ -41,6 +42,8 @@ export interface PeerConnectorOptions {
   dataConnections?: number;
   /** The barrier of this node's engines, for the local control's snapshotVolume (see localControl). */
   volumeSnapshots?: VolumeSnapshotHook;
+  /** PullSnapshotCopy on this node, for the local control (see localControl). */
+  snapshotPulls?: SnapshotPullHook;
 }
 
 /** The data channel's counters of one remote replica, for /metrics. */
@@ -72,8 +75,9 @@ interface Peer {
  * `volumeSnapshots` runs the barrier of this node's engine of a volume (snapshotVolume);
  * without it, snapshotVolume is FAILED_PRECONDITION as from a node without the engine.
  */
-export function localControl(manager: ReplicaManager, volumeSnapshots?: VolumeSnapshotHook): ReplicaControl {
+export function localControl(manager: ReplicaManager, volumeSnapshots?: VolumeSnapshotHook, snapshotPulls?: SnapshotPullHook): ReplicaControl & Partial<SnapshotPuller> {
   return {
+    ...(snapshotPulls ? { pullSnapshotCopy: snapshotPulls } : {}),
     snapshotReplica: (ref, epoch, snapshotId) => manager.snapshot(ref, epoch, snapshotId),
     deleteSnapshotCopy: (snapshotId) => manager.deleteSnapshotCopy(snapshotId),
     listSnapshotCopies: () => manager.listSnapshotCopies(),
@@ -101,7 +105,7 @@ export class PeerConnector implements ReplicaConnector {
   private closed = false;
 
   constructor(private readonly opts: PeerConnectorOptions) {
-    this.local = opts.manager ? localControl(opts.manager, opts.volumeSnapshots) : undefined;
+    this.local = opts.manager ? localControl(opts.manager, opts.volumeSnapshots, opts.snapshotPulls) : undefined;
     this.deadlineMs = opts.deadlineMs ?? 10_000;
   }
 

@@ -9,7 +9,7 @@
 import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { SnapshotCopyEntry, SnapshotDoc, SnapshotState } from './snapshot-types.js';
-import type { CallOptions, ClusterStore, JsonValue, KeyValue } from './store/cluster-store.js';
+import type { CallOptions, ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
 import { guardFor } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
 
@@ -131,8 +131,10 @@ const MAX_CAS_ATTEMPTS = 20;
 /**
  * Read, mutate, compare-and-swap, and on a lost race read again and re-decide. NOT_FOUND when
  * the snapshot does not exist; returns the document as stored afterwards (undefined after a delete).
+ * `guards` are more conditions of the write (the repair leader's key).
  */
-export async function updateSnapshotDoc(store: ClusterStore, name: string, mutate: (doc: SnapshotDoc) => SnapshotDocMutation): Promise<StoredSnapshotDoc | undefined> {
+export async function updateSnapshotDoc(store: ClusterStore, name: string, mutate: (doc: SnapshotDoc) => SnapshotDocMutation,
+  guards?: () => readonly Guard[]): Promise<StoredSnapshotDoc | undefined> {
   const key = snapshotKey(name);
   for (let attempt = 1; attempt <= MAX_CAS_ATTEMPTS; attempt++) {
     const current = await store.get(key);
@@ -141,7 +143,7 @@ export async function updateSnapshotDoc(store: ClusterStore, name: string, mutat
     const next = mutate(structuredClone(before.doc));
     if (next === undefined) return before;
     const ops = next === 'delete' ? [{ type: 'delete' as const, key }] : [{ type: 'put' as const, key, value: snapshotDocToJson(next) }];
-    const r = await store.txn({ guards: [guardFor(key, current)], ops });
+    const r = await store.txn({ guards: [guardFor(key, current), ...(guards?.() ?? [])], ops });
     if (r.succeeded) return next === 'delete' ? undefined : { doc: next, modRevision: r.revision };
   }
   throw new StorageError(Code.ABORTED, `snapshot "${name}" kept changing while being updated (${MAX_CAS_ATTEMPTS} attempts); try again`, { details: { snapshot: name } });

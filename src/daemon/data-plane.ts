@@ -17,6 +17,7 @@ import { ReplicaCollector } from '../cluster/replica-gc.js';
 import { PeerConnector, localControl } from '../cluster/replica-connector.js';
 import type { EngineHost } from '../cluster/engine-host.js';
 import { SnapshotCopyCollector } from '../cluster/snapshot-gc.js';
+import { SnapshotPullService } from '../cluster/snapshot-pull.js';
 import type { ClusterStore } from '../cluster/store/cluster-store.js';
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { NodeId, VolumeId } from '../common/ids.js';
@@ -28,6 +29,7 @@ import type { PoolBackend } from '../pool/backend.js';
 import { ReplicaManager } from '../replica/replica-manager.js';
 import { startReplicaDataServer, type ReplicaDataServer } from '../replica/data-server.js';
 import { startReplicaServer, type VolumeSnapshotHook } from '../replica/replica-server.js';
+import { noPullHere, type SnapshotPullHook } from '../replica/snapshot-pull.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
 import { NodeStore } from '../store/node-store.js';
 import { advertisedPeerAddress, peerTlsConfig, type DaemonConfig } from './config.js';
@@ -97,21 +99,24 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const tls = peerTlsConfig(config);
   // SnapshotVolume (from peers, and this node's own snapshot service through the local control)
   // runs the barrier of the engine here; the engine host exists once the volume service does.
-  const late: { host?: EngineHost } = {};
+  const late: { host?: EngineHost; pulls?: SnapshotPullService } = {};
   const volumeSnapshots: VolumeSnapshotHook = (volumeId, snapshotId, deadlineMs) => {
     if (!late.host) return Promise.reject(new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`));
     return late.host.snapshotVolume(volumeId, snapshotId, deadlineMs);
   };
+  // PullSnapshotCopy (snapshot repair) streams through the connector, made after the server.
+  const snapshotPulls: SnapshotPullHook = (input) => (late.pulls ? late.pulls.hook(input) : Promise.reject(noPullHere(input.snapshotId)));
   const peers = tls && config.peerListen !== ''
-    ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager, volumeSnapshots })
+    ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager, volumeSnapshots, snapshotPulls })
     : undefined;
   const peerAddress = peers ? advertisedPeerAddress(config, peers.port) : '';
   const data = peers && tls && config.dataListen !== '' ? await startDataServer(config.dataListen, manager, tls, log.child({ component: 'replica-data' })) : undefined;
   // Others dial the host they reach the replica service at, on the data channel's port.
   const dataAddress = data ? `${peerAddress.slice(0, peerAddress.lastIndexOf(':'))}:${data.port}` : '';
   const connector = new PeerConnector({
-    nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, transport: config.replicaTransport, log: log.child({ component: 'peers' }), volumeSnapshots,
+    nodeId, manager, store: cluster, tls: tls ?? { insecure: true }, transport: config.replicaTransport, log: log.child({ component: 'peers' }), volumeSnapshots, snapshotPulls,
   });
+  late.pulls = new SnapshotPullService({ nodeId, manager, connector, log });
   const exports = new ExportManager(config.nbdSocketDir, log.child({ component: 'nbd' }));
   const registry = new NodeRegistry(cluster, { ttlMs: config.nodeTtlMs, log: log.child({ component: 'registry' }) });
   const election = new LeaderElection(cluster, { role: 'repair', candidateId: nodeId, ttlMs: config.nodeTtlMs, log: log.child({ component: 'election' }) });
@@ -172,6 +177,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
       await repair.close();
       await collector.close();
       await copyCollector.close();
+      await late.pulls?.close();
       await volumes.shutdown();
       await election.close();
       await registry.close();

@@ -18,6 +18,7 @@ import { DEFAULT_REPLICA_LIMITS } from './io-types.js';
 import { IoStream, type IoStreamOptions } from './io-stream.js';
 import type { SnapshotId, VolumeId } from '../common/ids.js';
 import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView, SnapshotCopyView } from './replica-manager.js';
+import type { PullSnapshotCopyInput, SnapshotPuller } from './snapshot-pull.js';
 import {
   IO_METHOD_PATH, checksumFromWire, refToWire, replicaServiceConstructor, snapshotCopyFromWire, statusViewFromWire, volumeSnapshotFromWire,
   type AllocatedRangesMessage, type ChecksumRangeMessage, type IoBatchMessage, type IoReplyBatchMessage, type ReplicaStatusMessage,
@@ -38,7 +39,10 @@ export interface ReplicaClientOptions {
 
 type UnaryMethod = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
-export class ReplicaClient {
+/** How long a PullSnapshotCopy may run when the caller gives no deadline: a snapshot of 1 TiB at 300 MB/s. */
+export const DEFAULT_PULL_DEADLINE_MS = 60 * 60_000;
+
+export class ReplicaClient implements SnapshotPuller {
   private readonly client: grpc.Client;
   private readonly deadlineMs: number;
 
@@ -136,6 +140,14 @@ export class ReplicaClient {
   async snapshotVolume(volumeId: VolumeId, snapshotId: SnapshotId, deadlineMs: number): Promise<VolumeSnapshotView> {
     const res = await this.call<SnapshotVolumeResponseMessage>('SnapshotVolume', { volumeId, snapshotId, deadlineMs }, deadlineMs + this.deadlineMs);
     return volumeSnapshotFromWire(res);
+  }
+
+  /**
+   * Asks the peer to stream the snapshot from `input.sourceNodeId` into a copy of its own
+   * (PullSnapshotCopy); idempotent. The call lasts as long as the copy: `deadlineMs` bounds it.
+   */
+  async pullSnapshotCopy(input: PullSnapshotCopyInput, deadlineMs = DEFAULT_PULL_DEADLINE_MS): Promise<SnapshotCopyView> {
+    return snapshotCopyFromWire(await this.call<SnapshotCopyMessage>('PullSnapshotCopy', { ...input }, deadlineMs));
   }
 
   /** Opens an Io stream to one replica at `epoch`. */

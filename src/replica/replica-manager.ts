@@ -292,30 +292,73 @@ export class ReplicaManager {
         throw new StorageError(Code.ALREADY_EXISTS, `snapshot ${snap} already has a copy on this node, taken from replica ${existing.replicaId} of volume ${existing.volumeId}: use another snapshot id`,
           { details: { snapshot: snap, replica: existing.replicaId } });
       }
-      if (this.opts.store.knownDeviceIds().has(snap as string as DeviceId)) {
-        throw new StorageError(Code.ALREADY_EXISTS, `snapshot id ${snap} names another device of this node's pool: use another snapshot id`, { details: { snapshot: snap } });
-      }
-      const loaded = this.replicas.get(id);
-      const replica = loaded && await loaded.catch(() => undefined);
-      if (replica && !replica.isClosed) {
-        await replica.writesSettled();
-        await (await replica.openedDevice()).flush();
-      }
-      // A device of this id without a record is left from an attempt that crashed: it is of
-      // another moment, so it goes rather than being adopted.
-      await this.opts.pool.delete(snap as string as DeviceId);
-      const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId);
-      const copy: SnapshotCopyRecord = { snapshotId: snap, volumeId: record.volumeId, replicaId: id, sizeBytes: info.sizeBytes, createdAt: new Date().toISOString() };
-      try {
-        this.opts.store.insertSnapshotCopy(copy);
-      } catch (err) {
-        await this.opts.pool.delete(snap as string as DeviceId).catch((e: unknown) =>
-          this.opts.log.warn({ snapshot: snap, err: (e as Error).message }, 'cannot delete an unrecorded snapshot copy; a repeated snapshot or delete call removes it'));
-        throw err;
-      }
-      this.opts.log.info({ snapshot: snap, replica: id, volumeId: record.volumeId, sizeBytes: info.sizeBytes, epoch }, 'snapshot copy taken');
-      return { ...copy, allocatedBytes: info.allocatedBytes };
+      const copy = await this.copyDevice(record, snap, record.volumeId);
+      this.opts.log.info({ snapshot: snap, replica: id, volumeId: record.volumeId, sizeBytes: copy.sizeBytes, epoch }, 'snapshot copy taken');
+      return copy;
     }));
+  }
+
+  /** This node's copy of the snapshot, or undefined when it holds none (or its device is gone). */
+  async snapshotCopy(snapshotId: string): Promise<SnapshotCopyView | undefined> {
+    const c = this.opts.store.getSnapshotCopy(parseSnapshotId(snapshotId));
+    return c && this.copyView(c).catch(() => undefined);
+  }
+
+  /**
+   * Turns a replica this node filled with a snapshot's bytes (a streamed copy: PullSnapshotCopy)
+   * into its copy of `snapshotId` of volume `volumeId`, then deletes the replica. The copy is
+   * a thin snapshot or reflink of the replica's device, recorded as a barrier copy is, so that
+   * list, delete, restore and the collectors treat both alike. Fenced; ALREADY_EXISTS when a
+   * copy of that snapshot is here already. A failure leaves no copy (the replica stays, for the
+   * caller to delete).
+   */
+  async adoptSnapshotCopy(ref: ReplicaRefInput, epoch: number, snapshotId: string, volumeId: VolumeId): Promise<SnapshotCopyView> {
+    const id = this.parseRef(ref);
+    const snap = parseSnapshotId(snapshotId);
+    const copy = await this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
+      const record = this.opts.store.getHostedReplica(id);
+      if (!record || record.volumeId !== ref.volumeId) throw this.notFound(ref);
+      await this.fence(record, epoch);
+      const existing = this.opts.store.getSnapshotCopy(snap);
+      if (existing) {
+        throw new StorageError(Code.ALREADY_EXISTS, `snapshot ${snap} already has a copy on this node, taken from replica ${existing.replicaId} of volume ${existing.volumeId}`,
+          { details: { snapshot: snap, replica: existing.replicaId } });
+      }
+      return this.copyDevice(record, snap, volumeId);
+    }));
+    await this.delete(ref, epoch);
+    this.opts.log.info({ snapshot: snap, replica: id, volumeId, sizeBytes: copy.sizeBytes }, 'snapshot copy received');
+    return copy;
+  }
+
+  /**
+   * Copies the replica's device (flushed first when open) into the pool device `snap` and
+   * records it as this node's copy of that snapshot of `volumeId`. Runs under the replica's
+   * and the copy's locks. A failure leaves no device and no record.
+   */
+  private async copyDevice(record: HostedReplicaRecord, snap: SnapshotId, volumeId: VolumeId): Promise<SnapshotCopyView> {
+    if (this.opts.store.knownDeviceIds().has(snap as string as DeviceId)) {
+      throw new StorageError(Code.ALREADY_EXISTS, `snapshot id ${snap} names another device of this node's pool: use another snapshot id`, { details: { snapshot: snap } });
+    }
+    const loaded = this.replicas.get(record.id);
+    const replica = loaded && await loaded.catch(() => undefined);
+    if (replica && !replica.isClosed) {
+      await replica.writesSettled();
+      await (await replica.openedDevice()).flush();
+    }
+    // A device of this id without a record is left from an attempt that crashed: it is of
+    // another moment, so it goes rather than being adopted.
+    await this.opts.pool.delete(snap as string as DeviceId);
+    const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId);
+    const copy: SnapshotCopyRecord = { snapshotId: snap, volumeId, replicaId: record.id, sizeBytes: info.sizeBytes, createdAt: new Date().toISOString() };
+    try {
+      this.opts.store.insertSnapshotCopy(copy);
+    } catch (err) {
+      await this.opts.pool.delete(snap as string as DeviceId).catch((e: unknown) =>
+        this.opts.log.warn({ snapshot: snap, err: (e as Error).message }, 'cannot delete an unrecorded snapshot copy; a repeated snapshot or delete call removes it'));
+      throw err;
+    }
+    return { ...copy, allocatedBytes: info.allocatedBytes };
   }
 
   /**

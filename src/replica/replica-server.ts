@@ -14,6 +14,7 @@ import type { NodeStore } from '../store/node-store.js';
 import type { ReplicaLimits } from './io-types.js';
 import { IoStreamHandler } from './io-stream-handler.js';
 import { ReplicaManager, type ReplicaRefInput } from './replica-manager.js';
+import { noPullHere, pullInput, type SnapshotPullHook } from './snapshot-pull.js';
 import {
   replicaServerDefinition, snapshotCopyToWire, statusViewToWire, volumeSnapshotToWire, type AllocatedRangesMessage, type IoBatchMessage, type IoReplyBatchMessage,
   type MalformedFrame, type ReplicaRefMessage, type VolumeSnapshotView,
@@ -49,6 +50,8 @@ export interface ReplicaServerOptions {
   shutdownTimeoutMs?: number;
   /** SnapshotVolume: the barrier of this node's engine of the volume. Without it, FAILED_PRECONDITION. */
   volumeSnapshots?: VolumeSnapshotHook;
+  /** PullSnapshotCopy: streams a snapshot copy here from another node. Without it, UNIMPLEMENTED. */
+  snapshotPulls?: SnapshotPullHook;
 }
 
 export interface ReplicaServer {
@@ -64,7 +67,7 @@ function ref(m: { replica: ReplicaRefMessage | null }): ReplicaRefInput {
   return { replicaId: m.replica?.replicaId ?? '', volumeId: m.replica?.volumeId ?? '' };
 }
 
-function handlers(manager: ReplicaManager, log: Logger, volumeSnapshots: VolumeSnapshotHook | undefined): grpc.UntypedServiceImplementation {
+function handlers(manager: ReplicaManager, log: Logger, volumeSnapshots: VolumeSnapshotHook | undefined, snapshotPulls: SnapshotPullHook | undefined): grpc.UntypedServiceImplementation {
   const onUnexpected = (err: unknown, method: string): void => log.error({ err, method }, 'replica call failed unexpectedly');
   const h = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req) => fn(req), onUnexpected, method);
   return {
@@ -105,6 +108,11 @@ function handlers(manager: ReplicaManager, log: Logger, volumeSnapshots: VolumeS
       const view = await volumeSnapshots(req.volumeId as VolumeId, req.snapshotId as SnapshotId, req.deadlineMs || DEFAULT_SNAPSHOT_DEADLINE_MS);
       return volumeSnapshotToWire(view);
     }),
+    PullSnapshotCopy: h('PullSnapshotCopy', async (req: { snapshotId: string; volumeId: string; sizeBytes: number; sourceNodeId: string }) => {
+      const input = pullInput(req);
+      if (!snapshotPulls) throw noPullHere(input.snapshotId);
+      return snapshotCopyToWire(await snapshotPulls(input));
+    }),
   };
 }
 
@@ -127,7 +135,7 @@ export async function startReplicaServer(opts: ReplicaServerOptions): Promise<Re
     'grpc.keepalive_time_ms': 10_000,
     'grpc.keepalive_timeout_ms': 5_000,
   });
-  server.addService(replicaServerDefinition(), handlers(manager, log, opts.volumeSnapshots));
+  server.addService(replicaServerDefinition(), handlers(manager, log, opts.volumeSnapshots, opts.snapshotPulls));
   const widened = widenStreamWindows(server);
   const port = await bind(server, opts.listen, credentials);
   if (!widened || !widenConnectionWindows(server)) log.warn('cannot widen the peer port\'s HTTP/2 windows (grpc-js internals changed); replicated throughput is capped by 64 KiB windows');
