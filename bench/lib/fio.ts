@@ -21,6 +21,8 @@ export interface FioResult {
   /** fio's completion-latency percentiles (submission to completion) of the busier direction, in µs. */
   clatP50Us: number;
   clatP99Us: number;
+  /** The slowest request's completion latency, in µs. */
+  clatMaxUs: number;
 }
 
 export type FioTarget = { kind: 'nbd'; uri: string } | { kind: 'file'; path: string };
@@ -55,7 +57,7 @@ interface FioJobSide {
   total_ios: number;
   runtime: number;
   /** Keys as fio prints them, e.g. "50.000000"; absent when the side did no I/O. */
-  clat_ns?: { percentile?: Record<string, number> };
+  clat_ns?: { percentile?: Record<string, number>; max?: number };
 }
 
 /** Percentile `key` of one side's completion latency in µs; NaN when fio did not report it. */
@@ -80,5 +82,6 @@ export function parseFioJson(text: string): FioResult {
     ios: job.read.total_ios + job.write.total_ios,
     clatP50Us: clatUs(busy, '50.000000'),
     clatP99Us: clatUs(busy, '99.000000'),
+    clatMaxUs: busy.clat_ns?.max === undefined ? NaN : busy.clat_ns.max / 1000,
   };
 }
