@@ -25,8 +25,9 @@
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import type { ApiClient } from '../src/cli/api-client.js';
+import { ApiClient } from '../src/cli/api-client.js';
 import { Cluster } from '../test/helpers/cluster.js';
 import { Daemon } from '../test/helpers/daemon.js';
 import { etcdMissingReason } from '../test/helpers/etcd.js';
@@ -42,6 +43,8 @@ import { poolFacts } from './lib/snapshot-pool.js';
 
 const PARTS = ['pause', 'create', 'restore'];
 const MiB = 2 ** 20;
+/** Deletes of volumes that were written after many snapshots were seen to take over 30 s (the client's default) on a loaded machine. */
+const API_DEADLINE_MS = 600_000;
 const GiB = 2 ** 30;
 
 interface Options {
@@ -126,6 +129,13 @@ async function filledVolume(api: ApiClient, name: string, sizeBytes: number, rf:
   return exp.uri;
 }
 
+/** Deletes a volume and says how long it took (the pause runs leave it with many reflinked, then overwritten, extents). */
+async function timedDelete(api: ApiClient, name: string): Promise<void> {
+  const t0 = performance.now();
+  await api.deleteVolume(name, true);
+  console.log(`  volume ${name} deleted in ${(performance.now() - t0).toFixed(0)} ms`);
+}
+
 function daemonTarget(label: string, rf: number, api: ApiClient, volume: string, uri: string, d: Daemon): PauseTarget {
   return { label, rf, api, volume, uri, logMark: () => d.logMark(), events: (since) => d.events(since) };
 }
@@ -134,7 +144,7 @@ function daemonTarget(label: string, rf: number, api: ApiClient, volume: string,
 async function singleNode(b: Bench): Promise<void> {
   const { opts } = b;
   const d = await Daemon.start({ extraArgs: ['--log-level', 'info', ...Object.entries(opts.flags).flat()] });
-  const api = d.client();
+  const api = new ApiClient(d.apiSocket, API_DEADLINE_MS);
   const stop = async (): Promise<void> => {
     cleanups.delete(stop);
     api.close();
@@ -148,7 +158,7 @@ async function singleNode(b: Bench): Promise<void> {
       const s = await measurePause(daemonTarget('rf=1, one cairnd', 1, api, 'pause-rf1', uri, d), { count: opts.count, intervalMs: opts.intervalMs, marginMs: opts.marginMs, dir: b.dir });
       console.log(`  ${describePause(s)}`);
       b.pause.push(s);
-      await api.deleteVolume('pause-rf1', true);
+      await timedDelete(api, 'pause-rf1');
     }
     if (opts.parts.has('create')) {
       await filledVolume(api, 'create-rf1', opts.createBytes, 1, '', opts.createWritten, b.dir);
@@ -197,7 +207,7 @@ async function threeNodes(b: Bench): Promise<void> {
   const missing = await etcdMissingReason();
   if (missing) throw new Error(`cannot run the 3-node parts here: ${missing}`);
   const cluster = await Cluster.start({ nodes: 3, flags: opts.flags, extraArgs: ['--log-level', 'info'] });
-  const api = cluster.node(0).client();
+  const api = new ApiClient(cluster.node(0).apiSocket, API_DEADLINE_MS);
   let failed = false;
   const stop = async (): Promise<void> => {
     cleanups.delete(stop);
@@ -213,7 +223,7 @@ async function threeNodes(b: Bench): Promise<void> {
       const s = await measurePause(daemonTarget('rf=3, three cairnd', 3, api, 'pause-rf3', uri, node0), { count: opts.count, intervalMs: opts.intervalMs, marginMs: opts.marginMs, dir: b.dir });
       console.log(`  ${describePause(s)}`);
       b.pause.push(s);
-      await api.deleteVolume('pause-rf3', true);
+      await timedDelete(api, 'pause-rf3');
     }
     if (opts.rfs.includes(3) && opts.parts.has('create')) {
       await filledVolume(api, 'create-rf3', opts.createBytes, 3, cluster.nodeName(0), opts.createWritten, b.dir);
