@@ -220,10 +220,9 @@ export class NodeStore {
     this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
   }
 
-  /** Every device id the store knows of (replicas, snapshots and snapshot copies): what the pool must keep. */
+  /** Every device id the store knows of (replicas and snapshots): what the pool must keep. */
   knownDeviceIds(): Set<DeviceId> {
-    const rows = this.db.prepare(
-      'SELECT device_id FROM replicas UNION SELECT device_id FROM snapshots UNION SELECT snapshot_id AS device_id FROM snapshot_copies').all() as { device_id: string }[];
+    const rows = this.db.prepare('SELECT device_id FROM replicas UNION SELECT device_id FROM snapshots').all() as { device_id: string }[];
     return new Set(rows.map((r) => r.device_id as DeviceId));
   }
 
@@ -308,7 +307,8 @@ export class NodeStore {
   }
 
   // --- snapshot copies (the replica service, src/replica/; migration 5) ---------------
-  // A copy's pool device id is its snapshot id.
+  // A copy's pool device id is its snapshot id; the pool keeps those of listSnapshotCopies
+  // besides knownDeviceIds (which stays readable on stores before migration 5).
 
   getSnapshotCopy(id: SnapshotId): SnapshotCopyRecord | undefined {
     const row = this.db.prepare('SELECT * FROM snapshot_copies WHERE snapshot_id = ?').get(id) as SnapshotCopyRow | undefined;
