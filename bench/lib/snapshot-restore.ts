@@ -184,7 +184,7 @@ export function printRestore(samples: RestoreSample[], sizeBytes: number, reps: 
   const of = (k: RestoreSample['kind']): RestoreSample[] => samples.filter((s) => s.kind === k);
   const mbps = (ms: number): number => sizeBytes / ms / 1e3;
   const cpMbps = mbps(median(of('cp').map((s) => s.ms)));
-  console.log(`\nRestore of a snapshot of ${(sizeBytes / 2 ** 30).toFixed(0)} GiB of random data (medians of ${reps}; page cache dropped before each; time = CreateVolume call .. every replica in sync; `
+  console.log(`\nRestore of a snapshot of ${(sizeBytes / 2 ** 20).toFixed(0)} MiB of random data (medians of ${reps}; page cache dropped before each; time = CreateVolume call .. every replica in sync; `
     + 'across nodes = a 2-replica restore of a 1-copy snapshot: the child on the copy node plus a replica on another node filled over the data channel)');
   const rows = [['what', 'time ms', 'MB/s', 'x cp', 'call ms', 'engine rebuild ms']];
   rows.push(['cp --reflink=never --sparse=never + fsync of the copy, same disk', median(of('cp').map((s) => s.ms)).toFixed(0), cpMbps.toFixed(0), '1.00', '', '']);
