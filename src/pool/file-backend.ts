@@ -37,9 +37,8 @@ import type { Logger } from '../common/log.js';
 import type { BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo } from './backend.js';
 import { openFileDevice } from './file-device.js';
 import { cloneOrCopy } from './file-copy.js';
-import { punchHole } from '../native/index.js';
 import { resolveLayout, type FileLayout, type FileLayoutChoice } from './file-layout.js';
-import { spaceOf, XfsImage, type FsSpace } from './xfs-image.js';
+import { releaseBlocks, spaceOf, XfsImage, type FsSpace } from './xfs-image.js';
 import { syncDirectory } from '../common/fs-sync.js';
 
 export interface FileBackendOptions {
@@ -64,29 +63,6 @@ const NO_REFLINK_HINT = 'for instant snapshots move to a new, empty --pool-dir: 
 
 function isMissing(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | null)?.code === 'ENOENT';
-}
-
-/**
- * Punches the whole file and syncs it, so that xfs frees its blocks (and discards them to
- * the host image) now: an unlinked file's blocks are freed later, by background inode
- * inactivation and a log commit that may be 30 s away. Shared (reflinked) blocks stay
- * with the other file. Not an error when the file is missing.
- */
-async function releaseBlocks(path: string): Promise<void> {
-  let fh: FileHandle;
-  try {
-    fh = await open(path, 'r+');
-  } catch (err) {
-    if (isMissing(err)) return;
-    throw err;
-  }
-  try {
-    const { size } = await fh.stat();
-    if (size > 0) await punchHole(fh.fd, 0, size);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 function checkSize(sizeBytes: number): void {
@@ -145,7 +121,7 @@ export class FileBackend implements PoolBackend {
     await mkdir(this.dir, { recursive: true }).catch((err: unknown) => {
       throw fromNodeError(err, 'open file pool', { pool: this.dir });
     });
-    this.layoutInUse = await resolveLayout(this.dir, this.requestedLayout, this.log);
+    this.layoutInUse = await resolveLayout(this.dir, this.requestedLayout, this.log, this.imageSizeBytes);
     if (this.layoutInUse === 'xfs-image') {
       this.image = await XfsImage.mount({ poolDir: this.dir, log: this.log, sizeBytes: this.imageSizeBytes });
       this.devicesDir = join(this.image.mountPoint, 'devices');

@@ -9,7 +9,8 @@
  * `auto` follows the record; without one, a pool that already has devices in
  * `<pool>/devices` (made before layouts existed) stays `direct`, and an empty one is
  * probed: FICLONE between two small temp files in the pool directory works -> `direct`,
- * it does not -> `xfs-image`. An explicit layout that contradicts the record is refused.
+ * it does not -> `xfs-image` (`direct` where the image would be below xfs's minimum size,
+ * 300 MiB: a tiny test filesystem). An explicit layout that contradicts the record is refused.
  */
 import { open, readdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -19,6 +20,7 @@ import { syncDirectory } from '../common/fs-sync.js';
 import type { Logger } from '../common/log.js';
 import { ficlone } from '../native/index.js';
 import { NO_REFLINK_ERRNOS } from './file-copy.js';
+import { MIN_IMAGE_BYTES, spaceOf } from './xfs-image.js';
 
 export const FILE_LAYOUTS = ['auto', 'direct', 'xfs-image'] as const;
 export type FileLayoutChoice = (typeof FILE_LAYOUTS)[number];
@@ -108,7 +110,7 @@ export async function canReflink(dir: string): Promise<boolean> {
 }
 
 /** The layout of the pool at `dir` (which exists), recording the decision when it is new. */
-export async function resolveLayout(dir: string, requested: FileLayoutChoice, log: Logger): Promise<FileLayout> {
+export async function resolveLayout(dir: string, requested: FileLayoutChoice, log: Logger, imageSizeBytes?: number): Promise<FileLayout> {
   const record = await readRecord(dir);
   if (record) {
     if (requested !== 'auto' && requested !== record.layout) {
@@ -131,6 +133,8 @@ export async function resolveLayout(dir: string, requested: FileLayoutChoice, lo
     [layout, reason] = [requested, 'asked for'];
   } else if (await canReflink(dir)) {
     [layout, reason] = ['direct', 'the pool filesystem can reflink'];
+  } else if ((imageSizeBytes ?? (await spaceOf(dir, 'pool directory')).totalBytes) < MIN_IMAGE_BYTES) {
+    [layout, reason] = ['direct', `the pool filesystem cannot reflink, but an xfs image needs at least ${MIN_IMAGE_BYTES} bytes`];
   } else {
     [layout, reason] = ['xfs-image', 'the pool filesystem cannot reflink'];
   }

@@ -18,13 +18,14 @@
  *   second live process is refused, so two daemons never mount one image.
  */
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, realpath, rename, statfs, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, realpath, rename, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, join } from 'node:path';
 import { runCommand } from '../common/command.js';
 import { ChildProcessError, Code, StorageError, fromNodeError } from '../common/errors.js';
 import { syncDirectory } from '../common/fs-sync.js';
 import type { Logger } from '../common/log.js';
+import { punchHole } from '../native/index.js';
 
 export const IMAGE_NAME = 'xfs-pool.img';
 export const MOUNT_DIR = 'xfs';
@@ -88,6 +89,29 @@ export async function spaceOf(path: string, what: string): Promise<FsSpace> {
     return { totalBytes: fs.blocks * fs.bsize, freeBytes: fs.bavail * fs.bsize };
   } catch (err) {
     throw fromNodeError(err, `statfs ${what}`, { path });
+  }
+}
+
+/**
+ * Punches the whole file and syncs it, so that xfs frees its blocks (and discards them to
+ * the host image) now: an unlinked file's blocks are freed later, by background inode
+ * inactivation and a log commit that may be 30 s away. Shared (reflinked) blocks stay
+ * with the other file. Not an error when the file is missing.
+ */
+export async function releaseBlocks(path: string): Promise<void> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r+');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  try {
+    const { size } = await fh.stat();
+    if (size > 0) await punchHole(fh.fd, 0, size);
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 

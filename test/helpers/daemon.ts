@@ -4,9 +4,10 @@
  * cairnctl wired to its API socket. Uses the compiled build (npm run build).
  */
 import { execa, type ResultPromise } from 'execa';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient } from '../../src/cli/api-client.js';
 
@@ -51,7 +52,13 @@ export class Daemon {
   static async start(opts: DaemonStartOptions = {}): Promise<Daemon> {
     if (!existsSync(join(ROOT, 'dist/daemon/main.js'))) throw new Error('dist/ is missing: run npm run build first');
     const d = new Daemon(opts.dataDir ?? mkdtempSync('/tmp/cairn-it-'), opts.extraArgs ?? []);
-    await d.launch();
+    try {
+      await d.launch();
+    } catch (err) {
+      // A cairnd that died in start-up may have mounted its pool's xfs image: the caller removes the dir next.
+      unmountUnder(d.dataDir);
+      throw err;
+    }
     return d;
   }
 
@@ -193,10 +200,29 @@ export class Daemon {
     await this.launch(opts);
   }
 
+  /** kill -9, then unmount what cairnd left mounted under its data dir (the file pool's xfs image), then remove the dir. */
   async destroy(): Promise<void> {
     await this.crash();
+    unmountUnder(this.dataDir);
     rmSync(this.dataDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Unmounts the file pools' xfs images mounted below `dir` (a mount point next to an
+ * `xfs-pool.img`): a pool in the xfs-image layout keeps `<pool>/xfs` mounted after a
+ * kill -9, and unmounting it also frees its loop device. Other mounts are left alone.
+ */
+export function unmountUnder(dir: string): void {
+  if (!existsSync('/proc/self/mountinfo')) return;
+  const prefix = `${dir.replace(/\/+$/, '')}/`;
+  const points = readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((p): p is string => p !== undefined && p.startsWith(prefix))
+    .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    .filter((p) => existsSync(join(dirname(p), 'xfs-pool.img')))
+    .sort((a, b) => b.length - a.length);
+  for (const p of points) execFileSync('umount', [p], { stdio: 'ignore' });
 }
 
 /** `base` then `extra`, where a flag in `extra` replaces the same flag (and its value) in `base`. */
