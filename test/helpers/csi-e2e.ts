@@ -12,6 +12,7 @@
  * - `leftovers`: everything a deleted volume could leave on the host (mounts, loop devices,
  *   nbdfuse/nbdkit processes, replica files in any pool, ListVolumes, the cluster store).
  */
+import { poolDeviceDirs } from './pool-paths.js';
 import { execa } from 'execa';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -69,11 +70,12 @@ export class CsiE2eCluster {
   async leftovers(volume: string, replicaIds: readonly string[]): Promise<string[]> {
     const dirs = [this.root, ...this.dataDirs];
     const left: string[] = [];
-    for (const m of await listMounts()) if (dirs.some((d) => m.mountPoint.startsWith(d))) left.push(`mount ${m.mountPoint} (${m.fsType})`);
-    for (const l of await loopDevices()) if (dirs.some((d) => l.backFile.startsWith(d))) left.push(`loop ${l.name} on ${l.backFile}`);
+    // The pool's own xfs image (the file pool's xfs-image layout) stays mounted while its daemon runs.
+    for (const m of await listMounts()) if (dirs.some((d) => m.mountPoint.startsWith(d)) && !m.mountPoint.endsWith('/pool/xfs')) left.push(`mount ${m.mountPoint} (${m.fsType})`);
+    for (const l of await loopDevices()) if (dirs.some((d) => l.backFile.startsWith(d)) && !l.backFile.endsWith('/pool/xfs-pool.img')) left.push(`loop ${l.name} on ${l.backFile}`);
     for (const p of attachProcesses(volume)) left.push(`process ${p}`);
     for (const [i, dir] of this.dataDirs.entries()) {
-      for (const f of listDir(join(dir, 'pool', 'devices'))) if (replicaIds.some((id) => f.includes(id))) left.push(`node-${i} pool file ${f}`);
+      for (const devices of poolDeviceDirs(dir)) for (const f of listDir(devices)) if (replicaIds.some((id) => f.includes(id))) left.push(`node-${i} pool file ${f}`);
     }
     const listed = ok(await this.controller.controller.ListVolumes!({})) as CsiMessage;
     if ((listed.entries as CsiMessage[]).some((e) => e.volume.volumeId === volume)) left.push('listed by ListVolumes');

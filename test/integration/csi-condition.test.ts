@@ -7,6 +7,7 @@
  * once node-1 is back and its replica rebuilt, both say healthy, the files read back
  * (sha256) and the replicas agree. Everything is deleted at the end and nothing is left.
  */
+import { poolDeviceDirs } from '../helpers/pool-paths.js';
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -154,14 +155,14 @@ requiring(missing, test.serial)('ControllerGetVolume and NodeGetVolumeStats say 
 });
 
 async function assertNothingLeft(t: ExecutionContext, c: Cluster, root: string, replicas: string[]): Promise<void> {
-  t.deepEqual((await listMounts()).filter((m) => m.mountPoint.startsWith(root) || m.mountPoint.startsWith(c.node(0).dataDir)).map((m) => m.mountPoint), [], 'no mount left');
+  t.deepEqual((await listMounts()).filter((m) => (m.mountPoint.startsWith(root) || m.mountPoint.startsWith(c.node(0).dataDir)) && !m.mountPoint.endsWith('/pool/xfs')).map((m) => m.mountPoint), [], 'no mount left');
   if (!hasNbdDriver) {
-    const loops = (await run('losetup', ['-n', '-O', 'NAME,BACK-FILE', '-l'])).split('\n').filter((l) => l.includes(c.node(0).dataDir));
+    const loops = (await run('losetup', ['-n', '-O', 'NAME,BACK-FILE', '-l'])).split('\n').filter((l) => l.includes(c.node(0).dataDir) && !l.endsWith('/pool/xfs-pool.img'));
     t.deepEqual(loops, [], 'no loop device left');
   }
   for (const i of [0, 1]) {
     t.is((await c.ctl(i, ['volume', 'inspect', VOLUME])).exitCode, 1, `node-${i} no longer knows the volume`);
-    const devices = replicas.map((id) => join(c.node(i).dataDir, 'pool', 'devices', `${id}.img`));
+    const devices = replicas.flatMap((id) => poolDeviceDirs(c.node(i).dataDir).map((d) => join(d, `${id}.img`)));
     await c.waitFor(() => devices.filter((p) => existsSync(p)), (left) => left.length === 0, `no replica device left on node-${i}`);
   }
 }

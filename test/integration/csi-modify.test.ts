@@ -12,6 +12,7 @@
  *   and its device file is gone from its node), the writer's blocks read back as
  *   acknowledged, and `cairnctl volume verify` finds the replicas equal.
  */
+import { poolDeviceFile } from '../helpers/pool-paths.js';
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -85,7 +86,7 @@ requiring(missingEtcd, test.serial)('ControllerModifyVolume on 3 nodes and etcd:
   t.is(w.stats().errors, 0, `client errors while adding a replica: ${w.stats().errorDetails.join('; ')}`);
   t.is(codeName(await csi.controller.ControllerModifyVolume!({ volumeId: 'live', mutableParameters: { replicas: '3' } })), 'OK', 'idempotent');
 
-  const devicePath = (r: VolumeMessage['replicas'][number]): string => join(c.node(Number(r.nodeName.slice('node-'.length))).dataDir, 'pool', 'devices', `${r.id}.img`);
+  const devicePath = (r: VolumeMessage['replicas'][number]): string => poolDeviceFile(c.node(Number(r.nodeName.slice('node-'.length))).dataDir, `${r.id}.img`);
   for (const r of three.replicas) t.true(existsSync(devicePath(r)), `replica ${r.id} has its device on ${r.nodeName}`);
   t.is(codeName(await csi.controller.ControllerModifyVolume!({ volumeId: 'live', mutableParameters: { replicas: '2' } })), 'OK');
   const two = await c.volume('live', 0);

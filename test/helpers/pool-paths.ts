@@ -1,0 +1,16 @@
+/**
+ * Where a test daemon's file pool keeps its device files: `<data dir>/pool/devices` in the
+ * direct layout, `<data dir>/pool/xfs/devices` in the xfs-image layout (docs/pool-file.md).
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+export function poolDeviceDirs(dataDir: string): string[] {
+  return [join(dataDir, 'pool', 'xfs', 'devices'), join(dataDir, 'pool', 'devices')];
+}
+
+/** The device file `name` in whichever layout holds it (the xfs-image one when neither does yet). */
+export function poolDeviceFile(dataDir: string, name: string): string {
+  const dirs = poolDeviceDirs(dataDir);
+  return dirs.map((d) => join(d, name)).find((p) => existsSync(p)) ?? join(dirs[0]!, name);
+}
