@@ -214,7 +214,7 @@ test('Ctrl-C while a restore fills stops the waiting only: exit 130 and how to f
   child.kill('SIGINT');
   const r = await child;
   t.is(r.exitCode, 130, String(r.stderr));
-  t.regex(r.stderr, /stopped waiting; volume pg-r keeps filling: see cairnctl volume inspect pg-r$/);
+  t.regex(String(r.stderr), /stopped waiting; volume pg-r keeps filling: see cairnctl volume inspect pg-r$/);
   t.is(volumes.creates.length, 1);
 });
 

@@ -254,7 +254,7 @@ test('placeRestore: copy nodes first, the rest empty; a seed on a copy node when
   const onlyN4 = placeRestore({ replicas: 1, sizeBytes: 8 * MiB, nodes, copyNodes, firstAmong: ['n4' as NodeId] });
   t.deepEqual(onlyN4.fromCopy, []);
   t.deepEqual(onlyN4.empty, ['n4']);
-  t.is(onlyN4.seed, 'n2', 'the copy node with the most room seeds it');
+  t.is(onlyN4.seed, 'n2' as NodeId, 'the copy node with the most room seeds it');
   const down = nodes.map((n) => (copyNodes.includes(n.nodeId) ? { ...n, up: false } : n));
   t.is(t.throws(() => placeRestore({ replicas: 1, sizeBytes: 8 * MiB, nodes: down, copyNodes }), { instanceOf: StorageError }).code, Code.UNAVAILABLE);
 });
