@@ -14,3 +14,13 @@ export function poolDeviceFile(dataDir: string, name: string): string {
   const dirs = poolDeviceDirs(dataDir);
   return dirs.map((d) => join(d, name)).find((p) => existsSync(p)) ?? join(dirs[0]!, name);
 }
+
+/** The pool's own xfs image mount (xfs-image layout): not a volume's leftover. */
+export function isPoolImageMount(mountPoint: string): boolean {
+  return mountPoint.endsWith('/pool/xfs');
+}
+
+/** A `losetup -l -O NAME,BACK-FILE` line of the pool's own xfs image: not a volume's leftover. */
+export function isPoolImageLoop(line: string): boolean {
+  return line.trimEnd().endsWith('/pool/xfs-pool.img');
+}

@@ -7,7 +7,7 @@
  * once node-1 is back and its replica rebuilt, both say healthy, the files read back
  * (sha256) and the replicas agree. Everything is deleted at the end and nothing is left.
  */
-import { poolDeviceDirs } from '../helpers/pool-paths.js';
+import { isPoolImageLoop, isPoolImageMount, poolDeviceDirs } from '../helpers/pool-paths.js';
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -155,9 +155,9 @@ requiring(missing, test.serial)('ControllerGetVolume and NodeGetVolumeStats say 
 });
 
 async function assertNothingLeft(t: ExecutionContext, c: Cluster, root: string, replicas: string[]): Promise<void> {
-  t.deepEqual((await listMounts()).filter((m) => (m.mountPoint.startsWith(root) || m.mountPoint.startsWith(c.node(0).dataDir)) && !m.mountPoint.endsWith('/pool/xfs')).map((m) => m.mountPoint), [], 'no mount left');
+  t.deepEqual((await listMounts()).filter((m) => (m.mountPoint.startsWith(root) || m.mountPoint.startsWith(c.node(0).dataDir)) && !isPoolImageMount(m.mountPoint)).map((m) => m.mountPoint), [], 'no mount left');
   if (!hasNbdDriver) {
-    const loops = (await run('losetup', ['-n', '-O', 'NAME,BACK-FILE', '-l'])).split('\n').filter((l) => l.includes(c.node(0).dataDir) && !l.endsWith('/pool/xfs-pool.img'));
+    const loops = (await run('losetup', ['-n', '-O', 'NAME,BACK-FILE', '-l'])).split('\n').filter((l) => l.includes(c.node(0).dataDir) && !isPoolImageLoop(l));
     t.deepEqual(loops, [], 'no loop device left');
   }
   for (const i of [0, 1]) {

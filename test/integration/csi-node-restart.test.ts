@@ -24,6 +24,7 @@ import { csiClient, codeName, ok, type CsiMessage, type CsiTestClient } from '..
 import { Daemon } from '../helpers/daemon.js';
 import { DdWriter } from '../helpers/dd-writer.js';
 import { combine, missingCommands, missingRoot, onlyWhere, requiring } from '../helpers/prereq.js';
+import { isPoolImageLoop, isPoolImageMount } from '../helpers/pool-paths.js';
 import { run } from '../helpers/run.js';
 
 const MiB = 1024 * 1024;
@@ -94,9 +95,9 @@ async function loopsUnder(dir: string): Promise<string[]> {
 }
 
 async function assertNothingLeft(t: ExecutionContext, d: Daemon): Promise<void> {
-  const mounts = (await listMounts()).filter((m) => m.mountPoint.startsWith(root) || m.mountPoint.startsWith(d.dataDir));
+  const mounts = (await listMounts()).filter((m) => (m.mountPoint.startsWith(root) || m.mountPoint.startsWith(d.dataDir)) && !isPoolImageMount(m.mountPoint));
   t.deepEqual(mounts.map((m) => m.mountPoint), [], 'no mount left');
-  t.deepEqual(await loopsUnder(d.dataDir), [], 'no loop device left');
+  t.deepEqual((await loopsUnder(d.dataDir)).filter((l) => !isPoolImageLoop(l)), [], 'no loop device left');
   t.deepEqual(processesMentioning(join(d.dataDir, 'attach')), [], 'no nbdfuse or nbdkit left');
 }
 

@@ -16,6 +16,7 @@ import { silentLogger } from '../../src/common/log.js';
 import { csiClient, codeName, ok, type CsiMessage, type CsiTestClient } from '../helpers/csi-client.js';
 import { Daemon } from '../helpers/daemon.js';
 import { combine, missingCommands, missingRoot, onlyWhere, requiring } from '../helpers/prereq.js';
+import { isPoolImageLoop, isPoolImageMount } from '../helpers/pool-paths.js';
 import { run } from '../helpers/run.js';
 
 const MiB = 1024 * 1024;
@@ -242,9 +243,9 @@ nodeTest('after a cairnd kill -9 and restart: the published files are still ther
 
 nodeTest('afterwards: no mount, loop device, nbdfuse process or staged record is left', async (t) => {
   const d = await start();
-  const mounts = (await listMounts()).filter((m) => m.mountPoint.startsWith(root) || m.mountPoint.startsWith(d.dataDir));
+  const mounts = (await listMounts()).filter((m) => (m.mountPoint.startsWith(root) || m.mountPoint.startsWith(d.dataDir)) && !isPoolImageMount(m.mountPoint));
   t.deepEqual(mounts.map((m) => m.mountPoint), []);
-  const loops = (await run('losetup', ['-n', '-O', 'NAME,BACK-FILE', '-l'])).split('\n').filter((l) => l.includes(d.dataDir));
+  const loops = (await run('losetup', ['-n', '-O', 'NAME,BACK-FILE', '-l'])).split('\n').filter((l) => l.includes(d.dataDir) && !isPoolImageLoop(l));
   t.deepEqual(loops, []);
   const fuse = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((pid) => {
     try {
