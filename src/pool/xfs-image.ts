@@ -246,6 +246,29 @@ export class XfsImage {
     });
   }
 
+  /**
+   * A loop device on the image, with direct I/O where the filesystem under it allows it
+   * (tmpfs, for one, refuses O_DIRECT: losetup then says "Invalid argument"). Without it
+   * the image's pages are cached twice, which costs memory and nothing else.
+   */
+  private async attachLoop(): Promise<string> {
+    const attach = async (direct: boolean): Promise<string> =>
+      (await runCommand('losetup', ['-f', '--show', ...(direct ? ['--direct-io=on'] : []), this.imagePath], { details: { image: this.imagePath } })).stdout.trim();
+    let firstErr: unknown;
+    try {
+      return await attach(true);
+    } catch (err) {
+      firstErr = err;
+    }
+    try {
+      const device = await attach(false);
+      this.log.warn({ pool: this.poolDir, image: this.imagePath, device, err: firstErr }, 'loop device without direct I/O: the filesystem under the pool refuses O_DIRECT; the image is cached twice');
+      return device;
+    } catch (err) {
+      throw new StorageError(Code.FAILED_PRECONDITION, `cannot attach a loop device to ${this.imagePath}: cairnd needs CAP_SYS_ADMIN, /dev/loop-control and losetup (util-linux)`, { cause: toolError(err, 'losetup', 'util-linux') });
+    }
+  }
+
   private async ensureMounted(): Promise<void> {
     await mkdir(this.mountPoint, { recursive: true }).catch((err: unknown) => {
       throw fromNodeError(err, 'make the xfs mount point', { path: this.mountPoint });
@@ -256,12 +279,7 @@ export class XfsImage {
     }
     const started = Date.now();
     await this.detachStaleLoops();
-    let device: string;
-    try {
-      device = (await runCommand('losetup', ['-f', '--show', '--direct-io=on', this.imagePath], { details: { image: this.imagePath } })).stdout.trim();
-    } catch (err) {
-      throw new StorageError(Code.FAILED_PRECONDITION, `cannot attach a loop device to ${this.imagePath}: cairnd needs CAP_SYS_ADMIN, /dev/loop-control and losetup (util-linux)`, { cause: toolError(err, 'losetup', 'util-linux') });
-    }
+    const device = await this.attachLoop();
     try {
       await runCommand('mount', ['-t', 'xfs', '-o', 'discard', device, this.mountPoint], { details: { device, path: this.mountPoint } });
     } catch (err) {

@@ -5,7 +5,8 @@
 // xfs: needs root, losetup and mkfs.xfs.
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -181,5 +182,31 @@ if (prerequisitesMet('file pool xfs-image layout', await loopFsUnavailable('xfs'
     t.is(await mountedAt(join(dir, 'xfs')), undefined, 'nothing was mounted');
     const err = await t.throwsAsync(FileBackend.open({ dir, log: capture().log, layout: 'xfs-image' }), { instanceOf: StorageError });
     t.is(err?.code, Code.FAILED_PRECONDITION);
+  });
+
+  test.serial('on tmpfs the pool works; where the kernel refuses O_DIRECT there (before Linux 6.6) the loop device goes without direct I/O and a warning says so', async (t) => {
+    const dir = await newDir(t);
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=2100m', 'cairn-test-tmpfs', dir]);
+    t.teardown(async () => {
+      if (await mountedAt(join(dir, 'xfs'))) await run('umount', [join(dir, 'xfs')]);
+      await run('umount', [dir]);
+    });
+    const { log, lines } = capture();
+    const pool = await openPool(dir, log);
+    t.is(pool.layout, 'xfs-image');
+    t.truthy(await mountedAt(join(dir, 'xfs')));
+    const directRefused = await open(join(dir, 'probe'), fsConstants.O_CREAT | fsConstants.O_RDWR | fsConstants.O_DIRECT).then(
+      async (h) => (await h.close(), false),
+      () => true,
+    );
+    t.is(lines.some((l) => l.msg.startsWith('loop device without direct I/O')), directRefused, `O_DIRECT on this tmpfs ${directRefused ? 'refused: the fallback is logged' : 'accepted: no fallback'}`);
+    const id = asDeviceId('on-tmpfs');
+    await pool.create(id, 8 * MiB);
+    const dev = await pool.open(id);
+    await dev.write(MiB, Buffer.alloc(MiB, 0x5c));
+    await dev.flush();
+    t.true((await dev.read(MiB, MiB)).equals(Buffer.alloc(MiB, 0x5c)));
+    await dev.close();
+    await pool.close();
   });
 }
