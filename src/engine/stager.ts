@@ -266,7 +266,7 @@ export class Stager {
         attachState: { socketPath: a.socketPath, ...(a.fuse ? { fuse: a.fuse } : {}) } });
       if (record.accessType === 'mount') {
         await this.prepareFilesystem(record, signal);
-        await mount(a.devicePath, record.stagingPath, { fsType: record.fsType, flags: record.mountFlags, readonly: record.readonly, ...(signal ? { signal } : {}) });
+        await mount(a.devicePath, record.stagingPath, { fsType: record.fsType, flags: stageMountFlags(record.fsType, record.mountFlags), readonly: record.readonly, ...(signal ? { signal } : {}) });
         undo.push(() => unmount(record.stagingPath));
       }
       save({ state: 'staged' });
@@ -317,4 +317,14 @@ export class Stager {
       if (!(err instanceof StorageError && err.code === Code.NOT_FOUND)) throw err;
     });
   }
+}
+
+/**
+ * The mount options a staging mount uses. xfs always gets `nouuid`: a volume restored or
+ * cloned from a snapshot carries its source's filesystem UUID, and xfs refuses to mount a
+ * second filesystem with a UUID already mounted ("duplicate UUID"), so a restore staged on
+ * the node that has its source mounted would fail. nouuid only skips that check.
+ */
+export function stageMountFlags(fsType: string, flags: readonly string[]): string[] {
+  return fsType === 'xfs' && !flags.includes('nouuid') ? [...flags, 'nouuid'] : [...flags];
 }

@@ -564,6 +564,16 @@ export class VerifiedWriter {
     return out;
   }
 
+  /**
+   * Block -> its last acknowledged generation, as of now. A point-in-time copy taken from
+   * now on must hold, in every block, this generation or a later one.
+   */
+  ackedGenerations(): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const [block, rec] of this.blocks) if (rec.ackedGeneration > 0) out.set(block, rec.ackedGeneration);
+    return out;
+  }
+
   /** Generations issued so far (generation n is the n-th write issued). */
   get generationsIssued(): number {
     return this.nextGeneration - 1;
