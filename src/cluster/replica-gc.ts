@@ -5,8 +5,10 @@
  *
  * Deleting data is the one thing that must never be wrong, so a replica is deleted only
  * when every pass over at least `graceMs` found it unlisted, it was created longer than
- * `graceMs` ago (a replica the repair loop just created is listed a moment later), and a
- * fresh read of the documents right before the deletion still does not list it. A pass
+ * `graceMs` ago (a replica the repair loop just created is listed a moment later), no
+ * request reached it for `graceMs` (a snapshot pull's temporary replicas are listed by no
+ * document but in use for as long as the pull runs), and a fresh read of the documents
+ * right before the deletion still does not list it. A pass
  * that cannot read the cluster store deletes nothing. Nor does a pass that meets a volume
  * document it cannot parse (malformed, or from a newer release): that volume's replicas
  * are unknown, so every replica here might be one of them. Such a hold is logged once when
@@ -66,7 +68,7 @@ export class ReplicaCollector {
     if (!listed) return [];
     const due: typeof hosted = [];
     for (const r of hosted) {
-      if (listed.has(r.replicaId)) {
+      if (listed.has(r.replicaId) || (await this.inUse(r.replicaId, now))) {
         this.unlistedSince.delete(r.replicaId);
         continue;
       }
@@ -80,7 +82,7 @@ export class ReplicaCollector {
     const again = await this.listed();
     const deleted: ReplicaId[] = [];
     for (const r of due) {
-      if (this.closed || !again || again.has(r.replicaId)) continue;
+      if (this.closed || !again || again.has(r.replicaId) || (await this.inUse(r.replicaId, Date.now()))) continue;
       await this.opts.manager.delete({ replicaId: r.replicaId, volumeId: r.volumeId }, r.epoch);
       this.unlistedSince.delete(r.replicaId);
       deleted.push(r.replicaId);
@@ -88,6 +90,12 @@ export class ReplicaCollector {
         'orphan replica deleted');
     }
     return deleted;
+  }
+
+  /** Whether the replica admitted a request within the grace period (a snapshot pull's temporary replicas: no document lists them). */
+  private async inUse(id: ReplicaId, now: number): Promise<boolean> {
+    const at = await this.opts.manager.lastUsedAt(id);
+    return at > 0 && now - at < this.opts.graceMs;
   }
 
   /** The replicas every volume document lists; undefined (a hold) when some document cannot be parsed. */

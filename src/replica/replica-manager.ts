@@ -206,6 +206,17 @@ export class ReplicaManager {
     return this.statusOf(id);
   }
 
+  /**
+   * When replica `id` last admitted a request at a current epoch (ms since the epoch), or 0
+   * when it is not open or never did. A pull's temporary replicas have no volume document;
+   * this is what shows they are in use (cluster/replica-gc.ts).
+   */
+  async lastUsedAt(id: ReplicaId): Promise<number> {
+    const loading = this.replicas.get(id);
+    if (!loading) return 0;
+    return loading.then((r) => r.lastAdmittedAt, () => 0);
+  }
+
   async list(): Promise<ReplicaStatusView[]> {
     const out: ReplicaStatusView[] = [];
     for (const r of this.opts.store.listHostedReplicas()) {

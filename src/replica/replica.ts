@@ -53,6 +53,11 @@ export class Replica {
   /** Set when a newer epoch was adopted: the older epoch's requests still in flight. */
   private epochBarrier: Promise<unknown> | undefined;
   private closed = false;
+  /**
+   * When a request at a current epoch was last admitted (I/O, checksums, allocated ranges),
+   * in ms since the epoch; 0 before any. The orphan collector spares a replica in use.
+   */
+  lastAdmittedAt = 0;
 
   constructor(private readonly opts: ReplicaOptions) {
     this.id = opts.record.id;
@@ -104,6 +109,7 @@ export class Replica {
     if (epoch < this.epochValue) {
       throw staleEpochError(this.id, this.volumeId, epoch, this.epochValue);
     }
+    this.lastAdmittedAt = Date.now();
     if (epoch === this.epochValue) return;
     let stored: number;
     try {

@@ -47,3 +47,33 @@ test('only replicas unlisted for the whole grace period are deleted; listed ones
   t.deepEqual((await fx.manager.list()).map((r) => r.replicaId).sort(), ['rep-late', 'rep-listed']);
   t.deepEqual(await gc.pass(t0 + 10 * GRACE), [], 'listed replicas stay');
 });
+
+test('a replica no document lists but in use (a snapshot pull\'s temporary replica) is spared while requests reach it, deleted once idle for the grace period', async (t) => {
+  const fx = await replicaFixture();
+  t.teardown(() => fx.cleanup());
+  const store = EmbeddedStore.open({ path: ':memory:', cluster: uniqueCluster(), log: silentLogger() });
+  t.teardown(() => store.close());
+  const grace = 300;
+  const ref = { replicaId: 'rep-pull', volumeId: 'snapshot-pull-snap-1' };
+  await fx.manager.create(ref, 4 * MiB, 1, true);
+  const gc = new ReplicaCollector({ store, manager: fx.manager, graceMs: grace, log: silentLogger() });
+  // Busy for four grace periods: every pass keeps it.
+  const busyUntil = Date.now() + 4 * grace;
+  let passes = 0;
+  while (Date.now() < busyUntil) {
+    await fx.manager.allocatedRanges(ref, 1, 0, 4 * MiB);
+    t.deepEqual(await gc.pass(), [], `pass ${++passes} while in use`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.true(passes >= 8);
+  // Idle: deleted once the grace period has passed with no request.
+  const idleSince = Date.now();
+  let deleted: ReplicaId[] = [];
+  while (deleted.length === 0 && Date.now() - idleSince < 20 * grace) {
+    await new Promise((r) => setTimeout(r, 50));
+    deleted = await gc.pass();
+  }
+  t.deepEqual(deleted, ['rep-pull' as ReplicaId]);
+  t.true(Date.now() - idleSince >= grace, 'not before the grace period');
+  t.deepEqual(await fx.manager.list(), []);
+});
