@@ -16,6 +16,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { createLogger, type Logger } from '../common/log.js';
+import { acquirePidLock } from '../common/pid-lock.js';
 import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
 import { openClusterStore } from '../cluster/store/open-cluster-store.js';
@@ -27,7 +28,6 @@ import { startCsi, type CsiDeps } from './csi-start.js';
 import { openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
 import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
-import { acquirePidFile } from './pid-file.js';
 import { VERSION } from './version.js';
 
 function parseFlags(argv: string[]): ReturnType<typeof flagsFromCommander> {
@@ -137,7 +137,8 @@ function openCluster(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[])
 
 async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const stops: Stop[] = [acquirePidFile(join(config.dataDir, 'cairnd.pid'))];
+  const pidFile = join(config.dataDir, 'cairnd.pid');
+  const stops: Stop[] = [acquirePidLock(pidFile, { what: 'the pid file', held: (pid) => `another cairnd (pid ${pid}) is using this data directory (${pidFile}); stop it first` })];
   const started = config.role === 'controller' ? await runController(config, log, stops) : await runNode(config, log, stops);
   log.info({
     node: config.nodeName, role: config.role, version: VERSION, apiSocket: config.apiSocket, csiSocket: config.csiSocket,

@@ -17,13 +17,13 @@
  * - `<pool>/xfs-pool.pid` holds the pid of the process that has the image mounted; a
  *   second live process is refused, so two daemons never mount one image.
  */
-import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, realpath, rename, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, join } from 'node:path';
 import { runCommand } from '../common/command.js';
 import { ChildProcessError, Code, StorageError, fromNodeError } from '../common/errors.js';
 import { syncDirectory } from '../common/fs-sync.js';
+import { acquirePidLock } from '../common/pid-lock.js';
 import type { Logger } from '../common/log.js';
 import { punchHole } from '../native/index.js';
 
@@ -115,35 +115,6 @@ export async function releaseBlocks(path: string): Promise<void> {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Takes `<pool>/xfs-pool.pid`; a stale one (its process is gone, or it is this process) is taken over. */
-function acquireLock(path: string): () => void {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fd = openSync(path, 'wx', 0o644);
-      writeSync(fd, `${process.pid}\n`);
-      closeSync(fd);
-      return () => rmSync(path, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fromNodeError(err, 'take the xfs pool lock', { path });
-      const pid = Number(readFileSync(path, 'utf8').trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
-        throw new StorageError(Code.FAILED_PRECONDITION, `another process (pid ${pid}) has this pool's xfs image mounted (${path}); stop it, or give this cairnd its own --pool-dir`, { details: { path, pid } });
-      }
-      rmSync(path, { force: true });
-    }
-  }
-  throw new StorageError(Code.ABORTED, `could not take the xfs pool lock ${path}; try again`, { details: { path } });
-}
-
 /** A missing tool, with the package that has it. */
 function toolError(err: unknown, tool: string, pkg: string): unknown {
   if (err instanceof StorageError && err.code === Code.FAILED_PRECONDITION && !(err instanceof ChildProcessError)) {
@@ -164,7 +135,11 @@ export class XfsImage {
 
   /** Makes the image if it is missing and mounts it (or reuses the mount a crash left). */
   static async mount(options: XfsImageOptions): Promise<XfsImage> {
-    const release = acquireLock(join(options.poolDir, LOCK_NAME));
+    const lockPath = join(options.poolDir, LOCK_NAME);
+    const release = acquirePidLock(lockPath, {
+      what: 'the xfs pool lock',
+      held: (pid) => `another process (pid ${pid}) has this pool's xfs image mounted (${lockPath}); stop it, or give this cairnd its own --pool-dir`,
+    });
     const image = new XfsImage(options.poolDir, options.log, release);
     try {
       await image.ensureImage(options.sizeBytes);

@@ -18,7 +18,6 @@ import { etcdMissingReason } from '../helpers/etcd.js';
 import { csiClient, ok } from '../helpers/csi-client.js';
 import { checkPointInTime } from '../helpers/point-in-time.js';
 import { combine, missingCommands, missingRoot, prerequisitesMet } from '../helpers/prereq.js';
-import { run } from '../helpers/run.js';
 
 const test = anyTest as TestFn;
 const MiB = 1 << 20;
