@@ -80,6 +80,8 @@ export interface CreateVolumeOptions {
   /** 0 or undefined: the cluster default. */
   replicas?: number;
   preferredNode?: string;
+  /** A replica must go on one of these nodes (names or ids). */
+  requiredNodes?: readonly string[];
   /** Restore: the new volume holds this snapshot's data (name or id). */
   sourceSnapshot?: string;
   /** Clone: the new volume holds this volume's data (name or id). */
@@ -122,7 +124,7 @@ export class ApiClient {
   createVolume(name: string, sizeBytes: number, options: CreateVolumeOptions = {}): Promise<VolumeMessage> {
     return this.call('CreateVolume', {
       name, sizeBytes, replicas: options.replicas ?? 0, preferredNode: options.preferredNode ?? '',
-      sourceSnapshot: options.sourceSnapshot ?? '', sourceVolume: options.sourceVolume ?? '',
+      sourceSnapshot: options.sourceSnapshot ?? '', sourceVolume: options.sourceVolume ?? '', requiredNodes: [...(options.requiredNodes ?? [])],
     });
   }
   async listVolumes(): Promise<VolumeMessage[]> { return (await this.call<{ volumes: VolumeMessage[] }>('ListVolumes', {})).volumes; }

@@ -65,13 +65,24 @@ async function withClient<T>(g: GlobalOptions, fn: (client: ApiClient) => Promis
   }
 }
 
-interface CopyOptions { size?: string; replicas?: string; preferNode?: string; wait: boolean; pollMs: string }
+interface PlaceOptions { replicas?: string; preferNode?: string; onNode?: string }
+interface CopyOptions extends PlaceOptions { size?: string; wait: boolean; pollMs: string }
+
+const ON_NODE_HELP = 'a replica must go on one of these nodes (comma-separated); with --replicas 1, exactly there';
+
+/** --replicas, --prefer-node and --on-node as the API's create options. */
+function placeOptions(opts: PlaceOptions): Pick<CreateVolumeOptions, 'replicas' | 'preferredNode' | 'requiredNodes'> {
+  const replicas = parseReplicas(opts.replicas);
+  const onNodes = (opts.onNode ?? '').split(',').map((n) => n.trim()).filter(Boolean);
+  return { ...(replicas ? { replicas } : {}), ...(opts.preferNode ? { preferredNode: opts.preferNode } : {}), ...(onNodes.length ? { requiredNodes: onNodes } : {}) };
+}
 
 /** The options `snapshot restore` and `volume clone` share with `volume create`, and the wait. */
 function copyCommand(cmd: Command): Command {
   return cmd.option('--size <size>', 'size, e.g. 20GiB [default: the source\'s; never smaller]')
     .option('--replicas <n>', 'replicas on distinct nodes, 1-3 [default: the cluster\'s --default-replicas]')
     .option('--prefer-node <node>', 'place a replica on this node when it qualifies (e.g. where the volume will be used)')
+    .option('--on-node <nodes>', ON_NODE_HELP)
     .option('--no-wait', 'return once the volume exists, without waiting for its replicas to fill')
     .addOption(new Option('--poll-ms <ms>', 'how often to ask for progress while waiting').default('1000').hideHelp());
 }
@@ -90,11 +101,8 @@ function interruptSignal(): { signal: AbortSignal; dispose: () => void } {
  * the fill and exits 130; the new volume stays and keeps filling.
  */
 async function createFrom(g: GlobalOptions, c: ApiClient, name: string, opts: CopyOptions, source: Pick<CreateVolumeOptions, 'sourceSnapshot' | 'sourceVolume'>, verb: string): Promise<void> {
-  const replicas = parseReplicas(opts.replicas);
   const pollMs = Number(opts.pollMs);
-  const created = await c.createVolume(name, opts.size === undefined ? 0 : parseSize(opts.size), {
-    ...(replicas ? { replicas } : {}), ...(opts.preferNode ? { preferredNode: opts.preferNode } : {}), ...source,
-  });
+  const created = await c.createVolume(name, opts.size === undefined ? 0 : parseSize(opts.size), { ...placeOptions(opts), ...source });
   const from = source.sourceSnapshot ? `snapshot ${source.sourceSnapshot}` : `volume ${source.sourceVolume}`;
   const summary = (v: VolumeMessage): string => {
     const nodes = [...new Set(v.replicas.map((r) => r.nodeName))].join(', ');
@@ -141,9 +149,9 @@ function buildProgram(): Command {
   volume.command('create <name>').description('create a thin-provisioned volume').requiredOption('--size <size>', 'size, e.g. 10GiB, 512MiB')
     .option('--replicas <n>', 'replicas on distinct nodes, 1-3 [default: the cluster\'s --default-replicas]')
     .option('--prefer-node <node>', 'place a replica on this node when it qualifies (e.g. where the volume will be used)')
-    .action((name: string, opts: { size: string; replicas?: string; preferNode?: string }) => withClient(g(), async (c) => {
-      const replicas = parseReplicas(opts.replicas);
-      const v = await c.createVolume(name, parseSize(opts.size), { ...(replicas ? { replicas } : {}), ...(opts.preferNode ? { preferredNode: opts.preferNode } : {}) });
+    .option('--on-node <nodes>', ON_NODE_HELP)
+    .action((name: string, opts: PlaceOptions & { size: string }) => withClient(g(), async (c) => {
+      const v = await c.createVolume(name, parseSize(opts.size), placeOptions(opts));
       const nodes = [...new Set(v.replicas.map((r) => r.nodeName))].join(', ');
       print(g().output, v, () => `volume ${v.name} created (${formatBytes(v.sizeBytes)}, ${v.replicas.length} replica(s) on ${nodes || 'no node'})`);
     }));

@@ -106,7 +106,7 @@ function snapshotMessage(s: SnapshotView): object {
   };
 }
 
-interface CreateVolumeRequest extends NameRequest { sizeBytes: number; replicas?: number; preferredNode?: string; sourceSnapshot?: string; sourceVolume?: string }
+interface CreateVolumeRequest extends NameRequest { sizeBytes: number; replicas?: number; preferredNode?: string; sourceSnapshot?: string; sourceVolume?: string; requiredNodes?: string[] }
 
 /** CreateVolume's content source: at most one of source_snapshot and source_volume. */
 export function contentSource(req: Pick<CreateVolumeRequest, 'sourceSnapshot' | 'sourceVolume'>): VolumeContentSource | undefined {
@@ -173,6 +173,7 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
       return volumeMessage(await ctx.volumes.create(name, req.sizeBytes, {
         ...replicasOption(req.replicas),
         ...(req.preferredNode ? { preferredNode: req.preferredNode } : {}),
+        ...(req.requiredNodes?.length ? { requisiteNodes: req.requiredNodes } : {}),
         ...(source ? { source } : {}),
       }), ctx);
     }),

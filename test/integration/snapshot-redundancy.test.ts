@@ -91,4 +91,39 @@ if (prerequisitesMet('snapshot redundancy tests', etcdMissing)) {
     t.is(await shaOf((o, l) => back.read(o, l)), expected, 'the restored volume holds the bytes of the snapshot');
     await back.close();
   });
+
+  test.serial('restore across nodes: a snapshot of a volume on nodes A and B restored into a volume on node C only (cairnctl --on-node): the fill crosses the data channel, the seed on a copy node goes, the bytes are the snapshot\'s', async (t) => {
+    t.timeout(300_000);
+    const c = await Cluster.start({ nodes: 3, flags: { '--repair-wait-ms': '3000' } });
+    t.teardown(() => c.destroy({ failed: !t.passed }));
+    const placed = await c.createVolume('ab', '64MiB', 2, 0, ['--prefer-node', 'node-0']);
+    const a = [0, 1, 2].find((i) => Cluster.replicaOn(placed, i))!;
+    const cNode = [0, 1, 2].find((i) => !Cluster.replicaOn(placed, i))!;
+    await c.exportVolume(a, 'ab');
+    const nbd = await c.nbd(a, 'ab');
+    for (const at of [0, 17 * MiB, 40 * MiB, 61 * MiB]) await nbd.write(at, randomBytes(3 * MiB));
+    await nbd.flush();
+    const expected = await shaOf((o, l) => nbd.read(o, l));
+    const taken = await c.ctlJson<SnapshotMessage>(a, ['snapshot', 'create', 'ab-snap', '--volume', 'ab']);
+    t.false(copyNodes(taken).includes(c.nodeName(cNode)), 'node C holds no copy');
+    await nbd.write(17 * MiB, randomBytes(MiB)); // after the snapshot: not in the restore
+    await nbd.close();
+
+    // Waits (the progress goes to stderr) until the replica on C is in sync.
+    const r = await c.ctl(a, ['-o', 'json', 'snapshot', 'restore', 'ab-snap', 'on-c', '--replicas', '1', '--on-node', c.nodeName(cNode)]);
+    t.is(r.exitCode, 0, r.stderr);
+    const onC = await c.waitFor(() => c.volume('on-c'), (v) => v.replicas.length === 1 && Cluster.replicaOn(v, cNode) !== undefined,
+      'the restored volume on node C only (the seed replica on a copy node removed)', 120_000);
+    t.is(onC.replicas.length, 1);
+    await c.exportVolume(cNode, 'on-c');
+    const back = await c.nbd(cNode, 'on-c');
+    t.is(await shaOf((o, l) => back.read(o, l)), expected, 'node C\'s replica holds the bytes of the snapshot');
+    await back.close();
+
+    // A required node that does not exist: RESOURCE_EXHAUSTED naming it, nothing made.
+    const bad = await c.ctl(a, ['snapshot', 'restore', 'ab-snap', 'nowhere', '--replicas', '1', '--on-node', 'no-such-node', '--no-wait']);
+    t.not(bad.exitCode, 0);
+    t.regex(bad.stderr, /no-such-node/);
+    t.false((await c.ctlJson<{ name: string }[]>(a, ['volume', 'list'])).some((v) => v.name === 'nowhere'));
+  });
 }

@@ -191,6 +191,13 @@ test('snapshot restore passes the source, size and placement, then follows the f
   t.is(volumes.polls, 3);
 });
 
+test('--on-node reaches the daemon as required nodes (comma-separated, blanks dropped)', async (t) => {
+  const { volumes, ctl } = await serve(t, { fillPolls: 1 });
+  const r = await ctl(['snapshot', 'restore', 'before-upgrade', 'pg-c', '--replicas', '1', '--on-node', 'node-c, node-d,', '--no-wait']);
+  t.is(r.exitCode, 0, r.stderr);
+  t.deepEqual(volumes.creates, [['pg-c', 0, { replicas: 1, requisiteNodes: ['node-c', 'node-d'], source: { snapshot: 'before-upgrade' } }]]);
+});
+
 test('volume clone: --no-wait returns at once; -o json prints the volume; a missing source keeps its code', async (t) => {
   const { volumes, ctl } = await serve(t, { fillPolls: 50 });
   const r = await ctl(['volume', 'clone', 'pgdata', 'pg-test', '--no-wait']);
