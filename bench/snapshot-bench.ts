@@ -187,8 +187,8 @@ async function restorePart(b: Bench, cluster: Cluster, api: ApiClient): Promise<
   for (let rep = 0; rep < opts.restoreReps; rep++) {
     for (const s of [
       await timeCpHonest(file, join(b.dir, 'cp-dst.img')),
-      await timeRestore(ctx, `restore-same-${rep}`, 1),
-      await timeRestore(ctx, `restore-cross-${rep}`, 2),
+      await timeRestore(ctx, `restore-same-${rep}`, 'same node'),
+      await timeRestore(ctx, `restore-cross-${rep}`, 'across nodes'),
     ]) {
       samples.push(s);
       console.log(`  #${rep + 1} ${describeRestore(s, size)}`);
