@@ -82,7 +82,7 @@ export class ReplicaCollector {
     const again = await this.listed();
     const deleted: ReplicaId[] = [];
     for (const r of due) {
-      if (this.closed || !again || again.has(r.replicaId) || (await this.inUse(r.replicaId, Date.now()))) continue;
+      if (this.closed || !again || again.has(r.replicaId) || (await this.inUse(r.replicaId, now))) continue;
       await this.opts.manager.delete({ replicaId: r.replicaId, volumeId: r.volumeId }, r.epoch);
       this.unlistedSince.delete(r.replicaId);
       deleted.push(r.replicaId);
