@@ -88,6 +88,15 @@ export interface BlockDevice {
   close(): Promise<void>;
 }
 
+export interface SnapshotOptions {
+  /**
+   * The new device is a snapshot copy that nothing writes (not a restored volume's child):
+   * a backend that limits provisioning (dm's overcommit ratio) does not count its virtual
+   * size, as it only ever holds blocks it shares with its origin or that the origin left.
+   */
+  copy?: boolean;
+}
+
 export interface PoolBackend {
   readonly kind: PoolKind;
   capacity(): Promise<PoolCapacity>;
@@ -105,7 +114,7 @@ export interface PoolBackend {
    * Makes `snapshotId` a point-in-time copy of `sourceId`. The caller quiesces writes to
    * the source first (the write barrier); the backend does not.
    */
-  snapshot(sourceId: DeviceId, snapshotId: DeviceId): Promise<PoolDeviceInfo>;
+  snapshot(sourceId: DeviceId, snapshotId: DeviceId, options?: SnapshotOptions): Promise<PoolDeviceInfo>;
   /** NOT_FOUND when the device does not exist. */
   inspect(id: DeviceId): Promise<PoolDeviceInfo>;
   list(): Promise<PoolDeviceInfo[]>;

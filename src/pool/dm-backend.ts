@@ -18,7 +18,7 @@ import type { DeviceId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import { dmList, dmResume, dmSuspend, dmVersion } from '../native/index.js';
-import type { AllocatedRanges, BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo } from './backend.js';
+import type { AllocatedRanges, BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo, SnapshotOptions } from './backend.js';
 import { THIN_DUMP_MISSING, thinAllocatedRanges, thinDump } from './dm-extents.js';
 import { openBlockDevice } from './block-device.js';
 import { SECTOR_BYTES, parseThinStatus, thinName, thinTable, type ThinPoolStatus } from './dm-layout.js';
@@ -177,7 +177,7 @@ export class DmBackend implements PoolBackend {
   }
 
   /** Not an error when `snapshotId` exists with the source's size (a retried call). */
-  async snapshot(sourceId: DeviceId, snapshotId: DeviceId): Promise<PoolDeviceInfo> {
+  async snapshot(sourceId: DeviceId, snapshotId: DeviceId, options: SnapshotOptions = {}): Promise<PoolDeviceInfo> {
     this.checkOpen();
     if (sourceId === snapshotId) throw new StorageError(Code.INVALID_ARGUMENT, 'a snapshot needs its own id', { details: { device: sourceId } });
     const [first, second] = sourceId < snapshotId ? [sourceId, snapshotId] : [snapshotId, sourceId];
@@ -188,8 +188,8 @@ export class DmBackend implements PoolBackend {
         if (existing.sizeBytes === source.sizeBytes) return this.inspect(snapshotId);
         throw new StorageError(Code.ALREADY_EXISTS, 'snapshot id is taken by a device of another size', { details: { device: snapshotId, source: sourceId } });
       }
-      await this.makeThin(snapshotId, source.sizeBytes, sourceId);
-      this.log.info({ device: snapshotId, source: sourceId, sizeBytes: source.sizeBytes }, 'snapshot created');
+      await this.makeThin(snapshotId, source.sizeBytes, sourceId, options.copy === true);
+      this.log.info({ device: snapshotId, source: sourceId, sizeBytes: source.sizeBytes, copy: options.copy === true }, 'snapshot created');
       return this.inspect(snapshotId);
     }));
   }
@@ -262,10 +262,12 @@ export class DmBackend implements PoolBackend {
     return (await dmList()).map((d) => d.name).filter((n) => n.startsWith(`${this.pool.names.prefix}-`)).sort();
   }
 
-  private async makeThin(id: DeviceId, sizeBytes: number, origin: DeviceId | undefined): Promise<void> {
+  private async makeThin(id: DeviceId, sizeBytes: number, origin: DeviceId | undefined, copy = false): Promise<void> {
     const rec: DmDeviceRecord = await this.withPool(async () => {
-      await this.checkRoom(id, sizeBytes);
-      const r: DmDeviceRecord = { thinId: this.pool.state.nextThinId++, sizeBytes, state: 'creating', createdAt: new Date().toISOString(), ...(origin ? { origin } : {}) };
+      await this.checkRoom(id, copy ? 0 : sizeBytes);
+      const r: DmDeviceRecord = {
+        thinId: this.pool.state.nextThinId++, sizeBytes, state: 'creating', createdAt: new Date().toISOString(), ...(origin ? { origin } : {}), ...(copy ? { copy: true } : {}),
+      };
       this.pool.state.devices[id] = r;
       await this.save();
       return r;
@@ -333,7 +335,7 @@ export class DmBackend implements PoolBackend {
   }
 
   private provisionedBytes(): number {
-    return Object.values(this.pool.state.devices).reduce((sum, d) => sum + (d.state === 'deleting' ? 0 : d.sizeBytes), 0);
+    return Object.values(this.pool.state.devices).reduce((sum, d) => sum + (d.state === 'deleting' || d.copy === true ? 0 : d.sizeBytes), 0);
   }
 
   private record(id: DeviceId): DmDeviceRecord | undefined {

@@ -27,6 +27,8 @@ export interface DmDeviceRecord {
   sizeBytes: number;
   /** The device this one is a snapshot of, if any (it may since have been deleted). */
   origin?: DeviceId;
+  /** A snapshot copy nothing writes: not counted against the overcommit limit. Absent: false. */
+  copy?: boolean;
   state: DmDeviceState;
   createdAt: string;
 }

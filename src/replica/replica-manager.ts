@@ -360,7 +360,7 @@ export class ReplicaManager {
     // A device of this id without a record is left from an attempt that crashed: it is of
     // another moment, so it goes rather than being adopted.
     await this.opts.pool.delete(snap as string as DeviceId);
-    const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId);
+    const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId, { copy: true });
     const copy: SnapshotCopyRecord = { snapshotId: snap, volumeId, replicaId: record.id, sizeBytes: info.sizeBytes, createdAt: new Date().toISOString() };
     try {
       this.opts.store.insertSnapshotCopy(copy);

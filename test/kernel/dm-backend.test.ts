@@ -151,6 +151,25 @@ test('low space: new devices are refused early; a full pool fails writes to new 
   await d.close();
 });
 
+test('snapshot copies do not count against the overcommit limit; a restored child does', async (t) => {
+  const p = await makePool(t, [40 * MIB]); // overcommit ratio 1: virtual sizes up to the pool's size
+  const cap = await p.backend.capacity();
+  const size = Math.floor((cap.totalBytes * 0.6) / MIB) * MIB;
+  await p.backend.create(dev('vol'), size);
+  const d = await p.backend.open(dev('vol'));
+  await d.write(0, pattern(21, MIB), true);
+  await d.close();
+  await p.backend.snapshot(dev('vol'), dev('copy-1'), { copy: true });
+  await p.backend.snapshot(dev('vol'), dev('copy-2'), { copy: true });
+  t.is((await p.backend.capacity()).provisionedBytes, size, 'two copies of a volume at 60 % of the pool: only the volume counts');
+  const child = await t.throwsAsync(p.backend.snapshot(dev('copy-1'), dev('child')), { instanceOf: StorageError });
+  t.is(child?.code, Code.RESOURCE_EXHAUSTED, 'a writable child of a copy counts its size: refused past the limit');
+  t.regex(child?.message ?? '', /overcommit/);
+  const copy = await p.backend.open(dev('copy-2'));
+  sameBytes(t, await copy.read(0, MIB), pattern(21, MIB), 'the copy holds the volume\'s data');
+  await copy.close();
+});
+
 test('a nearly full pool refuses new devices before it is full', async (t) => {
   const p = await makePool(t, [40 * MIB], { overcommitRatio: 2, reservePercent: 50 });
   await p.backend.create(dev('half'), 32 * MIB);
