@@ -94,7 +94,10 @@ if (prerequisitesMet('snapshot redundancy tests', etcdMissing)) {
 
   test.serial('restore across nodes: a snapshot of a volume on nodes A and B restored into a volume on node C only (cairnctl --on-node): the fill crosses the data channel, the seed on a copy node goes, the bytes are the snapshot\'s', async (t) => {
     t.timeout(300_000);
-    const c = await Cluster.start({ nodes: 3, flags: { '--repair-wait-ms': '3000' } });
+    // The default repair wait (5 min): with a short one, a loaded machine may not start the
+    // fill of node C's replica before the repair loop replaces it, as faulted too long, on
+    // another node.
+    const c = await Cluster.start({ nodes: 3 });
     t.teardown(() => c.destroy({ failed: !t.passed }));
     const placed = await c.createVolume('ab', '64MiB', 2, 0, ['--prefer-node', 'node-0']);
     const a = [0, 1, 2].find((i) => Cluster.replicaOn(placed, i))!;
