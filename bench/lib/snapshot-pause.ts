@@ -2,10 +2,12 @@
  * The snapshot barrier's I/O pause under load (issue 12): fio's nbd engine writes 4k at
  * random, QD32, to an exported volume while snapshots are taken through the daemon's API
  * (src/cli/api-client.ts), one every `intervalMs`; the same fio run without snapshots is the
- * reference. Per snapshot: the engine's own pause (pauseUs in the reply), the API call's
- * wall time, and the engine's split of the pause from its 'volume snapshot taken' log line
- * (drain, flush, copy). Client side: fio's IOPS, p99 and slowest completion with and
- * without snapshots. The snapshots are deleted after the run.
+ * reference. Per snapshot: the engine's own pause (pauseUs in the reply: the gate closed ..
+ * reopened), the API call's wall time, the engine's split from its 'volume snapshot taken'
+ * log line (drain and cut under the gate, then the fill), and from the file pool's 'snapshot
+ * copy filled after its cut' line of the engine's node: the longest a write waited for its
+ * chunk to be copied first, and the longest single clone call. Client side: fio's IOPS, p99
+ * and slowest completion with and without snapshots. The snapshots are deleted after the run.
  */
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -43,8 +45,13 @@ export interface SnapshotTiming {
   /** The CreateSnapshot call as the API client saw it (barrier, copies, the store's writes). */
   apiMs: number;
   drainMs: number | undefined;
-  flushMs: number | undefined;
-  copyMs: number | undefined;
+  /** Under the gate, after the drain: until every replica's copy was cut. */
+  cutMs: number | undefined;
+  /** After the gate opened: until every copy was whole. */
+  fillMs: number | undefined;
+  /** The engine node's copy: the longest a write waited for its chunk, and the slowest clone call (file pool). */
+  maxWaitMs: number | undefined;
+  maxCallMs: number | undefined;
 }
 
 export interface PauseSample {
@@ -100,10 +107,16 @@ export async function measurePause(t: PauseTarget, opts: PauseOptions): Promise<
   // fio starts its clock once connected; the margin covers that too.
   const loop = sleep(opts.marginMs).then(() => snapshotLoop(t, opts, `p${Date.now().toString(36)}`));
   const [withSnapshots, { names, replies, failures }] = await Promise.all([fio, loop]);
-  const taken = t.events(mark).filter((e) => e.msg === 'volume snapshot taken');
+  const events = t.events(mark);
+  const taken = events.filter((e) => e.msg === 'volume snapshot taken');
+  const fills = events.filter((e) => e.msg === 'snapshot copy filled after its cut');
   const snapshots = replies.map((r): SnapshotTiming => {
     const e = taken.find((x) => x.snapshot === r.id);
-    return { pauseUs: r.pauseUs, apiMs: r.apiMs, drainMs: num(e, 'drainMs'), flushMs: num(e, 'flushMs'), copyMs: num(e, 'copyMs') };
+    const f = fills.find((x) => x.device === r.id);
+    return {
+      pauseUs: r.pauseUs, apiMs: r.apiMs, drainMs: num(e, 'drainMs'), cutMs: num(e, 'cutMs'), fillMs: num(e, 'fillMs'),
+      maxWaitMs: num(f, 'maxWaitMs'), maxCallMs: num(f, 'maxCallMs'),
+    };
   });
   for (const n of names) await t.api.deleteSnapshot(n).catch((err: unknown) => console.warn(`  warning: deleting snapshot ${n} failed: ${String(err)}`));
   return { label: t.label, rf: t.rf, snapshots, failures, withSnapshots, without };
@@ -120,7 +133,8 @@ export function printPause(samples: PauseSample[], opts: PauseOptions): string[]
   const ms = (us: number): string => (us / 1000).toFixed(1);
   const fmt = (v: number | undefined): string => (v === undefined || Number.isNaN(v) ? '?' : v.toFixed(1));
   console.log(`\nBarrier pause under 4k random write QD32 (fio nbd engine), ${opts.count} snapshots one every ${opts.intervalMs} ms through the API; `
-    + 'engine = pauseUs of the reply (gate closed .. reopened); drain/flush/copy = medians from the engine\'s log; fio figures over the whole run, with snapshots vs the same run without');
+    + 'engine = pauseUs of the reply (gate closed .. reopened); drain/cut/fill = medians from the engine\'s log; write wait = the longest a write waited for its chunk to be copied first, '
+    + 'per snapshot (engine node\'s copy); clone call = the slowest FICLONERANGE run; fio figures over the whole run, with snapshots vs the same run without');
   const rows = [['target', 'what', 'p50', 'p99', 'max', 'reference', 'ratio']];
   for (const s of samples) {
     const pause = s.snapshots.map((x) => x.pauseUs);
@@ -129,12 +143,18 @@ export function printPause(samples: PauseSample[], opts: PauseOptions): string[]
       const v = s.snapshots.map(f).filter((x): x is number => x !== undefined);
       return v.length ? median(v) : undefined;
     };
+    const series = (f: (x: SnapshotTiming) => number | undefined): string[] => {
+      const v = s.snapshots.map(f).filter((x): x is number => x !== undefined);
+      return v.length ? [fmt(percentile(v, 0.5)), fmt(percentile(v, 0.99)), fmt(Math.max(...v))] : ['-', '-', '-'];
+    };
     const w = s.withSnapshots;
     const o = s.without;
     rows.push(
       [s.label, 'engine pause, ms', ms(percentile(pause, 0.5)), ms(percentile(pause, 0.99)), ms(Math.max(...pause)), 'goal p99 20', (percentile(pause, 0.99) / 20_000).toFixed(2)],
       [s.label, 'CreateSnapshot call, ms', ms(percentile(api, 0.5)), ms(percentile(api, 0.99)), ms(Math.max(...api)), '', ''],
-      [s.label, 'drain/flush/copy median, ms', `${fmt(med((x) => x.drainMs))}/${fmt(med((x) => x.flushMs))}/${fmt(med((x) => x.copyMs))}`, '', '', '', ''],
+      [s.label, 'drain/cut/fill median, ms', `${fmt(med((x) => x.drainMs))}/${fmt(med((x) => x.cutMs))}/${fmt(med((x) => x.fillMs))}`, '', '', '', ''],
+      [s.label, 'write wait for its chunk, ms', ...series((x) => x.maxWaitMs), '', ''],
+      [s.label, 'slowest clone call, ms', ...series((x) => x.maxCallMs), '', ''],
       [s.label, 'fio clat with snapshots, ms', ms(w.clatP50Us), ms(w.clatP99Us), ms(w.clatMaxUs), `without: ${ms(o.clatP50Us)}/${ms(o.clatP99Us)}/${ms(o.clatMaxUs)}`, (w.clatMaxUs / o.clatMaxUs).toFixed(2)],
       [s.label, 'fio IOPS with snapshots', Math.round(w.iops).toString(), '', '', `without: ${Math.round(o.iops)}`, (w.iops / o.iops).toFixed(2)],
     );

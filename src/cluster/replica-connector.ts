@@ -78,7 +78,7 @@ interface Peer {
 export function localControl(manager: ReplicaManager, volumeSnapshots?: VolumeSnapshotHook, snapshotPulls?: SnapshotPullHook): ReplicaControl & Partial<SnapshotPuller> {
   return {
     ...(snapshotPulls ? { pullSnapshotCopy: snapshotPulls } : {}),
-    snapshotReplica: (ref, epoch, snapshotId) => manager.snapshot(ref, epoch, snapshotId),
+    snapshotReplica: (ref, epoch, snapshotId, opts) => manager.snapshot(ref, epoch, snapshotId, opts),
     deleteSnapshotCopy: (snapshotId) => manager.deleteSnapshotCopy(snapshotId),
     listSnapshotCopies: () => manager.listSnapshotCopies(),
     createReplicaFromSnapshot: (ref, sizeBytes, epoch, snapshotId) => manager.createReplicaFromSnapshot(ref, sizeBytes, epoch, snapshotId),

@@ -79,10 +79,12 @@ export interface ReplicaControl {
   resizeReplica(ref: ReplicaRefInput, sizeBytes: number, epoch: number): Promise<ReplicaStatusView>;
   /**
    * Copies the replica's device as it is now into the node's copy of snapshot `snapshotId`
-   * (a pool device of that id). The caller's barrier has drained and flushed the replica.
-   * Idempotent; FAILED_PRECONDITION for a stale epoch; RESOURCE_EXHAUSTED without room.
+   * (a pool device of that id). The caller's barrier has drained the volume's writes. With
+   * `cutOnly` the answer comes once the copy's content is fixed; `filling` in it says the
+   * copy is still being filled while writes go on, and the same call without `cutOnly` waits
+   * for it. Idempotent; FAILED_PRECONDITION for a stale epoch; RESOURCE_EXHAUSTED without room.
    */
-  snapshotReplica(ref: ReplicaRefInput, epoch: number, snapshotId: SnapshotId): Promise<SnapshotCopyStatus>;
+  snapshotReplica(ref: ReplicaRefInput, epoch: number, snapshotId: SnapshotId, opts?: { cutOnly?: boolean }): Promise<SnapshotCopyStatus>;
   /** Deletes the node's copy of the snapshot; not an error when there is none. */
   deleteSnapshotCopy(snapshotId: SnapshotId): Promise<void>;
   /** Every snapshot copy the node holds. */
@@ -110,6 +112,8 @@ export interface SnapshotCopyStatus {
   allocatedBytes: number;
   /** RFC 3339. */
   createdAt: string;
+  /** Answered at the cut (`cutOnly`) while the copy is still being filled: ask again to wait for it. */
+  filling?: boolean;
 }
 
 /** What a write barrier snapshot produced: one copy per in-sync replica. */

@@ -8,16 +8,20 @@
  *    fault commit (the fan-out releases region locks before that wait, so the locks do not
  *    tell), and no member has a fault pending: the in-sync set the copies are taken from is
  *    the one the cluster store holds.
- * 3. Every target is flushed (`flushTargets`; a replica whose flush fails is faulted, and
- *    the flush waits for that to be recorded).
- * 4. `snapshotReplica` on every in-sync member at once (local or remote control). A
+ * 3. The cut: `snapshotReplica` with `cutOnly` on every in-sync member at once (local or
+ *    remote control). Each replica lets its own writes in flight settle, flushes its device
+ *    where its pool needs that (dm), and answers once its copy's content is fixed. A
  *    write-only (rebuilding) or faulted replica gets no copy.
- * 5. The gate opens. The pause is from 1 to 5.
+ * 4. The gate opens. The pause is from 1 to 4.
+ * 5. Copies answered `filling` (a file pool fills them while writes go on, holding back only
+ *    writes to chunks not copied yet: file-cut-copy.ts) are waited for. The snapshot is taken
+ *    when every copy is whole; each pool makes its copy durable (the file pool syncs it; dm
+ *    flushed before create_snap), so no flush of the volume is needed under the gate.
  *
  * All copies or none: a failure anywhere (a copy, fencing, closing, no in-sync replica)
  * opens the gate, deletes the copies taken (best effort, logged) and throws. A timer opens
  * the gate at the deadline whatever still runs: the call fails DEADLINE_EXCEEDED, and copies
- * that finish later are deleted once they do. One barrier runs at a time per engine: a
+ * that finish later are deleted once they do. The deadline covers the fill too. One barrier runs at a time per engine: a
  * second is refused ABORTED (the caller retries), as is one whose snapshot id still has
  * copies of a failed attempt being deleted (they would delete the new copies).
  */
@@ -48,8 +52,10 @@ interface Attempt {
   readonly asked: Member[];
   readonly startedAt: number;
   drainMs: number;
-  flushMs: number;
-  copyMs: number;
+  /** Until every member's copy was cut (its content fixed). */
+  cutMs: number;
+  /** After the gate opened, until every copy was whole. */
+  fillMs: number;
 }
 
 const elapsedMs = (since: number): number => Math.round((performance.now() - since) * 1000) / 1000;
@@ -72,7 +78,7 @@ export class WriteBarrier {
     const refused = this.refusal(snapshotId);
     if (refused) throw refused;
     this.running = true;
-    const attempt: Attempt = { snapshotId, expired: false, asked: [], startedAt: performance.now(), drainMs: 0, flushMs: 0, copyMs: 0 };
+    const attempt: Attempt = { snapshotId, expired: false, asked: [], startedAt: performance.now(), drainMs: 0, cutMs: 0, fillMs: 0 };
     let reopen = (): void => undefined;
     fanOut.closeGate(new Promise<void>((resolve) => (reopen = resolve)));
     let pauseUs: number | undefined;
@@ -144,16 +150,29 @@ export class WriteBarrier {
     for (let pending = this.faultsPending(); pending.length > 0; pending = this.faultsPending()) await Promise.allSettled(pending);
     attempt.drainMs = elapsedMs(since);
     this.check(attempt);
-    since = performance.now();
-    await fanOut.flushTargets();
-    attempt.flushMs = elapsedMs(since);
-    this.check(attempt);
     const inSync = [...members.inSync];
     if (inSync.length === 0) throw noInSyncError(ctx);
     since = performance.now();
-    const results = await Promise.allSettled(inSync.map((m) => this.copy(attempt, m)));
-    attempt.copyMs = elapsedMs(since);
+    const cuts = await Promise.allSettled(inSync.map((m) => this.copy(attempt, m, true)));
+    attempt.cutMs = elapsedMs(since);
     this.check(attempt);
+    this.throwFailures(attempt, inSync, cuts);
+    const pauseUs = open();
+    since = performance.now();
+    const filled = await Promise.allSettled(inSync.map((m, i) => {
+      const cut = (cuts[i] as PromiseFulfilledResult<SnapshotCopyStatus>).value;
+      return cut.filling ? this.copy(attempt, m, false) : Promise.resolve(cut);
+    }));
+    attempt.fillMs = elapsedMs(since);
+    this.check(attempt);
+    this.throwFailures(attempt, inSync, filled);
+    const copies = filled.map((r, i) => ({ nodeId: inSync[i]!.entry.nodeId, replicaId: inSync[i]!.id, sizeBytes: (r as PromiseFulfilledResult<SnapshotCopyStatus>).value.sizeBytes }));
+    return { copies, pauseUs, epoch: ctx.epoch };
+  }
+
+  /** Throws when any member's copy failed: the engine is fenced on a newer epoch, else the first error, naming every failure. */
+  private throwFailures(attempt: Attempt, inSync: Member[], results: PromiseSettledResult<SnapshotCopyStatus>[]): void {
+    const { ctx } = this.deps;
     const failures: string[] = [];
     let first: StorageError | undefined;
     results.forEach((r, i) => {
@@ -168,20 +187,21 @@ export class WriteBarrier {
       throw new StorageError(first.code, `snapshot ${attempt.snapshotId} of volume ${ctx.name} failed (${failures.join('; ')}); writes resumed and no copy is kept`,
         { cause: first, details: { volumeId: ctx.volumeId, snapshot: attempt.snapshotId, replicas: inSync.filter((_, i) => results[i]!.status === 'rejected').map((m) => m.id) } });
     }
-    const pauseUs = open();
-    const copies = results.map((r, i) => ({ nodeId: inSync[i]!.entry.nodeId, replicaId: inSync[i]!.id, sizeBytes: (r as PromiseFulfilledResult<SnapshotCopyStatus>).value.sizeBytes }));
-    return { copies, pauseUs, epoch: ctx.epoch };
   }
 
-  private async copy(attempt: Attempt, m: Member): Promise<SnapshotCopyStatus> {
+  /**
+   * Asks a member for its copy: at the cut (`cutOnly`; the answer may say it is still being
+   * filled), or, after the cut, until the copy is whole.
+   */
+  private async copy(attempt: Attempt, m: Member, cutOnly: boolean): Promise<SnapshotCopyStatus> {
     const { ctx, connector } = this.deps;
     const control = await connector.control(m.entry.nodeId);
-    attempt.asked.push(m);
+    if (cutOnly) attempt.asked.push(m);
     try {
-      return await control.snapshotReplica({ replicaId: m.id, volumeId: ctx.volumeId }, ctx.epoch, attempt.snapshotId);
+      return await control.snapshotReplica({ replicaId: m.id, volumeId: ctx.volumeId }, ctx.epoch, attempt.snapshotId, { cutOnly });
     } catch (err) {
       // ALREADY_EXISTS: the node's copy of this id is another replica's; it is not this attempt's to delete.
-      if (isStorageError(err, Code.ALREADY_EXISTS)) attempt.asked.splice(attempt.asked.indexOf(m), 1);
+      if (cutOnly && isStorageError(err, Code.ALREADY_EXISTS)) attempt.asked.splice(attempt.asked.indexOf(m), 1);
       throw err;
     }
   }
@@ -228,12 +248,12 @@ export class WriteBarrier {
   }
 
   private logDone(a: Attempt, r: VolumeSnapshotResult): void {
-    this.deps.ctx.log.info({ snapshot: a.snapshotId, pauseMs: r.pauseUs / 1000, drainMs: a.drainMs, flushMs: a.flushMs, copyMs: a.copyMs, copies: r.copies.length },
+    this.deps.ctx.log.info({ snapshot: a.snapshotId, pauseMs: r.pauseUs / 1000, drainMs: a.drainMs, cutMs: a.cutMs, fillMs: a.fillMs, copies: r.copies.length },
       'volume snapshot taken');
   }
 
   private logFailed(a: Attempt, pauseUs: number, err: unknown): void {
-    this.deps.ctx.log.warn({ snapshot: a.snapshotId, pauseMs: pauseUs / 1000, drainMs: a.drainMs, flushMs: a.flushMs, copyMs: a.copyMs, copies: 0, err: (err as Error).message },
+    this.deps.ctx.log.warn({ snapshot: a.snapshotId, pauseMs: pauseUs / 1000, drainMs: a.drainMs, cutMs: a.cutMs, fillMs: a.fillMs, copies: 0, err: (err as Error).message },
       'volume snapshot failed; no copy kept');
   }
 }

@@ -1,5 +1,5 @@
 /**
- * File calls node lacks: fallocate (punch hole, zero range), FICLONE, SEEK_DATA and
+ * File calls node lacks: fallocate (punch hole, zero range), FICLONE, FICLONERANGE, SEEK_DATA and
  * SEEK_HOLE, and FIFREEZE/FITHAW. All run off the event loop; failures are SystemError.
  */
 import { callNative } from './native-errors.js';
@@ -36,6 +36,22 @@ export async function ficlone(destFd: number, srcFd: number): Promise<void> {
   checkFd(destFd, 'destFd');
   checkFd(srcFd, 'srcFd');
   await callNative(() => nativeAddon().ficlone(destFd, srcFd), { destFd, srcFd });
+}
+
+/**
+ * ioctl(FICLONERANGE): `destFd`'s bytes [destOffset, destOffset + length) share `srcFd`'s
+ * blocks of [srcOffset, srcOffset + length). Offsets and length are multiples of the
+ * filesystem's block size, except that a range may end at the source's end of file. Fails
+ * like ficlone() where the filesystem cannot share blocks. A zero length is refused here
+ * (the kernel would read it as "to the end of the file").
+ */
+export async function ficloneRange(destFd: number, srcFd: number, srcOffset: number, length: number, destOffset: number): Promise<void> {
+  checkFd(destFd, 'destFd');
+  checkFd(srcFd, 'srcFd');
+  checkUint(srcOffset, 'srcOffset');
+  checkPositive(length, 'length');
+  checkUint(destOffset, 'destOffset');
+  await callNative(() => nativeAddon().ficloneRange(destFd, srcFd, srcOffset, length, destOffset), { destFd, srcFd, srcOffset, length, destOffset });
 }
 
 /** The first data offset at or after `offset`, or null when only holes follow. */

@@ -10,6 +10,7 @@ export {
   punchHole,
   zeroRange,
   ficlone,
+  ficloneRange,
   seekData,
   seekHole,
   fsFreeze,

@@ -89,6 +89,7 @@ export interface NativeAddon {
   readonly FALLOC_FL_ZERO_RANGE: number;
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
   ficlone(destFd: number, srcFd: number): Promise<void>;
+  ficloneRange(destFd: number, srcFd: number, srcOffset: number, length: number, destOffset: number): Promise<void>;
   /** lseek(SEEK_DATA): the next data offset at or after `offset`, null when none. */
   seekData(fd: number, offset: number): Promise<number | null>;
   /** lseek(SEEK_HOLE): the next hole at or after `offset` (EOF counts), null past EOF. */

@@ -95,10 +95,25 @@ export interface SnapshotOptions {
    * size, as it only ever holds blocks it shares with its origin or that the origin left.
    */
   copy?: boolean;
+  /**
+   * Asks for a snapshot taken while writes go on. A backend that can calls `onCut` once the
+   * copy's content is fixed (the cut): writes to the source from then on do not reach the
+   * copy, so the caller may let them resume, and the promise resolves later, when the copy
+   * is complete and durable. A backend that cannot never calls it: the copy is fixed when
+   * the promise resolves, and the caller holds writes until then.
+   */
+  onCut?: () => void;
 }
 
 export interface PoolBackend {
   readonly kind: PoolKind;
+  /**
+   * True when snapshot() captures writes that completed without a flush and makes the copy
+   * durable itself (a file pool: a reflink or copy sees the page cache, and the copy is
+   * synced). Otherwise the caller flushes the source first (dm: thin blocks are mapped only
+   * when writes reach the pool).
+   */
+  readonly snapshotFlushes?: boolean;
   capacity(): Promise<PoolCapacity>;
   /**
    * Creates a zero-filled device. Not an error when a device of that id and size already
@@ -112,7 +127,8 @@ export interface PoolBackend {
   resize(id: DeviceId, sizeBytes: number): Promise<PoolDeviceInfo>;
   /**
    * Makes `snapshotId` a point-in-time copy of `sourceId`. The caller quiesces writes to
-   * the source first (the write barrier); the backend does not.
+   * the source first (the write barrier) and keeps them quiesced until the promise resolves,
+   * or with `options.onCut` until the backend calls it.
    */
   snapshot(sourceId: DeviceId, snapshotId: DeviceId, options?: SnapshotOptions): Promise<PoolDeviceInfo>;
   /** NOT_FOUND when the device does not exist. */

@@ -10,6 +10,10 @@
  * Sizes are whole 512-byte sectors, as the dm backend needs, so both backends take the
  * same sizes. Snapshots are reflinks (FICLONE) where the filesystem can (xfs with
  * reflink=1, btrfs); elsewhere they are full sparse copies, with one warning per pool.
+ * A snapshot asked for with `onCut` is taken while writes go on (file-cut-copy.ts): the
+ * cut registers the copy, every device opened on the source then lets a change through
+ * only once the chunks it touches are in the copy, and the copy is filled in the
+ * background by FICLONERANGE runs (or copies).
  *
  * Layouts (file-layout.ts): `direct` keeps the devices in `<dir>/devices` as above;
  * `xfs-image` keeps them in `<dir>/xfs/devices`, on an xfs image the pool mounts
@@ -34,9 +38,10 @@ import { Code, StorageError, fromNodeError } from '../common/errors.js';
 import { asDeviceId, type DeviceId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
-import type { BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo } from './backend.js';
+import type { BlockDevice, PoolBackend, PoolCapacity, PoolDeviceInfo, SnapshotOptions } from './backend.js';
 import { openFileDevice } from './file-device.js';
-import { cloneOrCopy } from './file-copy.js';
+import { cloneOrCopy, type CopyMethod } from './file-copy.js';
+import { CutCopy } from './file-cut-copy.js';
 import { resolveLayout, type FileLayout, type FileLayoutChoice } from './file-layout.js';
 import { releaseBlocks, spaceOf, XfsImage, type FsSpace } from './xfs-image.js';
 import { syncDirectory } from '../common/fs-sync.js';
@@ -73,6 +78,8 @@ function checkSize(sizeBytes: number): void {
 
 export class FileBackend implements PoolBackend {
   readonly kind = 'file' as const;
+  /** A reflink or copy reads the page cache, and the copy is synced before it is renamed in. */
+  readonly snapshotFlushes = true;
   readonly dir: string;
   private devicesDir: string;
   private readonly log: Logger;
@@ -86,6 +93,8 @@ export class FileBackend implements PoolBackend {
   /** Sizes being provisioned by calls in flight, so concurrent calls see each other. */
   private readonly pending = new Map<DeviceId, number>();
   private warnedNoReflink = false;
+  /** Copies being filled after their cut, by source device: its writes wait on them. */
+  private readonly cuts = new Map<DeviceId, CutCopy>();
   private closed = false;
 
   private constructor(options: FileBackendOptions) {
@@ -235,16 +244,16 @@ export class FileBackend implements PoolBackend {
    * Not an error when `snapshotId` already exists with the source's size (a retried
    * call; which source it came from is the caller's record); ALREADY_EXISTS otherwise.
    */
-  async snapshot(sourceId: DeviceId, snapshotId: DeviceId): Promise<PoolDeviceInfo> {
+  async snapshot(sourceId: DeviceId, snapshotId: DeviceId, options: SnapshotOptions = {}): Promise<PoolDeviceInfo> {
     this.checkOpen();
     if (sourceId === snapshotId) {
       throw new StorageError(Code.INVALID_ARGUMENT, 'a snapshot needs its own id', { details: { device: sourceId } });
     }
     const [first, second] = sourceId < snapshotId ? [sourceId, snapshotId] : [snapshotId, sourceId];
-    return this.locks.run(first, () => this.locks.run(second, () => this.snapshotLocked(sourceId, snapshotId)));
+    return this.locks.run(first, () => this.locks.run(second, () => this.snapshotLocked(sourceId, snapshotId, options.onCut)));
   }
 
-  private async snapshotLocked(sourceId: DeviceId, snapshotId: DeviceId): Promise<PoolDeviceInfo> {
+  private async snapshotLocked(sourceId: DeviceId, snapshotId: DeviceId, onCut: (() => void) | undefined): Promise<PoolDeviceInfo> {
     const source = await this.inspect(sourceId);
     const existing = await this.find(snapshotId);
     if (existing) {
@@ -257,7 +266,7 @@ export class FileBackend implements PoolBackend {
       this.makeAtomically(snapshotId, async (dest) => {
         const src = await open(source.path, 'r');
         try {
-          const method = await cloneOrCopy(src, dest, source.sizeBytes);
+          const method = onCut ? await this.copyAfterCut(sourceId, snapshotId, src, dest, source.sizeBytes, onCut) : await cloneOrCopy(src, dest, source.sizeBytes);
           if (method === 'copy' && !this.warnedNoReflink) {
             this.warnedNoReflink = true;
             this.log.warn({ pool: this.dir, device: snapshotId, source: sourceId, hint: NO_REFLINK_HINT }, NO_REFLINK_WARNING);
@@ -269,6 +278,22 @@ export class FileBackend implements PoolBackend {
     );
     this.log.info({ device: snapshotId, source: sourceId, sizeBytes: source.sizeBytes }, 'snapshot created');
     return info;
+  }
+
+  /** The cut, then the copy filled while writes go on (file-cut-copy.ts). */
+  private async copyAfterCut(sourceId: DeviceId, snapshotId: DeviceId, src: FileHandle, dest: FileHandle, sizeBytes: number, onCut: () => void): Promise<CopyMethod> {
+    await dest.truncate(sizeBytes);
+    const copy = new CutCopy(src, dest, sizeBytes);
+    const since = performance.now();
+    this.cuts.set(sourceId, copy);
+    try {
+      onCut();
+      const stats = await copy.fill();
+      this.log.info({ device: snapshotId, source: sourceId, fillMs: Math.round(performance.now() - since), ...stats }, 'snapshot copy filled after its cut');
+      return stats.method;
+    } finally {
+      this.cuts.delete(sourceId);
+    }
   }
 
   async inspect(id: DeviceId): Promise<PoolDeviceInfo> {
@@ -301,7 +326,7 @@ export class FileBackend implements PoolBackend {
 
   async open(id: DeviceId): Promise<BlockDevice> {
     const info = await this.inspect(id);
-    return openFileDevice(info.path, id, info.sizeBytes, this.log);
+    return openFileDevice(info.path, id, info.sizeBytes, this.log, undefined, () => this.cuts.get(id));
   }
 
   /** Marks the pool closed; in the xfs-image layout also unmounts the image (open devices must be closed first). */

@@ -42,7 +42,8 @@ export async function copySparse(src: FileHandle, dest: FileHandle, sizeBytes: n
   }
 }
 
-async function copyRange(src: FileHandle, dest: FileHandle, start: number, end: number, buf: Buffer): Promise<void> {
+/** Copies [start, end) of `src` into `dest` at the same offsets through `buf`; all-zero pieces stay holes. */
+export async function copyRange(src: FileHandle, dest: FileHandle, start: number, end: number, buf: Buffer): Promise<void> {
   for (let at = start; at < end; ) {
     const want = Math.min(buf.length, end - at);
     const { bytesRead } = await src.read(buf, 0, want, at);

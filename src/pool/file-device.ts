@@ -67,6 +67,13 @@ function errnoError(negErrno: number, syscall: string, details: Record<string, u
   return new SystemError(codeForErrno(errnoName), `${syscall} failed: ${errnoName}`, { errno, errnoName, syscall }, { details });
 }
 
+/**
+ * Asked before every change of a device (write, trim, write-zeroes): a promise to wait for
+ * before the change may go ahead, or undefined to go ahead now. A snapshot copy being filled
+ * after its cut (file-cut-copy.ts) answers.
+ */
+export type ChangeGate = () => { before(offset: number, length: number): Promise<void> | undefined } | undefined;
+
 /** What one batched op reads into or writes from: a buffer, several (pwritev), or none (fdatasync). */
 type IoBuffers = Uint8Array | readonly Uint8Array[] | null;
 
@@ -198,8 +205,14 @@ class FileBlockDevice implements BlockDevice {
     private readonly handle: FileHandle,
     private readonly io: NativeIo,
     private readonly log: Logger,
+    private readonly gate: ChangeGate | undefined,
   ) {
     this.batcher = new IoBatcher(io, handle.fd, id);
+  }
+
+  /** A wait before changing [offset, offset + length), or undefined (see ChangeGate). */
+  private waitToChange(offset: number, length: number): Promise<void> | undefined {
+    return this.gate?.()?.before(offset, length);
   }
 
   read(offset: number, length: number): Promise<Buffer> {
@@ -246,6 +259,12 @@ class FileBlockDevice implements BlockDevice {
 
   write(offset: number, data: Uint8Array, fua = false): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
+    const wait = this.waitToChange(offset, data.byteLength);
+    return wait ? wait.then(() => this.writeNow(offset, data, fua)) : this.writeNow(offset, data, fua);
+  }
+
+  private writeNow(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    if (this.closed) return Promise.reject(this.closedError());
     if (!fua && data.byteLength <= SYNC_WRITE_MAX_BYTES && this.syncWrites()) {
       const t0 = performance.now();
       const r = this.io.ioPwrite(this.handle.fd, data, offset);
@@ -257,6 +276,12 @@ class FileBlockDevice implements BlockDevice {
   /** Like write(), from several buffers at once: pwritev, never a copy into one buffer. */
   writev(offset: number, parts: readonly Uint8Array[], fua = false): Promise<void> {
     if (parts.length === 1) return this.write(offset, parts[0]!, fua);
+    if (this.closed) return Promise.reject(this.closedError());
+    const wait = this.waitToChange(offset, byteLengthOf(parts));
+    return wait ? wait.then(() => this.writevNow(offset, parts, fua)) : this.writevNow(offset, parts, fua);
+  }
+
+  private writevNow(offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
     if (!fua && byteLengthOf(parts) <= SYNC_WRITE_MAX_BYTES && this.syncWrites()) {
       const t0 = performance.now();
@@ -273,12 +298,15 @@ class FileBlockDevice implements BlockDevice {
 
   trim(offset: number, length: number): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
-    return this.track(this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length));
+    const punch = (): Promise<void> => this.track(this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length));
+    const wait = this.waitToChange(offset, length);
+    return wait ? this.track(wait.then(punch)) : punch();
   }
 
   writeZeroes(offset: number, length: number, mayTrim: boolean): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
-    return this.track(this.zeroRange(offset, length, mayTrim));
+    const wait = this.waitToChange(offset, length);
+    return this.track(wait ? wait.then(() => this.zeroRange(offset, length, mayTrim)) : this.zeroRange(offset, length, mayTrim));
   }
 
   private async zeroRange(offset: number, length: number, mayTrim: boolean): Promise<void> {
@@ -385,9 +413,9 @@ class FileBlockDevice implements BlockDevice {
 /**
  * Opens the file at `path` as a block device of `sizeBytes`. NOT_FOUND when it does not
  * exist. Bytes past the end of a shorter file read as zeros. `io` is the native addon's I/O
- * (tests may pass a wrapper that injects errors).
+ * (tests may pass a wrapper that injects errors); `gate` is asked before every change.
  */
-export async function openFileDevice(path: string, id: DeviceId, sizeBytes: number, log: Logger, io: NativeIo = nativeIo()): Promise<BlockDevice> {
+export async function openFileDevice(path: string, id: DeviceId, sizeBytes: number, log: Logger, io: NativeIo = nativeIo(), gate?: ChangeGate): Promise<BlockDevice> {
   let handle: FileHandle;
   try {
     handle = await open(path, 'r+');
@@ -395,5 +423,5 @@ export async function openFileDevice(path: string, id: DeviceId, sizeBytes: numb
     throw fromNodeError(err, 'open device file', { device: id, path });
   }
   log.debug({ device: id, path, sizeBytes }, 'file device opened');
-  return new FileBlockDevice(id, sizeBytes, handle, io, log);
+  return new FileBlockDevice(id, sizeBytes, handle, io, log, gate);
 }

@@ -17,7 +17,7 @@ import type { RebuildProgressRecord } from '../store/node-store.js';
 import { DEFAULT_REPLICA_LIMITS } from './io-types.js';
 import { IoStream, type IoStreamOptions } from './io-stream.js';
 import type { SnapshotId, VolumeId } from '../common/ids.js';
-import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView, SnapshotCopyView } from './replica-manager.js';
+import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView, SnapshotCallOptions, SnapshotCopyView } from './replica-manager.js';
 import type { PullSnapshotCopyInput, SnapshotPuller } from './snapshot-pull.js';
 import {
   IO_METHOD_PATH, checksumFromWire, refToWire, replicaServiceConstructor, snapshotCopyFromWire, statusViewFromWire, volumeSnapshotFromWire,
@@ -113,8 +113,8 @@ export class ReplicaClient implements SnapshotPuller {
   }
 
   /** Copies the replica into the peer's copy of the snapshot; idempotent. */
-  async snapshotReplica(ref: ReplicaRefInput, epoch: number, snapshotId: SnapshotId): Promise<SnapshotCopyView> {
-    return snapshotCopyFromWire(await this.call<SnapshotCopyMessage>('SnapshotReplica', { replica: refToWire(ref), epoch, snapshotId }));
+  async snapshotReplica(ref: ReplicaRefInput, epoch: number, snapshotId: SnapshotId, opts: SnapshotCallOptions = {}): Promise<SnapshotCopyView> {
+    return snapshotCopyFromWire(await this.call<SnapshotCopyMessage>('SnapshotReplica', { replica: refToWire(ref), epoch, snapshotId, cutOnly: opts.cutOnly === true }));
   }
 
   /** Not an error when the peer holds no copy. */

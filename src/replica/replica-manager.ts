@@ -46,6 +46,20 @@ export interface SnapshotCopyView {
   allocatedBytes: number;
   /** RFC 3339. */
   createdAt: string;
+  /**
+   * True in the answer to a `cutOnly` snapshot call when the copy's content is fixed but it
+   * is still being filled: the same call again (without cutOnly) waits until it is whole.
+   */
+  filling?: boolean;
+}
+
+/** How a SnapshotReplica call is answered. */
+export interface SnapshotCallOptions {
+  /**
+   * Answer once the copy's content is fixed (the cut), with `filling` set when the pool goes
+   * on filling it while writes resume; without it, answer when the copy is whole.
+   */
+  cutOnly?: boolean;
 }
 
 export interface ChecksumRangeResult {
@@ -91,6 +105,8 @@ export class ReplicaManager {
   readonly limits: ReplicaLimits;
   private readonly replicas = new Map<ReplicaId, Promise<Replica>>();
   private readonly locks = new KeyedLock();
+  /** Copies answered at their cut and still being filled, by snapshot id. */
+  private readonly filling = new Map<SnapshotId, { replicaId: ReplicaId; done: Promise<SnapshotCopyView> }>();
   /** Replicas being deleted: no new I/O opens them. */
   private readonly deleting = new Set<ReplicaId>();
   private closed = false;
@@ -286,14 +302,23 @@ export class ReplicaManager {
   /**
    * Copies the replica's device as it is now into this node's copy of `snapshotId` (a pool
    * device of that id; thin snapshot or reflink). Fenced like every change. The caller's
-   * barrier drained the volume's writes; the open device is flushed here too. Idempotent: a
-   * copy of this snapshot from this replica is answered as it is; one from another replica
+   * barrier drained the volume's writes; writes still in flight here settle first. Idempotent:
+   * a copy of this snapshot from this replica is answered as it is; one from another replica
    * is ALREADY_EXISTS. A failure leaves no device and no record.
+   *
+   * With `cutOnly` the answer comes at the cut: where the pool fills the copy while writes go
+   * on (a file pool), the answer says `filling`, the caller lets writes resume, and calls
+   * again without `cutOnly` to wait until the copy is whole and recorded.
    */
-  async snapshot(ref: ReplicaRefInput, epoch: number, snapshotId: string): Promise<SnapshotCopyView> {
+  async snapshot(ref: ReplicaRefInput, epoch: number, snapshotId: string, opts: SnapshotCallOptions = {}): Promise<SnapshotCopyView> {
     const id = this.parseRef(ref);
     const snap = parseSnapshotId(snapshotId);
-    return this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
+    const filling = this.filling.get(snap);
+    if (filling && filling.replicaId === id) return filling.done;
+    let cutAt: { sizeBytes: number; volumeId: VolumeId } | undefined;
+    let onCut: (() => void) | undefined;
+    const cut = new Promise<void>((resolve) => (onCut = resolve));
+    const done = this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
       const record = this.opts.store.getHostedReplica(id);
       if (!record || record.volumeId !== ref.volumeId) throw this.notFound(ref);
       await this.fence(record, epoch);
@@ -303,10 +328,19 @@ export class ReplicaManager {
         throw new StorageError(Code.ALREADY_EXISTS, `snapshot ${snap} already has a copy on this node, taken from replica ${existing.replicaId} of volume ${existing.volumeId}: use another snapshot id`,
           { details: { snapshot: snap, replica: existing.replicaId } });
       }
-      const copy = await this.copyDevice(record, snap, record.volumeId);
+      if (opts.cutOnly) cutAt = { sizeBytes: (await this.opts.pool.inspect(record.deviceId)).sizeBytes, volumeId: record.volumeId };
+      const copy = await this.copyDevice(record, snap, record.volumeId, opts.cutOnly ? onCut : undefined);
       this.opts.log.info({ snapshot: snap, replica: id, volumeId: record.volumeId, sizeBytes: copy.sizeBytes, epoch }, 'snapshot copy taken');
       return copy;
     }));
+    if (!opts.cutOnly) return done;
+    const first = await Promise.race([cut.then(() => 'cut' as const), done.then(() => 'done' as const, () => 'done' as const)]);
+    if (first === 'done' || !cutAt) return done;
+    const entry = { replicaId: id, done };
+    this.filling.set(snap, entry);
+    const forget = (): void => void (this.filling.get(snap) === entry && this.filling.delete(snap));
+    done.then(forget, forget);
+    return { snapshotId: snap, volumeId: cutAt.volumeId, replicaId: id, sizeBytes: cutAt.sizeBytes, allocatedBytes: 0, createdAt: new Date().toISOString(), filling: true };
   }
 
   /** This node's copy of the snapshot, or undefined when it holds none (or its device is gone). */
@@ -343,11 +377,13 @@ export class ReplicaManager {
   }
 
   /**
-   * Copies the replica's device (flushed first when open) into the pool device `snap` and
-   * records it as this node's copy of that snapshot of `volumeId`. Runs under the replica's
-   * and the copy's locks. A failure leaves no device and no record.
+   * Copies the replica's device (its writes settled, and flushed first where the pool needs
+   * it) into the pool device `snap` and records it as this node's copy of that snapshot of
+   * `volumeId`. With `onCut`, the pool may call it once the copy's content is fixed and fill
+   * the copy while writes go on. Runs under the replica's and the copy's locks. A failure
+   * leaves no device and no record.
    */
-  private async copyDevice(record: HostedReplicaRecord, snap: SnapshotId, volumeId: VolumeId): Promise<SnapshotCopyView> {
+  private async copyDevice(record: HostedReplicaRecord, snap: SnapshotId, volumeId: VolumeId, onCut?: () => void): Promise<SnapshotCopyView> {
     if (this.opts.store.knownDeviceIds().has(snap as string as DeviceId)) {
       throw new StorageError(Code.ALREADY_EXISTS, `snapshot id ${snap} names another device of this node's pool: use another snapshot id`, { details: { snapshot: snap } });
     }
@@ -355,12 +391,12 @@ export class ReplicaManager {
     const replica = loaded && await loaded.catch(() => undefined);
     if (replica && !replica.isClosed) {
       await replica.writesSettled();
-      await (await replica.openedDevice()).flush();
+      if (!this.opts.pool.snapshotFlushes) await (await replica.openedDevice()).flush();
     }
     // A device of this id without a record is left from an attempt that crashed: it is of
     // another moment, so it goes rather than being adopted.
     await this.opts.pool.delete(snap as string as DeviceId);
-    const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId, { copy: true });
+    const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId, { copy: true, ...(onCut ? { onCut } : {}) });
     const copy: SnapshotCopyRecord = { snapshotId: snap, volumeId, replicaId: record.id, sizeBytes: info.sizeBytes, createdAt: new Date().toISOString() };
     try {
       this.opts.store.insertSnapshotCopy(copy);

@@ -93,8 +93,8 @@ function handlers(manager: ReplicaManager, log: Logger, volumeSnapshots: VolumeS
     FinishRebuild: h('FinishRebuild', async (req: Fenced) => statusViewToWire(await manager.finishRebuild(ref(req), req.epoch))),
     ResizeReplica: h('ResizeReplica', async (req: Fenced & { sizeBytes: number }) =>
       statusViewToWire(await manager.resize(ref(req), req.sizeBytes, req.epoch))),
-    SnapshotReplica: h('SnapshotReplica', async (req: Fenced & { snapshotId: string }) =>
-      snapshotCopyToWire(await manager.snapshot(ref(req), req.epoch, req.snapshotId))),
+    SnapshotReplica: h('SnapshotReplica', async (req: Fenced & { snapshotId: string; cutOnly: boolean }) =>
+      snapshotCopyToWire(await manager.snapshot(ref(req), req.epoch, req.snapshotId, { cutOnly: req.cutOnly === true }))),
     DeleteSnapshotCopy: h('DeleteSnapshotCopy', async (req: { snapshotId: string }) => {
       await manager.deleteSnapshotCopy(req.snapshotId);
       return {};

@@ -33,7 +33,7 @@ export interface ReplicaStatusMessage {
 export interface ChecksumRangeMessage { algorithm: string; offset: number; regionBytes: number; digests: Uint8Array[] }
 export interface AllocatedRangesMessage { extents: Array<{ offset: number; lengthBytes: number }>; endOffset: number }
 export interface SnapshotCopyMessage {
-  snapshotId: string; volumeId: string; replicaId: string; sizeBytes: number; allocatedBytes: number; createdAt: string;
+  snapshotId: string; volumeId: string; replicaId: string; sizeBytes: number; allocatedBytes: number; createdAt: string; filling?: boolean;
 }
 export interface SnapshotVolumeResponseMessage {
   copies: Array<{ nodeId: string; replicaId: string; sizeBytes: number }>; pauseUs: number; epoch: number;
@@ -112,13 +112,13 @@ export function checksumFromWire(m: ChecksumRangeMessage): ChecksumRangeResult {
 }
 
 export function snapshotCopyToWire(v: SnapshotCopyView): SnapshotCopyMessage {
-  return { snapshotId: v.snapshotId, volumeId: v.volumeId, replicaId: v.replicaId, sizeBytes: v.sizeBytes, allocatedBytes: v.allocatedBytes, createdAt: v.createdAt };
+  return { snapshotId: v.snapshotId, volumeId: v.volumeId, replicaId: v.replicaId, sizeBytes: v.sizeBytes, allocatedBytes: v.allocatedBytes, createdAt: v.createdAt, filling: v.filling === true };
 }
 
 export function snapshotCopyFromWire(m: SnapshotCopyMessage): SnapshotCopyView {
   return {
     snapshotId: m.snapshotId as SnapshotId, volumeId: m.volumeId as VolumeId, replicaId: m.replicaId as ReplicaId,
-    sizeBytes: m.sizeBytes, allocatedBytes: m.allocatedBytes, createdAt: m.createdAt,
+    sizeBytes: m.sizeBytes, allocatedBytes: m.allocatedBytes, createdAt: m.createdAt, ...(m.filling ? { filling: true } : {}),
   };
 }
 

@@ -11,6 +11,7 @@ import {
   blockDeviceSize,
   fallocate,
   ficlone,
+  ficloneRange,
   fsThaw,
   punchHole,
   seekData,
@@ -124,6 +125,7 @@ test('bad arguments are INVALID_ARGUMENT StorageErrors, checked before the nativ
       ['NaN length', () => punchHole(fh.fd, 0, Number.NaN)],
       ['fractional offset', () => seekData(fh.fd, 1.5)],
       ['fd out of range', () => ficlone(2 ** 40, fh.fd)],
+      ['zero-length clone range (the kernel would clone to the end of the file)', () => ficloneRange(fh.fd, fh.fd, 0, 0, 0)],
     ];
     for (const [name, call] of cases) {
       const err = await t.throwsAsync(call(), { instanceOf: StorageError }, name);

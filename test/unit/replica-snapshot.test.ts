@@ -52,6 +52,20 @@ test('a copy holds the replica as it was at the call; later writes stay out of i
   t.deepEqual((await fx.manager.listSnapshotCopies()).map((c) => [c.snapshotId, c.replicaId, c.volumeId]), [[SNAP, 'rep-a', 'vol-a']]);
 });
 
+test('cutOnly: the answer comes at the cut, marked filling; writes after it stay out of the copy; the call again waits for the whole copy, which is then recorded', async (t) => {
+  const fx = await withReplica(t);
+  await write(fx, 1, 0, 0xa1);
+  const cut = await fx.manager.snapshot(ref, 1, SNAP, { cutOnly: true });
+  t.like(cut, { snapshotId: SNAP, replicaId: 'rep-a', volumeId: 'vol-a', sizeBytes: SIZE, filling: true });
+  await write(fx, 1, 0, 0xb2);
+  const whole = await fx.manager.snapshot(ref, 1, SNAP);
+  t.like(whole, { snapshotId: SNAP, replicaId: 'rep-a', sizeBytes: SIZE });
+  t.falsy(whole.filling);
+  t.deepEqual(await readDevice(fx, SNAP, 0, 4096), filled(4096, 0xa1), 'the copy has the write before the cut, not the one after');
+  t.deepEqual((await fx.manager.listSnapshotCopies()).map((c) => c.snapshotId), [SNAP]);
+  t.like(await fx.manager.snapshot(ref, 1, SNAP, { cutOnly: true }), { snapshotId: SNAP, sizeBytes: SIZE }, 'a copy already whole is answered as it is');
+});
+
 test('idempotent: the same call answers the same copy; the id taken by another replica is ALREADY_EXISTS; a replica id as snapshot id is refused', async (t) => {
   const fx = await withReplica(t);
   await fx.manager.create({ replicaId: 'rep-b', volumeId: 'vol-b' }, SIZE, 1, true);
@@ -139,8 +153,11 @@ test('over gRPC: SnapshotReplica, ListSnapshotCopies, CreateReplicaFromSnapshot,
   const client = connect(n.address, await pki.node('engine-a'), { log: silentLogger(), deadlineMs: 10_000 });
   t.teardown(() => client.close());
   await client.createReplica(ref, SIZE, 2, true);
+  const cut = await client.snapshotReplica(ref, 2, SNAP, { cutOnly: true });
+  t.like(cut, { snapshotId: SNAP, replicaId: 'rep-a', volumeId: 'vol-a', sizeBytes: SIZE, filling: true });
   const copy = await client.snapshotReplica(ref, 2, SNAP);
   t.like(copy, { snapshotId: SNAP, replicaId: 'rep-a', volumeId: 'vol-a', sizeBytes: SIZE });
+  t.falsy(copy.filling);
   t.is(await codeOf(client.snapshotReplica(ref, 1, 'snap-old' as SnapshotId)), Code.FAILED_PRECONDITION);
   t.deepEqual((await client.listSnapshotCopies()).map((c) => c.snapshotId), [SNAP]);
   const made = await client.createReplicaFromSnapshot({ replicaId: 'rep-c', volumeId: 'vol-c' }, SIZE, 1, SNAP);
