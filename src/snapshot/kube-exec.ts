@@ -214,7 +214,9 @@ class KubeExecSession implements ExecSession {
     });
     ws.on('unexpected-response', (_req, res: IncomingMessage) => this.refused(res, access));
     ws.on('message', (data: WebSocket.RawData) => this.frame(toBuffer(data)));
-    ws.on('error', (err) => this.fail(connectionError(this.what, url.origin, err)));
+    ws.on('error', (err) => this.fail(this.protocol
+      ? new StorageError(Code.UNAVAILABLE, `${this.what}: the connection to the API server broke (${err.message})`, { cause: err })
+      : connectionError(this.what, url.origin, err)));
     ws.on('close', (code) => this.closed(code));
   }
 

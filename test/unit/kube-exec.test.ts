@@ -55,6 +55,7 @@ test('success: both streams in order, exit 0, the upgrade as Kubernetes expects 
       peer.ws.send(frame(1, 'CHECK'));
       peer.ws.send(frame(2, 'warning: x\n'));
       peer.ws.send(frame(1, 'POINT\n'));
+      peer.ws.send(frame(255, Buffer.from([2]))); // v5: the server is done with stderr
       peer.ws.send(statusFrame(STATUS_SUCCESS));
     },
   });
