@@ -85,7 +85,15 @@ function guard(p: SessionParams, session: ActionSession, timeoutMs: number): { w
 function stoppedError(p: SessionParams, why: 'timeout' | 'cancelled', during: string): StorageError {
   return why === 'timeout'
     ? new StorageError(Code.DEADLINE_EXCEEDED, `${what(p)} did not ${during} within its timeout of ${p.action.timeoutSeconds} s: killed`)
-    : new StorageError(Code.CANCELLED, `${what(p)}: the rule's run was cancelled or passed its deadline: killed`);
+    : runStopped(p, `${what(p)} was killed`);
+}
+
+/** The run gave up (its deadline, a cancellation, shutdown): the reason's code, and its message after `prefix`. */
+export function runStopped(p: { signal?: AbortSignal }, prefix: string): StorageError {
+  const reason: unknown = p.signal?.reason;
+  return reason instanceof StorageError
+    ? new StorageError(reason.code, `${prefix}: ${reason.message}`, { cause: reason })
+    : new StorageError(Code.CANCELLED, `${prefix}: the rule's run was cancelled`);
 }
 
 function failedExit(p: SessionParams, end: SessionEnd, stderr: string): StorageError {

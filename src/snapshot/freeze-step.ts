@@ -7,6 +7,7 @@
 import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { FrozenFs, FsFreezer, RuleContext } from './action-transport.js';
+import { runStopped } from './action-session.js';
 import { outcomeError, type ActionOutcome } from './rule-outcome.js';
 import type { RuleAction, RulePhase } from './snapshot-rule.js';
 
@@ -91,7 +92,7 @@ export async function freezeStep(p: FreezeParams): Promise<{ outcome: ActionOutc
     }, p.action.timeoutSeconds * 1000);
     onAbort = () => {
       gaveUp = true;
-      reject(new StorageError(Code.CANCELLED, `${p.label}: the rule's run was cancelled or passed its deadline while freezing`));
+      reject(runStopped(p, `${p.label}: stopped waiting for the freeze`));
     };
     if (p.signal.aborted) onAbort();
     else p.signal.addEventListener('abort', onAbort, { once: true });

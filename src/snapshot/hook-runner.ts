@@ -44,6 +44,8 @@ export interface RunRuleOptions<T> {
   deadlineMs?: number;
   /** A snapshot that completed after the run gave up on it (see SNAPSHOT_ABORT_GRACE_MS): the caller should delete it. */
   onLateSnapshot?: (value: T) => void;
+  /** How long a snapshot told to stop may take to settle before the post phase starts anyway; SNAPSHOT_ABORT_GRACE_MS by default. */
+  abortGraceMs?: number;
 }
 
 export interface RuleRunResult<T> {
@@ -93,7 +95,7 @@ export class HookRunner {
       try {
         await this.prePhase(rule, ctx, state, log);
         this.checkHolds(state, 'before');
-        if (!state.error) snapshot = await takeSnapshotStep(takeSnapshot, state, log, options.onLateSnapshot);
+        if (!state.error) snapshot = await takeSnapshotStep(takeSnapshot, state, log, options);
         else snapshot = { state: 'skipped', reason: state.error.message };
         if (snapshot.state === 'taken') this.checkHolds(state, 'during');
       } catch (err) {

@@ -106,10 +106,11 @@ export class RunState {
 
 /**
  * Calls `take` (with the run's signal) unless the run has already given up, and waits for it;
- * once the signal fires, waits at most SNAPSHOT_ABORT_GRACE_MS more. A snapshot that
- * completes after that goes to `onLate`.
+ * once the signal fires, waits at most `abortGraceMs` more. A snapshot that
+ * completes after that goes to `onLateSnapshot`.
  */
-export async function takeSnapshotStep<T>(take: (signal: AbortSignal) => Promise<T>, state: RunState, log: Logger, onLate?: (value: T) => void): Promise<SnapshotStep<T>> {
+export async function takeSnapshotStep<T>(take: (signal: AbortSignal) => Promise<T>, state: RunState, log: Logger,
+  { onLateSnapshot, abortGraceMs = SNAPSHOT_ABORT_GRACE_MS }: { onLateSnapshot?: (value: T) => void; abortGraceMs?: number }): Promise<SnapshotStep<T>> {
   if (state.signal.aborted) {
     state.fail(state.abortError());
     return { state: 'skipped', reason: state.abortError().message };
@@ -117,7 +118,7 @@ export async function takeSnapshotStep<T>(take: (signal: AbortSignal) => Promise
   const started = performance.now();
   const settled = (async () => take(state.signal))().then((value) => ({ ok: true as const, value }), (err: unknown) => ({ ok: false as const, err }));
   let graceTimer: NodeJS.Timeout | undefined;
-  const onAbort = (): void => { graceTimer = setTimeout(() => resolveGaveUp('gave-up'), SNAPSHOT_ABORT_GRACE_MS); };
+  const onAbort = (): void => { graceTimer = setTimeout(() => resolveGaveUp('gave-up'), abortGraceMs); };
   let resolveGaveUp!: (v: 'gave-up') => void;
   const gaveUp = new Promise<'gave-up'>((resolve) => { resolveGaveUp = resolve; });
   state.signal.addEventListener('abort', onAbort, { once: true });
@@ -129,7 +130,7 @@ export async function takeSnapshotStep<T>(take: (signal: AbortSignal) => Promise
     void settled.then((late) => {
       if (!late.ok) return;
       log.warn({ durationMs: Math.round(performance.now() - started) }, 'snapshot completed after its rule run gave up on it');
-      onLate?.(late.value);
+      onLateSnapshot?.(late.value);
     });
     const error = new StorageError(state.abortError().code, `the snapshot did not finish in time: ${state.abortError().message}`);
     state.fail(error);
