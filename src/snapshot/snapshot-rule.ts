@@ -150,7 +150,9 @@ function validateAction(v: unknown, path: string, phase: RulePhase, p: Problems)
   const kind = oneOf<ActionKind>(v.kind, `${path}.kind`, ['exec', 'command', 'fsfreeze'], p);
   if (!kind) return undefined;
   for (const f of ACTION_FIELDS) {
-    if (v[f] !== undefined && !['name', 'kind', 'timeoutSeconds', 'onError'].includes(f) && !KIND_FIELDS[kind].includes(f)) {
+    // A field at its default is harmless on any kind: the CRD's defaulting writes runIn and background into every action.
+    const atDefault = (f === 'runIn' && v[f] === 'one') || (f === 'background' && v[f] === false);
+    if (v[f] !== undefined && !atDefault && !['name', 'kind', 'timeoutSeconds', 'onError'].includes(f) && !KIND_FIELDS[kind].includes(f)) {
       p.add(`${path}.${f}`, `is not a field of ${kind} actions${f === 'command' ? ' (fsfreeze runs no command)' : ''}`);
     }
   }
@@ -259,6 +261,19 @@ export function validateSnapshotRule(doc: unknown, what = 'snapshot rule'): Snap
   crossChecks(rule, p);
   p.throwIfAny(meta.name ? `${what} "${meta.name}"` : what);
   return rule;
+}
+
+/**
+ * A SnapshotRule custom resource as the Kubernetes API returns it (with uid, resourceVersion,
+ * managedFields, ... in its metadata, and the CRD's defaults written in): the rule it declares.
+ */
+export function ruleFromCustomResource(obj: unknown): SnapshotRule {
+  const o = (isObj(obj) ? obj : {}) as { apiVersion?: unknown; kind?: unknown; metadata?: Obj; spec?: unknown };
+  const m = isObj(o.metadata) ? o.metadata : {};
+  const metadata: Obj = { name: m.name };
+  for (const k of ['namespace', 'labels', 'annotations'] as const) if (m[k] !== undefined) metadata[k] = m[k];
+  const where = typeof m.namespace === 'string' ? `${m.namespace}/${String(m.name)}` : String(m.name);
+  return validateSnapshotRule({ apiVersion: o.apiVersion, kind: o.kind, metadata, spec: o.spec }, `SnapshotRule ${where}`);
 }
 
 /** The rule as a SnapshotRule document (defaults written out), the inverse of validateSnapshotRule. */
