@@ -6,7 +6,7 @@
 // (@marcbachmann/cel-js) on the defaulted objects, as the API server runs them.
 import test from 'ava';
 import { evaluate } from '@marcbachmann/cel-js';
-import Ajv, { type ErrorObject } from 'ajv';
+import { Ajv, type ErrorObject } from 'ajv';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
