@@ -79,6 +79,7 @@ function defaultDeadlineMs(rule: SnapshotRule): number {
 export class HookRunner {
   private readonly active = new Set<RunState>();
   private readonly log: Logger;
+  private closed = false;
 
   constructor(private readonly opts: HookRunnerOptions) {
     this.log = opts.log.child({ component: 'snapshot-rules' });
@@ -87,6 +88,10 @@ export class HookRunner {
   /** Runs `rule` around `takeSnapshot` for `ctx`: see the file comment for what it guarantees. Never rejects. */
   async runWithRule<T>(rule: SnapshotRule, ctx: RuleContext, takeSnapshot: (signal: AbortSignal) => Promise<T>, options: RunRuleOptions<T> = {}): Promise<RuleRunResult<T>> {
     const log = this.log.child({ rule: rule.name, volume: ctx.volume, ...(ctx.snapshot ? { snapshot: ctx.snapshot } : {}) });
+    if (this.closed) {
+      const error = new StorageError(Code.UNAVAILABLE, `cairnd is shutting down: snapshot rule "${rule.name}" was not run; retry on a running cairnd`);
+      return { rule: rule.name, ok: false, snapshot: { state: 'skipped', reason: error.message }, actions: [], error, durationMs: 0 };
+    }
     const state = new RunState(options.deadlineMs ?? defaultDeadlineMs(rule), options.signal, rule.post.some((a) => a.kind === 'fsfreeze'));
     this.active.add(state);
     const started = performance.now();
@@ -119,9 +124,11 @@ export class HookRunner {
   /**
    * For the daemon's shutdown: every run in progress stops its pre phase and snapshot wait,
    * and its frozen filesystems are thawed and background sessions ended now; then waits for
-   * the runs to finish their post actions (each bounded by its timeout).
+   * the runs to finish their post actions (each bounded by its timeout). Runs asked for
+   * afterwards do nothing and fail UNAVAILABLE.
    */
   async shutdown(): Promise<void> {
+    this.closed = true;
     const runs = [...this.active];
     for (const run of runs) run.cancel(new StorageError(Code.UNAVAILABLE, 'cairnd is shutting down'));
     await Promise.all(runs.map(async (run) => {

@@ -198,6 +198,9 @@ test('shutdown mid-rule thaws at once, kills the pre action, and lets post run',
   t.is(r.error?.code, Code.UNAVAILABLE);
   t.is(r.error?.message, 'pre[1] (gate never) on node-1 was killed: cairnd is shutting down');
   t.is(r.snapshot.state, 'skipped');
+  const after = await runner.runWithRule(rule([cmd(['ok'])]), ctx, snap());
+  t.is(after.error?.code, Code.UNAVAILABLE);
+  t.deepEqual(after.actions, [], 'nothing runs once cairnd is shutting down');
 });
 
 test('exec without a Kubernetes client fails FAILED_PRECONDITION, handled per onError', async (t) => {
@@ -213,7 +216,7 @@ test('exec without a Kubernetes client fails FAILED_PRECONDITION, handled per on
 /** A pods/exec client whose pods run fake commands (the FakeTransport's words). */
 function fakeExecClient(pods: Record<string, string>, events: string[]): ExecClient {
   return {
-    listPods: async (namespace, labels) => Object.entries(pods).filter(([, app]) => labels.app === app).map(([p]) => `${namespace}/${p}`.split('/')[1]!),
+    listPods: async (_namespace, labels) => Object.entries(pods).filter(([, app]) => labels.app === app).map(([pod]) => pod),
     openExec: (namespace, pod, container, command): ExecSession => {
       events.push(`exec ${namespace}/${pod}/${container || '-'} ${command.join(' ')}`);
       const failing = command[0] === 'fail';
