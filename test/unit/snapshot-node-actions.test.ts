@@ -160,6 +160,44 @@ test('command: a background session is held through the snapshot and ended befor
   t.like(r.actions.find((o) => o.phase === 'post'), { status: 'succeeded', exitCode: 0 });
 });
 
+test('command: pre actions have finished when the snapshot starts, and post actions start after it', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'cairn-rule-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const runner = runnerFor(staged(dir));
+  let preSeenBySnapshot = '';
+  const r = await runner.runWithRule(rule(
+    [{ kind: 'command', command: ['sh', '-c', `echo pre-done > ${dir}/pre`] }],
+    [{ kind: 'command', command: ['cat', join(dir, 'snap')] }],
+  ), ctx, async () => {
+    preSeenBySnapshot = await readFile(join(dir, 'pre'), 'utf8');
+    await writeFile(join(dir, 'snap'), 'snapshot-done');
+    return 'taken';
+  });
+  t.is(preSeenBySnapshot, 'pre-done\n');
+  t.like(r.actions[1], { phase: 'post', status: 'succeeded', stdoutTail: 'snapshot-done' });
+  t.true(r.ok);
+});
+
+fsTest('fsfreeze: a failed snapshot still thaws, and every post action runs though the first fails', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'cairn-rule-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const runner = runnerFor(staged(fs!.mountPoint));
+  const r = await runner.runWithRule(rule(
+    [{ kind: 'command', command: ['false'], onError: 'Continue' }, { kind: 'fsfreeze' }],
+    [{ kind: 'command', command: ['sh', '-c', 'exit 4'] }, { kind: 'command', command: ['sh', '-c', `touch ${dir}/second-post-ran`] }],
+  ), ctx, async () => {
+    throw new Error('the barrier failed');
+  });
+  t.true(await isThawed(fs!.mountPoint));
+  t.true(existsSync(join(dir, 'second-post-ran')));
+  t.is(r.snapshot.state, 'failed');
+  t.is(r.error?.message, 'the snapshot failed: the barrier failed');
+  t.deepEqual(r.actions.map((o) => [o.action, o.step, o.status, o.exitCode]), [
+    ['pre[0]', 'run', 'failed', 1], ['pre[1]', 'freeze', 'succeeded', null], ['pre[1]', 'thaw', 'succeeded', null],
+    ['post[0]', 'run', 'failed', 4], ['post[1]', 'run', 'succeeded', 0],
+  ]);
+});
+
 fsTest('fsfreeze: a write to the volume waits during the snapshot and completes after the thaw', async (t) => {
   const mnt = fs!.mountPoint;
   await writeFile(join(mnt, 'before'), 'a');
