@@ -130,7 +130,8 @@ test('command: a timeout kills the whole process group, grandchildren included',
   const pidFile = join(dir, 'pid');
   const runner = runnerFor(staged(dir));
   const r = await runner.runWithRule(rule([
-    { kind: 'command', command: ['sh', '-c', `sleep 300 & echo $! > ${pidFile}; wait`], timeoutSeconds: 1 },
+    // 3 s: time enough for sh to start its grandchild on a busy machine before the kill.
+    { kind: 'command', command: ['sh', '-c', `sleep 300 & echo $! > ${pidFile}; wait`], timeoutSeconds: 3 },
   ]), ctx, async () => 'taken');
   t.is(r.error?.code, Code.DEADLINE_EXCEEDED);
   t.like(r.actions[0], { status: 'failed', signal: 'SIGKILL' });
