@@ -31,6 +31,7 @@ import { startReplicaDataServer, type ReplicaDataServer } from '../replica/data-
 import { startReplicaServer, type VolumeSnapshotHook } from '../replica/replica-server.js';
 import { noPullHere, type SnapshotPullHook } from '../replica/snapshot-pull.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
+import { FreezeJournal } from '../snapshot/freeze-journal.js';
 import { HookRunner } from '../snapshot/hook-runner.js';
 import { NodeCommandTransport, NodeFsFreezer } from '../snapshot/node-actions.js';
 import { NodeStore } from '../store/node-store.js';
@@ -150,7 +151,8 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   };
   const stager = new Stager({ store, exporter, attacher, log: log.child({ component: 'stager' }) });
   const nodeActions = { nodeName: config.nodeName, staged: (volume: string) => stager.get(volume) };
-  const hooks = new HookRunner({ log, command: new NodeCommandTransport(nodeActions), freezer: new NodeFsFreezer(nodeActions) });
+  const freezer = new NodeFsFreezer({ ...nodeActions, journal: new FreezeJournal(join(config.dataDir, 'frozen'), log.child({ component: 'snapshot-rules' })) });
+  const hooks = new HookRunner({ log, command: new NodeCommandTransport(nodeActions), freezer });
   const capacity = async (): Promise<NodeCapacity> => {
     const c = await pool.capacity();
     return { totalBytes: c.totalBytes, freeBytes: c.freeBytes };
@@ -175,6 +177,9 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
       await importLegacyVolumes({ store, cluster, pool, nodeId, log });
       await volumes.recover();
       await stager.recover();
+      // A cairnd killed mid-rule may have left a staged volume's filesystem frozen. Thawed once
+      // the volumes are served again (a thaw may write to the device), without holding up the start.
+      void freezer.thawLeftovers().catch((err: unknown) => log.error({ err }, 'thawing filesystems left frozen failed'));
     },
     async close() {
       clearInterval(capacityTimer);

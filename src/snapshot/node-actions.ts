@@ -13,6 +13,7 @@ import { Code, StorageError } from '../common/errors.js';
 import { findMount } from '../engine/mounter.js';
 import { fsFreeze, fsThaw } from '../native/index.js';
 import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
+import type { FreezeJournal } from './freeze-journal.js';
 import type { ActionSession, ActionTransport, FrozenFs, FsFreezer, OutputChunk, RuleContext, SessionEnd } from './action-transport.js';
 import type { RuleAction } from './snapshot-rule.js';
 
@@ -116,8 +117,24 @@ export interface FreezeCalls {
 export class NodeFsFreezer implements FsFreezer {
   private readonly calls: FreezeCalls;
 
-  constructor(private readonly opts: NodeActionsOptions, calls: Partial<FreezeCalls> = {}) {
+  /** With a journal, every freeze is recorded on disk until its thaw, and `thawLeftovers` mends a cairnd killed in between. */
+  constructor(private readonly opts: NodeActionsOptions & { journal?: FreezeJournal }, calls: Partial<FreezeCalls> = {}) {
     this.calls = { findMount, fsFreeze, fsThaw, ...calls };
+  }
+
+  /** At start: thaws what a previous cairnd froze and did not thaw (see freeze-journal.ts). */
+  async thawLeftovers(): Promise<number> {
+    if (!this.opts.journal) return 0;
+    return this.opts.journal.thawLeftovers(async (mountPoint) => {
+      // Without the volume's mount there, FITHAW would reach the filesystem holding the directory.
+      if (!(await this.calls.findMount(mountPoint))) throw new StorageError(Code.NOT_FOUND, `nothing is mounted at ${mountPoint} any more`);
+      const dir = await open(mountPoint, 'r');
+      try {
+        await this.calls.fsThaw(dir.fd);
+      } finally {
+        await dir.close();
+      }
+    });
   }
 
   async freeze(ctx: RuleContext): Promise<FrozenFs> {
@@ -132,11 +149,14 @@ export class NodeFsFreezer implements FsFreezer {
       throw new StorageError(Code.FAILED_PRECONDITION, `nothing is mounted at volume "${ctx.volume}"'s staging path ${path} on node ${this.opts.nodeName}: refusing to freeze the filesystem that holds it`,
         { details: { volume: ctx.volume, stagingPath: path } });
     }
+    const journal = this.opts.journal;
+    await journal?.record(ctx.volume, path);
     const dir = await open(path, 'r');
     try {
       await this.calls.fsFreeze(dir.fd);
     } catch (err) {
       await dir.close();
+      await journal?.clear(ctx.volume);
       throw err;
     }
     return {
@@ -147,6 +167,8 @@ export class NodeFsFreezer implements FsFreezer {
         } finally {
           await dir.close();
         }
+        // Kept when the thaw failed: the next start tries again.
+        await journal?.clear(ctx.volume);
       },
     };
   }

@@ -5,6 +5,7 @@
 // skipped with the reason, or failed under CI=true.
 import test from 'ava';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +13,7 @@ import { Code } from '../../src/common/errors.js';
 import type { VolumeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import { fsFreeze, fsThaw } from '../../src/native/index.js';
+import { FreezeJournal } from '../../src/snapshot/freeze-journal.js';
 import { HookRunner } from '../../src/snapshot/hook-runner.js';
 import { NodeCommandTransport, NodeFsFreezer, type NodeActionsOptions } from '../../src/snapshot/node-actions.js';
 import { validateSnapshotRule, type SnapshotRule } from '../../src/snapshot/snapshot-rule.js';
@@ -255,4 +257,28 @@ fsTest('fsfreeze refuses a block volume and a staging path with nothing mounted'
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const bare = await runnerFor(staged(dir)).runWithRule(rule([{ kind: 'fsfreeze' }]), ctx, async () => 'x');
   t.is(bare.error?.message, `nothing is mounted at volume "vol-a"'s staging path ${dir} on node node-1: refusing to freeze the filesystem that holds it`);
+});
+
+fsTest('fsfreeze: a freeze recorded by a cairnd that was killed before its thaw is thawed by the next one', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'cairn-frozen-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const opts = { nodeName: 'node-1', staged: (v: string) => (v === 'vol-a' ? staged(fs!.mountPoint) : undefined) };
+  // A normal run leaves no record behind.
+  const runner = new HookRunner({ log, freezer: new NodeFsFreezer({ ...opts, journal: new FreezeJournal(dir, log) }) });
+  t.true((await runner.runWithRule(rule([{ kind: 'fsfreeze' }]), ctx, async () => 'x')).ok);
+  t.deepEqual(await readdir(dir), []);
+  // The first cairnd freezes, then "dies": its thaw never runs.
+  const first = new NodeFsFreezer({ ...opts, journal: new FreezeJournal(dir, log) });
+  const frozen = await first.freeze(ctx);
+  t.deepEqual(await readdir(dir), ['vol-a.json']);
+  t.false(await isThawed(fs!.mountPoint));
+  const next = new NodeFsFreezer({ ...opts, journal: new FreezeJournal(dir, log) });
+  t.is(await next.thawLeftovers(), 1);
+  t.true(await isThawed(fs!.mountPoint));
+  t.deepEqual(await readdir(dir), []);
+  // A record of a filesystem that is no longer frozen is dropped without a thaw.
+  await new FreezeJournal(dir, log).record('vol-a', fs!.mountPoint);
+  t.is(await next.thawLeftovers(), 0);
+  t.deepEqual(await readdir(dir), []);
+  await t.throwsAsync(frozen.thaw(), { message: /EINVAL/ });
 });
