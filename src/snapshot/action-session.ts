@@ -16,6 +16,12 @@ import { OutputTail, outcomeError, type ActionOutcome } from './rule-outcome.js'
 import type { RuleAction, RulePhase } from './snapshot-rule.js';
 
 export const BACKGROUND_STOP_GRACE_MS = 5000;
+/**
+ * How long a killed session may take to report its end before the runner stops waiting for
+ * it (a transport whose kill does not take, e.g. an exec stream that never closes): the
+ * post phase must not wait for it forever.
+ */
+export const KILL_WAIT_MS = 5000;
 export const READY_LINE = 'READY';
 
 export interface SessionParams {
@@ -52,6 +58,30 @@ function lastLine(text: string): string {
   return lines[lines.length - 1]?.trim().slice(0, 200) ?? '';
 }
 
+/** `session`, whose end is reported at the latest KILL_WAIT_MS after a kill (or a stop's grace). */
+function boundedSession(session: ActionSession, p: SessionParams): ActionSession {
+  let abandon!: (end: SessionEnd) => void;
+  const abandoned = new Promise<SessionEnd>((resolve) => { abandon = resolve; });
+  const done = Promise.race([session.done, abandoned]);
+  const abandonAfter = (ms: number): void => {
+    const timer = setTimeout(() => abandon({
+      exitCode: null, signal: 'SIGKILL', error: new StorageError(Code.UNAVAILABLE, `${what(p)} did not report its end ${ms} ms after it was killed: no longer waited for`),
+    }), ms);
+    void done.then(() => clearTimeout(timer));
+  };
+  return {
+    done,
+    kill: () => {
+      session.kill();
+      abandonAfter(KILL_WAIT_MS);
+    },
+    stop: async (graceMs) => {
+      abandonAfter(graceMs + KILL_WAIT_MS);
+      await Promise.race([session.stop(graceMs), done]);
+    },
+  };
+}
+
 /** Starts the session, feeding the tails (and `onStdout`); a transport that throws gives an ended session. */
 function open(p: SessionParams, tails: { stdout: OutputTail; stderr: OutputTail }, onStdout?: (data: Buffer) => void): ActionSession {
   const onOutput = (c: OutputChunk): void => {
@@ -59,7 +89,7 @@ function open(p: SessionParams, tails: { stdout: OutputTail; stderr: OutputTail 
     if (c.stream === 'stdout') onStdout?.(c.data);
   };
   try {
-    return p.transport.start(p.action, p.target, p.ctx, onOutput);
+    return boundedSession(p.transport.start(p.action, p.target, p.ctx, onOutput), p);
   } catch (err) {
     const error = err instanceof StorageError ? err : new StorageError(Code.INTERNAL, `${what(p)}: could not start: ${(err as Error).message}`, { cause: err });
     return { done: Promise.resolve({ exitCode: null, error }), stop: () => Promise.resolve(), kill: () => undefined };

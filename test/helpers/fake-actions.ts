@@ -5,6 +5,7 @@
  * A fake command's behaviour is its first word:
  * - `ok`: exits 0; `fail`: prints "boom" on stderr and exits 3;
  * - `hang`: runs until killed (exit by SIGKILL);
+ * - `unkillable`: runs forever: its kill and stop do nothing;
  * - `gate`: runs until the test opens gate `command[1]` (`gates.open(name)`), then exits 0;
  * - `bg`: prints READY and runs until stopped (SIGTERM) or killed;
  * - `bg-quiet`: like bg without printing READY;
@@ -77,6 +78,7 @@ export class FakeTransport implements ActionTransport {
         void done.then(() => this.bgEnders.delete(ender));
       } else if (word === 'end-bg') void Promise.all([...this.bgEnders].map((e) => e())).then(() => finish({ exitCode: 0 }));
     });
+    if (word === 'unkillable') return { done, kill: () => undefined, stop: () => done.then(() => undefined) };
     return {
       done,
       kill: () => finish({ exitCode: null, signal: 'SIGKILL' }),

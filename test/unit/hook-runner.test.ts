@@ -103,6 +103,14 @@ test('a pre action past its timeout is killed and fails: no snapshot, post runs'
   t.like(r.actions[0], { status: 'failed', signal: 'SIGKILL', exitCode: null });
 });
 
+test('a session whose kill does not take is given up on, and post still runs', async (t) => {
+  const { events, runner, snap } = setup();
+  const r = await runner.runWithRule(rule([cmd(['unkillable'], { timeoutSeconds: 1 })], [cmd(['ok', 'post'])]), ctx, snap());
+  t.deepEqual(events, ['start unkillable@node-1', 'start ok post@node-1', 'end ok post@node-1 0']);
+  t.is(r.error?.code, Code.DEADLINE_EXCEEDED);
+  t.like(r.actions[0], { status: 'failed', signal: 'SIGKILL' });
+});
+
 test('a background action is ready at its READY line, held through the snapshot, and stopped before post', async (t) => {
   const { events, runner, snap } = setup();
   const r = await runner.runWithRule(rule([cmd(['bg'], { name: 'lock', background: true }), cmd(['ok', 'next'])], [cmd(['ok', 'post'])]), ctx, snap());
