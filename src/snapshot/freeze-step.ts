@@ -37,14 +37,22 @@ function hold(frozen: FrozenFs, action: RuleAction, index: number, label: string
     thaw: (phase, at, thawLabel) => (thawing ??= (async () => {
       const o = outcome(action, thawLabel, phase, at, 'thaw', frozen.target);
       const started = performance.now();
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StorageError(Code.DEADLINE_EXCEEDED,
+          `${thawLabel}: the filesystem at ${frozen.target} did not thaw within ${action.timeoutSeconds} s (the thaw goes on; see cairnd's log)`)), action.timeoutSeconds * 1000);
+      });
+      const thawing = frozen.thaw();
+      thawing.catch(() => undefined);
       try {
-        await frozen.thaw();
+        await Promise.race([thawing, late]);
         o.status = 'succeeded';
         log.info({ target: frozen.target }, 'filesystem thawed');
       } catch (err) {
         o.error = outcomeError(err);
         log.error({ err, target: frozen.target }, 'filesystem thaw failed');
       }
+      clearTimeout(timer);
       o.durationMs = Math.round(performance.now() - started);
       return o;
     })()),
