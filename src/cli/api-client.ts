@@ -76,6 +76,19 @@ export interface SnapshotMessage {
   /** How long the source's writes waited for the barrier, in microseconds. */
   pauseUs: number;
 }
+export interface SnapshotRuleActionMessage {
+  /** Empty when unnamed. */
+  name: string;
+  kind: string; container: string; command: string[]; matchLabels: Record<string, string>;
+  timeoutSeconds: number; onError: string; runIn: string; background: boolean;
+  /** 0 when unset. */
+  readySeconds: number;
+}
+export interface SnapshotRuleMessage {
+  name: string; namespace: string; pre: SnapshotRuleActionMessage[]; post: SnapshotRuleActionMessage[];
+  generation: number; createdAt: string; updatedAt: string; labels: Record<string, string>; annotations: Record<string, string>;
+}
+export interface AppliedRuleMessage { name: string; outcome: 'created' | 'configured' | 'unchanged'; rule: SnapshotRuleMessage }
 export interface CreateVolumeOptions {
   /** 0 or undefined: the cluster default. */
   replicas?: number;
@@ -153,6 +166,13 @@ export class ApiClient {
   }
   getSnapshot(name: string): Promise<SnapshotMessage> { return this.call('GetSnapshot', { name }); }
   async deleteSnapshot(name: string): Promise<void> { await this.call('DeleteSnapshot', { name }); }
+  /** Creates or replaces the rules of a manifest (YAML text); `source` names it in errors. */
+  async applySnapshotRules(manifest: string, source: string): Promise<AppliedRuleMessage[]> {
+    return (await this.call<{ results: AppliedRuleMessage[] }>('ApplySnapshotRule', { manifest, source })).results;
+  }
+  listSnapshotRules(): Promise<{ rules: SnapshotRuleMessage[]; unreadable: string[] }> { return this.call('ListSnapshotRules', {}); }
+  getSnapshotRule(name: string): Promise<SnapshotRuleMessage> { return this.call('GetSnapshotRule', { name }); }
+  async deleteSnapshotRule(name: string): Promise<void> { await this.call('DeleteSnapshotRule', { name }); }
 
   close(): void {
     this.client.close();

@@ -10,6 +10,7 @@ import { formatBytes, parseSize } from '../common/units.js';
 import { ApiClient, type CreateVolumeOptions, type VolumeMessage } from './api-client.js';
 import { csiInfo, type CsiInfo } from './csi-info.js';
 import { waitForFill } from './fill-wait.js';
+import { addRuleCommands } from './rule-commands.js';
 import {
   clusterStatusText, copiesText, fillProgress, formatPause, keyValues, mismatchedRegions, nodeRows, percent, snapshotDetail, snapshotRows, verifyText,
   volumeDetail, volumeRows,
@@ -231,6 +232,8 @@ function buildProgram(): Command {
   }));
   copyCommand(snapshot.command('restore <snapshot> <new-volume>').description('create a volume holding a snapshot\'s data'))
     .action((source: string, name: string, opts: CopyOptions) => withClient(g(), (c) => createFrom(g(), c, name, opts, { sourceSnapshot: source }, 'restored')));
+
+  addRuleCommands(program, { withClient: (fn) => withClient(g(), fn), print: (json, human) => print(g().output, json, human) });
 
   const cluster = program.command('cluster').description('the cluster as a whole');
   cluster.command('status').description('store, nodes up, repair leader and volume health').action(() => withClient(g(), async (c) => {

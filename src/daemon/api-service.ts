@@ -1,7 +1,7 @@
 /**
  * The cairnctl gRPC API (proto/cairn/api/v1/api.proto): thin handlers that validate,
  * call the volume service (`VolumeApi`) or the snapshot service (`SnapshotService`), and
- * build the reply from their views. CreateVolume with `source_snapshot` (restore) or
+ * build the reply from their views; the snapshot rule RPCs are in rule-api.ts. CreateVolume with `source_snapshot` (restore) or
  * `source_volume` (clone) passes the source on as `CreateVolumeOptions.source`.
  */
 import * as grpc from '@grpc/grpc-js';
@@ -15,6 +15,8 @@ import type { KernelAttacher } from '../engine/kernel-attach.js';
 import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
 import { unary } from '../rpc/status.js';
+import type { SnapshotRuleStore } from '../snapshot/rule-store.js';
+import { ruleApiHandlers } from './rule-api.js';
 import { VERSION } from './version.js';
 
 export const API_PROTO = 'cairn/api/v1/api.proto';
@@ -133,6 +135,8 @@ export interface ApiContext {
   snapshots?: SnapshotService;
   /** The volume's CSI staging on this node (the stager's record); absent on a controller-role cairnd. */
   staged?: (volume: string) => StagedVolumeRecord | undefined;
+  /** Snapshot rules in the cluster store (rule-api.ts); the rule RPCs answer UNIMPLEMENTED without it. */
+  rules?: SnapshotRuleStore;
   log: Logger;
 }
 
@@ -155,6 +159,7 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
   const onUnexpected = (err: unknown, method: string): void => ctx.log.error({ err, method }, 'api call failed unexpectedly');
   const h = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req) => fn(req), onUnexpected, method);
   return {
+    ...ruleApiHandlers({ ...(ctx.rules ? { rules: ctx.rules } : {}), nodeName: ctx.nodeName, log: ctx.log }),
     GetStatus: h('GetStatus', async () => {
       const [capacity, volumes] = [await ctx.volumes.capacity(), await ctx.volumes.list()];
       return {

@@ -31,6 +31,9 @@ import { startReplicaDataServer, type ReplicaDataServer } from '../replica/data-
 import { startReplicaServer, type VolumeSnapshotHook } from '../replica/replica-server.js';
 import { noPullHere, type SnapshotPullHook } from '../replica/snapshot-pull.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
+import { FreezeJournal } from '../snapshot/freeze-journal.js';
+import { HookRunner } from '../snapshot/hook-runner.js';
+import { NodeCommandTransport, NodeFsFreezer } from '../snapshot/node-actions.js';
 import { NodeStore } from '../store/node-store.js';
 import { advertisedPeerAddress, peerTlsConfig, type DaemonConfig } from './config.js';
 import { openPool } from './pool-factory.js';
@@ -61,6 +64,12 @@ export interface DataPlane {
   attacher: KernelAttacher;
   /** CSI staging on this node (NodeStageVolume / NodeUnstageVolume). */
   stager: Stager;
+  /**
+   * Snapshot rules' hooks for volumes staged here (command and fsfreeze; exec once a
+   * Kubernetes client is given). The daemon calls `hooks.shutdown()` first when it stops, so
+   * that nothing stays frozen or locked.
+   */
+  hooks: HookRunner;
   peerAddress: string;
   /** host:port others dial for this node's replica data channel; empty when it serves none. */
   dataAddress: string;
@@ -141,6 +150,9 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
     unexport: (volume) => volumes.unexport(volume),
   };
   const stager = new Stager({ store, exporter, attacher, log: log.child({ component: 'stager' }) });
+  const nodeActions = { nodeName: config.nodeName, staged: (volume: string) => stager.get(volume) };
+  const freezer = new NodeFsFreezer({ ...nodeActions, journal: new FreezeJournal(join(config.dataDir, 'frozen'), log.child({ component: 'snapshot-rules' })) });
+  const hooks = new HookRunner({ log, command: new NodeCommandTransport(nodeActions), freezer });
   const capacity = async (): Promise<NodeCapacity> => {
     const c = await pool.capacity();
     return { totalBytes: c.totalBytes, freeBytes: c.freeBytes };
@@ -148,7 +160,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   let capacityTimer: NodeJS.Timeout | undefined;
 
   return {
-    volumes, exports, attacher, stager, peerAddress, dataAddress, connector,
+    volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector,
     async start() {
       await registerNode(registry, {
         nodeId, name: config.nodeName, peerAddress, ...(dataAddress ? { dataAddress } : {}), ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,
@@ -165,6 +177,9 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
       await importLegacyVolumes({ store, cluster, pool, nodeId, log });
       await volumes.recover();
       await stager.recover();
+      // A cairnd killed mid-rule may have left a staged volume's filesystem frozen. Thawed once
+      // the volumes are served again (a thaw may write to the device), without holding up the start.
+      void freezer.thawLeftovers().catch((err: unknown) => log.error({ err }, 'thawing filesystems left frozen failed'));
     },
     async close() {
       clearInterval(capacityTimer);

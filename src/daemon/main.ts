@@ -28,6 +28,7 @@ import { startCsi, type CsiDeps } from './csi-start.js';
 import { openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
 import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
+import { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import { VERSION } from './version.js';
 
 function parseFlags(argv: string[]): ReturnType<typeof flagsFromCommander> {
@@ -55,6 +56,8 @@ interface Front {
   volumes: VolumeApi;
   /** Snapshots, restore and clone: the cairnctl API's and the CSI Controller's. */
   snapshots: SnapshotService;
+  /** Snapshot rules in the cluster store. */
+  rules: SnapshotRuleStore;
   api: Omit<ApiContext, 'volumes' | 'nodeName' | 'startedAt' | 'log'>;
   connectionCount: () => number;
   /** The data channel's counters per remote replica (node role). */
@@ -67,7 +70,9 @@ interface Front {
 
 /** The cairnctl API, the HTTP endpoints and the CSI server: the same in every role. */
 async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Front, stops: Stop[]): Promise<void> {
-  const api = await startApi(config.apiSocket, apiHandlers({ ...front.api, volumes: front.volumes, snapshots: front.snapshots, nodeName: config.nodeName, startedAt: Date.now(), log }));
+  const api = await startApi(config.apiSocket, apiHandlers({
+    ...front.api, volumes: front.volumes, snapshots: front.snapshots, rules: front.rules, nodeName: config.nodeName, startedAt: Date.now(), log,
+  }));
   stops.push(async () => {
     await new Promise<void>((resolve) => api.tryShutdown(() => resolve()));
     rmSync(config.apiSocket, { force: true });
@@ -103,7 +108,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   let markRecovered!: () => void;
   const recovery = new Promise<void>((resolve) => { markRecovered = resolve; });
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.volumes.snapshots, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
+    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules: new SnapshotRuleStore(cluster), connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
     dataChannel: () => plane.connector.dataChannelStats(),
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
@@ -111,6 +116,8 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
     },
     csiNode: { stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
   }, stops);
+  // Stops run in reverse: a rule in progress thaws and ends its background sessions before anything else stops.
+  stops.push(() => plane.hooks.shutdown());
   await plane.start();
   recovered = true;
   markRecovered();
@@ -123,7 +130,7 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const plane = openControllerPlane(config, log, cluster);
   stops.push(() => plane.close());
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.snapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
+    volumes: plane.volumes, snapshots: plane.snapshots, rules: new SnapshotRuleStore(cluster), connectionCount: () => 0, ready: () => plane.storeReachable(),
     api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined },
   }, stops);
   return { pool: 'none', store: cluster.kind };

@@ -25,6 +25,8 @@ export const keys = {
   volumesPrefix: 'volumes/',
   /** Snapshot documents are keyed by name: see snapshot-doc.ts (`snapshotKey`). */
   snapshotsPrefix: 'snapshots/',
+  /** Snapshot rules are keyed by name: see snapshot/rule-store.ts. */
+  rulesPrefix: 'rules/',
   leadersPrefix: 'leaders/',
   /** The key a leader election for `role` campaigns on (e.g. "repair"). */
   leader: (role: string): string => `leaders/${role}`,
