@@ -32,7 +32,11 @@ function targetArgs(t: FioTarget): string[] {
   return ['--ioengine=libaio', '--direct=1', `--filename=${t.path}`];
 }
 
-export async function runFio(target: FioTarget, w: Workload, durationSec: number, outPath: string): Promise<FioResult> {
+/**
+ * Runs fio for `durationSec`, or until `stop` fires: fio then gets SIGINT, ends its jobs and
+ * still writes its figures (over the time it ran).
+ */
+export async function runFio(target: FioTarget, w: Workload, durationSec: number, outPath: string, stop?: AbortSignal): Promise<FioResult> {
   const args = [
     '--name=bench', `--rw=${w.rw}`, `--bs=${w.blockSize}`, `--iodepth=${w.iodepth}`, '--numjobs=1', '--size=1G',
     `--runtime=${durationSec}`, '--time_based', '--output-format=json', `--output=${outPath}`, ...targetArgs(target),
@@ -43,8 +47,9 @@ export async function runFio(target: FioTarget, w: Workload, durationSec: number
     child.stderr.on('data', (d: Buffer) => stderr.push(d.toString()));
     child.on('error', reject);
     child.on('close', resolve);
+    stop?.addEventListener('abort', () => child.kill('SIGINT'), { once: true });
   });
-  if (code !== 0) throw new Error(`fio exited with ${code}: ${stderr.join('').slice(-500)}`);
+  if (code !== 0 && !stop?.aborted) throw new Error(`fio exited with ${code}: ${stderr.join('').slice(-500)}`);
   const text = await readFile(outPath, 'utf8');
   await rm(outPath, { force: true });
   return parseFioJson(text.slice(text.indexOf('{')));

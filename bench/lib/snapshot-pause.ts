@@ -75,8 +75,11 @@ function num(e: LogEvent | undefined, key: string): number | undefined {
   return typeof e?.[key] === 'number' ? e[key] : undefined;
 }
 
-/** Takes `count` snapshots of the target, one every intervalMs (the next starts at once if a call ran longer). */
-async function snapshotLoop(t: PauseTarget, opts: PauseOptions, tag: string): Promise<{ names: string[]; replies: { id: string; pauseUs: number; apiMs: number }[]; failures: string[] }> {
+/**
+ * Takes `count` snapshots of the target, one every intervalMs (the next starts at once if a
+ * call ran longer), none started after `stopAt` (performance.now()): every one is under load.
+ */
+async function snapshotLoop(t: PauseTarget, opts: PauseOptions, tag: string, stopAt: number): Promise<{ names: string[]; replies: { id: string; pauseUs: number; apiMs: number }[]; failures: string[] }> {
   const names: string[] = [];
   const replies: { id: string; pauseUs: number; apiMs: number }[] = [];
   const failures: string[] = [];
@@ -84,6 +87,10 @@ async function snapshotLoop(t: PauseTarget, opts: PauseOptions, tag: string): Pr
   for (let i = 0; i < opts.count; i++) {
     const wait = start + i * opts.intervalMs - performance.now();
     if (wait > 0) await sleep(wait);
+    if (performance.now() > stopAt) {
+      console.warn(`  ${t.label}: fio's run ends soon: ${i} of ${opts.count} snapshots taken under load`);
+      break;
+    }
     const name = `${t.volume}-${tag}-${i}`;
     const t0 = performance.now();
     try {
@@ -97,16 +104,27 @@ async function snapshotLoop(t: PauseTarget, opts: PauseOptions, tag: string): Pr
   return { names, replies, failures };
 }
 
-/** One fio run without snapshots, then one with them, on the same volume for the same time. */
+/**
+ * One fio run with snapshots, stopped when the last snapshot returned (every snapshot is
+ * taken under load), then one without them on the same volume for as long.
+ */
 export async function measurePause(t: PauseTarget, opts: PauseOptions): Promise<PauseSample> {
-  const runtimeSec = Math.ceil((2 * opts.marginMs + opts.count * opts.intervalMs) / 1000);
+  const limitSec = Math.ceil((2 * opts.marginMs + 4 * opts.count * opts.intervalMs) / 1000);
   const fioOut = join(opts.dir, `fio-pause-${t.rf}.json`);
-  const without = await runFio({ kind: 'nbd', uri: t.uri }, PAUSE_WORKLOAD, runtimeSec, fioOut);
   const mark = t.logMark();
-  const fio = runFio({ kind: 'nbd', uri: t.uri }, PAUSE_WORKLOAD, runtimeSec, fioOut);
+  const stop = new AbortController();
+  const fioStart = performance.now();
+  const fio = runFio({ kind: 'nbd', uri: t.uri }, PAUSE_WORKLOAD, limitSec, fioOut, stop.signal);
+  const stopAt = fioStart + limitSec * 1000 - opts.marginMs;
   // fio starts its clock once connected; the margin covers that too.
-  const loop = sleep(opts.marginMs).then(() => snapshotLoop(t, opts, `p${Date.now().toString(36)}`));
+  const loop = sleep(opts.marginMs).then(async () => {
+    const done = await snapshotLoop(t, opts, `p${Date.now().toString(36)}`, stopAt);
+    await sleep(opts.marginMs);
+    stop.abort();
+    return done;
+  });
   const [withSnapshots, { names, replies, failures }] = await Promise.all([fio, loop]);
+  const without = await runFio({ kind: 'nbd', uri: t.uri }, PAUSE_WORKLOAD, Math.max(1, Math.round(withSnapshots.runtimeSec)), fioOut);
   const events = t.events(mark);
   const taken = events.filter((e) => e.msg === 'volume snapshot taken');
   const fills = events.filter((e) => e.msg === 'snapshot copy filled after its cut');

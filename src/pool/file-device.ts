@@ -19,6 +19,9 @@
  * - Larger writes, FUA writes and fdatasync are queued and, once per event-loop turn,
  *   handed to the thread pool in batches (one hop for many small requests; a large write
  *   gets a job of its own, so that it is answered as soon as it is done).
+ * - While a snapshot copy of the device is being filled (file-cut-copy.ts), every write goes
+ *   to the thread pool: a clone call holds the file's lock, and a page-cache write on the
+ *   event loop would hold every other volume's I/O behind it.
  * - writev() takes a payload in the pieces it arrived in and writes them with pwritev: a
  *   1 MiB NBD write is never copied into one buffer first. readInto() reads into buffers the
  *   caller reuses (preadv2 RWF_NOWAIT first, then preadv on the thread pool).
@@ -265,7 +268,7 @@ class FileBlockDevice implements BlockDevice {
 
   private writeNow(offset: number, data: Uint8Array, fua: boolean): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
-    if (!fua && data.byteLength <= SYNC_WRITE_MAX_BYTES && this.syncWrites()) {
+    if (!fua && data.byteLength <= SYNC_WRITE_MAX_BYTES && this.syncWrites() && !this.gate?.()) {
       const t0 = performance.now();
       const r = this.io.ioPwrite(this.handle.fd, data, offset);
       return this.syncWriteDone(r, t0, offset);
@@ -283,7 +286,7 @@ class FileBlockDevice implements BlockDevice {
 
   private writevNow(offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void> {
     if (this.closed) return Promise.reject(this.closedError());
-    if (!fua && byteLengthOf(parts) <= SYNC_WRITE_MAX_BYTES && this.syncWrites()) {
+    if (!fua && byteLengthOf(parts) <= SYNC_WRITE_MAX_BYTES && this.syncWrites() && !this.gate?.()) {
       const t0 = performance.now();
       const r = this.io.ioPwritev(this.handle.fd, parts, offset);
       return this.syncWriteDone(r, t0, offset);

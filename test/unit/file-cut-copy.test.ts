@@ -40,8 +40,10 @@ function capture(): { log: Logger; lines: Array<Record<string, unknown>> } {
   return { log: pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) }), lines };
 }
 
-/** Every 16th block of the device stamped with generation 1 (the rest holes). */
-const stampedBlocks = Array.from({ length: SIZE / BLOCK / 16 }, (_, i) => i * 16);
+/** Every 16th block of the device but its first and last MiB, stamped with generation 1 (the rest holes). */
+const stampedBlocks = Array.from({ length: SIZE / BLOCK / 16 }, (_, i) => i * 16).filter((b) => b * BLOCK >= MiB && b * BLOCK < SIZE - MiB);
+/** The first and last MiB: written whole before the cut, trimmed and zeroed after it. */
+const EDGE = Buffer.alloc(MiB, 0x77);
 
 async function checkCut(t: ExecutionContext, parent: string, method: 'reflink' | 'copy'): Promise<void> {
   const dir = await mkdtemp(join(parent, 'cairn-cut-'));
@@ -52,6 +54,8 @@ async function checkCut(t: ExecutionContext, parent: string, method: 'reflink' |
     await pool.create(id('src'), SIZE);
     dev = await pool.open(id('src'));
     for (const b of stampedBlocks) await dev.write(b * BLOCK, stamped(1, b));
+    await dev.write(0, EDGE);
+    await dev.write(SIZE - MiB, EDGE);
     await dev.flush();
 
     // The cut: from onCut on, generation 2 goes to every stamped block (in a scattered
@@ -83,6 +87,8 @@ async function checkCut(t: ExecutionContext, parent: string, method: 'reflink' |
           return;
         }
       }
+      t.true(copy.subarray(0, MiB).equals(EDGE), 'the trim after the cut stayed out of the copy');
+      t.true(copy.subarray(SIZE - MiB).equals(EDGE), 'the write-zeroes after the cut stayed out of the copy');
     } finally {
       await snap.close();
     }
