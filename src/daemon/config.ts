@@ -19,6 +19,7 @@ import type { LogFormat } from '../common/log.js';
 import { parseSize } from '../common/units.js';
 import type { PeerTlsConfig } from '../rpc/tls.js';
 import { MAX_REPLICAS } from '../cluster/volume-doc.js';
+import { inClusterConfig } from '../snapshot/kube-api.js';
 import {
   DEFAULT_DATA_PORT, DEFAULT_PEER_PORT, MAX_SOCKET_PATH, MIN_NODE_TTL_MS, REPLICA_TRANSPORTS, ROLES, specOf, type DaemonConfig, type DaemonRole, type RawFlags,
   type ReplicaTransport,
@@ -299,7 +300,7 @@ export function resolveConfig(flags: RawFlags, env: NodeJS.ProcessEnv = process.
   const cluster = resolveCluster(r);
   const role = resolveRole(r, local.dataDir, cluster.etcdEndpoints.length === 0);
   const peers = resolvePeers(r, local.nodeName, cluster.etcdEndpoints.length > 0, role.role);
-  return Object.freeze({ ...local, ...cluster, ...role, ...peers, ...resolveTuning(r) });
+  return Object.freeze({ ...local, ...cluster, ...role, ...peers, ...resolveTuning(r), kubernetes: inClusterConfig(env) });
 }
 
 /** Which cluster store the config selects. */

@@ -34,6 +34,9 @@ import type { PeerTlsConfig } from '../rpc/tls.js';
 import { FreezeJournal } from '../snapshot/freeze-journal.js';
 import { HookRunner } from '../snapshot/hook-runner.js';
 import { NodeCommandTransport, NodeFsFreezer } from '../snapshot/node-actions.js';
+import { ExecTransport } from '../snapshot/exec-transport.js';
+import { KubeApi } from '../snapshot/kube-api.js';
+import { KubeExecClient } from '../snapshot/kube-exec.js';
 import { NodeStore } from '../store/node-store.js';
 import { advertisedPeerAddress, peerTlsConfig, type DaemonConfig } from './config.js';
 import { openPool } from './pool-factory.js';
@@ -152,7 +155,8 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const stager = new Stager({ store, exporter, attacher, log: log.child({ component: 'stager' }) });
   const nodeActions = { nodeName: config.nodeName, staged: (volume: string) => stager.get(volume) };
   const freezer = new NodeFsFreezer({ ...nodeActions, journal: new FreezeJournal(join(config.dataDir, 'frozen'), log.child({ component: 'snapshot-rules' })) });
-  const hooks = new HookRunner({ log, command: new NodeCommandTransport(nodeActions), freezer });
+  const exec = config.kubernetes ? new ExecTransport(new KubeExecClient(new KubeApi(config.kubernetes, log.child({ component: 'kube-api' })), log.child({ component: 'kube-exec' }))) : undefined;
+  const hooks = new HookRunner({ log, command: new NodeCommandTransport(nodeActions), freezer, ...(exec ? { exec } : {}) });
   const capacity = async (): Promise<NodeCapacity> => {
     const c = await pool.capacity();
     return { totalBytes: c.totalBytes, freeBytes: c.freeBytes };

@@ -4,12 +4,18 @@
  * Resolution and validation (flag over environment over default) live in config.ts.
  */
 import type { LogFormat } from '../common/log.js';
+import type { KubeApiOptions } from '../snapshot/kube-api.js';
 
 /** What cairnd serves: `node` the data plane (and CSI Node), `controller` the CSI Controller with no data plane, `all` both (single node). */
 export type DaemonRole = 'node' | 'controller' | 'all';
 export const ROLES: readonly DaemonRole[] = ['node', 'controller', 'all'];
 
 export interface DaemonConfig {
+  /**
+   * How to reach the Kubernetes API (snapshot-rule `exec` actions): the pod's service
+   * account when cairnd runs in Kubernetes (KUBERNETES_SERVICE_HOST set), else undefined.
+   */
+  kubernetes?: KubeApiOptions | undefined;
   nodeName: string;
   dataDir: string;
   /** auto: dm where device-mapper is present and pool devices are set, else file (main.ts logs the choice). */

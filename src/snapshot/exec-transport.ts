@@ -18,7 +18,7 @@ export interface ExecSession {
 
 export interface ExecClient {
   listPods(namespace: string, matchLabels: Record<string, string>): Promise<string[]>;
-  openExec(namespace: string, pod: string, container: string, command: string[], opts: { signal?: AbortSignal }): ExecSession;
+  openExec(namespace: string, pod: string, container: string, command: string[], opts: { signal?: AbortSignal; stdin?: boolean }): ExecSession;
 }
 
 function labelsText(labels: Record<string, string>): string {
@@ -44,7 +44,9 @@ export class ExecTransport implements ActionTransport {
 
   start(action: RuleAction, target: string, ctx: RuleContext, onOutput: (chunk: OutputChunk) => void): ActionSession {
     const abort = new AbortController();
-    const session = this.client.openExec(ctx.namespace!, target, action.container ?? '', [...action.command], { signal: abort.signal });
+    // A background action gets stdin: ending its session closes it, and the command (made to
+    // wait on stdin) ends; Kubernetes does not kill an exec'd process when its session ends.
+    const session = this.client.openExec(ctx.namespace!, target, action.container ?? '', [...action.command], { signal: abort.signal, stdin: action.background === true });
     const pump = (async () => {
       for await (const chunk of session.output) onOutput(chunk);
     })().catch(() => undefined);

@@ -287,7 +287,7 @@ export function labelSelector(matchLabels: Record<string, string>): string {
 export function validateExecTarget(namespace: string, pod: string, container: string, command: string[]): void {
   validateName('namespace', namespace, 63);
   validateName('pod', pod, 253);
-  validateName('container', container, 63);
+  if (container !== '') validateName('container', container, 63); // '' is the pod's default container
   if (!Array.isArray(command) || command.length === 0 || command.some((arg) => typeof arg !== 'string') || command[0] === '') {
     throw new StorageError(Code.INVALID_ARGUMENT, 'an exec command is a non-empty list of arguments, the program first');
   }

@@ -77,9 +77,9 @@ export class KubeExecClient {
     return names.sort();
   }
 
-  /** Starts `command` (an argument list, no shell) in `container` of `pod`. */
+  /** Starts `command` (an argument list, no shell) in `container` of `pod` ('' for the pod's default container). */
   openExec(namespace: string, pod: string, container: string, command: string[], opts: OpenExecOptions = {}): ExecSession {
-    const what = `exec in container ${container} of pod ${namespace}/${pod}`;
+    const what = container ? `exec in container ${container} of pod ${namespace}/${pod}` : `exec in pod ${namespace}/${pod}`;
     const session = new KubeExecSession(what, Boolean(opts.stdin), this.api.requestTimeoutMs,
       this.log.child({ namespace, pod, container }), opts.signal);
     try {
@@ -88,7 +88,8 @@ export class KubeExecClient {
       session.fail(err as StorageError);
       return session;
     }
-    const query = new URLSearchParams({ container });
+    // Without a container the API server picks the pod's default one.
+    const query = new URLSearchParams(container ? { container } : {});
     for (const arg of command) query.append('command', arg);
     query.append('stdout', 'true');
     query.append('stderr', 'true');

@@ -77,6 +77,15 @@ test('success: both streams in order, exit 0, the upgrade as Kubernetes expects 
   await peer.closed;
 });
 
+test('no container named: the query leaves it out, so the API server picks the pod\'s default container', async (t) => {
+  const { fake, client } = await setup(t, { onExec: (peer) => peer.ws.send(statusFrame(STATUS_SUCCESS)) });
+  const session = client.openExec('db', 'pg-0', '', ['true']);
+  await collect(session);
+  t.deepEqual(await session.done, { exitCode: 0 });
+  t.false(fake.execs[0]!.query.has('container'));
+  await fake.execs[0]!.closed;
+});
+
 test('a non-zero exit code is the command\'s, not an error', async (t) => {
   const { client } = await setup(t, {
     onExec: (peer) => {
@@ -293,7 +302,7 @@ test('invalid names or an empty command are INVALID_ARGUMENT, and nothing is dia
     ['db', 'pg-0/../../x', 'postgres', ['psql']],
     ['DB', 'pg-0', 'postgres', ['psql']],
     ['db', 'pg-0', 'postgres', []],
-    ['db', 'pg-0', '', ['psql']],
+    ['db', 'pg-0', 'Bad_Container', ['psql']],
   ] as [string, string, string, string[]][]) {
     t.is((await rejection(client.openExec(ns, pod, container, command).done)).code, Code.INVALID_ARGUMENT);
   }
