@@ -247,3 +247,11 @@ test('TLS files without peers are accepted and unused', (t) => {
   t.false(peersEnabled(c));
   t.is(peerTlsConfig(c), undefined);
 });
+
+test('in a Kubernetes pod the service account reaches the API (exec actions); outside, nothing does', (t) => {
+  t.is(resolveConfig({}, {}, false).kubernetes, undefined);
+  const k = resolveConfig({}, { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' }, false).kubernetes;
+  t.is(k?.server, 'https://10.96.0.1:443');
+  t.is(k?.tokenFile, '/var/run/secrets/kubernetes.io/serviceaccount/token');
+  t.is(k?.caFile, '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt');
+});
