@@ -8,7 +8,12 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import type { TestFn } from 'ava';
 import { WebSocketServer, type WebSocket } from 'ws';
+import { silentLogger } from '../../src/common/log.js';
+import { KubeApi, type KubeApiOptions } from '../../src/snapshot/kube-api.js';
+import { KubeExecClient } from '../../src/snapshot/kube-exec.js';
+import { makeTestPki, type TestPki } from './tls.js';
 
 export const V5 = 'v5.channel.k8s.io';
 export const V4 = 'v4.channel.k8s.io';
@@ -136,3 +141,43 @@ export async function startFakeKubeApi(options: FakeKubeApiOptions = {}): Promis
     },
   };
 }
+
+export const TEST_TOKEN = 'test-token-abc';
+
+export interface FakeKubeSuite {
+  /** The test PKI (made before the file's tests): the fake servers' CA. */
+  readonly pki: TestPki;
+  /** The fake API server's certificate, signed by `pki`. */
+  readonly serverTls: { certFile: string; keyFile: string };
+  /** A fake API server for one test, closed at its end, and a client that trusts it. */
+  setup(t: { teardown(fn: () => unknown): void }, options?: FakeKubeApiOptions, api?: Partial<KubeApiOptions>): Promise<{ fake: FakeKubeApi; client: KubeExecClient }>;
+}
+
+/** Registers a test file's PKI (before all, cleaned up after all) for its fake API servers. */
+export function fakeKubeSuite(test: TestFn): FakeKubeSuite {
+  let pki: TestPki | undefined;
+  let serverTls: { certFile: string; keyFile: string } | undefined;
+  test.before(async () => {
+    pki = await makeTestPki();
+    serverTls = await pki.node('kube-apiserver');
+  });
+  test.after.always(() => pki?.cleanup());
+  const suite: FakeKubeSuite = {
+    get pki() {
+      if (!pki) throw new Error('the test PKI is made in test.before');
+      return pki;
+    },
+    get serverTls() {
+      if (!serverTls) throw new Error('the test PKI is made in test.before');
+      return serverTls;
+    },
+    async setup(t, options = {}, api = {}) {
+      const fake = await startFakeKubeApi({ tls: suite.serverTls, ...options });
+      t.teardown(() => fake.close());
+      const client = new KubeExecClient(new KubeApi({ server: fake.url, token: TEST_TOKEN, caFile: suite.pki.caFile, ...api }, silentLogger()), silentLogger());
+      return { fake, client };
+    },
+  };
+  return suite;
+}
+

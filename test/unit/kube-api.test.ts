@@ -9,27 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Code, StorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
-import { KubeApi, inClusterConfig, labelSelector, type KubeApiOptions } from '../../src/snapshot/kube-api.js';
+import { KubeApi, inClusterConfig, labelSelector } from '../../src/snapshot/kube-api.js';
 import { KubeExecClient } from '../../src/snapshot/kube-exec.js';
-import { type FakeKubeApiOptions, type FakeKubeApi, type GetRequest, startFakeKubeApi } from '../helpers/fake-kube-api.js';
-import { makeTestPki, type TestPki } from '../helpers/tls.js';
+import { type GetRequest, startFakeKubeApi, fakeKubeSuite, TEST_TOKEN } from '../helpers/fake-kube-api.js';
 
-const TOKEN = 'test-token-abc';
-let pki: TestPki;
-let serverTls: { certFile: string; keyFile: string };
-
-test.before(async () => {
-  pki = await makeTestPki();
-  serverTls = await pki.node('kube-apiserver');
-});
-test.after.always(() => pki?.cleanup());
-
-async function setup(t: { teardown(fn: () => unknown): void }, options: FakeKubeApiOptions, api: Partial<KubeApiOptions> = {}): Promise<{ fake: FakeKubeApi; client: KubeExecClient }> {
-  const fake = await startFakeKubeApi({ tls: serverTls, ...options });
-  t.teardown(() => fake.close());
-  const client = new KubeExecClient(new KubeApi({ server: fake.url, token: TOKEN, caFile: pki.caFile, ...api }, silentLogger()), silentLogger());
-  return { fake, client };
-}
+const TOKEN = TEST_TOKEN;
+const kube = fakeKubeSuite(test);
+const setup = kube.setup;
 
 async function rejection(promise: Promise<unknown>): Promise<StorageError> {
   const err = await promise.then(() => undefined, (e: unknown) => e);
@@ -122,15 +108,15 @@ test('the caller\'s signal: CANCELLED, or DEADLINE_EXCEEDED for a timeout reason
 });
 
 test('connection refused is UNAVAILABLE; a certificate our CA did not sign too', async (t) => {
-  const closed = await startFakeKubeApi({ tls: serverTls });
+  const closed = await startFakeKubeApi({ tls: kube.serverTls });
   const server = closed.url;
   await closed.close();
-  const refused = new KubeExecClient(new KubeApi({ server, token: TOKEN, caFile: pki.caFile }, silentLogger()), silentLogger());
+  const refused = new KubeExecClient(new KubeApi({ server, token: TOKEN, caFile: kube.pki.caFile }, silentLogger()), silentLogger());
   t.is((await rejection(refused.listPods('db', { app: 'pg' }))).code, Code.UNAVAILABLE);
 
-  const rogue = await startFakeKubeApi({ tls: await pki.rogue('rogue-apiserver'), onGet: () => podList([]) });
+  const rogue = await startFakeKubeApi({ tls: await kube.pki.rogue('rogue-apiserver'), onGet: () => podList([]) });
   t.teardown(() => rogue.close());
-  const client = new KubeExecClient(new KubeApi({ server: rogue.url, token: TOKEN, caFile: pki.caFile }, silentLogger()), silentLogger());
+  const client = new KubeExecClient(new KubeApi({ server: rogue.url, token: TOKEN, caFile: kube.pki.caFile }, silentLogger()), silentLogger());
   t.is((await rejection(client.listPods('db', { app: 'pg' }))).code, Code.UNAVAILABLE);
   t.is(rogue.gets.length, 0);
 });
@@ -139,8 +125,8 @@ test('in-cluster: the token file is read again after a rotation, the CA file is 
   const dir = mkdtempSync(join(tmpdir(), 'cairn-sa-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'token'), 'token-one\n');
-  copyFileSync(pki.caFile, join(dir, 'ca.crt'));
-  const fake = await startFakeKubeApi({ tls: serverTls, onGet: () => podList([pod('pg-0', 'Running')]) });
+  copyFileSync(kube.pki.caFile, join(dir, 'ca.crt'));
+  const fake = await startFakeKubeApi({ tls: kube.serverTls, onGet: () => podList([pod('pg-0', 'Running')]) });
   t.teardown(() => fake.close());
   const config = inClusterConfig({ KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(fake.port) }, dir);
   t.truthy(config);

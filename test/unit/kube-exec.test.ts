@@ -10,29 +10,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Code, StorageError } from '../../src/common/errors.js';
 import { silentLogger } from '../../src/common/log.js';
-import { KubeApi, type KubeApiOptions } from '../../src/snapshot/kube-api.js';
+import { KubeApi } from '../../src/snapshot/kube-api.js';
 import { KubeExecClient, type ExecOutput, type ExecSession } from '../../src/snapshot/kube-exec.js';
 import {
-  type ExecPeer, type FakeKubeApiOptions, type FakeKubeApi, STATUS_SUCCESS, V4, V5, frame, startFakeKubeApi, statusExit, statusFrame,
+  type ExecPeer, STATUS_SUCCESS, V4, V5, frame, startFakeKubeApi, fakeKubeSuite, TEST_TOKEN, statusExit, statusFrame,
 } from '../helpers/fake-kube-api.js';
-import { makeTestPki, type TestPki } from '../helpers/tls.js';
 
-const TOKEN = 'test-token-abc';
-let pki: TestPki;
-let serverTls: { certFile: string; keyFile: string };
-
-test.before(async () => {
-  pki = await makeTestPki();
-  serverTls = await pki.node('kube-apiserver');
-});
-test.after.always(() => pki?.cleanup());
-
-async function setup(t: { teardown(fn: () => unknown): void }, options: FakeKubeApiOptions = {}, api: Partial<KubeApiOptions> = {}): Promise<{ fake: FakeKubeApi; client: KubeExecClient }> {
-  const fake = await startFakeKubeApi({ tls: serverTls, ...options });
-  t.teardown(() => fake.close());
-  const client = new KubeExecClient(new KubeApi({ server: fake.url, token: TOKEN, caFile: pki.caFile, ...api }, silentLogger()), silentLogger());
-  return { fake, client };
-}
+const TOKEN = TEST_TOKEN;
+const kube = fakeKubeSuite(test);
+const setup = kube.setup;
 
 async function collect(session: ExecSession): Promise<ExecOutput[]> {
   const chunks: ExecOutput[] = [];
@@ -196,20 +182,20 @@ test('404 on the upgrade (no such pod) is NOT_FOUND', async (t) => {
 });
 
 test('connection refused is UNAVAILABLE', async (t) => {
-  const fake = await startFakeKubeApi({ tls: serverTls });
+  const fake = await startFakeKubeApi({ tls: kube.serverTls });
   const server = fake.url;
   await fake.close();
-  const client = new KubeExecClient(new KubeApi({ server, token: TOKEN, caFile: pki.caFile }, silentLogger()), silentLogger());
+  const client = new KubeExecClient(new KubeApi({ server, token: TOKEN, caFile: kube.pki.caFile }, silentLogger()), silentLogger());
   const session = client.openExec('db', 'pg-0', 'postgres', ['psql']);
   t.is((await rejection(session.done)).code, Code.UNAVAILABLE);
   t.deepEqual(await collect(session), []);
 });
 
 test('a server certificate our CA did not sign is refused (UNAVAILABLE), never accepted', async (t) => {
-  const rogue = await pki.rogue('rogue-apiserver');
+  const rogue = await kube.pki.rogue('rogue-apiserver');
   const fake = await startFakeKubeApi({ tls: rogue, onExec: (peer) => peer.ws.send(statusFrame(STATUS_SUCCESS)) });
   t.teardown(() => fake.close());
-  const client = new KubeExecClient(new KubeApi({ server: fake.url, token: TOKEN, caFile: pki.caFile }, silentLogger()), silentLogger());
+  const client = new KubeExecClient(new KubeApi({ server: fake.url, token: TOKEN, caFile: kube.pki.caFile }, silentLogger()), silentLogger());
   t.is((await rejection(client.openExec('db', 'pg-0', 'postgres', ['psql']).done)).code, Code.UNAVAILABLE);
   t.is(fake.execs.length, 0);
 });
@@ -291,7 +277,7 @@ test('a server that never answers the upgrade: DEADLINE_EXCEEDED after the reque
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => { silent.close(() => resolve()); }));
   const port = (silent.address() as AddressInfo).port;
-  const api = new KubeApi({ server: `https://127.0.0.1:${port}`, token: TOKEN, caFile: pki.caFile, requestTimeoutMs: 300 }, silentLogger());
+  const api = new KubeApi({ server: `https://127.0.0.1:${port}`, token: TOKEN, caFile: kube.pki.caFile, requestTimeoutMs: 300 }, silentLogger());
   const client = new KubeExecClient(api, silentLogger());
   t.is((await rejection(client.openExec('db', 'pg-0', 'postgres', ['psql']).done)).code, Code.DEADLINE_EXCEEDED);
 });
