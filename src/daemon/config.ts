@@ -21,7 +21,7 @@ import type { PeerTlsConfig } from '../rpc/tls.js';
 import { MAX_REPLICAS } from '../cluster/volume-doc.js';
 import { inClusterConfig } from '../snapshot/kube-api.js';
 import {
-  DEFAULT_DATA_PORT, DEFAULT_PEER_PORT, MAX_SOCKET_PATH, MIN_NODE_TTL_MS, REPLICA_TRANSPORTS, ROLES, specOf, type DaemonConfig, type DaemonRole, type RawFlags,
+  DEFAULT_DATA_PORT, DEFAULT_PEER_PORT, MAX_SOCKET_PATH, MIN_NODE_TTL_MS, REPLICA_TRANSPORTS, ROLES, specOf, type DaemonConfig, type DaemonRole, type RawFlags, type SettingKey,
   type ReplicaTransport,
 } from './settings.js';
 
@@ -41,7 +41,7 @@ const ENDPOINT_RE = /^https?:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[
 const LABEL_NAME_RE = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/;
 const LABEL_PREFIX_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/;
 
-function invalid(key: keyof DaemonConfig, value: string, why: string): StorageError {
+function invalid(key: SettingKey, value: string, why: string): StorageError {
   const setting = specOf(key);
   return new StorageError(Code.INVALID_ARGUMENT, `invalid ${setting.flag.split(' ')[0]} / ${setting.env} "${value}": ${why}`);
 }
@@ -50,30 +50,30 @@ function invalid(key: keyof DaemonConfig, value: string, why: string): StorageEr
 class Reader {
   constructor(private readonly flags: RawFlags, private readonly env: NodeJS.ProcessEnv) {}
 
-  raw(key: keyof DaemonConfig): string | undefined {
+  raw(key: SettingKey): string | undefined {
     // A boolean flag may arrive as `true` from commander when the caller passed its opts on as is.
     const flag = this.flags[key] as unknown;
     if (flag !== undefined) return String(flag);
     return this.env[specOf(key).env];
   }
 
-  given(key: keyof DaemonConfig): boolean {
+  given(key: SettingKey): boolean {
     return this.raw(key) !== undefined;
   }
 
-  path(key: keyof DaemonConfig, fallback: string): string {
+  path(key: SettingKey, fallback: string): string {
     const text = this.raw(key) ?? fallback;
     return isAbsolute(text) ? text : resolve(text);
   }
 
-  wholeNumber(key: keyof DaemonConfig, fallback: number, min: number, why: string): number {
+  wholeNumber(key: SettingKey, fallback: number, min: number, why: string): number {
     const text = this.raw(key) ?? String(fallback);
     const n = /^\s*\d+\s*$/.test(text) ? Number(text) : Number.NaN;
     if (!Number.isSafeInteger(n) || n < min) throw invalid(key, text, why);
     return n;
   }
 
-  boolean(key: keyof DaemonConfig): boolean {
+  boolean(key: SettingKey): boolean {
     const text = this.raw(key);
     if (text === undefined || text === '') return false;
     const t = text.trim().toLowerCase();
@@ -82,7 +82,7 @@ class Reader {
     throw invalid(key, text, 'write true or false (or 1 or 0)');
   }
 
-  size(key: keyof DaemonConfig, fallback: string, why: string): number {
+  size(key: SettingKey, fallback: string, why: string): number {
     const text = this.raw(key) ?? fallback;
     try {
       return parseSize(text.replace(/\/s$/, ''));
