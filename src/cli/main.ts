@@ -11,6 +11,7 @@ import { ApiClient, type CreateVolumeOptions, type VolumeMessage } from './api-c
 import { csiInfo, type CsiInfo } from './csi-info.js';
 import { waitForFill } from './fill-wait.js';
 import { addRuleCommands } from './rule-commands.js';
+import { addSpecCommand } from './spec/command.js';
 import {
   clusterStatusText, copiesText, fillProgress, formatPause, keyValues, mismatchedRegions, nodeRows, percent, snapshotDetail, snapshotRows, verifyText,
   volumeDetail, volumeRows,
@@ -234,6 +235,8 @@ function buildProgram(): Command {
     .action((source: string, name: string, opts: CopyOptions) => withClient(g(), (c) => createFrom(g(), c, name, opts, { sourceSnapshot: source }, 'restored')));
 
   addRuleCommands(program, { withClient: (fn) => withClient(g(), fn), print: (json, human) => print(g().output, json, human) });
+
+  addSpecCommand(program, (text) => process.stdout.write(text));
 
   const cluster = program.command('cluster').description('the cluster as a whole');
   cluster.command('status').description('store, nodes up, repair leader and volume health').action(() => withClient(g(), async (c) => {
