@@ -13,7 +13,7 @@ import type { IConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { meta, SCRIPTS_NAME } from './meta.js';
 
 export const SCRIPTS_DIR = '/opt/cairn/scripts';
-/** Where peer-init.sh leaves the certificate, key, CA and zone for the main container. */
+/** Where peer-init.sh leaves (CAIRN_RUN_DIR overrides it, and CAIRN_CA_DIR the CA's directory, for tests) the certificate, key, CA and zone for the main container. */
 export const RUN_DIR = '/run/cairn';
 export const CA_MOUNT = '/etc/cairn/peer-ca';
 
@@ -53,36 +53,37 @@ if (cmd === 'node-label') {
 
 const CA_BOOTSTRAP_SH = `set -eu
 # Makes the peer CA once: a Secret that already exists is kept (a rerun changes nothing).
-if node ${SCRIPTS_DIR}/kube.mjs secret-exists "$CA_SECRET"; then echo "cairn: peer CA secret $CA_SECRET exists; keeping it"; exit 0; fi
+if node "$(dirname "$0")/kube.mjs" secret-exists "$CA_SECRET"; then echo "cairn: peer CA secret $CA_SECRET exists; keeping it"; exit 0; fi
 dir=$(mktemp -d)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 -sha256 \\
   -subj "/CN=cairn-peer-ca/O=$POD_NAMESPACE" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \\
   -keyout "$dir/tls.key" -out "$dir/tls.crt"
-node ${SCRIPTS_DIR}/kube.mjs create-tls-secret "$CA_SECRET" "$dir/tls.crt" "$dir/tls.key"
+node "$(dirname "$0")/kube.mjs" create-tls-secret "$CA_SECRET" "$dir/tls.crt" "$dir/tls.key"
 rm -rf "$dir"
 echo "cairn: peer CA secret $CA_SECRET created"
 `;
 
 const PEER_INIT_SH = `set -eu
 # Issues this pod's peer certificate (for its IP and name) from the CA, and records the zone.
-out=${RUN_DIR}
+out=\${CAIRN_RUN_DIR:-${RUN_DIR}}
+ca=\${CAIRN_CA_DIR:-${CA_MOUNT}}
 mkdir -p "$out"
 zone=""
-if [ -n "\${ZONE_LABEL:-}" ]; then zone=$(node ${SCRIPTS_DIR}/kube.mjs node-label "$ZONE_LABEL"); fi
+if [ -n "\${ZONE_LABEL:-}" ]; then zone=$(node "$(dirname "$0")/kube.mjs" node-label "$ZONE_LABEL"); fi
 printf '%s' "$zone" > "$out/zone"
 if [ "$PEER_TLS" = insecure ]; then exit 0; fi
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$CERT_NAME" -keyout "$out/peer.key" -out "$out/peer.csr"
 printf 'subjectAltName=IP:%s,DNS:%s\\nextendedKeyUsage=serverAuth,clientAuth\\nbasicConstraints=CA:FALSE\\n' "$POD_IP" "$CERT_NAME" > "$out/peer.ext"
-openssl x509 -req -in "$out/peer.csr" -CA ${CA_MOUNT}/tls.crt -CAkey ${CA_MOUNT}/tls.key -set_serial "0x$(openssl rand -hex 16)" \\
+openssl x509 -req -in "$out/peer.csr" -CA "$ca/tls.crt" -CAkey "$ca/tls.key" -set_serial "0x$(openssl rand -hex 16)" \\
   -days 365 -sha256 -extfile "$out/peer.ext" -out "$out/peer.crt"
-cp ${CA_MOUNT}/tls.crt "$out/ca.crt"
+cp "$ca/tls.crt" "$out/ca.crt"
 rm -f "$out/peer.csr" "$out/peer.ext"
 chmod 600 "$out/peer.key"
 `;
 
 const NODE_START_SH = `set -eu
 # Starts cairnd: the zone peer-init.sh found, and the pool devices the glob matches here.
-zone=$(cat ${RUN_DIR}/zone 2>/dev/null || true)
+zone=$(cat "\${CAIRN_RUN_DIR:-${RUN_DIR}}/zone" 2>/dev/null || true)
 if [ -n "$zone" ]; then export CAIRN_ZONE="$zone"; fi
 if [ -n "\${POOL_DEVICE_GLOB:-}" ]; then
   devices=""
