@@ -42,6 +42,6 @@ export function renderSpec(o: SpecOptions, args: readonly string[]): string {
     ...(o.snapshots ? ['# Needs external-snapshotter\'s CRDs and snapshot-controller in the cluster (VolumeSnapshotClass and, with group snapshots, VolumeGroupSnapshotClass).'] : []),
     ...(o.peerTls === 'insecure' ? ['# WARNING: --peer-tls insecure: replica traffic between nodes is plaintext and unauthenticated (development only).'] : []),
   ].join('\n');
-  const docs = specObjects(o).map((obj) => stringify(obj, { lineWidth: 0 }).trimEnd());
+  const docs = specObjects(o).map((obj) => stringify(obj, { lineWidth: 0, aliasDuplicateObjects: false }).trimEnd());
   return `${header}\n---\n${docs.join('\n---\n')}\n`;
 }

@@ -1,6 +1,7 @@
 /**
  * The CSI sidecars `cairnctl spec` deploys: their default images (kubernetes-csi releases
- * under registry.k8s.io/sig-storage) and the command-line flags Cairn passes to each. Every
+ * under registry.k8s.io/sig-storage, releases listed as supported by the kubernetes-csi docs;
+ * csi-snapshotter 8.4 is the first with the v1beta2 group snapshot API) and the command-line flags Cairn passes to each. Every
  * flag the generator emits is listed in SIDECAR_FLAGS, which names the flags of the default
  * version of that sidecar; the spec tests check the emitted arguments against it, so a
  * flag a version lacks cannot slip in unnoticed.
@@ -12,12 +13,12 @@ export type SidecarImages = Record<SidecarName, string>;
 const REGISTRY = 'registry.k8s.io/sig-storage';
 
 export const DEFAULT_SIDECARS: Readonly<SidecarImages> = Object.freeze({
-  provisioner: `${REGISTRY}/csi-provisioner:v5.3.0`,
-  attacher: `${REGISTRY}/csi-attacher:v4.9.0`,
-  resizer: `${REGISTRY}/csi-resizer:v1.14.0`,
+  provisioner: `${REGISTRY}/csi-provisioner:v5.2.0`,
+  attacher: `${REGISTRY}/csi-attacher:v4.8.0`,
+  resizer: `${REGISTRY}/csi-resizer:v1.13.1`,
   snapshotter: `${REGISTRY}/csi-snapshotter:v8.4.0`,
-  registrar: `${REGISTRY}/csi-node-driver-registrar:v2.14.0`,
-  livenessprobe: `${REGISTRY}/livenessprobe:v2.16.0`,
+  registrar: `${REGISTRY}/csi-node-driver-registrar:v2.13.0`,
+  livenessprobe: `${REGISTRY}/livenessprobe:v2.15.0`,
 });
 
 /** The flags (names only) of each sidecar that the generator uses, as the default version documents them. */
