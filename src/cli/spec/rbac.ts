@@ -26,9 +26,9 @@ const GROUP_SNAPSHOT_GROUP = 'groupsnapshot.storage.k8s.io';
 
 function provisionerRules(o: SpecOptions): IPolicyRule[] {
   return [
-    { apiGroups: [''], resources: ['persistentvolumes'], verbs: [...READ, 'create', 'patch', 'delete'] },
+    { apiGroups: [''], resources: ['persistentvolumes'], verbs: [...READ, 'create', 'update', 'patch', 'delete'] },
     { apiGroups: [''], resources: ['persistentvolumeclaims'], verbs: [...READ, 'update'] },
-    { apiGroups: ['storage.k8s.io'], resources: ['storageclasses', 'csinodes'], verbs: READ },
+    { apiGroups: ['storage.k8s.io'], resources: ['storageclasses', 'csinodes', 'volumeattributesclasses'], verbs: READ },
     { apiGroups: [''], resources: ['nodes'], verbs: READ },
     { apiGroups: ['storage.k8s.io'], resources: ['volumeattachments'], verbs: READ },
     EVENTS,
