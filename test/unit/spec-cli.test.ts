@@ -37,7 +37,7 @@ const BAD: [string[], string, RegExp][] = [
   [['--pool-device-glob', '/dev/sd*; rm -rf /'], '--pool-device-glob', /no spaces or shell syntax/],
   [['--default-replicas', '4'], '--default-replicas', /write 1, 2 or 3/],
   [['--namespace', 'Cairn'], '--namespace', /not a namespace name/],
-  [['--peer-tls', 'maybe'], '--peer-tls', /bootstrap, provided, insecure/],
+  [['--peer-tls', 'maybe'], '--peer-tls', /bootstrap, cert-manager, provided, insecure/],
   [['--peer-tls', 'insecure', '--peer-ca-secret', 'x'], '--peer-ca-secret', /contradicts --peer-tls insecure/],
   [['--no-snapshots', '--group-snapshots'], '--group-snapshots', /needs snapshots/],
   [['--toleration', 'a=b:Sometimes'], '--toleration', /Effect is NoSchedule/],

@@ -2,7 +2,8 @@
 // parsed back), validated offline against Kubernetes' OpenAPI schemas by kubernetes-models
 // (its built-in ajv validators, generated from the Kubernetes 1.34 OpenAPI spec). One test
 // per flag combination: etcd internal/external × snapshots off/on/on+group × pool
-// file/list/glob × peer TLS bootstrap/provided/insecure.
+// file/list/glob × peer TLS bootstrap/cert-manager/provided/insecure. cert-manager's Issuer and
+// Certificate are validated against cert-manager's CRD schemas (@kubernetes-models/cert-manager).
 import test from 'ava';
 import { parseAllDocuments } from 'yaml';
 import { DaemonSet } from 'kubernetes-models/apps/v1';
@@ -22,7 +23,9 @@ const NO_SCHEMA = new Set(['snapshot.storage.k8s.io/v1/VolumeSnapshotClass', 'gr
 
 async function modelOf(doc: Doc): Promise<ModelClass | undefined> {
   const path = doc.apiVersion.includes('/') ? doc.apiVersion : `v1`;
-  const mod = (await import(`kubernetes-models/${path}`)) as Record<string, unknown>;
+  // cert-manager's kinds: its CRDs' schemas, from the same project's cert-manager package.
+  const pkg = doc.apiVersion.startsWith('cert-manager.io/') ? '@kubernetes-models/cert-manager' : 'kubernetes-models';
+  const mod = (await import(`${pkg}/${path}`)) as Record<string, unknown>;
   return mod[doc.kind] as ModelClass | undefined;
 }
 
@@ -63,7 +66,7 @@ test('the validator is live: a DaemonSet with a wrong type and a missing require
 const ETCD: Record<string, SpecFlags> = { internal: {}, external: { etcdEndpoints: 'https://etcd-a.example:2379,https://etcd-b.example:2379' } };
 const SNAPSHOTS: Record<string, SpecFlags> = { 'no snapshots': { snapshots: false }, snapshots: { snapshots: true }, 'group snapshots': { snapshots: true, groupSnapshots: true } };
 const POOL: Record<string, SpecFlags> = { 'file pool': {}, 'device list': { poolDevices: '/dev/sdb,/dev/sdc' }, 'device glob': { poolDeviceGlob: '/dev/disk/by-id/nvme-*' } };
-const TLS: Record<string, SpecFlags> = { bootstrap: { peerTls: 'bootstrap' }, provided: { peerTls: 'provided', peerCaSecret: 'site-ca' }, insecure: { peerTls: 'insecure' } };
+const TLS: Record<string, SpecFlags> = { bootstrap: { peerTls: 'bootstrap' }, provided: { peerTls: 'provided', peerCaSecret: 'site-ca' }, 'cert-manager': { peerTls: 'cert-manager' }, insecure: { peerTls: 'insecure' } };
 
 for (const [etcd, e] of Object.entries(ETCD)) {
   for (const [snap, s] of Object.entries(SNAPSHOTS)) {
@@ -79,6 +82,7 @@ for (const [etcd, e] of Object.entries(ETCD)) {
           t.is(kinds.includes('VolumeGroupSnapshotClass'), snap === 'group snapshots');
           t.is(kinds.includes('CustomResourceDefinition'), snap !== 'no snapshots', 'the SnapshotRule CRD comes with snapshots');
           t.is(kinds.includes('Job'), tls === 'bootstrap', 'the CA bootstrap Job runs only in bootstrap mode');
+          t.is(kinds.includes('Certificate'), tls === 'cert-manager', 'cert-manager issues the CA only when asked');
         });
       }
     }

@@ -14,7 +14,7 @@ export type EtcdSpec =
 export type PoolSpec = { kind: 'file' } | { kind: 'devices'; devices: string[] } | { kind: 'glob'; glob: string };
 
 /** How nodes get their peer certificates (docs/kubernetes.md, "Peer TLS"). */
-export const PEER_TLS_MODES = ['bootstrap', 'provided', 'insecure'] as const;
+export const PEER_TLS_MODES = ['bootstrap', 'cert-manager', 'provided', 'insecure'] as const;
 export type PeerTlsMode = (typeof PEER_TLS_MODES)[number];
 
 export interface Toleration { key?: string; operator: 'Exists' | 'Equal'; value?: string; effect?: 'NoSchedule' | 'PreferNoSchedule' | 'NoExecute' }
