@@ -1,8 +1,9 @@
 /**
  * The ConfigMap of start scripts the generated pods run from the Cairn image (sh, openssl
  * and node are in it). They do what the pod spec cannot say by itself:
- * - kube.mjs: two Kubernetes API calls with the pod's service account: read a label of
- *   this node (its zone), and create the peer CA Secret unless it exists.
+ * - kube.mjs: the Kubernetes API calls the scripts make with the pod's service account: read
+ *   a label of this node (its zone), and create the peer CA Secret unless it exists
+ *   (CAIRN_SA_DIR overrides the service account directory, for tests).
  * - ca-bootstrap.sh: the one-shot Job that makes the cluster's peer CA (peer TLS mode
  *   `bootstrap`) unless the Secret is already there.
  * - peer-init.sh: an init container issues this pod's peer certificate from the CA, for the
@@ -20,7 +21,7 @@ export const CA_MOUNT = '/etc/cairn/peer-ca';
 const KUBE_MJS = `// Two calls to the Kubernetes API with the pod's service account (cairnctl spec).
 import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
-const sa = '/var/run/secrets/kubernetes.io/serviceaccount';
+const sa = process.env.CAIRN_SA_DIR || '/var/run/secrets/kubernetes.io/serviceaccount';
 function call(method, path, body) {
   return new Promise((resolve, reject) => {
     const req = request({
