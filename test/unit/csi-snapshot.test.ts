@@ -63,12 +63,16 @@ async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<string> {
   }
 }
 
-test('VolumeSnapshotClass parameters: the external-snapshotter\'s keys pass, any other key is INVALID_ARGUMENT naming it', (t) => {
+test('VolumeSnapshotClass parameters: cairn.dev/snapshot-rule and the external-snapshotter\'s keys pass (its namespace is kept for exec actions), any other key is INVALID_ARGUMENT naming it', (t) => {
   t.deepEqual(parseSnapshotParameters({
     'csi.storage.k8s.io/volumesnapshot/name': 'before-upgrade', 'csi.storage.k8s.io/volumesnapshot/namespace': 'db',
     'csi.storage.k8s.io/volumesnapshotcontent/name': 'snapcontent-1', 'csi.storage.k8s.io/snapshotter-secret-name': 's',
-  }), {});
+  }), { namespace: 'db' });
   t.deepEqual(parseSnapshotParameters(undefined), {});
+  t.deepEqual(parseSnapshotParameters({ 'cairn.dev/snapshot-rule': 'postgres' }), { rule: 'postgres' });
+  const badRule = t.throws(() => parseSnapshotParameters({ 'cairn.dev/snapshot-rule': 'Not A Name' })) as StorageError;
+  t.is(badRule.code, Code.INVALID_ARGUMENT);
+  t.is(badRule.details.field, 'parameters.cairn.dev/snapshot-rule');
   const err = t.throws(() => parseSnapshotParameters({ retain: 'yes' })) as StorageError;
   t.is(err.code, Code.INVALID_ARGUMENT);
   t.regex(err.message, /unknown key "retain"/);
