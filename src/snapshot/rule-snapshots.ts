@@ -141,7 +141,7 @@ export class RuleSnapshots {
     const action = typeof error.details.action === 'string' ? error.details.action : undefined;
     if (action !== undefined) {
       throw new StorageError(Code.FAILED_PRECONDITION,
-        `snapshot "${name}" not taken: rule "${result.rule}" action ${action} failed (${Code[error.code]}): ${error.message} (${summary(result)})`,
+        `snapshot "${name}" not taken: rule "${result.rule}" stopped at ${action}${error.code === Code.FAILED_PRECONDITION ? '' : ` (${Code[error.code]})`}: ${error.message} (${summary(result)})`,
         { cause: error, details: { snapshot: name, rule: result.rule, action } });
     }
     throw new StorageError(error.code, `snapshot "${name}" not taken under rule "${result.rule}": ${error.message} (${summary(result)})`,
