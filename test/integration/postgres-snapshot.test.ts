@@ -71,11 +71,10 @@ if (prerequisitesMet('PostgreSQL application-consistent snapshot', missing)) {
     const mnt = mkdtempSync('/tmp/cairn-pg-src-');
     const mnt2 = mkdtempSync('/tmp/cairn-pg-dst-');
     const servers: PgServer[] = [];
-    let bench: ResultPromise | undefined;
-    let loop: CommitLoop | undefined;
+    const load: { bench?: ResultPromise; loop?: CommitLoop } = {};
     t.teardown(async () => {
-      bench?.kill('SIGKILL');
-      await loop?.stop().catch(() => undefined);
+      load.bench?.kill('SIGKILL');
+      await load.loop?.stop().catch(() => undefined);
       for (const s of servers) await s.close();
       for (const m of [mnt, mnt2]) await execa('fsfreeze', ['-u', m], { reject: false });
       await csi.node.NodeUnstageVolume!({ volumeId: 'pg-restored', stagingTargetPath: mnt2 }).catch(() => undefined);
@@ -94,8 +93,8 @@ if (prerequisitesMet('PostgreSQL application-consistent snapshot', missing)) {
     await pg.start();
     await pg.psql('CREATE TABLE committed_ids (id integer PRIMARY KEY)');
     await pg.pgbenchInit(4);
-    bench = pg.pgbench(['-c', '4', '-j', '2', '-T', '3600', '-n']);
-    loop = new CommitLoop(pg);
+    const bench = (load.bench = pg.pgbench(['-c', '4', '-j', '2', '-T', '3600', '-n']));
+    const loop = (load.loop = new CommitLoop(pg));
     await loop.waitFor(50);
     // pgbench is committing too before the snapshot.
     while (Number(await pg.psql('SELECT count(*) FROM pgbench_history')) === 0) {
