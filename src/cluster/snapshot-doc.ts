@@ -155,9 +155,10 @@ export async function updateSnapshotDoc(store: ClusterStore, name: string, mutat
 
 /**
  * Writes the rule snapshot `id` was taken under into its document (snapshot-rule-record.ts).
- * Nothing is written when the name now holds another snapshot or one being deleted; NOT_FOUND
- * when it is gone. Returns the document as stored afterwards.
+ * Nothing is written when the name now holds another snapshot, one being deleted, or one that
+ * records a rule already (a concurrent call of the same name took it); NOT_FOUND when it is
+ * gone. Returns the document as stored afterwards.
  */
 export async function recordSnapshotRule(store: ClusterStore, name: string, id: SnapshotId, rule: SnapshotRuleRecord): Promise<StoredSnapshotDoc | undefined> {
-  return updateSnapshotDoc(store, name, (d) => (d.id === id && d.state !== 'deleting' ? { ...d, rule } : undefined));
+  return updateSnapshotDoc(store, name, (d) => (d.id === id && d.state !== 'deleting' && !d.rule ? { ...d, rule } : undefined));
 }

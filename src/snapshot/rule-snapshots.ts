@@ -126,7 +126,11 @@ export class RuleSnapshots {
     const step = result.snapshot;
     if (step.state === 'taken') {
       const record = ruleRecord(result);
-      const stored = await recordSnapshotRule(this.opts.store, name, step.value.id, record);
+      // The snapshot exists whatever happens to its record: a record that cannot be written is logged, not an error.
+      const stored = await recordSnapshotRule(this.opts.store, name, step.value.id, record).catch((err: unknown) => {
+        this.log.error({ snapshot: name, rule: result.rule, ok: result.ok, err: (err as Error).message }, 'snapshot rule outcome not recorded in the snapshot document');
+        return undefined;
+      });
       if (!result.ok) {
         this.log.warn({ snapshot: name, rule: result.rule, code: result.error ? Code[result.error.code] : undefined, err: result.error?.message },
           'snapshot taken but its rule failed after it');
