@@ -25,9 +25,10 @@ import { apiHandlers, apiServiceDefinition, type ApiContext } from './api-servic
 import { flagsFromCommander, resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
 import { openControllerPlane } from './controller-plane.js';
 import { startCsi, type CsiDeps } from './csi-start.js';
-import { openDataPlane, openNodeStorage } from './data-plane.js';
+import { execTransport, openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
 import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
+import { HookRunner } from '../snapshot/hook-runner.js';
 import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import { VERSION } from './version.js';
@@ -137,12 +138,16 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const plane = openControllerPlane(config, log, cluster);
   stops.push(() => plane.close());
   const rules = new SnapshotRuleStore(cluster);
-  // No hook runner: command and fsfreeze actions run on the node where a volume is staged.
-  const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log });
+  // Only exec actions can run here (in Kubernetes): command and fsfreeze act on the node where a volume is staged.
+  const exec = execTransport(config, log);
+  const hooks = exec ? new HookRunner({ log, exec }) : undefined;
+  const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, ...(hooks ? { runner: hooks } : {}) });
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
     api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined },
   }, stops);
+  // Stops run in reverse: a rule in progress ends its exec sessions before anything else stops.
+  if (hooks) stops.push(() => hooks.shutdown());
   return { pool: 'none', store: cluster.kind };
 }
 

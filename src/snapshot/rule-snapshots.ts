@@ -7,7 +7,8 @@
  * - An unknown rule or volume is NOT_FOUND before anything runs.
  * - A rule with `command` or `fsfreeze` actions runs only on the node where the volume is
  *   staged (those actions act there): elsewhere, FAILED_PRECONDITION before anything runs,
- *   naming the node whose engine serves the volume.
+ *   naming the node whose engine serves the volume. A controller-role cairnd runs rules of
+ *   `exec` actions only, and only in Kubernetes (its runner has the exec kind alone).
  * - The same name again returns the existing snapshot without running the rule (idempotent
  *   by name, as without a rule).
  * - A pre action that fails with `onError: Fail`: no snapshot, FAILED_PRECONDITION naming
@@ -112,9 +113,14 @@ export class RuleSnapshots {
   private runnerFor(rule: SnapshotRule, ctx: RuleContext): HookRunner {
     const nodeKinds = [...new Set([...rule.pre, ...rule.post].map((a) => a.kind).filter((k) => NODE_KINDS.has(k)))];
     const where = ctx.engineNode ? ` (its engine runs on node ${ctx.engineNode}: ask the cairnd there)` : '';
-    if (!this.opts.runner || (nodeKinds.length > 0 && !this.opts.staged)) {
+    if (nodeKinds.length > 0 && !this.opts.staged) {
       throw new StorageError(Code.FAILED_PRECONDITION,
-        `snapshot rule "${rule.name}" cannot run on ${this.opts.nodeName}: this cairnd serves no volumes (controller role), and ${nodeKinds.join(' and ') || 'rule'} actions run on the node where volume "${ctx.volume}" is staged${where}; take the snapshot with cairnctl on that node`,
+        `snapshot rule "${rule.name}" cannot run on ${this.opts.nodeName}: this cairnd serves no volumes (controller role), and ${nodeKinds.join(' and ')} actions run on the node where volume "${ctx.volume}" is staged${where}; take the snapshot with cairnctl on that node`,
+        { details: { rule: rule.name, volume: ctx.volume, node: this.opts.nodeName } });
+    }
+    if (!this.opts.runner) {
+      throw new StorageError(Code.FAILED_PRECONDITION,
+        `snapshot rule "${rule.name}" cannot run on ${this.opts.nodeName}: exec actions need the Kubernetes API, and this cairnd runs outside Kubernetes with no node data plane; take the snapshot with cairnctl on a node daemon`,
         { details: { rule: rule.name, volume: ctx.volume, node: this.opts.nodeName } });
     }
     if (nodeKinds.length > 0) requireStaged({ nodeName: this.opts.nodeName, staged: this.opts.staged! }, ctx, `snapshot rule "${rule.name}": its ${nodeKinds.join(' and ')}`);

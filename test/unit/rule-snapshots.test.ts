@@ -14,7 +14,8 @@ import { silentLogger } from '../../src/common/log.js';
 import { HookRunner } from '../../src/snapshot/hook-runner.js';
 import { RuleSnapshots, type RuleSnapshotsOptions } from '../../src/snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../../src/snapshot/rule-store.js';
-import { validateSnapshotRule } from '../../src/snapshot/snapshot-rule.js';
+import type { ActionTransport, RuleContext } from '../../src/snapshot/action-transport.js';
+import { validateSnapshotRule, type RuleAction } from '../../src/snapshot/snapshot-rule.js';
 import type { StagedVolumeRecord } from '../../src/store/staged-volume-record.js';
 import { uniqueCluster } from '../helpers/cluster-store-conformance.js';
 import { FakeFreezer, FakeTransport } from '../helpers/fake-actions.js';
@@ -147,5 +148,34 @@ test('refused before anything runs: an unknown rule or volume, a volume staged e
   t.is(refused, 'FAILED_PRECONDITION');
   t.regex(message, /controller role/);
   t.regex(message, /node node-b/);
+  t.deepEqual(events, []);
+});
+
+test('a controller-role cairnd in Kubernetes (a runner with the exec kind only, no staging) runs a rule of exec actions in the claim\'s namespace, and refuses one with fsfreeze', async (t) => {
+  const { events, store, make } = await setup(t);
+  const rules = new SnapshotRuleStore(store);
+  await rules.apply(validateSnapshotRule({
+    apiVersion: 'cairn.dev/v1alpha1', kind: 'SnapshotRule', metadata: { name: 'in-pod' },
+    spec: { pre: [{ name: 'flush', kind: 'exec', selector: { matchLabels: { app: 'db' } }, command: ['ok', 'flush'] }] },
+  }));
+  const namespaces: (string | undefined)[] = [];
+  const fake = new FakeTransport(events, ['db-0']);
+  const exec: ActionTransport = {
+    targets: (_a: RuleAction, ctx: RuleContext) => {
+      namespaces.push(ctx.namespace);
+      return fake.targets();
+    },
+    start: (...args) => fake.start(...args),
+  };
+  const controller = make({ runner: new HookRunner({ log, exec }), staged: undefined });
+  const view = await controller.create({ name: 's1', volume: 'db', rule: 'in-pod', namespace: 'shop' });
+  t.deepEqual(events, ['start flush@db-0', 'end flush@db-0 0', 'snapshot']);
+  t.deepEqual(namespaces, ['shop'], 'pods are selected in the claim\'s namespace');
+  t.like(view.rule, { name: 'in-pod', ok: true });
+  t.is(view.rule?.actions[0]?.target, 'db-0');
+  events.length = 0;
+  const [code, message] = await codeOf(controller.create({ name: 's2', volume: 'db', rule: 'ok' }));
+  t.is(code, 'FAILED_PRECONDITION');
+  t.regex(message, /command and fsfreeze actions run on the node where volume "db" is staged \(its engine runs on node node-b/);
   t.deepEqual(events, []);
 });
