@@ -4,6 +4,8 @@
  * run for real.
  * - a pre command failing with onError Fail: no snapshot, FAILED_PRECONDITION naming the
  *   action, the post command ran, the filesystem is thawed (a synced write completes);
+ * - a pre command past its timeout: killed, no snapshot, post ran, thawed;
+ * - a background command: held through the snapshot, ended before the post actions;
  * - a post command failing: the snapshot is kept and its record (create's reply, inspect
  *   table and JSON) shows each step, the failure and its exit code;
  * - an unknown rule is NOT_FOUND, a volume not staged on this node FAILED_PRECONDITION, both
@@ -51,6 +53,12 @@ if (prerequisitesMet('snapshot rules on a staged ext4', fsMissing)) {
       ruleYaml('post-fails',
         `[{name: flush, kind: command, command: [sh, -c, "echo flushed; sync"]}, {kind: fsfreeze}]`,
         `[{name: notify, kind: command, command: [sh, -c, "echo no route to host >&2; exit 3"]}]`),
+      ruleYaml('times-out',
+        '[{kind: fsfreeze}, {name: stuck, kind: command, command: [sleep, "600.731"], timeoutSeconds: 1}]',
+        `[{name: mark, kind: command, command: [touch, ${marks('timeout-post-ran')}]}]`),
+      ruleYaml('holds',
+        `[{name: lock, kind: command, command: [sh, -c, "echo READY; exec sleep 600.913"], background: true}, {kind: fsfreeze}]`,
+        `[{name: after, kind: command, command: [sh, -c, "pgrep -f 'sleep 600[.]913' >/dev/null && exit 9 || touch ${join(work, 'lock-gone')}"]}]`),
       ruleYaml('marks', `[{name: mark, kind: command, command: [sh, -c, "touch ${join(work, 'marks-')}$CAIRN_SNAPSHOT"]}, {kind: fsfreeze}]`, '[]'),
     ].join(''));
     const applied = await d.ctl(['rule', 'apply', '-f', file]);
@@ -79,12 +87,30 @@ if (prerequisitesMet('snapshot rules on a staged ext4', fsMissing)) {
     t.regex(r.stderr, /FAILED_PRECONDITION/);
     t.regex(r.stderr, /must-fail/);
     t.regex(r.stderr, /exit(ed)? (code )?7/);
-    t.deepEqual(await d.ctlJson<SnapshotMessage[]>(['snapshot', 'list', '--volume', 'hk']), [], 'no snapshot was taken');
+    t.false((await d.ctlJson<SnapshotMessage[]>(['snapshot', 'list', '--volume', 'hk'])).some((s) => s.name === 'hk-1'), 'no snapshot was taken');
     t.true(existsSync(join(work, 'post-ran')), 'the post action ran');
     t.false(existsSync(join(work, 'never')), 'the pre actions after the failed one did not run');
     // Thawed: a write and its sync complete (on a frozen ext4 both would wait for the thaw).
     const w = await execa('sh', ['-c', `echo after > ${join(mnt, 'after.txt')} && sync -f ${join(mnt, 'after.txt')}`], { reject: false, timeout: 120_000 });
     t.is(w.exitCode, 0, `write after the rule: ${w.stderr}${w.timedOut ? ' (still blocked: frozen)' : ''}`);
+  });
+
+  test.serial('a pre command that passes its timeout is killed (its process is gone): no snapshot, DEADLINE_EXCEEDED named, post ran, thawed', async (t) => {
+    const r = await d.ctl(['snapshot', 'create', 'hk-t', '--volume', 'hk', '--rule', 'times-out']);
+    t.is(r.exitCode, 1);
+    t.regex(r.stderr, /stopped at stuck \(DEADLINE_EXCEEDED\).*\(FAILED_PRECONDITION\)$/s);
+    t.is((await execa('pgrep', ['-f', 'sleep 600.731'], { reject: false })).exitCode, 1, 'the timed-out command was killed');
+    t.true(existsSync(join(work, 'timeout-post-ran')));
+    t.false((await d.ctlJson<SnapshotMessage[]>(['snapshot', 'list', '--volume', 'hk'])).some((s) => s.name === 'hk-t'));
+    const w = await execa('sh', ['-c', `echo after > ${join(mnt, 'after-timeout.txt')} && sync -f ${join(mnt, 'after-timeout.txt')}`], { reject: false, timeout: 120_000 });
+    t.is(w.exitCode, 0, `write after the rule: ${w.stderr}${w.timedOut ? ' (still blocked: frozen)' : ''}`);
+  });
+
+  test.serial('a background command is held through the snapshot and ended before the post actions start', async (t) => {
+    const s = await d.ctlJson<SnapshotMessage>(['snapshot', 'create', 'hk-h', '--volume', 'hk', '--rule', 'holds']);
+    t.like(s.rule, { name: 'holds', ok: true });
+    t.deepEqual(s.rule!.actions.map((a) => `${a.action} ${a.step} ${a.status}`), ['pre[1] freeze succeeded', 'pre[1] thaw succeeded', 'lock hold succeeded', 'after run succeeded']);
+    t.true(existsSync(join(work, 'lock-gone')), 'the post action found the background command ended');
   });
 
   test.serial('a post command failing: the snapshot is kept, and create, inspect and inspect -o json show every step with the failure', async (t) => {
@@ -108,7 +134,7 @@ if (prerequisitesMet('snapshot rules on a staged ext4', fsMissing)) {
     t.log(table.stdout);
     t.regex(table.stdout, /rule post-fails FAILED/);
     t.regex(table.stdout, /notify\s+post\s+command\s+run\s+node-a\s+failed\s+3/);
-    t.deepEqual((await d.ctlJson<SnapshotMessage[]>(['snapshot', 'list', '--volume', 'hk'])).map((s) => s.name), ['hk-2']);
+    t.true((await d.ctlJson<SnapshotMessage[]>(['snapshot', 'list', '--volume', 'hk'])).some((s) => s.name === 'hk-2'));
   });
 
   test.serial('an unknown rule is NOT_FOUND and a volume not staged here FAILED_PRECONDITION, before anything runs', async (t) => {
@@ -122,7 +148,8 @@ if (prerequisitesMet('snapshot rules on a staged ext4', fsMissing)) {
     t.regex(idle.stderr, /not staged on node node-a/);
     t.log(idle.stderr);
     t.false(existsSync(join(work, 'marks-idle-1')), 'the rule did not start');
-    t.deepEqual((await d.ctlJson<SnapshotMessage[]>(['snapshot', 'list'])).map((s) => s.name), ['hk-2']);
+    const names = (await d.ctlJson<SnapshotMessage[]>(['snapshot', 'list'])).map((s) => s.name);
+    t.false(names.includes('hk-3') || names.includes('idle-1'), `nothing taken: ${names.join(', ')}`);
   });
 
   test.serial('CSI CreateSnapshot with cairn.dev/snapshot-rule runs the rule; the snapshot records it; a rule that does not exist is NOT_FOUND', async (t) => {
