@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runtime=(qemu-utils libnbd-bin fuse3 e2fsprogs xfsprogs util-linux thin-provisioning-tools)
-testing=(nbdkit fio btrfs-progs etcd-server)
+testing=(nbdkit fio btrfs-progs etcd-server postgresql)
 packages=("${runtime[@]}")
 [ "${1:-}" = "--runtime" ] || packages+=("${testing[@]}")
 

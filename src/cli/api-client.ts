@@ -75,7 +75,15 @@ export interface SnapshotMessage {
   readyToUse: boolean; copiesWanted: number; copies: SnapshotCopyMessage[];
   /** How long the source's writes waited for the barrier, in microseconds. */
   pauseUs: number;
+  /** The snapshot rule it was taken under; null when none. */
+  rule: SnapshotRuleOutcomeMessage | null;
 }
+export interface SnapshotRuleActionOutcomeMessage {
+  action: string; phase: string; kind: string; step: string; target: string; status: string;
+  /** Whether it exited by itself: exitCode is meaningful only then. */
+  exited: boolean; exitCode: number; durationMs: number; errorCode: string; errorMessage: string; outputTail: string;
+}
+export interface SnapshotRuleOutcomeMessage { name: string; ok: boolean; durationMs: number; actions: SnapshotRuleActionOutcomeMessage[] }
 export interface SnapshotRuleActionMessage {
   /** Empty when unnamed. */
   name: string;
@@ -158,8 +166,8 @@ export class ApiClient {
   clusterStatus(): Promise<ClusterStatusMessage> { return this.call('GetClusterStatus', {}); }
   async listNodes(): Promise<NodeMessage[]> { return (await this.call<{ nodes: NodeMessage[] }>('ListNodes', {})).nodes; }
   verifyVolume(name: string): Promise<VerifyMessage> { return this.call('VerifyVolume', { name }); }
-  /** Takes a snapshot of `volume` (name or id) at a write barrier; the same name and volume again returns it. */
-  createSnapshot(name: string, volume: string): Promise<SnapshotMessage> { return this.call('CreateSnapshot', { name, volume }); }
+  /** Takes a snapshot of `volume` (name or id) at a write barrier, under `rule` when given; the same name and volume again returns it. */
+  createSnapshot(name: string, volume: string, rule?: string): Promise<SnapshotMessage> { return this.call('CreateSnapshot', { name, volume, rule: rule ?? '' }); }
   /** Every snapshot, or those of one volume (name or id), oldest first. */
   async listSnapshots(volume?: string): Promise<SnapshotMessage[]> {
     return (await this.call<{ snapshots: SnapshotMessage[] }>('ListSnapshots', { volume: volume ?? '' })).snapshots;

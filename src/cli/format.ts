@@ -5,7 +5,8 @@
  */
 import { formatBytes } from '../common/units.js';
 import type {
-  ClusterStatusMessage, NodeMessage, PublicationMessage, RebuildProgressMessage, SnapshotMessage, StagingMessage, VerifyMessage, VolumeMessage,
+  ClusterStatusMessage, NodeMessage, PublicationMessage, RebuildProgressMessage, SnapshotMessage, SnapshotRuleOutcomeMessage, StagingMessage, VerifyMessage,
+  VolumeMessage,
 } from './api-client.js';
 
 export function table(headers: string[], rows: string[][]): string {
@@ -200,9 +201,24 @@ export function snapshotDetail(s: SnapshotMessage, nowMs: number): string {
     ['Copies', `${copiesText(s)} wanted ${s.copiesWanted}`], ['Created', `${s.createdAt || '-'} (${formatAge(s.createdAt, nowMs)})`],
     ['Barrier pause', formatPause(s.pauseUs)],
   ]);
-  if (s.copies.length === 0) return [head, '', 'no copies'].join('\n');
-  const copies = table(['NODE', 'FROM REPLICA', 'NODE STATE'], s.copies.map((c) => [c.nodeId, c.replicaId, c.nodeUp ? 'up' : 'down']));
-  return [head, '', copies].join('\n');
+  const copies = s.copies.length === 0 ? 'no copies'
+    : table(['NODE', 'FROM REPLICA', 'NODE STATE'], s.copies.map((c) => [c.nodeId, c.replicaId, c.nodeUp ? 'up' : 'down']));
+  return [head, '', copies, ...(s.rule ? ['', ruleOutcomeText(s.rule)] : [])].join('\n');
+}
+
+/** One line: the rule a snapshot was taken under and whether it went well. */
+export function ruleOutcomeLine(r: SnapshotRuleOutcomeMessage): string {
+  const failed = r.actions.filter((a) => a.status === 'failed');
+  return `rule ${r.name} ${r.ok ? 'ok' : 'FAILED'} in ${r.durationMs} ms${failed.length ? ` (failed: ${failed.map((a) => `${a.action} ${a.step}`).join(', ')})` : ''}`;
+}
+
+/** The rule a snapshot was taken under: a line, then a table of its steps, then each failure's message. */
+export function ruleOutcomeText(r: SnapshotRuleOutcomeMessage): string {
+  const rows = r.actions.map((a) => [
+    a.action, a.phase, a.kind, a.step, a.target || '-', a.status, a.exited ? String(a.exitCode) : '-', `${a.durationMs} ms`,
+  ]);
+  const errors = r.actions.filter((a) => a.errorMessage).map((a) => `${a.action} ${a.step}: ${a.errorCode}: ${a.errorMessage}${a.outputTail ? `\n  output: ${a.outputTail.trim().split('\n').slice(-3).join('\n  ')}` : ''}`);
+  return [ruleOutcomeLine(r), table(['ACTION', 'PHASE', 'KIND', 'STEP', 'TARGET', 'STATUS', 'EXIT', 'DURATION'], rows), ...errors].join('\n');
 }
 
 /** The fill of a new volume's replicas (restore, clone): the rebuilds summed; undefined when every replica is in sync. */

@@ -13,8 +13,8 @@ import { waitForFill } from './fill-wait.js';
 import { addRuleCommands } from './rule-commands.js';
 import { addSpecCommand } from './spec/command.js';
 import {
-  clusterStatusText, copiesText, fillProgress, formatPause, keyValues, mismatchedRegions, nodeRows, percent, snapshotDetail, snapshotRows, verifyText,
-  volumeDetail, volumeRows,
+  clusterStatusText, copiesText, fillProgress, formatPause, keyValues, mismatchedRegions, nodeRows, percent, ruleOutcomeLine, ruleOutcomeText, snapshotDetail,
+  snapshotRows, verifyText, volumeDetail, volumeRows,
 } from './format.js';
 
 type Output = 'table' | 'json';
@@ -214,9 +214,13 @@ function buildProgram(): Command {
   const snapshot = program.command('snapshot').description('take, list, inspect, restore and delete crash-consistent snapshots');
   snapshot.command('create <name>').description('snapshot a volume at a write barrier, with a copy on every in-sync replica')
     .requiredOption('--volume <volume>', 'the volume to snapshot (name or id)')
-    .action((name: string, opts: { volume: string }) => withClient(g(), async (c) => {
-      const s = await c.createSnapshot(name, opts.volume);
-      print(g().output, s, () => `snapshot ${s.name} of ${s.sourceVolumeName || opts.volume} ${s.readyToUse ? 'ready' : s.state} (${formatBytes(s.sizeBytes)}, copies ${copiesText(s)}, writes paused ${formatPause(s.pauseUs)})`);
+    .option('--rule <rule>', 'run this snapshot rule around it (application-consistent; run it on the node where the volume is staged)')
+    .action((name: string, opts: { volume: string; rule?: string }) => withClient(g(), async (c) => {
+      const s = await c.createSnapshot(name, opts.volume, opts.rule);
+      print(g().output, s, () => [
+        `snapshot ${s.name} of ${s.sourceVolumeName || opts.volume} ${s.readyToUse ? 'ready' : s.state} (${formatBytes(s.sizeBytes)}, copies ${copiesText(s)}, writes paused ${formatPause(s.pauseUs)})`,
+        ...(s.rule ? [s.rule.ok ? ruleOutcomeLine(s.rule) : ruleOutcomeText(s.rule)] : []),
+      ].join('\n'));
     }));
   snapshot.command('list').alias('ls').description('list snapshots').option('--volume <volume>', 'only the snapshots of this volume')
     .action((opts: { volume?: string }) => withClient(g(), async (c) => {

@@ -8,7 +8,8 @@
  */
 import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
-import type { SnapshotCopyEntry, SnapshotDoc, SnapshotState } from './snapshot-types.js';
+import { parseSnapshotRuleRecord, snapshotRuleRecordToJson } from './snapshot-rule-record.js';
+import type { SnapshotCopyEntry, SnapshotDoc, SnapshotRuleRecord, SnapshotState } from './snapshot-types.js';
 import type { CallOptions, ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
 import { guardFor } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
@@ -66,6 +67,8 @@ export function parseSnapshotDoc(key: string, value: JsonValue): SnapshotDoc {
   };
   if (doc.readyToUse && doc.state !== 'ready') throw malformed(key, `readyToUse while ${doc.state}`);
   if (v.internal === true) doc.internal = true;
+  const rule = parseSnapshotRuleRecord(v.rule, (why) => malformed(key, why));
+  if (rule) doc.rule = rule;
   return doc;
 }
 
@@ -75,6 +78,7 @@ export function snapshotDocToJson(doc: SnapshotDoc): JsonValue {
     createdAt: doc.createdAt, state: doc.state, readyToUse: doc.readyToUse, copiesWanted: doc.copiesWanted,
     copies: doc.copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId })), pauseUs: doc.pauseUs,
     ...(doc.internal ? { internal: true } : {}),
+    ...(doc.rule ? { rule: snapshotRuleRecordToJson(doc.rule) } : {}),
   };
 }
 
@@ -147,4 +151,14 @@ export async function updateSnapshotDoc(store: ClusterStore, name: string, mutat
     if (r.succeeded) return next === 'delete' ? undefined : { doc: next, modRevision: r.revision };
   }
   throw new StorageError(Code.ABORTED, `snapshot "${name}" kept changing while being updated (${MAX_CAS_ATTEMPTS} attempts); try again`, { details: { snapshot: name } });
+}
+
+/**
+ * Writes the rule snapshot `id` was taken under into its document (snapshot-rule-record.ts).
+ * Nothing is written when the name now holds another snapshot, one being deleted, or one that
+ * records a rule already (a concurrent call of the same name took it); NOT_FOUND when it is
+ * gone. Returns the document as stored afterwards.
+ */
+export async function recordSnapshotRule(store: ClusterStore, name: string, id: SnapshotId, rule: SnapshotRuleRecord): Promise<StoredSnapshotDoc | undefined> {
+  return updateSnapshotDoc(store, name, (d) => (d.id === id && d.state !== 'deleting' && !d.rule ? { ...d, rule } : undefined));
 }

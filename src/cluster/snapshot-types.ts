@@ -39,6 +39,37 @@ export interface SnapshotDoc {
    * lists hide it unless asked. Absent means false.
    */
   internal?: boolean;
+  /** The snapshot rule it was taken under and how its actions went (snapshot-rule-record.ts); absent when none. */
+  rule?: SnapshotRuleRecord;
+}
+
+/** One step of a rule run as a snapshot keeps it: no output beyond a short tail. */
+export interface SnapshotRuleActionRecord {
+  /** The action's name, or its place ("pre[1]"). */
+  action: string;
+  phase: 'pre' | 'post';
+  kind: string;
+  /** run, hold (background), freeze or thaw. */
+  step: string;
+  /** The pod, the node, or the frozen mount point; empty when none was found. */
+  target: string;
+  /** succeeded, failed or skipped. */
+  status: string;
+  /** null when it did not exit by itself or is not a process. */
+  exitCode: number | null;
+  durationMs: number;
+  /** The canonical code's name and the message, when it failed or was skipped. */
+  error?: { code: string; message: string };
+  /** The last bytes of its stderr (or of its stdout when stderr was empty), at most SNAPSHOT_RULE_TAIL_BYTES. */
+  outputTail?: string;
+}
+
+/** The rule a snapshot was taken under: ok when no action whose onError is Fail failed. */
+export interface SnapshotRuleRecord {
+  name: string;
+  ok: boolean;
+  durationMs: number;
+  actions: SnapshotRuleActionRecord[];
 }
 
 export interface SnapshotCopyView extends SnapshotCopyEntry {

@@ -28,7 +28,7 @@ import { controllerModifyMethods } from './controller-modify.js';
 import { controllerExpandMethods } from './controller-expand.js';
 import { controllerListMethods } from './controller-list.js';
 import { controllerPublishMethods } from './controller-publish.js';
-import { controllerSnapshotMethods, SNAPSHOT_CAPABILITIES, sourceBytes } from './controller-snapshot.js';
+import { controllerSnapshotMethods, SNAPSHOT_CAPABILITIES, sourceBytes, type RuleSnapshotTaker } from './controller-snapshot.js';
 import { volumeMessage, volumeStatus } from './controller-volume.js';
 import {
   checkCapabilities, checkTopology, isVolumeId, minimumBytes, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
@@ -39,6 +39,8 @@ export interface ControllerServiceOptions {
   volumes: Pick<VolumeApi, 'create' | 'delete' | 'get' | 'nodes' | 'modify' | 'expand' | 'publish' | 'unpublish' | 'listPage' | 'placeableBytes'>;
   /** Snapshots, restore and clone; without it the snapshot calls answer UNIMPLEMENTED. */
   snapshots?: SnapshotService;
+  /** Snapshots under a rule (cairn.dev/snapshot-rule); without it that parameter is FAILED_PRECONDITION. */
+  ruleSnapshots?: RuleSnapshotTaker;
   log: Logger;
   locks: CsiLocks;
 }
@@ -199,7 +201,7 @@ export function controllerService(options: ControllerServiceOptions): CsiService
     ...controllerListMethods(volumes),
     ...controllerModifyMethods(volumes),
     ...controllerExpandMethods(volumes),
-    ...(snapshots ? controllerSnapshotMethods(snapshots) : {}),
+    ...(snapshots ? controllerSnapshotMethods(snapshots, options.ruleSnapshots) : {}),
     ControllerGetCapabilities: {
       handler: () => ({ capabilities: capabilities.map((type) => ({ rpc: { type } })) }),
     },

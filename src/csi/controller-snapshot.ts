@@ -14,10 +14,11 @@
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { SnapshotService, SnapshotView } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
+import type { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import type { CsiMethods, CsiRequest } from './csi-call.js';
 import { snapshotLockKey } from './csi-locks.js';
 import { isVolumeId } from './controller-params.js';
-import { decodeSnapshotToken, isSnapshotId, parseSnapshotParameters, snapshotMessage, snapshotPage } from './snapshot-params.js';
+import { decodeSnapshotToken, isSnapshotId, parseSnapshotParameters, SNAPSHOT_RULE_PARAMETER, snapshotMessage, snapshotPage } from './snapshot-params.js';
 
 /** The controller capabilities the snapshot calls add. */
 export const SNAPSHOT_CAPABILITIES = ['CREATE_DELETE_SNAPSHOT', 'LIST_SNAPSHOTS', 'GET_SNAPSHOT', 'CLONE_VOLUME'] as const;
@@ -42,7 +43,10 @@ async function findSnapshot(snapshots: SnapshotService, id: string): Promise<Sna
   }
 }
 
-export function controllerSnapshotMethods(snapshots: SnapshotService): CsiMethods {
+/** Snapshots under a rule (the class parameter cairn.dev/snapshot-rule). */
+export type RuleSnapshotTaker = Pick<RuleSnapshots, 'create'>;
+
+export function controllerSnapshotMethods(snapshots: SnapshotService, ruleSnapshots?: RuleSnapshotTaker): CsiMethods {
   return {
     CreateSnapshot: {
       required: ['name', 'source_volume_id'],
@@ -57,6 +61,14 @@ export function controllerSnapshotMethods(snapshots: SnapshotService): CsiMethod
           });
         }
         if (!found && !isVolumeId(r.sourceVolumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.sourceVolumeId}" not found`, { details: { volume: r.sourceVolumeId } });
+        const params = parseSnapshotParameters(r.parameters);
+        if (params.rule && !found) {
+          if (!ruleSnapshots) {
+            throw new StorageError(Code.FAILED_PRECONDITION, `parameters.${SNAPSHOT_RULE_PARAMETER}: this cairnd does not take snapshots under a rule`, { details: { field: `parameters.${SNAPSHOT_RULE_PARAMETER}` } });
+          }
+          const view = await ruleSnapshots.create({ name: r.name, volume: r.sourceVolumeId, rule: params.rule, ...(params.namespace ? { namespace: params.namespace } : {}), signal });
+          return { snapshot: snapshotMessage(view) };
+        }
         const view = await snapshots.create({ name: r.name, volume: r.sourceVolumeId }, { signal });
         return { snapshot: snapshotMessage(view) };
       },

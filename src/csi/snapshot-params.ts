@@ -27,18 +27,45 @@ const SIDECAR_PREFIX = 'csi.storage.k8s.io/';
 const SNAPSHOT_ID_RE = /^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$/;
 export const isSnapshotId = (id: string): boolean => SNAPSHOT_ID_RE.test(id);
 
+/** The VolumeSnapshotClass parameter naming a snapshot rule (docs/snapshots.md, "Snapshot rules"). */
+export const SNAPSHOT_RULE_PARAMETER = 'cairn.dev/snapshot-rule';
+
+/** The sidecar's key (with --extra-create-metadata) holding the VolumeSnapshot's namespace, the claim's. */
+const SNAPSHOT_NAMESPACE_KEY = 'csi.storage.k8s.io/volumesnapshot/namespace';
+
+/** A snapshot rule name: a DNS-1123 subdomain, as rules are named. */
+const RULE_NAME_RE = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
+
+export interface SnapshotParameters {
+  /** `cairn.dev/snapshot-rule`: the rule to run around the snapshot. */
+  rule?: string;
+  /** The VolumeSnapshot's namespace (the sidecar's metadata): where exec actions select pods. */
+  namespace?: string;
+}
+
 /**
- * CreateSnapshot `parameters` (a VolumeSnapshotClass's): Cairn has none of its own yet, so
- * only the sidecar's keys are accepted; any other key is refused by name.
+ * CreateSnapshot `parameters` (a VolumeSnapshotClass's): `cairn.dev/snapshot-rule` and the
+ * sidecar's keys; any other key is refused by name.
  */
-export function parseSnapshotParameters(params: Record<string, string> | undefined): Record<string, never> {
-  for (const key of Object.keys(params ?? {})) {
+export function parseSnapshotParameters(params: Record<string, string> | undefined): SnapshotParameters {
+  const out: SnapshotParameters = {};
+  for (const [key, value] of Object.entries(params ?? {})) {
+    if (key === SNAPSHOT_RULE_PARAMETER) {
+      if (!RULE_NAME_RE.test(value)) {
+        throw new StorageError(Code.INVALID_ARGUMENT, `parameters.${key} "${value}" is not a snapshot rule name: use the name of a rule in cairnctl rule list`, {
+          details: { field: `parameters.${key}` },
+        });
+      }
+      out.rule = value;
+      continue;
+    }
+    if (key === SNAPSHOT_NAMESPACE_KEY && value) out.namespace = value;
     if (key.startsWith(SIDECAR_PREFIX)) continue;
-    throw new StorageError(Code.INVALID_ARGUMENT, `parameters has an unknown key "${key}": a Cairn VolumeSnapshotClass takes no parameters of its own`, {
+    throw new StorageError(Code.INVALID_ARGUMENT, `parameters has an unknown key "${key}": a Cairn VolumeSnapshotClass takes only ${SNAPSHOT_RULE_PARAMETER}`, {
       details: { field: `parameters.${key}` },
     });
   }
-  return {};
+  return out;
 }
 
 /** A Timestamp of an RFC 3339 time (whole milliseconds). */

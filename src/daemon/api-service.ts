@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { NodeStatus } from '../cluster/node-registry.js';
-import type { SnapshotService, SnapshotView, VolumeContentSource } from '../cluster/snapshot-types.js';
+import type { SnapshotRuleRecord, SnapshotService, SnapshotView, VolumeContentSource } from '../cluster/snapshot-types.js';
 import type { ClusterStatusView, ReplicaView, VerifyResult, VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import type { ExportInfo } from '../engine/export-manager.js';
 import type { KernelAttacher } from '../engine/kernel-attach.js';
@@ -16,6 +16,7 @@ import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
 import { unary } from '../rpc/status.js';
 import type { SnapshotRuleStore } from '../snapshot/rule-store.js';
+import type { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { ruleApiHandlers } from './rule-api.js';
 import { VERSION } from './version.js';
 
@@ -100,11 +101,22 @@ function replicasOption(replicas: number | undefined): { replicas?: number } {
   return replicas ? { replicas } : {};
 }
 
+function ruleOutcomeMessage(r: SnapshotRuleRecord): object {
+  return {
+    name: r.name, ok: r.ok, durationMs: r.durationMs,
+    actions: r.actions.map((a) => ({
+      action: a.action, phase: a.phase, kind: a.kind, step: a.step, target: a.target, status: a.status, exited: a.exitCode !== null, exitCode: a.exitCode ?? 0,
+      durationMs: a.durationMs, errorCode: a.error?.code ?? '', errorMessage: a.error?.message ?? '', outputTail: a.outputTail ?? '',
+    })),
+  };
+}
+
 function snapshotMessage(s: SnapshotView): object {
   return {
     id: s.id, name: s.name, sourceVolumeId: s.sourceVolumeId, sourceVolumeName: s.sourceVolumeName, sizeBytes: s.sizeBytes,
     createdAt: s.createdAt, state: s.state, readyToUse: s.readyToUse, copiesWanted: s.copiesWanted,
     copies: s.copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId, nodeUp: c.nodeUp })), pauseUs: s.pauseUs,
+    rule: s.rule ? ruleOutcomeMessage(s.rule) : null,
   };
 }
 
@@ -137,6 +149,8 @@ export interface ApiContext {
   staged?: (volume: string) => StagedVolumeRecord | undefined;
   /** Snapshot rules in the cluster store (rule-api.ts); the rule RPCs answer UNIMPLEMENTED without it. */
   rules?: SnapshotRuleStore;
+  /** Snapshots under a rule (CreateSnapshot's `rule`); UNIMPLEMENTED without it. */
+  ruleSnapshots?: RuleSnapshots;
   log: Logger;
 }
 
@@ -211,10 +225,12 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
     GetClusterStatus: h('GetClusterStatus', async () => clusterStatusMessage(await ctx.volumes.clusterStatus())),
     ListNodes: h('ListNodes', async () => ({ nodes: (await ctx.volumes.nodes()).map(nodeMessage) })),
     VerifyVolume: h('VerifyVolume', async (req: NameRequest) => verifyMessage(await ctx.volumes.verify(requireName(req)))),
-    CreateSnapshot: h('CreateSnapshot', async (req: NameRequest & { volume: string }) => {
+    CreateSnapshot: h('CreateSnapshot', async (req: NameRequest & { volume: string; rule?: string }) => {
       const name = requireSnapshotName(req);
       if (!req.volume) throw new StorageError(Code.INVALID_ARGUMENT, `snapshot "${name}": the request names no source volume`);
-      return snapshotMessage(await requireSnapshots(ctx).create({ name, volume: req.volume }));
+      if (!req.rule) return snapshotMessage(await requireSnapshots(ctx).create({ name, volume: req.volume }));
+      if (!ctx.ruleSnapshots) throw new StorageError(Code.UNIMPLEMENTED, `this cairnd (${ctx.nodeName}) does not take snapshots under a rule: upgrade it, or ask another node`);
+      return snapshotMessage(await ctx.ruleSnapshots.create({ name, volume: req.volume, rule: req.rule }));
     }),
     ListSnapshots: h('ListSnapshots', async (req: { volume?: string }) => ({
       snapshots: (await requireSnapshots(ctx).list(req.volume ? { volume: req.volume } : {})).map(snapshotMessage),

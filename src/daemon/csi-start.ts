@@ -8,6 +8,7 @@
 import type { Logger } from '../common/log.js';
 import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
+import type { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { controllerService } from '../csi/controller-server.js';
 import { CsiLocks } from '../csi/csi-locks.js';
 import { startCsiServer, type CsiServer } from '../csi/csi-server.js';
@@ -22,7 +23,7 @@ export interface CsiDeps {
   /** Whether this role can serve its CSI services now (Probe). */
   ready: () => boolean | Promise<boolean>;
   /** Roles `controller` and `all`: the cluster's volume API and snapshot service the Controller service calls. */
-  controller?: { volumes: VolumeApi; snapshots?: SnapshotService };
+  controller?: { volumes: VolumeApi; snapshots?: SnapshotService; ruleSnapshots?: RuleSnapshots };
   /** Roles `node` and `all`: what the Node service needs (the stager and volumes of the data plane, this node's name, zone and volume limit). */
   node?: Omit<NodeServiceOptions, 'log' | 'locks'>;
 }
@@ -35,7 +36,10 @@ export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServ
   const locks = new CsiLocks();
   const services = [
     identity,
-    ...(deps.controller ? [controllerService({ volumes: deps.controller.volumes, ...(deps.controller.snapshots ? { snapshots: deps.controller.snapshots } : {}), log, locks })] : []),
+    ...(deps.controller ? [controllerService({
+      volumes: deps.controller.volumes, ...(deps.controller.snapshots ? { snapshots: deps.controller.snapshots } : {}),
+      ...(deps.controller.ruleSnapshots ? { ruleSnapshots: deps.controller.ruleSnapshots } : {}), log, locks,
+    })] : []),
     ...(deps.node ? [nodeService({ ...deps.node, log, locks })] : []),
   ];
   const server = await startCsiServer({ socketPath: deps.socketPath, log, services });

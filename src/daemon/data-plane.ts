@@ -84,6 +84,12 @@ export interface DataPlane {
   close(): Promise<void>;
 }
 
+/** The `exec` kind of snapshot rules, over the Kubernetes API when cairnd runs in a pod (config.kubernetes); undefined elsewhere. */
+export function execTransport(config: Readonly<DaemonConfig>, log: Logger): ExecTransport | undefined {
+  if (!config.kubernetes) return undefined;
+  return new ExecTransport(new KubeExecClient(new KubeApi(config.kubernetes, log.child({ component: 'kube-api' })), log.child({ component: 'kube-exec' })));
+}
+
 /** Registers this node, retrying while the cluster store cannot be reached (start-up waits). */
 async function registerNode(registry: NodeRegistry, registration: NodeRegistration, log: Logger): Promise<void> {
   for (let attempt = 1; ; attempt++) {
@@ -155,7 +161,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const stager = new Stager({ store, exporter, attacher, log: log.child({ component: 'stager' }) });
   const nodeActions = { nodeName: config.nodeName, staged: (volume: string) => stager.get(volume) };
   const freezer = new NodeFsFreezer({ ...nodeActions, journal: new FreezeJournal(join(config.dataDir, 'frozen'), log.child({ component: 'snapshot-rules' })) });
-  const exec = config.kubernetes ? new ExecTransport(new KubeExecClient(new KubeApi(config.kubernetes, log.child({ component: 'kube-api' })), log.child({ component: 'kube-exec' }))) : undefined;
+  const exec = execTransport(config, log);
   const hooks = new HookRunner({ log, command: new NodeCommandTransport(nodeActions), freezer, ...(exec ? { exec } : {}) });
   const capacity = async (): Promise<NodeCapacity> => {
     const c = await pool.capacity();

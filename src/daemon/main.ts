@@ -25,9 +25,11 @@ import { apiHandlers, apiServiceDefinition, type ApiContext } from './api-servic
 import { flagsFromCommander, resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
 import { openControllerPlane } from './controller-plane.js';
 import { startCsi, type CsiDeps } from './csi-start.js';
-import { openDataPlane, openNodeStorage } from './data-plane.js';
+import { execTransport, openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
 import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
+import { HookRunner } from '../snapshot/hook-runner.js';
+import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import { VERSION } from './version.js';
 
@@ -58,6 +60,8 @@ interface Front {
   snapshots: SnapshotService;
   /** Snapshot rules in the cluster store. */
   rules: SnapshotRuleStore;
+  /** Snapshots under a rule (cairnctl snapshot create --rule, the class parameter cairn.dev/snapshot-rule). */
+  ruleSnapshots: RuleSnapshots;
   api: Omit<ApiContext, 'volumes' | 'nodeName' | 'startedAt' | 'log'>;
   connectionCount: () => number;
   /** The data channel's counters per remote replica (node role). */
@@ -71,7 +75,7 @@ interface Front {
 /** The cairnctl API, the HTTP endpoints and the CSI server: the same in every role. */
 async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Front, stops: Stop[]): Promise<void> {
   const api = await startApi(config.apiSocket, apiHandlers({
-    ...front.api, volumes: front.volumes, snapshots: front.snapshots, rules: front.rules, nodeName: config.nodeName, startedAt: Date.now(), log,
+    ...front.api, volumes: front.volumes, snapshots: front.snapshots, rules: front.rules, ruleSnapshots: front.ruleSnapshots, nodeName: config.nodeName, startedAt: Date.now(), log,
   }));
   stops.push(async () => {
     await new Promise<void>((resolve) => api.tryShutdown(() => resolve()));
@@ -92,7 +96,7 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     stops.push(() => void http.close());
   }
   const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
-    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots } } : {}) });
+    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots } } : {}) });
   stops.push(() => csi.close());
 }
 
@@ -107,8 +111,12 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   // CSI serves from here on (Probe must answer while starting); NodeStage/NodeUnstage wait for this.
   let markRecovered!: () => void;
   const recovery = new Promise<void>((resolve) => { markRecovered = resolve; });
+  const rules = new SnapshotRuleStore(cluster);
+  const ruleSnapshots = new RuleSnapshots({
+    nodeName: config.nodeName, store: cluster, snapshots: plane.volumes.snapshots, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
+  });
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules: new SnapshotRuleStore(cluster), connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
+    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
     dataChannel: () => plane.connector.dataChannelStats(),
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
@@ -129,10 +137,17 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const cluster = openCluster(config, log, stops);
   const plane = openControllerPlane(config, log, cluster);
   stops.push(() => plane.close());
+  const rules = new SnapshotRuleStore(cluster);
+  // Only exec actions can run here (in Kubernetes): command and fsfreeze act on the node where a volume is staged.
+  const exec = execTransport(config, log);
+  const hooks = exec ? new HookRunner({ log, exec }) : undefined;
+  const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, ...(hooks ? { runner: hooks } : {}) });
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.snapshots, rules: new SnapshotRuleStore(cluster), connectionCount: () => 0, ready: () => plane.storeReachable(),
+    volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
     api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined },
   }, stops);
+  // Stops run in reverse: a rule in progress ends its exec sessions before anything else stops.
+  if (hooks) stops.push(() => hooks.shutdown());
   return { pool: 'none', store: cluster.kind };
 }
 

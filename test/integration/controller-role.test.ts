@@ -7,7 +7,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import test from 'ava';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { VolumeMessage } from '../../src/cli/api-client.js';
 import { csiServiceClient } from '../../src/csi/csi-proto.js';
@@ -55,6 +55,15 @@ if (prerequisitesMet('the controller role on etcd', await etcdMissingReason())) 
 
     const exported = await controller.ctl(['volume', 'export', 'pgdata']);
     t.not(exported.exitCode, 0, 'export is a node daemon\'s work');
+
+    // A rule with fsfreeze acts where the volume is staged: the controller refuses it before anything runs.
+    const ruleFile = join(dataDir, 'rule.yaml');
+    writeFileSync(ruleFile, 'apiVersion: cairn.dev/v1alpha1\nkind: SnapshotRule\nmetadata:\n  name: freeze\nspec:\n  pre: [{kind: fsfreeze}]\n');
+    t.is((await controller.ctl(['rule', 'apply', '-f', ruleFile])).exitCode, 0);
+    const underRule = await controller.ctl(['snapshot', 'create', 'pg-snap', '--volume', 'pgdata', '--rule', 'freeze']);
+    t.is(underRule.exitCode, 1);
+    t.regex(underRule.stderr, /controller role.*FAILED_PRECONDITION\)$/s);
+    t.deepEqual(await controller.ctlJson<unknown[]>(['snapshot', 'list']), [], 'no snapshot taken');
 
     const deleted = await controller.ctl(['volume', 'delete', 'pgdata']);
     t.is(deleted.exitCode, 0, deleted.stderr);

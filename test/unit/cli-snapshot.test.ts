@@ -14,9 +14,10 @@ import type { SnapshotMessage, VolumeMessage } from '../../src/cli/api-client.js
 import { Code, StorageError } from '../../src/common/errors.js';
 import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
-import type { CreateSnapshotInput, SnapshotService, SnapshotView } from '../../src/cluster/snapshot-types.js';
+import type { CreateSnapshotInput, SnapshotRuleRecord, SnapshotService, SnapshotView } from '../../src/cluster/snapshot-types.js';
 import type { CreateVolumeOptions, VolumeApi, VolumeView } from '../../src/cluster/volume-views.js';
 import { apiHandlers, apiServiceDefinition } from '../../src/daemon/api-service.js';
+import type { RuleSnapshots } from '../../src/snapshot/rule-snapshots.js';
 
 const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
@@ -97,7 +98,29 @@ interface Fixture {
   spawn: (args: string[]) => ReturnType<typeof execa>;
 }
 
-async function serve(t: import('ava').ExecutionContext, options: { fillPolls?: number; noSnapshots?: boolean } = {}): Promise<Fixture> {
+const RULE: SnapshotRuleRecord = {
+  name: 'postgres', ok: false, durationMs: 412,
+  actions: [
+    { action: 'checkpoint', phase: 'pre', kind: 'command', step: 'run', target: 'node-a', status: 'succeeded', exitCode: 0, durationMs: 380 },
+    { action: 'pre[1]', phase: 'pre', kind: 'fsfreeze', step: 'freeze', target: '/var/lib/kubelet/staging/pgdata', status: 'succeeded', exitCode: null, durationMs: 4 },
+    { action: 'pre[1]', phase: 'post', kind: 'fsfreeze', step: 'thaw', target: '/var/lib/kubelet/staging/pgdata', status: 'succeeded', exitCode: null, durationMs: 1 },
+    {
+      action: 'notify', phase: 'post', kind: 'command', step: 'run', target: 'node-a', status: 'failed', exitCode: 3, durationMs: 9,
+      error: { code: 'FAILED_PRECONDITION', message: 'notify (curl hook) on node-a failed with exit code 3' }, outputTail: 'connection refused\n',
+    },
+  ],
+};
+
+/** Snapshots under a rule: records what it was asked, answers a snapshot carrying RULE. */
+class ScriptedRuleSnapshots {
+  creates: unknown[] = [];
+  async create(input: { name: string; volume: string; rule: string }): Promise<SnapshotView> {
+    this.creates.push(input);
+    return snap(input.name, input.volume, { rule: RULE });
+  }
+}
+
+async function serve(t: import('ava').ExecutionContext, options: { fillPolls?: number; noSnapshots?: boolean; ruleSnapshots?: ScriptedRuleSnapshots } = {}): Promise<Fixture> {
   const dir = mkdtempSync('/tmp/cairn-cli-');
   const socket = join(dir, 'api.sock');
   const snapshots = new ScriptedSnapshots();
@@ -106,6 +129,7 @@ async function serve(t: import('ava').ExecutionContext, options: { fillPolls?: n
   server.addService(apiServiceDefinition(), apiHandlers({
     volumes: volumes as unknown as VolumeApi, nodeName: 'node-a', poolKind: 'file', poolPath: '/pool', startedAt: Date.now(), connectionCount: () => 0,
     attacher: undefined, log: silentLogger(), ...(options.noSnapshots ? {} : { snapshots }),
+    ...(options.ruleSnapshots ? { ruleSnapshots: options.ruleSnapshots as unknown as RuleSnapshots } : {}),
   }));
   await new Promise<void>((resolve, reject) => server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
   t.teardown(() => {
@@ -166,6 +190,40 @@ test('snapshot list is a table with copies present/wanted, readiness and the pau
   t.is(del.stdout, 'snapshot before-upgrade deleted');
   t.deepEqual(snapshots.deletes, ['before-upgrade']);
   t.deepEqual((JSON.parse((await ctl(['-o', 'json', 'snapshot', 'list'])).stdout) as SnapshotMessage[]).map((s) => s.name), ['nightly']);
+});
+
+test('snapshot create --rule passes the rule; the reply, inspect and -o json show the rule\'s outcome step by step; a daemon without rule support is UNIMPLEMENTED', async (t) => {
+  const ruleSnapshots = new ScriptedRuleSnapshots();
+  const { snapshots, ctl } = await serve(t, { ruleSnapshots });
+  const r = await ctl(['snapshot', 'create', 'pg-snap', '--volume', 'pgdata', '--rule', 'postgres']);
+  t.is(r.exitCode, 0, r.stderr);
+  t.deepEqual(ruleSnapshots.creates, [{ name: 'pg-snap', volume: 'pgdata', rule: 'postgres' }]);
+  t.deepEqual(snapshots.creates, [], 'the plain snapshot path was not taken');
+  const lines = r.stdout.split('\n');
+  t.is(lines[1], 'rule postgres FAILED in 412 ms (failed: notify run)');
+  t.regex(r.stdout, /^ACTION\s+PHASE\s+KIND\s+STEP\s+TARGET\s+STATUS\s+EXIT\s+DURATION$/m);
+  t.regex(r.stdout, /^checkpoint\s+pre\s+command\s+run\s+node-a\s+succeeded\s+0\s+380 ms$/m);
+  t.regex(r.stdout, /^pre\[1\]\s+pre\s+fsfreeze\s+freeze\s+\S+\s+succeeded\s+-\s+4 ms$/m);
+  t.regex(r.stdout, /^notify run: FAILED_PRECONDITION: notify \(curl hook\) on node-a failed with exit code 3\n {2}output: connection refused$/m);
+  const json = JSON.parse((await ctl(['-o', 'json', 'snapshot', 'create', 'pg-snap', '--volume', 'pgdata', '--rule', 'postgres'])).stdout) as SnapshotMessage;
+  t.like(json.rule, { name: 'postgres', ok: false, durationMs: 412 });
+  t.deepEqual(json.rule!.actions[1], {
+    action: 'pre[1]', phase: 'pre', kind: 'fsfreeze', step: 'freeze', target: '/var/lib/kubelet/staging/pgdata', status: 'succeeded', exited: false, exitCode: 0,
+    durationMs: 4, errorCode: '', errorMessage: '', outputTail: '',
+  });
+  t.like(json.rule!.actions[3], { exited: true, exitCode: 3, errorCode: 'FAILED_PRECONDITION', outputTail: 'connection refused\n' });
+
+  snapshots.snaps.set('with-rule', snap('with-rule', 'pgdata', { rule: { ...RULE, ok: true, actions: RULE.actions.slice(0, 3) } }));
+  const inspect = await ctl(['snapshot', 'inspect', 'with-rule']);
+  t.regex(inspect.stdout, /^rule postgres ok in 412 ms$/m);
+  t.regex(inspect.stdout, /^pre\[1\]\s+post\s+fsfreeze\s+thaw\s+/m);
+  t.is((JSON.parse((await ctl(['-o', 'json', 'snapshot', 'inspect', 'before-upgrade'])).stdout) as SnapshotMessage).rule, null, 'no rule: null');
+  t.notRegex((await ctl(['snapshot', 'inspect', 'before-upgrade'])).stdout, /rule/);
+
+  const { ctl: plain } = await serve(t);
+  const refused = await plain(['snapshot', 'create', 'x', '--volume', 'pgdata', '--rule', 'postgres']);
+  t.is(refused.exitCode, 1);
+  t.regex(refused.stderr, /does not take snapshots under a rule.*\(UNIMPLEMENTED\)$/);
 });
 
 test('a daemon without the snapshot service answers UNIMPLEMENTED', async (t) => {

@@ -63,12 +63,16 @@ async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<string> {
   }
 }
 
-test('VolumeSnapshotClass parameters: the external-snapshotter\'s keys pass, any other key is INVALID_ARGUMENT naming it', (t) => {
+test('VolumeSnapshotClass parameters: cairn.dev/snapshot-rule and the external-snapshotter\'s keys pass (its namespace is kept for exec actions), any other key is INVALID_ARGUMENT naming it', (t) => {
   t.deepEqual(parseSnapshotParameters({
     'csi.storage.k8s.io/volumesnapshot/name': 'before-upgrade', 'csi.storage.k8s.io/volumesnapshot/namespace': 'db',
     'csi.storage.k8s.io/volumesnapshotcontent/name': 'snapcontent-1', 'csi.storage.k8s.io/snapshotter-secret-name': 's',
-  }), {});
+  }), { namespace: 'db' });
   t.deepEqual(parseSnapshotParameters(undefined), {});
+  t.deepEqual(parseSnapshotParameters({ 'cairn.dev/snapshot-rule': 'postgres' }), { rule: 'postgres' });
+  const badRule = t.throws(() => parseSnapshotParameters({ 'cairn.dev/snapshot-rule': 'Not A Name' })) as StorageError;
+  t.is(badRule.code, Code.INVALID_ARGUMENT);
+  t.is(badRule.details.field, 'parameters.cairn.dev/snapshot-rule');
   const err = t.throws(() => parseSnapshotParameters({ retain: 'yes' })) as StorageError;
   t.is(err.code, Code.INVALID_ARGUMENT);
   t.regex(err.message, /unknown key "retain"/);
@@ -154,4 +158,27 @@ test('handlers: CreateSnapshot idempotent by name, ALREADY_EXISTS for another so
   t.is(await codeOf(call('DeleteSnapshot', { snapshotId: 'snapshot-1' })), 'OK', 'again: OK');
   t.is(await codeOf(call('DeleteSnapshot', { snapshotId: '!!' })), 'OK');
   t.deepEqual(await ids({}), ['snapshot-3']);
+});
+
+test('handlers: cairn.dev/snapshot-rule goes to the rule taker with the VolumeSnapshot\'s namespace; a repeat returns the snapshot; without a taker it is FAILED_PRECONDITION', async (t) => {
+  const snapshots = new MemorySnapshots(['pgdata']);
+  const asked: unknown[] = [];
+  const taker = {
+    create: async (input: { name: string; volume: string; rule: string; namespace?: string }): Promise<SnapshotView> => {
+      asked.push({ name: input.name, volume: input.volume, rule: input.rule, namespace: input.namespace });
+      return snapshots.create({ name: input.name, volume: input.volume });
+    },
+  };
+  const params = { 'cairn.dev/snapshot-rule': 'postgres', 'csi.storage.k8s.io/volumesnapshot/namespace': 'db' };
+  const m = controllerSnapshotMethods(snapshots, taker);
+  const call = async (methods: typeof m, r: CsiRequest): Promise<CsiRequest> => {
+    methods.CreateSnapshot!.validate?.(r);
+    return methods.CreateSnapshot!.handler(r, ctx) as CsiRequest;
+  };
+  const first = await call(m, { name: 'snapshot-1', sourceVolumeId: 'pgdata', parameters: params });
+  t.like(first.snapshot, { snapshotId: 'snapshot-1', readyToUse: true });
+  t.deepEqual(asked, [{ name: 'snapshot-1', volume: 'pgdata', rule: 'postgres', namespace: 'db' }]);
+  t.deepEqual(await call(m, { name: 'snapshot-1', sourceVolumeId: 'pgdata', parameters: params }), first);
+  t.is(asked.length, 1, 'the repeat did not run the rule again');
+  t.is(await codeOf(call(controllerSnapshotMethods(snapshots), { name: 'snapshot-2', sourceVolumeId: 'pgdata', parameters: params })), 'FAILED_PRECONDITION');
 });

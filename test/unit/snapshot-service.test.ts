@@ -13,8 +13,9 @@ import { silentLogger } from '../../src/common/log.js';
 import { NodeRegistry } from '../../src/cluster/node-registry.js';
 import { localControl } from '../../src/cluster/replica-connector.js';
 import { getSnapshotDoc, parseSnapshotDoc, snapshotDocToJson } from '../../src/cluster/snapshot-doc.js';
+import { shortTail, SNAPSHOT_RULE_TAIL_BYTES } from '../../src/cluster/snapshot-rule-record.js';
 import { ClusterSnapshotService } from '../../src/cluster/snapshot-service.js';
-import type { SnapshotDoc } from '../../src/cluster/snapshot-types.js';
+import type { SnapshotDoc, SnapshotRuleRecord } from '../../src/cluster/snapshot-types.js';
 import { EmbeddedStore } from '../../src/cluster/store/embedded-store.js';
 import type { JsonValue } from '../../src/cluster/store/cluster-store.js';
 import { getVolumeDoc, parseVolumeDoc, updateVolumeDoc, volumeDocToJson } from '../../src/cluster/volume-doc.js';
@@ -55,6 +56,43 @@ test('snapshot documents round-trip, and malformed ones are refused naming the k
     t.regex(err.message, why);
     t.regex(err.message, /snapshots\/x/);
   }
+});
+
+test('a snapshot document keeps the rule it was taken under, field by field; one written before rules parses without it; a malformed record is DATA_LOSS', (t) => {
+  const rule: SnapshotRuleRecord = {
+    name: 'postgres', ok: false, durationMs: 812,
+    actions: [
+      { action: 'checkpoint', phase: 'pre', kind: 'command', step: 'run', target: 'node-a', status: 'succeeded', exitCode: 0, durationMs: 40 },
+      { action: 'pre[1]', phase: 'pre', kind: 'fsfreeze', step: 'freeze', target: '/staging/pg', status: 'succeeded', exitCode: null, durationMs: 3 },
+      { action: 'pre[1]', phase: 'post', kind: 'fsfreeze', step: 'thaw', target: '/staging/pg', status: 'succeeded', exitCode: null, durationMs: 1 },
+      {
+        action: 'notify', phase: 'post', kind: 'command', step: 'run', target: 'node-a', status: 'failed', exitCode: 3, durationMs: 12,
+        error: { code: 'FAILED_PRECONDITION', message: 'notify exited 3' }, outputTail: 'no route to host\n',
+      },
+    ],
+  };
+  const withRule = { ...sampleDoc, rule };
+  t.deepEqual(parseSnapshotDoc('snapshots/x', snapshotDocToJson(withRule)), withRule);
+  // A document as written before rules existed: no rule field at all.
+  const old = snapshotDocToJson(sampleDoc) as { [k: string]: JsonValue };
+  t.false('rule' in old);
+  t.is(parseSnapshotDoc('snapshots/x', old).rule, undefined);
+  const json = snapshotDocToJson(withRule) as { [k: string]: JsonValue };
+  const ruleJson = json.rule as { [k: string]: JsonValue };
+  const bad: [JsonValue, RegExp][] = [
+    [{ ...json, rule: 'postgres' }, /rule is not an object/],
+    [{ ...json, rule: { ...ruleJson, ok: 'yes' } }, /rule\.ok/],
+    [{ ...json, rule: { ...ruleJson, actions: [{ action: 'a', phase: 'during' }] } }, /rule\.actions\[0\]/],
+    [{ ...json, rule: { ...ruleJson, actions: [{ ...(rule.actions[0] as unknown as { [k: string]: JsonValue }), exitCode: 'zero' }] } }, /exitCode/],
+  ];
+  for (const [value, why] of bad) {
+    const err = t.throws(() => parseSnapshotDoc('snapshots/x', value), { instanceOf: StorageError });
+    t.is(err.code, Code.DATA_LOSS);
+    t.regex(err.message, why);
+  }
+  // Only a short tail of an action's output is kept.
+  t.is(Buffer.byteLength(shortTail('é'.repeat(2000))), SNAPSHOT_RULE_TAIL_BYTES);
+  t.is(shortTail('short'), 'short');
 });
 
 test('volume documents keep their content source and seed replicas; a seed no longer listed is dropped', (t) => {
