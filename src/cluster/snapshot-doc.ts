@@ -57,6 +57,7 @@ export function parseSnapshotDoc(key: string, value: JsonValue): SnapshotDoc {
   });
   if (new Set(copies.map((c) => c.nodeId)).size !== copies.length) throw malformed(key, 'two copies on one node');
   if (v.internal !== undefined && typeof v.internal !== 'boolean') throw malformed(key, 'internal is not a boolean');
+  if (v.groupSnapshotId !== undefined && (typeof v.groupSnapshotId !== 'string' || v.groupSnapshotId === '')) throw malformed(key, 'groupSnapshotId is not a non-empty string');
   const createdAt = str('createdAt');
   if (Number.isNaN(Date.parse(createdAt))) throw malformed(key, 'createdAt is not a time');
   const doc: SnapshotDoc = {
@@ -66,6 +67,7 @@ export function parseSnapshotDoc(key: string, value: JsonValue): SnapshotDoc {
   };
   if (doc.readyToUse && doc.state !== 'ready') throw malformed(key, `readyToUse while ${doc.state}`);
   if (v.internal === true) doc.internal = true;
+  if (typeof v.groupSnapshotId === 'string') doc.groupSnapshotId = v.groupSnapshotId;
   return doc;
 }
 
@@ -75,6 +77,7 @@ export function snapshotDocToJson(doc: SnapshotDoc): JsonValue {
     createdAt: doc.createdAt, state: doc.state, readyToUse: doc.readyToUse, copiesWanted: doc.copiesWanted,
     copies: doc.copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId })), pauseUs: doc.pauseUs,
     ...(doc.internal ? { internal: true } : {}),
+    ...(doc.groupSnapshotId ? { groupSnapshotId: doc.groupSnapshotId } : {}),
   };
 }
 

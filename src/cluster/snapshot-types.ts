@@ -39,6 +39,8 @@ export interface SnapshotDoc {
    * lists hide it unless asked. Absent means false.
    */
   internal?: boolean;
+  /** The id of the group snapshot this one is a member of (snapshot/group-coordinator.ts); absent for a snapshot of its own. */
+  groupSnapshotId?: string;
 }
 
 export interface SnapshotCopyView extends SnapshotCopyEntry {
