@@ -11,6 +11,7 @@ import { ApiClient, type CreateVolumeOptions, type VolumeMessage } from './api-c
 import { csiInfo, type CsiInfo } from './csi-info.js';
 import { waitForFill } from './fill-wait.js';
 import { addRuleCommands } from './rule-commands.js';
+import { addGroupCommands } from './group-commands.js';
 import {
   clusterStatusText, copiesText, fillProgress, formatPause, keyValues, mismatchedRegions, nodeRows, percent, snapshotDetail, snapshotRows, verifyText,
   volumeDetail, volumeRows,
@@ -232,6 +233,8 @@ function buildProgram(): Command {
   }));
   copyCommand(snapshot.command('restore <snapshot> <new-volume>').description('create a volume holding a snapshot\'s data'))
     .action((source: string, name: string, opts: CopyOptions) => withClient(g(), (c) => createFrom(g(), c, name, opts, { sourceSnapshot: source }, 'restored')));
+
+  addGroupCommands(snapshot, { withClient: (fn) => withClient(g(), fn), print: (json, human) => print(g().output, json, human) });
 
   addRuleCommands(program, { withClient: (fn) => withClient(g(), fn), print: (json, human) => print(g().output, json, human) });
 

@@ -79,6 +79,8 @@ export interface DataPlane {
   dataAddress: string;
   /** Reaches replicas on this node and the others (its data channel counters feed /metrics). */
   connector: PeerConnector;
+  /** This node's engines, for the engine service and the group coordinator. */
+  engineLookup: EngineLookup;
   /** Registers the node, starts the election, the repair loop and the collector, and restarts the engines of exported volumes. */
   start(): Promise<void>;
   /** Stops everything the data plane started, in reverse; the node storage and the cluster store are the caller's. */
@@ -171,7 +173,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   let capacityTimer: NodeJS.Timeout | undefined;
 
   return {
-    volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector,
+    volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector, engineLookup,
     async start() {
       await registerNode(registry, {
         nodeId, name: config.nodeName, peerAddress, ...(dataAddress ? { dataAddress } : {}), ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,
