@@ -81,6 +81,8 @@ export interface DataPlane {
   connector: PeerConnector;
   /** This node's engines, for the engine service and the group coordinator. */
   engineLookup: EngineLookup;
+  /** Runs `cleanup` on every repair pass while this node leads repair (group snapshots a crash left). */
+  onRepairPass(cleanup: () => Promise<void>): void;
   /** Registers the node, starts the election, the repair loop and the collector, and restarts the engines of exported volumes. */
   start(): Promise<void>;
   /** Stops everything the data plane started, in reverse; the node storage and the cluster store are the caller's. */
@@ -174,6 +176,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
 
   return {
     volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector, engineLookup,
+    onRepairPass: (cleanup) => repair.addCleanup(cleanup),
     async start() {
       await registerNode(registry, {
         nodeId, name: config.nodeName, peerAddress, ...(dataAddress ? { dataAddress } : {}), ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,

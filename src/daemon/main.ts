@@ -109,6 +109,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const plane = await openDataPlane(config, log, local, cluster);
   stops.push(() => plane.close());
   const groups = groupCoordinator(config, log, cluster, plane.connector, plane.volumes.snapshots, plane.engineLookup, stops);
+  plane.onRepairPass(() => groups.collect());
   let recovered = false;
   // CSI serves from here on (Probe must answer while starting); NodeStage/NodeUnstage wait for this.
   let markRecovered!: () => void;
