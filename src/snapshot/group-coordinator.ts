@@ -50,7 +50,7 @@ export interface GroupCoordinatorOptions {
   phaseDeadlineMs?: number;
   /** The finish's deadline (a file pool fills copies after the cut); 10 minutes by default. */
   finishDeadlineMs?: number;
-  /** A `creating` group older than this was left by a crash; 5 minutes by default. */
+  /** A `creating` group older than this was left by a crash (longer than every phase's deadline together); 15 minutes by default. */
   staleCreatingMs?: number;
   hooks?: GroupHooks;
 }
@@ -256,7 +256,7 @@ export class GroupCoordinator {
 
   /** For the repair leader: finishes `deleting` groups, and undoes `creating` ones a crash left (older than the stale limit). */
   async collect(now = Date.now()): Promise<void> {
-    const staleMs = this.opts.staleCreatingMs ?? 5 * 60_000;
+    const staleMs = this.opts.staleCreatingMs ?? 15 * 60_000;
     for (const { doc } of (await listGroupDocs(this.opts.store)).docs) {
       const stale = doc.state === 'creating' && !this.inFlight.has(doc.id) && now - Date.parse(doc.createdAt) >= staleMs;
       if (doc.state !== 'deleting' && !stale) continue;
