@@ -39,7 +39,7 @@ export interface SnapshotDoc {
    * lists hide it unless asked. Absent means false.
    */
   internal?: boolean;
-  /** The id of the group snapshot this one is a member of (snapshot/group-coordinator.ts); absent for a snapshot of its own. */
+  /** The name of the group snapshot this one is a member of (`group-snapshots/<name>`, snapshot/group-coordinator.ts; CSI's group_snapshot_id); absent for a snapshot of its own. */
   groupSnapshotId?: string;
 }
 

@@ -97,7 +97,7 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     stops.push(() => void http.close());
   }
   const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
-    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots } } : {}) });
+    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots, ...(front.api.groups ? { groups: front.api.groups } : {}) } } : {}) });
   stops.push(() => csi.close());
 }
 

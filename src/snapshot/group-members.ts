@@ -54,7 +54,7 @@ export async function createMemberDocs(store: ClusterStore, group: GroupSnapshot
     const snap: SnapshotDoc = {
       id: member.snapshotId, name: member.snapshotName, sourceVolumeId: volume.id, sourceVolumeName: volume.name, sizeBytes: volume.sizeBytes,
       createdAt, state: 'creating', readyToUse: false, copiesWanted: volume.replicasWanted,
-      copies: (engineNode ? volume.replicas : inSyncReplicas(volume)).map((r) => ({ nodeId: r.nodeId, replicaId: r.id })), pauseUs: 0, groupSnapshotId: group.id,
+      copies: (engineNode ? volume.replicas : inSyncReplicas(volume)).map((r) => ({ nodeId: r.nodeId, replicaId: r.id })), pauseUs: 0, groupSnapshotId: group.name,
     };
     if (!(await createSnapshotDoc(store, snap))) {
       throw new StorageError(Code.ALREADY_EXISTS, `a snapshot named "${snap.name}" exists already: choose another group name`, { details: { snapshot: snap.name } });

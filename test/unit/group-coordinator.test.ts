@@ -6,6 +6,12 @@
  * fails between pause and cut, delete, and the repair leader undoing a group a crash left.
  */
 import test, { type ExecutionContext } from 'ava';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { CsiLocks } from '../../src/csi/csi-locks.js';
+import { startCsiServer } from '../../src/csi/csi-server.js';
+import { groupControllerService } from '../../src/csi/group-controller.js';
+import { csiClient } from '../helpers/csi-client.js';
 import { Code, StorageError } from '../../src/common/errors.js';
 import type { DeviceId, NodeId, VolumeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
@@ -127,7 +133,7 @@ test('one cut across served volumes: writes held at the pause are in no member; 
   for (const [vol, byte] of [['a', 0xa1], ['b', 0xb1]] as const) {
     const snap = (await getSnapshotDoc(s.store, `g1-${vol}`))!.doc;
     t.is(snap.state, 'ready');
-    t.is(snap.groupSnapshotId, group.id);
+    t.is(snap.groupSnapshotId, 'g1', 'members name their group');
     t.is(snap.copies.length, 2);
     for (const c of snap.copies) t.deepEqual(await readCopy(s, c.nodeId, snap.id), filled(BLOCK, byte), `member ${vol} on ${c.nodeId} holds the write before the pause only`);
   }
@@ -183,5 +189,38 @@ test('a group left creating by a crash is undone by the repair leader\'s collect
   t.deepEqual((await listSnapshotDocs(s.store)).docs, []);
   release();
   t.true((await taking) instanceof StorageError, 'the crashed coordinator, if it ever wakes, fails: its documents are gone');
+  t.deepEqual(await allCopies(s), []);
+});
+
+test('CSI GroupController over the coordinator: capabilities, create (idempotent by name, ALREADY_EXISTS for other volumes), members carry the group id, get, delete', async (t) => {
+  const s = await setup(t);
+  await s.volumes.create('a', 8 * MiB);
+  await s.volumes.create('b', 8 * MiB);
+  await s.serve('a');
+  const dir = mkdtempSync('/tmp/cairn-csi-group-');
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const log = silentLogger();
+  const server = await startCsiServer({ socketPath: join(dir, 'csi.sock'), log, services: [groupControllerService({ groups: s.coordinator(), snapshots: s.snapshots, log, locks: new CsiLocks() })] });
+  t.teardown(() => server.close());
+  const csi = await csiClient(server.socketPath);
+  t.teardown(() => csi.close());
+  const gc = csi.groupController;
+  const caps = await gc.GroupControllerGetCapabilities!({});
+  t.deepEqual(caps.response?.capabilities, [{ rpc: { type: 'CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT' }, type: 'rpc' }]);
+  const ids = [(await getVolumeDoc(s.store, 'a'))!.doc.id, 'b'];
+  const created = await gc.CreateVolumeGroupSnapshot!({ name: 'vgs-1', sourceVolumeIds: ids });
+  t.is(created.code, 0, created.message);
+  const g = created.response!.groupSnapshot;
+  t.is(g.groupSnapshotId, 'vgs-1');
+  t.true(g.readyToUse);
+  t.deepEqual(g.snapshots.map((x: { snapshotId: string }) => x.snapshotId).sort(), ['vgs-1-a', 'vgs-1-b']);
+  t.true(g.snapshots.every((x: { groupSnapshotId: string; readyToUse: boolean }) => x.groupSnapshotId === 'vgs-1' && x.readyToUse), 'every member carries the group id');
+  t.is((await gc.CreateVolumeGroupSnapshot!({ name: 'vgs-1', sourceVolumeIds: ids })).response?.groupSnapshot.groupSnapshotId, 'vgs-1', 'the same name and volumes: the same group');
+  t.is((await gc.CreateVolumeGroupSnapshot!({ name: 'vgs-1', sourceVolumeIds: ['a'] })).code as number, Code.ALREADY_EXISTS as number);
+  t.is((await gc.GetVolumeGroupSnapshot!({ groupSnapshotId: 'vgs-1' })).response?.groupSnapshot.snapshots.length, 2);
+  t.is((await gc.GetVolumeGroupSnapshot!({ groupSnapshotId: 'nope' })).code as number, Code.NOT_FOUND as number);
+  t.is((await gc.DeleteVolumeGroupSnapshot!({ groupSnapshotId: 'vgs-1', snapshotIds: ['vgs-1-a', 'vgs-1-b'] })).code, 0);
+  t.is((await gc.DeleteVolumeGroupSnapshot!({ groupSnapshotId: 'vgs-1' })).code, 0, 'deleting again is fine');
+  t.deepEqual((await listSnapshotDocs(s.store)).docs, []);
   t.deepEqual(await allCopies(s), []);
 });
