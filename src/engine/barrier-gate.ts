@@ -133,3 +133,8 @@ export class BarrierGate {
     if (this.ended.size > ENDED_KEPT) this.ended.delete(this.ended.keys().next().value!);
   }
 }
+
+/** Throws INVALID_ARGUMENT unless `ms` is a positive whole number (a deadline or a lease). */
+export function positiveMs(ms: number, what: string): void {
+  if (!Number.isSafeInteger(ms) || ms <= 0) throw new StorageError(Code.INVALID_ARGUMENT, `${what} must be a positive whole number of milliseconds, got ${ms}`);
+}

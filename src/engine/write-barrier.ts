@@ -1,36 +1,32 @@
 /**
  * The write barrier (DESIGN.md, rule 5; docs/snapshots.md): a crash-consistent snapshot of
  * the volume on every in-sync replica under one snapshot id, in phases that a group of
- * engines can go through together (the group coordinator holds many engines paused at once).
+ * engines goes through together (a group coordinator holds many engines paused at once).
  *
  * 1. pause(group, lease): the gate closes (fan-out.ts, barrier-gate.ts): new writes, trims and
- *    write-zeroes wait; reads and flushes go on. Drain: every mutating request already in
- *    flight settles, including its wait for a fault commit (the fan-out releases region locks
- *    before that wait, so the locks do not tell), and no member has a fault pending: the
- *    in-sync set the copies are taken from is the one the cluster store holds. A lease runs:
- *    unless the group resumes (or pauses again, renewing it) first, the gate opens by itself
- *    at its end and the group's cut is refused ABORTED "lease expired".
- * 2. cut(group, snapshot): `snapshotReplica` with `cutOnly` on every in-sync member at once
- *    (local or remote control), only while the group holds the pause. Each replica lets its
- *    own writes in flight settle, flushes its device where its pool needs that (dm), and
- *    answers once its copy's content is fixed. A write-only (rebuilding) or faulted replica
- *    gets no copy.
+ *    write-zeroes wait; reads and flushes go on. Drain: every mutating request in flight
+ *    settles, its wait for a fault commit included (the fan-out releases region locks before
+ *    that wait), and no member has a fault pending: the in-sync set copied is the one the
+ *    cluster store holds. Unless the group resumes (or pauses again: a renewal) first, the
+ *    gate opens by itself at the lease's end and the group's cut is refused ("lease expired").
+ * 2. cut(group, snapshot), only while the group holds the pause: `snapshotReplica` with
+ *    `cutOnly` on every in-sync member at once. Each replica settles its own writes, flushes
+ *    where its pool needs it (dm) and answers once its copy's content is fixed. Write-only
+ *    (rebuilding) and faulted replicas get no copy.
  * 3. resume(group): the gate opens; the pause (1 to 3) is answered in µs and observed.
- * 4. finish(snapshot): copies answered `filling` (a file pool fills them while writes go on,
- *    holding back only writes to chunks not copied yet: file-cut-copy.ts) are waited for; the
- *    snapshot is taken when every copy is whole; each pool makes its copy durable.
- * 5. abort(snapshot): every copy asked is deleted (best effort, logged), once the work on it stopped.
+ * 4. finish(snapshot): copies answered `filling` (file-cut-copy.ts) are waited for; each pool
+ *    makes its copy durable.
+ * 5. abort(snapshot): every copy asked is deleted (best effort, logged) once the work stopped.
  *
- * All copies or none: a cut or a finish that fails deletes the copies of its snapshot and throws.
- * `snapshot()` is pause → cut → resume → finish under a deadline: a timer opens the gate at
- * the deadline whatever still runs, the call fails DEADLINE_EXCEEDED, and copies that finish
- * later are deleted once they do. One pause at a time per engine, and none while another
- * snapshot's copies are being cut or filled: refused ABORTED (the caller retries), as is a
- * snapshot id whose copies of a failed attempt are still being deleted.
+ * All copies or none: a cut or finish that fails deletes its snapshot's copies and throws.
+ * `snapshot()` is pause → cut → resume → finish under one deadline: a timer opens the gate at
+ * the deadline whatever runs, the call fails DEADLINE_EXCEEDED, and late copies are deleted
+ * once they finish. One pause at a time per engine, none while another snapshot's copies are
+ * cut or filled, and none for an id whose failed copies are still being deleted: ABORTED.
  */
 import { Code, StorageError, isStaleEpoch, isStorageError } from '../common/errors.js';
 import type { SnapshotId } from '../common/ids.js';
-import { BarrierGate } from './barrier-gate.js';
+import { BarrierGate, positiveMs } from './barrier-gate.js';
 import type { ReplicaConnector, SnapshotCopyStatus, VolumeSnapshotResult } from './engine-types.js';
 import { type EngineContext, type EngineLife, type Member, newestEpochOf, noInSyncError } from './engine-member.js';
 import type { FanOut } from './fan-out.js';
@@ -338,7 +334,7 @@ export class WriteBarrier {
     this.cleanups.add(cleanup);
   }
 
-  /** A finished snapshot's copies belong to its caller; only the newest few are remembered for abort. */
+  /** A finished snapshot's copies are its caller's; the newest few are remembered for abort. */
   private trimFinished(): void {
     const finished = [...this.attempts.values()].filter((a) => a.copies !== undefined);
     for (const a of finished.slice(0, Math.max(0, finished.length - FINISHED_KEPT))) this.attempts.delete(a.snapshotId);
@@ -399,10 +395,6 @@ export class WriteBarrier {
     if (err === undefined) this.deps.ctx.log.info(fields, 'volume snapshot taken');
     else this.deps.ctx.log.warn({ ...fields, err: (err as Error).message }, 'volume snapshot failed; no copy kept');
   }
-}
-
-function positiveMs(ms: number, what: string): void {
-  if (!Number.isSafeInteger(ms) || ms <= 0) throw new StorageError(Code.INVALID_ARGUMENT, `${what} must be a positive whole number of milliseconds, got ${ms}`);
 }
 
 function cutView(a: Attempt): CutCopy[] {
