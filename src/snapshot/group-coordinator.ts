@@ -210,12 +210,13 @@ export class GroupCoordinator {
 
   /** Deletes the group's document once no member document is left; else leaves it `deleting` for `collect`. */
   private async dropGroupDoc(name: string, id: string): Promise<void> {
-    const left = await Promise.all((await getGroupDoc(this.opts.store, name))?.doc.members.map((m) => this.opts.snapshots.get(m.snapshotId).then(() => true, () => false)) ?? []);
-    const gone = !left.some(Boolean);
-    await updateGroupDoc(this.opts.store, name, (d) => (d.id !== id ? undefined : gone ? 'delete' : { ...d, state: 'deleting', readyToUse: false }))
-      .catch((err: unknown) => {
-        if (!isStorageError(err, Code.NOT_FOUND)) this.log.warn({ groupSnapshot: name, err: (err as Error).message }, 'group snapshot document not removed now; the repair leader removes it');
-      });
+    try {
+      const left = await Promise.all((await getGroupDoc(this.opts.store, name))?.doc.members.map((m) => this.opts.snapshots.get(m.snapshotId).then(() => true, () => false)) ?? []);
+      const gone = !left.some(Boolean);
+      await updateGroupDoc(this.opts.store, name, (d) => (d.id !== id ? undefined : gone ? 'delete' : { ...d, state: 'deleting', readyToUse: false }));
+    } catch (err) {
+      if (!isStorageError(err, Code.NOT_FOUND)) this.log.warn({ groupSnapshot: name, err: (err as Error).message }, 'group snapshot document not removed now; the repair leader removes it');
+    }
   }
 
   /** The same name again: the group when its members are the same volumes, else ALREADY_EXISTS. */

@@ -236,6 +236,57 @@ if (prerequisitesMet('group snapshot tests', etcdMissing)) {
   });
 }
 
+if (prerequisitesMet('group snapshot tests', etcdMissing)) {
+  test.serial('etcd stopped while the group is paused: the group fails, every engine resumes, the copies are aborted, and the leftovers are collected once etcd is back', async (t) => {
+    t.timeout(300_000);
+    const c = await Cluster.start({ nodes: 3 });
+    t.teardown(() => c.destroy({ failed: !t.passed }));
+    const clients: NbdBlockClient[] = [];
+    for (let v = 0; v < 3; v++) {
+      await c.createVolume(volumeName(v), '16MiB', 2, v, ['--prefer-node', c.nodeName(v)]);
+      await c.exportVolume(v, volumeName(v));
+      clients.push(await c.nbd(v, volumeName(v)));
+    }
+    const log = silentLogger();
+    const store = openClusterStore({ cluster: c.name, etcdEndpoints: [c.etcd.endpoint], dataDir: '/nonexistent', log, callTimeoutMs: 2000 });
+    const tls = await c.pki!.node('coordinator');
+    const connector = new PeerConnector({ nodeId: 'coordinator' as NodeId, store, tls, log });
+    const peers = new EnginePeers({ nodeId: 'coordinator' as NodeId, store, tls, log });
+    t.teardown(async () => {
+      peers.close();
+      connector.close();
+      await store.close();
+    });
+    const snapshots = new ClusterSnapshotService({ nodeId: 'coordinator' as NodeId, store, controls: connector, log });
+    let writesWhilePaused: Promise<unknown> | undefined;
+    const options = { store, controls: connector, snapshots, log, engines: (n: NodeId) => peers.engines(n), leaseMs: 20_000, phaseDeadlineMs: 5000 };
+    const coordinator = new GroupCoordinator({
+      ...options,
+      hooks: {
+        paused: async () => {
+          writesWhilePaused = Promise.all(clients.map((nbd, i) => nbd.write(0, stamp(i + 1))));
+          await c.stopEtcd();
+        },
+      },
+    });
+    const err = await t.throwsAsync(coordinator.create({ name: 'no-etcd', volumes: [volumeName(0), volumeName(1), volumeName(2)] }));
+    t.log(`group with etcd stopped: ${err!.message}`);
+    t.regex(err!.message, /^get snapshots\/no-etcd-vol-0: etcd is unavailable/, 'the group fails where it first needs the store (its members ready), not in its cleanup');
+    await writesWhilePaused; // every engine resumed without etcd
+    for (const [i, nbd] of clients.entries()) t.deepEqual(await nbd.read(0, BLOCK), stamp(i + 1));
+    await c.waitFor(() => copyFilesAnywhere(c), (files) => files.length === 0, 'every member\'s copies aborted by its engine', 60_000);
+    await c.startEtcd();
+    // What the failed group could not remove without etcd (documents left creating) is the repair leader's: collect as it does.
+    const leader = new GroupCoordinator({ ...options, staleCreatingMs: 0 });
+    await c.waitFor(async () => {
+      await leader.collect().catch(() => undefined);
+      return [...(await store.list('group-snapshots/')).items, ...(await store.list('snapshots/')).items].map((kv) => kv.key);
+    }, (keys) => keys.length === 0, 'no group or member document', 120_000);
+    t.deepEqual(await c.ctlJson<unknown[]>(0, ['snapshot', 'list']), []);
+    t.deepEqual(copyFilesAnywhere(c), []);
+  });
+}
+
 /** Snapshot copy files in every node's pool. */
 function copyFilesAnywhere(c: Cluster): string[] {
   const found: string[] = [];
