@@ -96,6 +96,11 @@ export interface SnapshotRuleMessage {
   name: string; namespace: string; pre: SnapshotRuleActionMessage[]; post: SnapshotRuleActionMessage[];
   generation: number; createdAt: string; updatedAt: string; labels: Record<string, string>; annotations: Record<string, string>;
 }
+export interface GroupSnapshotMemberMessage { volumeId: string; volumeName: string; snapshotId: string; snapshotName: string; pauseUs: number; drainMs: number }
+export interface GroupSnapshotMessage {
+  id: string; name: string; state: string; readyToUse: boolean; createdAt: string; members: GroupSnapshotMemberMessage[];
+  phases: { preMs: number; pauseMs: number; cutMs: number; resumeMs: number; finishMs: number; totalMs: number } | null;
+}
 export interface AppliedRuleMessage { name: string; outcome: 'created' | 'configured' | 'unchanged'; rule: SnapshotRuleMessage }
 export interface CreateVolumeOptions {
   /** 0 or undefined: the cluster default. */
@@ -181,6 +186,13 @@ export class ApiClient {
   listSnapshotRules(): Promise<{ rules: SnapshotRuleMessage[]; unreadable: string[] }> { return this.call('ListSnapshotRules', {}); }
   getSnapshotRule(name: string): Promise<SnapshotRuleMessage> { return this.call('GetSnapshotRule', { name }); }
   async deleteSnapshotRule(name: string): Promise<void> { await this.call('DeleteSnapshotRule', { name }); }
+  /** One cut across `volumes` (names or ids); the same name and volumes again returns it. */
+  createGroupSnapshot(name: string, volumes: string[]): Promise<GroupSnapshotMessage> { return this.call('CreateGroupSnapshot', { name, volumes }); }
+  async listGroupSnapshots(): Promise<GroupSnapshotMessage[]> {
+    return (await this.call<{ groupSnapshots: GroupSnapshotMessage[] }>('ListGroupSnapshots', {})).groupSnapshots;
+  }
+  getGroupSnapshot(name: string): Promise<GroupSnapshotMessage> { return this.call('GetGroupSnapshot', { name }); }
+  async deleteGroupSnapshot(name: string): Promise<void> { await this.call('DeleteGroupSnapshot', { name }); }
 
   close(): void {
     this.client.close();

@@ -12,6 +12,7 @@ import { csiInfo, type CsiInfo } from './csi-info.js';
 import { waitForFill } from './fill-wait.js';
 import { addRuleCommands } from './rule-commands.js';
 import { addSpecCommand } from './spec/command.js';
+import { addGroupCommands } from './group-commands.js';
 import {
   clusterStatusText, copiesText, fillProgress, formatPause, keyValues, mismatchedRegions, nodeRows, percent, ruleOutcomeLine, ruleOutcomeText, snapshotDetail,
   snapshotRows, verifyText, volumeDetail, volumeRows,
@@ -237,6 +238,8 @@ function buildProgram(): Command {
   }));
   copyCommand(snapshot.command('restore <snapshot> <new-volume>').description('create a volume holding a snapshot\'s data'))
     .action((source: string, name: string, opts: CopyOptions) => withClient(g(), (c) => createFrom(g(), c, name, opts, { sourceSnapshot: source }, 'restored')));
+
+  addGroupCommands(snapshot, { withClient: (fn) => withClient(g(), fn), print: (json, human) => print(g().output, json, human) });
 
   addRuleCommands(program, { withClient: (fn) => withClient(g(), fn), print: (json, human) => print(g().output, json, human) });
 

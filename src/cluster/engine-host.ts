@@ -325,12 +325,17 @@ export class EngineHost implements LocalVolumeHost {
    * FAILED_PRECONDITION when no engine of the volume runs here (or it was fenced).
    */
   async snapshotVolume(volumeId: VolumeId, snapshotId: SnapshotId, deadlineMs: number): Promise<VolumeSnapshotResult> {
+    return this.engineOf(volumeId).snapshot(snapshotId, { deadlineMs });
+  }
+
+  /** The engine of the volume here (for the engine service); FAILED_PRECONDITION when none runs here (or it was fenced). */
+  engineOf(volumeId: VolumeId): VolumeEngine {
     const running = [...this.engines.values()].find((r) => r.engine.volumeId === volumeId);
     if (!running || running.engine.fenced) {
       throw new StorageError(Code.FAILED_PRECONDITION, `no engine of volume ${volumeId} runs on node ${this.opts.nodeId}: snapshot it where it is served`,
         { details: { volumeId, node: this.opts.nodeId } });
     }
-    return running.engine.snapshot(snapshotId, { deadlineMs });
+    return running.engine;
   }
 
   /**

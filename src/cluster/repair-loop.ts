@@ -60,6 +60,13 @@ export class RepairLoop {
   private unreadable = '';
   private readonly log: Logger;
   private readonly snapshotRepair: SnapshotRepair;
+  /** Cleanups of layers above (the group snapshot coordinator's `collect`), run each pass after the snapshots'. */
+  private readonly cleanups: (() => Promise<void>)[] = [];
+
+  /** Runs `cleanup` on every pass while this node leads repair. */
+  addCleanup(cleanup: () => Promise<void>): void {
+    this.cleanups.push(cleanup);
+  }
 
   constructor(private readonly opts: RepairLoopOptions) {
     this.log = opts.log.child({ component: 'repair' });
@@ -104,6 +111,7 @@ export class RepairLoop {
     if (keys.join('\n') !== this.unreadable && keys.length > 0) this.log.error({ keys, errs: unreadable.map((err) => err.message) }, 'volume documents this node cannot read are not repaired');
     this.unreadable = keys.join('\n');
     await this.opts.volumes.snapshots.collect(nodes).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'snapshot cleanup pass failed; retrying next pass'));
+    for (const cleanup of this.cleanups) await cleanup().catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'cleanup pass failed; retrying next pass'));
     await this.snapshotRepair.pass(nodes, docs.map((d) => d.doc)).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'snapshot repair pass failed; retrying next pass'));
     for (const { doc } of docs) {
       if (this.closed || !this.opts.election.isLeader()) return;

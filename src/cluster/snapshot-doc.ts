@@ -58,6 +58,7 @@ export function parseSnapshotDoc(key: string, value: JsonValue): SnapshotDoc {
   });
   if (new Set(copies.map((c) => c.nodeId)).size !== copies.length) throw malformed(key, 'two copies on one node');
   if (v.internal !== undefined && typeof v.internal !== 'boolean') throw malformed(key, 'internal is not a boolean');
+  if (v.groupSnapshotId !== undefined && (typeof v.groupSnapshotId !== 'string' || v.groupSnapshotId === '')) throw malformed(key, 'groupSnapshotId is not a non-empty string');
   const createdAt = str('createdAt');
   if (Number.isNaN(Date.parse(createdAt))) throw malformed(key, 'createdAt is not a time');
   const doc: SnapshotDoc = {
@@ -69,6 +70,7 @@ export function parseSnapshotDoc(key: string, value: JsonValue): SnapshotDoc {
   if (v.internal === true) doc.internal = true;
   const rule = parseSnapshotRuleRecord(v.rule, (why) => malformed(key, why));
   if (rule) doc.rule = rule;
+  if (typeof v.groupSnapshotId === 'string') doc.groupSnapshotId = v.groupSnapshotId;
   return doc;
 }
 
@@ -79,6 +81,7 @@ export function snapshotDocToJson(doc: SnapshotDoc): JsonValue {
     copies: doc.copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId })), pauseUs: doc.pauseUs,
     ...(doc.internal ? { internal: true } : {}),
     ...(doc.rule ? { rule: snapshotRuleRecordToJson(doc.rule) } : {}),
+    ...(doc.groupSnapshotId ? { groupSnapshotId: doc.groupSnapshotId } : {}),
   };
 }
 

@@ -39,6 +39,13 @@ export const SNAPSHOT_DEADLINE_MS = 10_000;
  */
 export const STALE_CREATING_MS = 5 * 60_000;
 
+/**
+ * A group member's `creating` document waits this many times longer: its group's finish may
+ * fill copies for up to 10 minutes, and its group's coordinator (or the repair leader's group
+ * collection) undoes it.
+ */
+const GROUP_MEMBER_STALE_FACTOR = 3;
+
 /** The replica services of every node. */
 export interface SnapshotControls {
   control(nodeId: NodeId): Promise<ReplicaControl>;
@@ -313,7 +320,7 @@ export class ClusterSnapshotService implements SnapshotService {
           // A clone's snapshot outlives its clone only when the cloning node crashed before deleting it.
           this.log.warn({ snapshot: doc.name, snapshotId: doc.id, volume: doc.sourceVolumeName }, 'internal clone snapshot left behind; deleting it');
           await this.delete(doc.id);
-        } else if (doc.state === 'creating' && !this.inFlight.has(doc.id) && now - Date.parse(doc.createdAt) >= staleMs) {
+        } else if (doc.state === 'creating' && !this.inFlight.has(doc.id) && now - Date.parse(doc.createdAt) >= (doc.groupSnapshotId ? GROUP_MEMBER_STALE_FACTOR : 1) * staleMs) {
           await this.locks.run(doc.name, async () => {
             if (this.inFlight.has(doc.id)) return;
             const marked = await updateSnapshotDoc(this.store, doc.name, (d) => (d.id === doc.id && d.state === 'creating' ? { ...d, state: 'deleting' } : undefined));

@@ -41,6 +41,8 @@ export interface SnapshotDoc {
   internal?: boolean;
   /** The snapshot rule it was taken under and how its actions went (snapshot-rule-record.ts); absent when none. */
   rule?: SnapshotRuleRecord;
+  /** The name of the group snapshot this one is a member of (`group-snapshots/<name>`, snapshot/group-coordinator.ts; CSI's group_snapshot_id); absent for a snapshot of its own. */
+  groupSnapshotId?: string;
 }
 
 /** One step of a rule run as a snapshot keeps it: no output beyond a short tail. */

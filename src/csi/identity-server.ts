@@ -36,6 +36,8 @@ export interface IdentityServiceOptions {
 export const PLUGIN_CAPABILITIES = Object.freeze([
   { service: { type: 'CONTROLLER_SERVICE' } },
   { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
+  // Group snapshots (VolumeGroupSnapshot) are served by the same Controller deployment.
+  { service: { type: 'GROUP_CONTROLLER_SERVICE' } },
   { volumeExpansion: { type: 'ONLINE' } },
 ]);
 

@@ -84,7 +84,7 @@ export function timestampOf(iso: string): { seconds: number; nanos: number } {
 export function snapshotMessage(s: SnapshotView): CsiRequest {
   return {
     sizeBytes: s.sizeBytes, snapshotId: s.name, sourceVolumeId: s.sourceVolumeName, creationTime: timestampOf(s.createdAt),
-    readyToUse: s.readyToUse, groupSnapshotId: '',
+    readyToUse: s.readyToUse, groupSnapshotId: s.groupSnapshotId ?? '',
   };
 }
 

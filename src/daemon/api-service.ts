@@ -15,8 +15,10 @@ import type { KernelAttacher } from '../engine/kernel-attach.js';
 import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import { loadPackage, serviceConstructor } from '../rpc/proto.js';
 import { unary } from '../rpc/status.js';
+import type { GroupCoordinator } from '../snapshot/group-coordinator.js';
 import type { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import type { RuleSnapshots } from '../snapshot/rule-snapshots.js';
+import { groupApiHandlers } from './group-api.js';
 import { ruleApiHandlers } from './rule-api.js';
 import { VERSION } from './version.js';
 
@@ -151,6 +153,8 @@ export interface ApiContext {
   rules?: SnapshotRuleStore;
   /** Snapshots under a rule (CreateSnapshot's `rule`); UNIMPLEMENTED without it. */
   ruleSnapshots?: RuleSnapshots;
+  /** Group snapshots (group-api.ts); the group RPCs answer UNIMPLEMENTED without it. */
+  groups?: GroupCoordinator;
   log: Logger;
 }
 
@@ -174,6 +178,7 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
   const h = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req) => fn(req), onUnexpected, method);
   return {
     ...ruleApiHandlers({ ...(ctx.rules ? { rules: ctx.rules } : {}), nodeName: ctx.nodeName, log: ctx.log }),
+    ...groupApiHandlers({ ...(ctx.groups ? { groups: ctx.groups } : {}), nodeName: ctx.nodeName, log: ctx.log }),
     GetStatus: h('GetStatus', async () => {
       const [capacity, volumes] = [await ctx.volumes.capacity(), await ctx.volumes.list()];
       return {

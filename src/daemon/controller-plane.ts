@@ -25,6 +25,8 @@ export interface ControllerPlane {
   volumes: VolumeApi;
   /** Snapshots: a barrier runs on the engine's node (SnapshotVolume), else the in-sync replicas are copied directly. */
   snapshots: ClusterSnapshotService;
+  /** The replica services of the nodes (direct copies of volumes no engine serves). */
+  connector: PeerConnector;
   /** True while the cluster store answers a read. */
   storeReachable(): Promise<boolean>;
   close(): void;
@@ -63,7 +65,7 @@ export function openControllerPlane(config: Readonly<DaemonConfig>, log: Logger,
     placeableBytes: (query) => lifecycle.placeableBytes(query),
   };
   return {
-    volumes, snapshots,
+    volumes, snapshots, connector,
     storeReachable: () => cluster.get(keys.leader('repair'), { timeoutMs: STORE_PROBE_TIMEOUT_MS }).then(() => true, () => false),
     close: () => connector.close(),
   };

@@ -22,6 +22,7 @@ import type { ClusterStore } from '../cluster/store/cluster-store.js';
 import { Code, StorageError, isStorageError } from '../common/errors.js';
 import type { NodeId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
+import { engineService, type EngineLookup } from '../engine/engine-service.js';
 import { ExportManager } from '../engine/export-manager.js';
 import { KernelAttacher } from '../engine/kernel-attach.js';
 import { Stager, type VolumeExporter } from '../engine/stager.js';
@@ -78,6 +79,10 @@ export interface DataPlane {
   dataAddress: string;
   /** Reaches replicas on this node and the others (its data channel counters feed /metrics). */
   connector: PeerConnector;
+  /** This node's engines, for the engine service and the group coordinator. */
+  engineLookup: EngineLookup;
+  /** Runs `cleanup` on every repair pass while this node leads repair (group snapshots a crash left). */
+  onRepairPass(cleanup: () => Promise<void>): void;
   /** Registers the node, starts the election, the repair loop and the collector, and restarts the engines of exported volumes. */
   start(): Promise<void>;
   /** Stops everything the data plane started, in reverse; the node storage and the cluster store are the caller's. */
@@ -122,10 +127,16 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
     if (!late.host) return Promise.reject(new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`));
     return late.host.snapshotVolume(volumeId, snapshotId, deadlineMs);
   };
+  // The engine service (cairn.engine.v1): the barrier's phases of the engines here, for group snapshots.
+  const engineLookup: EngineLookup = (volumeId) => {
+    if (!late.host) throw new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`);
+    return late.host.engineOf(volumeId);
+  };
+  const engines = engineService(engineLookup, log.child({ component: 'engine-service' }));
   // PullSnapshotCopy (snapshot repair) streams through the connector, made after the server.
   const snapshotPulls: SnapshotPullHook = (input) => (late.pulls ? late.pulls.hook(input) : Promise.reject(noPullHere(input.snapshotId)));
   const peers = tls && config.peerListen !== ''
-    ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager, volumeSnapshots, snapshotPulls })
+    ? await startReplicaServer({ listen: config.peerListen, pool, store, log: log.child({ component: 'replica' }), tls, manager, volumeSnapshots, snapshotPulls, services: [engines] })
     : undefined;
   const peerAddress = peers ? advertisedPeerAddress(config, peers.port) : '';
   const data = peers && tls && config.dataListen !== '' ? await startDataServer(config.dataListen, manager, tls, log.child({ component: 'replica-data' })) : undefined;
@@ -170,7 +181,8 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   let capacityTimer: NodeJS.Timeout | undefined;
 
   return {
-    volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector,
+    volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector, engineLookup,
+    onRepairPass: (cleanup) => repair.addCleanup(cleanup),
     async start() {
       await registerNode(registry, {
         nodeId, name: config.nodeName, peerAddress, ...(dataAddress ? { dataAddress } : {}), ...(config.zone ? { zone: config.zone } : {}), labels: config.nodeLabels,

@@ -22,7 +22,7 @@ import type { VolumeApi } from '../cluster/volume-views.js';
 import { openClusterStore } from '../cluster/store/open-cluster-store.js';
 import type { ClusterStore } from '../cluster/store/cluster-store.js';
 import { apiHandlers, apiServiceDefinition, type ApiContext } from './api-service.js';
-import { flagsFromCommander, resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
+import { flagsFromCommander, peerTlsConfig, resolveConfig, SETTINGS, type DaemonConfig } from './config.js';
 import { openControllerPlane } from './controller-plane.js';
 import { startCsi, type CsiDeps } from './csi-start.js';
 import { execTransport, openDataPlane, openNodeStorage } from './data-plane.js';
@@ -31,6 +31,11 @@ import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
 import { HookRunner } from '../snapshot/hook-runner.js';
 import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
+import { EnginePeers } from '../snapshot/engine-peers.js';
+import { GroupCoordinator } from '../snapshot/group-coordinator.js';
+import type { SnapshotControls } from '../cluster/snapshot-service.js';
+import type { EngineLookup } from '../engine/engine-service.js';
+import type { NodeId } from '../common/ids.js';
 import { VERSION } from './version.js';
 
 function parseFlags(argv: string[]): ReturnType<typeof flagsFromCommander> {
@@ -96,7 +101,7 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     stops.push(() => void http.close());
   }
   const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
-    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots } } : {}) });
+    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots, ...(front.api.groups ? { groups: front.api.groups } : {}) } } : {}) });
   stops.push(() => csi.close());
 }
 
@@ -107,6 +112,8 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const cluster = openCluster(config, log, stops);
   const plane = await openDataPlane(config, log, local, cluster);
   stops.push(() => plane.close());
+  const groups = groupCoordinator(config, log, cluster, plane.connector, plane.volumes.snapshots, plane.engineLookup, stops);
+  plane.onRepairPass(() => groups.collect());
   let recovered = false;
   // CSI serves from here on (Probe must answer while starting); NodeStage/NodeUnstage wait for this.
   let markRecovered!: () => void;
@@ -120,7 +127,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
     dataChannel: () => plane.connector.dataChannelStats(),
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
-      staged: (volume) => plane.stager.get(volume),
+      staged: (volume) => plane.stager.get(volume), groups,
     },
     csiNode: { stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
   }, stops);
@@ -142,13 +149,22 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const exec = execTransport(config, log);
   const hooks = exec ? new HookRunner({ log, exec }) : undefined;
   const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, ...(hooks ? { runner: hooks } : {}) });
+  const groups = groupCoordinator(config, log, cluster, plane.connector, plane.snapshots, undefined, stops);
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
-    api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined },
+    api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined, groups },
   }, stops);
   // Stops run in reverse: a rule in progress ends its exec sessions before anything else stops.
   if (hooks) stops.push(() => hooks.shutdown());
   return { pool: 'none', store: cluster.kind };
+}
+
+/** The group snapshot coordinator of this cairnd: engines here directly, others over the peer port. */
+function groupCoordinator(config: Readonly<DaemonConfig>, log: Logger, cluster: ClusterStore, controls: SnapshotControls, snapshots: SnapshotService,
+  local: EngineLookup | undefined, stops: Stop[]): GroupCoordinator {
+  const peers = new EnginePeers({ nodeId: config.nodeName as NodeId, store: cluster, tls: peerTlsConfig(config) ?? { insecure: true }, log, ...(local ? { local } : {}) });
+  stops.push(() => peers.close());
+  return new GroupCoordinator({ store: cluster, engines: (nodeId) => peers.engines(nodeId), controls, snapshots, log });
 }
 
 function openCluster(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[]): ClusterStore {

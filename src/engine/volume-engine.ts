@@ -53,7 +53,7 @@ import { MemberSet } from './member-set.js';
 import { runReconcile } from './reconcile.js';
 import { growMember } from './engine-resize.js';
 import { RegionLocks, RegionMap } from './region-map.js';
-import { WriteBarrier } from './write-barrier.js';
+import { type BarrierPhases, WriteBarrier } from './write-barrier.js';
 
 export interface VolumeEngineOptions {
   volumeId: VolumeId;
@@ -228,6 +228,11 @@ export class VolumeEngine implements BlockDevice {
    */
   snapshot(snapshotId: SnapshotId, opts: { deadlineMs: number }): Promise<VolumeSnapshotResult> {
     return this.barrier.snapshot(snapshotId, opts.deadlineMs);
+  }
+
+  /** The barrier's phases, for a group snapshot (one cut across engines): pause, cut, resume, finish, abort. */
+  get barrierPhases(): BarrierPhases {
+    return this.barrier;
   }
 
   /** Resolves once copies that finished after their barrier's deadline are deleted. */

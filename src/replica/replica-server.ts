@@ -52,6 +52,8 @@ export interface ReplicaServerOptions {
   volumeSnapshots?: VolumeSnapshotHook;
   /** PullSnapshotCopy: streams a snapshot copy here from another node. Without it, UNIMPLEMENTED. */
   snapshotPulls?: SnapshotPullHook;
+  /** More services on the same port and credentials (the engine service, cairn.engine.v1). */
+  services?: { definition: grpc.ServiceDefinition; handlers: grpc.UntypedServiceImplementation }[];
 }
 
 export interface ReplicaServer {
@@ -136,6 +138,7 @@ export async function startReplicaServer(opts: ReplicaServerOptions): Promise<Re
     'grpc.keepalive_timeout_ms': 5_000,
   });
   server.addService(replicaServerDefinition(), handlers(manager, log, opts.volumeSnapshots, opts.snapshotPulls));
+  for (const service of opts.services ?? []) server.addService(service.definition, service.handlers);
   const widened = widenStreamWindows(server);
   const port = await bind(server, opts.listen, credentials);
   if (!widened || !widenConnectionWindows(server)) log.warn('cannot widen the peer port\'s HTTP/2 windows (grpc-js internals changed); replicated throughput is capped by 64 KiB windows');

@@ -52,7 +52,7 @@ test('csi info -o json: the plugin, readiness, capabilities, and the node where 
   const info = JSON.parse(r.stdout) as CsiInfo;
   t.deepEqual(info, {
     socket: server.socketPath, name: 'csi.cairn.dev', vendorVersion: VERSION, ready: true,
-    pluginCapabilities: ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'VolumeExpansion.ONLINE'],
+    pluginCapabilities: ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'GROUP_CONTROLLER_SERVICE', 'VolumeExpansion.ONLINE'],
     controllerCapabilities: null,
     node: { nodeId: 'node-a', maxVolumesPerNode: 0, topology: { 'topology.cairn.dev/node': 'node-a', 'topology.cairn.dev/zone': 'z1' }, capabilities: ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS'] },
   });

@@ -48,7 +48,7 @@ test('GetPluginCapabilities: CONTROLLER_SERVICE, topology and online expansion, 
   const csi = await csiClient(server.socketPath);
   try {
     const caps = ok(await csi.identity.GetPluginCapabilities!({})).capabilities as { type: string; service?: { type: string }; volumeExpansion?: { type: string } }[];
-    t.deepEqual(caps.filter((c) => c.type === 'service').map((c) => c.service!.type), ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS']);
+    t.deepEqual(caps.filter((c) => c.type === 'service').map((c) => c.service!.type), ['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'GROUP_CONTROLLER_SERVICE']);
     t.deepEqual(caps.filter((c) => c.type === 'volumeExpansion').map((c) => c.volumeExpansion!.type), ['ONLINE']);
     t.is((await csi.controller.ControllerGetCapabilities!({})).code, grpc.status.UNIMPLEMENTED, 'although this instance serves no Controller');
   } finally {

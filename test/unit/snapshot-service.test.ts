@@ -38,6 +38,8 @@ const sampleDoc: SnapshotDoc = {
 test('snapshot documents round-trip, and malformed ones are refused naming the key and the field', (t) => {
   t.deepEqual(parseSnapshotDoc('snapshots/x', snapshotDocToJson(sampleDoc)), sampleDoc);
   t.deepEqual(parseSnapshotDoc('snapshots/x', snapshotDocToJson({ ...sampleDoc, internal: true })).internal, true);
+  t.is(parseSnapshotDoc('snapshots/x', snapshotDocToJson({ ...sampleDoc, groupSnapshotId: 'grp-1' })).groupSnapshotId, 'grp-1', 'a group member keeps its group id');
+  t.false('groupSnapshotId' in parseSnapshotDoc('snapshots/x', snapshotDocToJson(sampleDoc)), 'an older document (no group id) still parses, without one');
   const base = snapshotDocToJson(sampleDoc) as { [k: string]: JsonValue };
   const bad: [JsonValue, RegExp][] = [
     [[], /not an object/],
@@ -48,6 +50,7 @@ test('snapshot documents round-trip, and malformed ones are refused naming the k
     [{ ...base, readyToUse: 'yes' }, /readyToUse/],
     [{ ...base, state: 'creating' }, /readyToUse while creating/],
     [{ ...base, internal: 1 }, /internal/],
+    [{ ...base, groupSnapshotId: 7 }, /groupSnapshotId/],
     [{ ...base, createdAt: 'yesterday' }, /createdAt/],
   ];
   for (const [value, why] of bad) {

@@ -25,6 +25,8 @@ export const keys = {
   volumesPrefix: 'volumes/',
   /** Snapshot documents are keyed by name: see snapshot-doc.ts (`snapshotKey`). */
   snapshotsPrefix: 'snapshots/',
+  /** Group snapshot documents are keyed by name: see snapshot/group-doc.ts. */
+  groupSnapshotsPrefix: 'group-snapshots/',
   /** Snapshot rules are keyed by name: see snapshot/rule-store.ts. */
   rulesPrefix: 'rules/',
   leadersPrefix: 'leaders/',

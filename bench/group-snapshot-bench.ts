@@ -1,0 +1,121 @@
+/**
+ * Group snapshot benchmark (issue 13): `--volumes` volumes (10) on a 3-node cluster (etcd,
+ * mutual TLS, rf=2, the engines spread over the three daemons), each under a 4k random write
+ * load (`--qd` writes in flight per volume, through its NBD export, from this process), and
+ * `--count` group snapshots of all of them, one every `--interval-ms`. Reported: the I/O
+ * pause per member (p50, p99, max, as each engine measured it), the group's phases and total
+ * time (the coordinator's), and the writes completed. The goals of the issue (every member's
+ * pause under 100 ms at p99, the whole group under 1 s) are printed, each met or MISSED.
+ * Nothing here is asserted: it is a benchmark. Hooks (fsfreeze) are not part of it yet.
+ *
+ *   npm run build && npm run bench:group-snapshot -- [--quick] [--volumes 10] [--count 10] [--interval-ms 1000] [--qd 4]
+ */
+import { randomBytes, randomInt } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import { ApiClient, type GroupSnapshotMessage } from '../src/cli/api-client.js';
+import { Cluster } from '../test/helpers/cluster.js';
+import { etcdMissingReason } from '../test/helpers/etcd.js';
+import type { NbdBlockClient } from '../test/helpers/verified-writer.js';
+import { checkBuild } from './lib/cairnd.js';
+import { loadAverage, machineFacts, printTable } from './lib/machine.js';
+
+const MiB = 2 ** 20;
+const BLOCK = 4096;
+const VOLUME_BYTES = 256 * MiB;
+
+function options(): { volumes: number; count: number; intervalMs: number; qd: number } {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      volumes: { type: 'string', default: '10' },
+      count: { type: 'string', default: '10' },
+      'interval-ms': { type: 'string', default: '1000' },
+      qd: { type: 'string', default: '4' },
+    },
+  });
+  const positive = (name: string, v: string): number => {
+    const n = Number(v);
+    if (!(n > 0) || !Number.isInteger(n)) throw new Error(`--${name} must be a positive whole number, got "${v}"`);
+    return n;
+  };
+  return {
+    volumes: positive('volumes', values.volumes), count: values.quick ? 3 : positive('count', values.count),
+    intervalMs: positive('interval-ms', values['interval-ms']), qd: positive('qd', values.qd),
+  };
+}
+
+function quantile(xs: readonly number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)] ?? 0;
+}
+
+/** `qd` loops of 4k writes at random offsets; counts completions and errors until stopped. */
+function writeLoad(clients: NbdBlockClient[], qd: number): { stop: () => Promise<{ writes: number; errors: number }> } {
+  let stopped = false;
+  let writes = 0;
+  let errors = 0;
+  const data = randomBytes(BLOCK);
+  const loops = clients.flatMap((c) => Array.from({ length: qd }, async () => {
+    while (!stopped) {
+      try {
+        await c.write(randomInt(VOLUME_BYTES / BLOCK) * BLOCK, data);
+        writes++;
+      } catch {
+        errors++;
+      }
+    }
+  }));
+  return { stop: async () => { stopped = true; await Promise.all(loops); return { writes, errors }; } };
+}
+
+async function main(): Promise<void> {
+  checkBuild();
+  const etcd = await etcdMissingReason();
+  if (etcd) throw new Error(`bench:group-snapshot needs etcd: ${etcd}`);
+  const opts = options();
+  console.log(`group snapshot benchmark: ${opts.volumes} volumes (rf=2) on 3 nodes, 4k random writes at QD${opts.qd} per volume, ${opts.count} groups every ${opts.intervalMs} ms`);
+  for (const line of machineFacts('/tmp')) console.log(`  ${line}`);
+  const c = await Cluster.start({ nodes: 3, flags: { '--replica-timeout-ms': '8000' } });
+  const api = new ApiClient(c.node(0).apiSocket, 600_000);
+  try {
+    const clients: NbdBlockClient[] = [];
+    const names: string[] = [];
+    for (let v = 0; v < opts.volumes; v++) {
+      const node = v % 3;
+      const name = `bench-${v}`;
+      names.push(name);
+      await c.createVolume(name, `${VOLUME_BYTES / MiB}MiB`, 2, node, ['--prefer-node', c.nodeName(node)]);
+      await c.exportVolume(node, name);
+      clients.push(await c.nbd(node, name));
+    }
+    const load = writeLoad(clients, opts.qd);
+    await new Promise((r) => setTimeout(r, 2000));
+    const groups: GroupSnapshotMessage[] = [];
+    for (let i = 0; i < opts.count; i++) {
+      const started = Date.now();
+      groups.push(await api.createGroupSnapshot(`bench-grp-${i}`, names));
+      const left = opts.intervalMs - (Date.now() - started);
+      if (left > 0) await new Promise((r) => setTimeout(r, left));
+    }
+    const { writes, errors } = await load.stop();
+    const pausesMs = groups.flatMap((g) => g.members.map((m) => Number(m.pauseUs) / 1000));
+    const totals = groups.map((g) => g.phases?.totalMs ?? 0);
+    const phase = (k: 'pauseMs' | 'cutMs' | 'resumeMs' | 'finishMs'): string => quantile(groups.map((g) => g.phases?.[k] ?? 0), 0.5).toFixed(1);
+    console.log(`\n${groups.length} groups of ${opts.volumes} members; ${writes} writes completed, ${errors} failed; load average ${loadAverage()}`);
+    printTable([
+      ['figure', 'p50', 'p99', 'max'],
+      ['member pause (ms)', quantile(pausesMs, 0.5).toFixed(1), quantile(pausesMs, 0.99).toFixed(1), Math.max(...pausesMs).toFixed(1)],
+      ['group total (ms)', quantile(totals, 0.5).toFixed(1), quantile(totals, 0.99).toFixed(1), Math.max(...totals).toFixed(1)],
+    ], 1);
+    console.log(`phases (p50, ms): pause-all ${phase('pauseMs')}, cut ${phase('cutMs')}, resume ${phase('resumeMs')}, finish ${phase('finishMs')}`);
+    const p99 = quantile(pausesMs, 0.99);
+    console.log(`goal: every member's pause under 100 ms at p99: ${p99 < 100 ? 'met' : 'MISSED'} (${p99.toFixed(1)} ms)`);
+    console.log(`goal: the whole group under 1 s: ${Math.max(...totals) < 1000 ? 'met' : 'MISSED'} (max ${Math.max(...totals).toFixed(0)} ms)`);
+    for (const g of groups) await api.deleteGroupSnapshot(g.name);
+  } finally {
+    api.close();
+    await c.destroy();
+  }
+}
+
+await main();
