@@ -13,6 +13,7 @@ import type { SnapshotCopyEntry, SnapshotDoc, SnapshotRuleRecord, SnapshotState 
 import type { CallOptions, ClusterStore, Guard, JsonValue, KeyValue } from './store/cluster-store.js';
 import { guardFor } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
+import { listParsed } from './store/parsed-list.js';
 
 export const SNAPSHOTS_PREFIX = keys.snapshotsPrefix;
 export const snapshotKey = (name: string): string => `${SNAPSHOTS_PREFIX}${name}`;
@@ -101,16 +102,7 @@ export interface SnapshotDocList {
 }
 
 export async function listSnapshotDocs(store: ClusterStore, options?: CallOptions): Promise<SnapshotDocList> {
-  const { items } = await store.list(SNAPSHOTS_PREFIX, options);
-  const docs: StoredSnapshotDoc[] = [];
-  const unreadable: StorageError[] = [];
-  for (const kv of items) {
-    try {
-      docs.push(stored(kv));
-    } catch (err) {
-      unreadable.push(err as StorageError);
-    }
-  }
+  const { docs, unreadable } = await listParsed(store, SNAPSHOTS_PREFIX, stored, options);
   return { docs, unreadable };
 }
 

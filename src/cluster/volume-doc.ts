@@ -14,6 +14,7 @@ import type { CallOptions, ClusterStore, Guard, JsonValue, KeyValue } from './st
 import { guardFor } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
 import type { ReplicaState, VolumeState } from '../store/node-store.js';
+import { listParsed } from './store/parsed-list.js';
 
 /** in-sync: serves reads, takes writes. rebuilding: takes writes, is being copied to. faulted: neither. */
 export type ReplicaHealth = ReplicaState;
@@ -260,18 +261,9 @@ export interface VolumeDocList {
 
 /** Every volume document: the ones it can parse in `docs`, the others in `unreadable` (and `onMalformed`). */
 export async function listVolumeDocs(store: ClusterStore, onMalformed?: (err: StorageError) => void, options?: CallOptions): Promise<VolumeDocList> {
-  const { items, revision } = await store.list(VOLUMES_PREFIX, options);
-  const docs: StoredVolumeDoc[] = [];
-  const unreadable: StorageError[] = [];
-  for (const kv of items) {
-    try {
-      docs.push(stored(kv));
-    } catch (err) {
-      unreadable.push(err as StorageError);
-      onMalformed?.(err as StorageError);
-    }
-  }
-  return { docs, unreadable, revision };
+  const list = await listParsed(store, VOLUMES_PREFIX, stored, options);
+  if (onMalformed) list.unreadable.forEach(onMalformed);
+  return list;
 }
 
 /** The volume named `nameOrId`, or whose id it is (volumes are keyed by name: an id lists them). */

@@ -11,6 +11,7 @@ import type { SnapshotId, VolumeId } from '../common/ids.js';
 import type { CallOptions, ClusterStore, JsonValue, KeyValue } from '../cluster/store/cluster-store.js';
 import { guardFor } from '../cluster/store/cluster-store.js';
 import { keys } from '../cluster/store/keys.js';
+import { listParsed } from '../cluster/store/parsed-list.js';
 
 export const GROUP_SNAPSHOTS_PREFIX = keys.groupSnapshotsPrefix;
 export const groupSnapshotKey = (name: string): string => `${GROUP_SNAPSHOTS_PREFIX}${name}`;
@@ -107,16 +108,7 @@ export async function getGroupDoc(store: ClusterStore, name: string, options?: C
 }
 
 export async function listGroupDocs(store: ClusterStore, options?: CallOptions): Promise<{ docs: StoredGroupDoc[]; unreadable: StorageError[] }> {
-  const { items } = await store.list(GROUP_SNAPSHOTS_PREFIX, options);
-  const docs: StoredGroupDoc[] = [];
-  const unreadable: StorageError[] = [];
-  for (const kv of items) {
-    try {
-      docs.push(stored(kv));
-    } catch (err) {
-      unreadable.push(err as StorageError);
-    }
-  }
+  const { docs, unreadable } = await listParsed(store, GROUP_SNAPSHOTS_PREFIX, stored, options);
   return { docs, unreadable };
 }
 

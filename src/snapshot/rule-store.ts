@@ -10,6 +10,7 @@ import type { CallOptions, ClusterStore, JsonValue, KeyValue } from '../cluster/
 import { guardFor } from '../cluster/store/cluster-store.js';
 import { keys } from '../cluster/store/keys.js';
 import { ruleToDocument, validateSnapshotRule, type SnapshotRule } from './snapshot-rule.js';
+import { listParsed } from '../cluster/store/parsed-list.js';
 
 export const RULES_PREFIX = keys.rulesPrefix;
 export const ruleKey = (name: string): string => `${RULES_PREFIX}${name}`;
@@ -114,16 +115,8 @@ export class SnapshotRuleStore {
 
   /** Every rule, sorted by name; documents that cannot be read are listed apart. */
   async list(options?: CallOptions): Promise<RuleList> {
-    const { items } = await this.store.list(RULES_PREFIX, options);
-    const out: RuleList = { rules: [], unreadable: [] };
-    for (const kv of items) {
-      try {
-        out.rules.push(parseStoredRule(kv));
-      } catch (err) {
-        out.unreadable.push(err as StorageError);
-      }
-    }
-    return out;
+    const { docs, unreadable } = await listParsed(this.store, RULES_PREFIX, parseStoredRule, options);
+    return { rules: docs, unreadable };
   }
 
   /** Deletes the rule; NOT_FOUND when there is none of that name. */
