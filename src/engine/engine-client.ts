@@ -5,11 +5,10 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
-import { fromServiceError } from '../rpc/status.js';
+import { unaryCall } from '../rpc/unary-call.js';
 import { engineServiceConstructor, type EngineCopyMessage } from './engine-service.js';
 import type { BarrierPhases, CutCopy } from './write-barrier.js';
 
-type UnaryMethod = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
 /** The phases of one volume's barrier, wherever its engine runs (a peer, or this node). */
 export interface EngineBarrierClient {
@@ -67,13 +66,7 @@ export class EngineClient implements EngineBarrierClient {
   }
 
   private call<Res>(method: string, request: object, deadlineMs = this.deadlineMs): Promise<Res> {
-    const fn = (this.client as unknown as Record<string, UnaryMethod>)[method]!;
-    return new Promise<Res>((resolve, reject) => {
-      fn.call(this.client, request, { deadline: Date.now() + deadlineMs }, (err, res) => {
-        if (err) reject(fromServiceError(err));
-        else resolve(res as Res);
-      });
-    });
+    return unaryCall<Res>(this.client, method, request, deadlineMs);
   }
 }
 

@@ -9,7 +9,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../common/log.js';
 import { silentLogger } from '../common/log.js';
-import { fromServiceError } from '../rpc/status.js';
+import { unaryCall } from '../rpc/unary-call.js';
 import { peerClientWindowOptions } from '../rpc/http2-window.js';
 import { peerChannelCredentials, type PeerTlsConfig } from '../rpc/tls.js';
 import type { AllocatedRanges } from '../pool/backend.js';
@@ -37,7 +37,6 @@ export interface ReplicaClientOptions {
   credentials?: grpc.ChannelCredentials;
 }
 
-type UnaryMethod = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
 /** How long a PullSnapshotCopy may run when the caller gives no deadline: a snapshot of 1 TiB at 300 MB/s. */
 export const DEFAULT_PULL_DEADLINE_MS = 60 * 60_000;
@@ -172,13 +171,7 @@ export class ReplicaClient implements SnapshotPuller {
   }
 
   private call<Res>(method: string, request: object, deadlineMs = this.deadlineMs): Promise<Res> {
-    const fn = (this.client as unknown as Record<string, UnaryMethod>)[method]!;
-    return new Promise<Res>((resolve, reject) => {
-      fn.call(this.client, request, { deadline: Date.now() + deadlineMs }, (err, res) => {
-        if (err) reject(fromServiceError(err));
-        else resolve(res as Res);
-      });
-    });
+    return unaryCall<Res>(this.client, method, request, deadlineMs);
   }
 }
 

@@ -15,6 +15,7 @@ import { RegionMap } from '../../src/engine/region-map.js';
 import { LocalReplicaIo } from '../../src/engine/replica-io.js';
 import { VolumeEngine, type VolumeEngineOptions } from '../../src/engine/volume-engine.js';
 import type { ReplicaManager } from '../../src/replica/replica-manager.js';
+import { replicaFixture, type ReplicaFixture } from './replica-fixture.js';
 
 export const MiB = 1 << 20;
 export const SIZE = 16 * MiB;
@@ -164,3 +165,22 @@ export async function stillPending(p: Promise<unknown>, turns = 5): Promise<bool
   for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
   return !settled;
 }
+
+/**
+ * `count` real replicas of VOL (rep-0, rep-1, ...), each on a replica manager of its own
+ * ("nodes" in one process, file pools), in sync at epoch 1, and an engine setup over them.
+ * Everything is cleaned up when the test ends.
+ */
+export async function replicatedEngine(t: ExecutionContext, count: number): Promise<{ s: EngineSetup; fxs: ReplicaFixture[] }> {
+  const fxs: ReplicaFixture[] = [];
+  t.teardown(async () => {
+    for (const fx of fxs) await fx.cleanup();
+  });
+  for (let i = 0; i < count; i++) {
+    const fx = await replicaFixture();
+    fxs.push(fx);
+    await fx.manager.create({ replicaId: `rep-${i}` as ReplicaId, volumeId: VOL }, SIZE, 1, true);
+  }
+  return { s: engineSetup(t, fxs.map((fx) => fx.manager), fxs[0]!.store.dirtyMaps()), fxs };
+}
+

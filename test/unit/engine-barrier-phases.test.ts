@@ -5,23 +5,15 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { Code } from '../../src/common/errors.js';
-import type { DeviceId, ReplicaId, SnapshotId } from '../../src/common/ids.js';
-import { SIZE, VOL, engineSetup, stillPending } from '../helpers/engine-fixture.js';
-import { codeOf, filled, replicaFixture, type ReplicaFixture } from '../helpers/replica-fixture.js';
+import type { DeviceId, SnapshotId } from '../../src/common/ids.js';
+import type { VolumeEngine } from '../../src/engine/volume-engine.js';
+import { replicatedEngine, stillPending } from '../helpers/engine-fixture.js';
+import { codeOf, filled, type ReplicaFixture } from '../helpers/replica-fixture.js';
 
 const BLOCK = 4096;
 
-async function setup(t: ExecutionContext) {
-  const fxs: ReplicaFixture[] = [];
-  t.teardown(async () => {
-    for (const fx of fxs) await fx.cleanup();
-  });
-  for (let i = 0; i < 2; i++) {
-    const fx = await replicaFixture();
-    fxs.push(fx);
-    await fx.manager.create({ replicaId: `rep-${i}` as ReplicaId, volumeId: VOL }, SIZE, 1, true);
-  }
-  const s = engineSetup(t, fxs.map((fx) => fx.manager), fxs[0]!.store.dirtyMaps());
+async function setup(t: ExecutionContext): Promise<{ e: VolumeEngine; fxs: ReplicaFixture[] }> {
+  const { s, fxs } = await replicatedEngine(t, 2);
   return { e: await s.start(), fxs };
 }
 

@@ -8,14 +8,14 @@ import * as grpc from '@grpc/grpc-js';
 import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { Code, StorageError } from '../../src/common/errors.js';
-import type { DeviceId, ReplicaId, SnapshotId, VolumeId } from '../../src/common/ids.js';
+import type { DeviceId, SnapshotId, VolumeId } from '../../src/common/ids.js';
 import { silentLogger } from '../../src/common/log.js';
 import { EngineClient } from '../../src/engine/engine-client.js';
 import { engineService } from '../../src/engine/engine-service.js';
 import { startReplicaServer } from '../../src/replica/replica-server.js';
 import { peerChannelCredentials } from '../../src/rpc/tls.js';
-import { SIZE, VOL, engineSetup, stillPending } from '../helpers/engine-fixture.js';
-import { codeOf, filled, replicaFixture, type ReplicaFixture } from '../helpers/replica-fixture.js';
+import { VOL, replicatedEngine, stillPending } from '../helpers/engine-fixture.js';
+import { codeOf, filled } from '../helpers/replica-fixture.js';
 import { makeTestPki } from '../helpers/tls.js';
 
 const BLOCK = 4096;
@@ -23,16 +23,7 @@ const BLOCK = 4096;
 test('pause, cut, resume, finish and abort over the peer port; unknown volumes FAILED_PRECONDITION; a rogue certificate is refused', async (t) => {
   const pki = await makeTestPki();
   t.teardown(() => pki.cleanup());
-  const fxs: ReplicaFixture[] = [];
-  t.teardown(async () => {
-    for (const fx of fxs) await fx.cleanup();
-  });
-  for (let i = 0; i < 2; i++) {
-    const fx = await replicaFixture();
-    fxs.push(fx);
-    await fx.manager.create({ replicaId: `rep-${i}` as ReplicaId, volumeId: VOL }, SIZE, 1, true);
-  }
-  const s = engineSetup(t, fxs.map((fx) => fx.manager), fxs[0]!.store.dirtyMaps());
+  const { s, fxs } = await replicatedEngine(t, 2);
   const e = await s.start();
   const lookup = (volumeId: VolumeId) => {
     if (volumeId !== VOL) throw new StorageError(Code.FAILED_PRECONDITION, `no engine of volume ${volumeId} runs on this node`);

@@ -6,26 +6,15 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { Code, StorageError } from '../../src/common/errors.js';
-import type { DeviceId, ReplicaId, SnapshotId } from '../../src/common/ids.js';
+import type { DeviceId, SnapshotId } from '../../src/common/ids.js';
 import { barrierPauses } from '../../src/engine/barrier-stats.js';
 import type { ReplicaControl } from '../../src/engine/engine-types.js';
-import { MiB, SIZE, VOL, engineSetup, stillPending, type EngineSetup } from '../helpers/engine-fixture.js';
-import { codeOf, filled, replicaFixture, type ReplicaFixture } from '../helpers/replica-fixture.js';
+import { MiB, SIZE, replicatedEngine, stillPending } from '../helpers/engine-fixture.js';
+import { codeOf, filled, type ReplicaFixture } from '../helpers/replica-fixture.js';
 
 const BLOCK = 4096;
 
-async function setup(t: ExecutionContext, rf = 3): Promise<{ s: EngineSetup; fxs: ReplicaFixture[] }> {
-  const fxs: ReplicaFixture[] = [];
-  t.teardown(async () => {
-    for (const fx of fxs) await fx.cleanup();
-  });
-  for (let i = 0; i < rf; i++) {
-    const fx = await replicaFixture();
-    fxs.push(fx);
-    await fx.manager.create({ replicaId: `rep-${i}` as ReplicaId, volumeId: VOL }, SIZE, 1, true);
-  }
-  return { s: engineSetup(t, fxs.map((fx) => fx.manager), fxs[0]!.store.dirtyMaps()), fxs };
-}
+const setup = (t: ExecutionContext, rf = 3): ReturnType<typeof replicatedEngine> => replicatedEngine(t, rf);
 
 async function copiesEverywhere(fxs: ReplicaFixture[]): Promise<string[][]> {
   return Promise.all(fxs.map(async (fx) => (await fx.manager.listSnapshotCopies()).map((c) => c.snapshotId)));
