@@ -8,59 +8,19 @@
  * calls on different replicas run concurrently.
  */
 import { Code, StorageError, staleEpochError } from '../common/errors.js';
-import { asDeviceId, type DeviceId, type ReplicaId, type SnapshotId, type VolumeId } from '../common/ids.js';
+import { asDeviceId, type ReplicaId, type VolumeId } from '../common/ids.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import type { AllocatedRanges, PoolBackend } from '../pool/backend.js';
 import type { HostedReplicaRecord, NodeStore, RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
-import type { SnapshotCopyRecord } from '../store/snapshot-copy-record.js';
 import { CHECKSUM_ALGORITHM, checkRegions, checksumRegions } from './checksum.js';
 import { DEFAULT_REPLICA_LIMITS, type ReplicaLimits } from './io-types.js';
 import { Replica } from './replica.js';
+import { MAX_VOLUME_ID_LENGTH, NO_PROGRESS, checkReplicaSize, wholeBytes, type ReplicaRefInput, type ReplicaStatusView } from './replica-refs.js';
+import { SnapshotCopies, type SnapshotCallOptions, type SnapshotCopyView } from './snapshot-copies.js';
 
-export interface ReplicaRefInput {
-  replicaId: string;
-  /** Must match the replica's volume; may be empty only where a method says so. */
-  volumeId: string;
-}
-
-export interface ReplicaStatusView {
-  replicaId: ReplicaId;
-  volumeId: VolumeId;
-  sizeBytes: number;
-  allocatedBytes: number;
-  epoch: number;
-  state: ReplicaState;
-  /** Set while rebuilding. */
-  rebuild: RebuildProgressRecord | undefined;
-  createdAt: string;
-}
-
-/** One snapshot copy this node holds (the engine's SnapshotCopyStatus has this shape). */
-export interface SnapshotCopyView {
-  snapshotId: SnapshotId;
-  volumeId: VolumeId;
-  /** The replica it was taken from. */
-  replicaId: ReplicaId;
-  sizeBytes: number;
-  allocatedBytes: number;
-  /** RFC 3339. */
-  createdAt: string;
-  /**
-   * True in the answer to a `cutOnly` snapshot call when the copy's content is fixed but it
-   * is still being filled: the same call again (without cutOnly) waits until it is whole.
-   */
-  filling?: boolean;
-}
-
-/** How a SnapshotReplica call is answered. */
-export interface SnapshotCallOptions {
-  /**
-   * Answer once the copy's content is fixed (the cut), with `filling` set when the pool goes
-   * on filling it while writes resume; without it, answer when the copy is whole.
-   */
-  cutOnly?: boolean;
-}
+export type { ReplicaRefInput, ReplicaStatusView } from './replica-refs.js';
+export type { SnapshotCallOptions, SnapshotCopyView } from './snapshot-copies.js';
 
 export interface ChecksumRangeResult {
   algorithm: string;
@@ -79,40 +39,27 @@ export interface ReplicaManagerOptions {
 export const MAX_CHECKPOINT_BYTES = 64 << 10;
 /** At most this many extents per allocatedRanges answer (about 40 KiB on the wire). */
 export const MAX_ALLOCATED_EXTENTS = 2048;
-const NO_PROGRESS: RebuildProgressRecord = Object.freeze({ doneBytes: 0, totalBytes: 0, checkpoint: Buffer.alloc(0) });
-const MAX_VOLUME_ID_LENGTH = 128;
-
-function wholeBytes(value: number, what: string): number {
-  if (!Number.isSafeInteger(value) || value < 0) throw new StorageError(Code.INVALID_ARGUMENT, `${what} must be a whole number of bytes, got ${value}`);
-  return value;
-}
-
-/** The lock key of a snapshot copy: apart from replica ids, which share the pool's device names. */
-const copyKey = (id: SnapshotId): string => `copy/${id}`;
-
-function parseSnapshotId(text: string): SnapshotId {
-  if (!text) throw new StorageError(Code.INVALID_ARGUMENT, 'the request names no snapshot');
-  return asDeviceId(text) as string as SnapshotId;
-}
-
-function checkReplicaSize(id: ReplicaId, sizeBytes: number): void {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-    throw new StorageError(Code.INVALID_ARGUMENT, `replica size must be a positive multiple of 512 bytes, got ${sizeBytes}`, { details: { replica: id } });
-  }
-}
 
 export class ReplicaManager {
   readonly limits: ReplicaLimits;
   private readonly replicas = new Map<ReplicaId, Promise<Replica>>();
   private readonly locks = new KeyedLock();
-  /** Copies answered at their cut and still being filled, by snapshot id. */
-  private readonly filling = new Map<SnapshotId, { replicaId: ReplicaId; done: Promise<SnapshotCopyView> }>();
+  private readonly copies: SnapshotCopies;
   /** Replicas being deleted: no new I/O opens them. */
   private readonly deleting = new Set<ReplicaId>();
   private closed = false;
 
   constructor(private readonly opts: ReplicaManagerOptions) {
     this.limits = { ...DEFAULT_REPLICA_LIMITS, ...opts.limits };
+    this.copies = new SnapshotCopies({
+      pool: opts.pool, store: opts.store, log: opts.log, locks: this.locks,
+      parseRef: (ref) => this.parseRef(ref),
+      notFound: (ref) => this.notFound(ref),
+      fence: (record, epoch) => this.fence(record, epoch),
+      openReplica: async (id) => this.replicas.get(id)?.catch(() => undefined),
+      statusOf: (id) => this.statusOf(id),
+      delete: (ref, epoch) => this.delete(ref, epoch),
+    });
   }
 
   /** The replica for I/O. NOT_FOUND when this node has no such replica of that volume. */
@@ -297,197 +244,31 @@ export class ReplicaManager {
     return this.changeRebuild(ref, epoch, () => ({ state: 'in-sync', rebuild: NO_PROGRESS }), 'replica rebuild finished');
   }
 
-  // --- snapshot copies --------------------------------------------------------------------
+  // --- snapshot copies (snapshot-copies.ts) ------------------------------------------------
 
-  /**
-   * Copies the replica's device as it is now into this node's copy of `snapshotId` (a pool
-   * device of that id; thin snapshot or reflink). Fenced like every change. The caller's
-   * barrier drained the volume's writes; writes still in flight here settle first. Idempotent:
-   * a copy of this snapshot from this replica is answered as it is; one from another replica
-   * is ALREADY_EXISTS. A failure leaves no device and no record.
-   *
-   * With `cutOnly` the answer comes at the cut: where the pool fills the copy while writes go
-   * on (a file pool), the answer says `filling`, the caller lets writes resume, and calls
-   * again without `cutOnly` to wait until the copy is whole and recorded.
-   */
-  async snapshot(ref: ReplicaRefInput, epoch: number, snapshotId: string, opts: SnapshotCallOptions = {}): Promise<SnapshotCopyView> {
-    const id = this.parseRef(ref);
-    const snap = parseSnapshotId(snapshotId);
-    const filling = this.filling.get(snap);
-    if (filling && filling.replicaId === id) return filling.done;
-    let cutAt: { sizeBytes: number; volumeId: VolumeId } | undefined;
-    let onCut: (() => void) | undefined;
-    const cut = new Promise<void>((resolve) => (onCut = resolve));
-    const done = this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
-      const record = this.opts.store.getHostedReplica(id);
-      if (!record || record.volumeId !== ref.volumeId) throw this.notFound(ref);
-      await this.fence(record, epoch);
-      const existing = this.opts.store.getSnapshotCopy(snap);
-      if (existing) {
-        if (existing.replicaId === id && existing.volumeId === record.volumeId) return this.copyView(existing);
-        throw new StorageError(Code.ALREADY_EXISTS, `snapshot ${snap} already has a copy on this node, taken from replica ${existing.replicaId} of volume ${existing.volumeId}: use another snapshot id`,
-          { details: { snapshot: snap, replica: existing.replicaId } });
-      }
-      if (opts.cutOnly) cutAt = { sizeBytes: (await this.opts.pool.inspect(record.deviceId)).sizeBytes, volumeId: record.volumeId };
-      const copy = await this.copyDevice(record, snap, record.volumeId, opts.cutOnly ? onCut : undefined);
-      this.opts.log.info({ snapshot: snap, replica: id, volumeId: record.volumeId, sizeBytes: copy.sizeBytes, epoch }, 'snapshot copy taken');
-      return copy;
-    }));
-    if (!opts.cutOnly) return done;
-    const first = await Promise.race([cut.then(() => 'cut' as const), done.then(() => 'done' as const, () => 'done' as const)]);
-    if (first === 'done' || !cutAt) return done;
-    const entry = { replicaId: id, done };
-    this.filling.set(snap, entry);
-    const forget = (): void => void (this.filling.get(snap) === entry && this.filling.delete(snap));
-    done.then(forget, forget);
-    return { snapshotId: snap, volumeId: cutAt.volumeId, replicaId: id, sizeBytes: cutAt.sizeBytes, allocatedBytes: 0, createdAt: new Date().toISOString(), filling: true };
+  /** Copies the replica's device into this node's copy of `snapshotId` (SnapshotCopies.snapshot). */
+  snapshot(ref: ReplicaRefInput, epoch: number, snapshotId: string, opts: SnapshotCallOptions = {}): Promise<SnapshotCopyView> {
+    return this.copies.snapshot(ref, epoch, snapshotId, opts);
   }
 
-  /** This node's copy of the snapshot, or undefined when it holds none (or its device is gone). */
-  async snapshotCopy(snapshotId: string): Promise<SnapshotCopyView | undefined> {
-    const c = this.opts.store.getSnapshotCopy(parseSnapshotId(snapshotId));
-    return c && this.copyView(c).catch(() => undefined);
+  snapshotCopy(snapshotId: string): Promise<SnapshotCopyView | undefined> {
+    return this.copies.snapshotCopy(snapshotId);
   }
 
-  /**
-   * Turns a replica this node filled with a snapshot's bytes (a streamed copy: PullSnapshotCopy)
-   * into its copy of `snapshotId` of volume `volumeId`, then deletes the replica. The copy is
-   * a thin snapshot or reflink of the replica's device, recorded as a barrier copy is, so that
-   * list, delete, restore and the collectors treat both alike. Fenced; ALREADY_EXISTS when a
-   * copy of that snapshot is here already. A failure leaves no copy (the replica stays, for the
-   * caller to delete).
-   */
-  async adoptSnapshotCopy(ref: ReplicaRefInput, epoch: number, snapshotId: string, volumeId: VolumeId): Promise<SnapshotCopyView> {
-    const id = this.parseRef(ref);
-    const snap = parseSnapshotId(snapshotId);
-    const copy = await this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
-      const record = this.opts.store.getHostedReplica(id);
-      if (!record || record.volumeId !== ref.volumeId) throw this.notFound(ref);
-      await this.fence(record, epoch);
-      const existing = this.opts.store.getSnapshotCopy(snap);
-      if (existing) {
-        throw new StorageError(Code.ALREADY_EXISTS, `snapshot ${snap} already has a copy on this node, taken from replica ${existing.replicaId} of volume ${existing.volumeId}`,
-          { details: { snapshot: snap, replica: existing.replicaId } });
-      }
-      return this.copyDevice(record, snap, volumeId);
-    }));
-    await this.delete(ref, epoch);
-    this.opts.log.info({ snapshot: snap, replica: id, volumeId, sizeBytes: copy.sizeBytes }, 'snapshot copy received');
-    return copy;
+  adoptSnapshotCopy(ref: ReplicaRefInput, epoch: number, snapshotId: string, volumeId: VolumeId): Promise<SnapshotCopyView> {
+    return this.copies.adoptSnapshotCopy(ref, epoch, snapshotId, volumeId);
   }
 
-  /**
-   * Copies the replica's device (its writes settled, and flushed first where the pool needs
-   * it) into the pool device `snap` and records it as this node's copy of that snapshot of
-   * `volumeId`. With `onCut`, the pool may call it once the copy's content is fixed and fill
-   * the copy while writes go on. Runs under the replica's and the copy's locks. A failure
-   * leaves no device and no record.
-   */
-  private async copyDevice(record: HostedReplicaRecord, snap: SnapshotId, volumeId: VolumeId, onCut?: () => void): Promise<SnapshotCopyView> {
-    if (this.opts.store.knownDeviceIds().has(snap as string as DeviceId)) {
-      throw new StorageError(Code.ALREADY_EXISTS, `snapshot id ${snap} names another device of this node's pool: use another snapshot id`, { details: { snapshot: snap } });
-    }
-    const loaded = this.replicas.get(record.id);
-    const replica = loaded && await loaded.catch(() => undefined);
-    if (replica && !replica.isClosed) {
-      await replica.writesSettled();
-      if (!this.opts.pool.snapshotFlushes) await (await replica.openedDevice()).flush();
-    }
-    // A device of this id without a record is left from an attempt that crashed: it is of
-    // another moment, so it goes rather than being adopted.
-    await this.opts.pool.delete(snap as string as DeviceId);
-    const info = await this.opts.pool.snapshot(record.deviceId, snap as string as DeviceId, { copy: true, ...(onCut ? { onCut } : {}) });
-    const copy: SnapshotCopyRecord = { snapshotId: snap, volumeId, replicaId: record.id, sizeBytes: info.sizeBytes, createdAt: new Date().toISOString() };
-    try {
-      this.opts.store.insertSnapshotCopy(copy);
-    } catch (err) {
-      await this.opts.pool.delete(snap as string as DeviceId).catch((e: unknown) =>
-        this.opts.log.warn({ snapshot: snap, err: (e as Error).message }, 'cannot delete an unrecorded snapshot copy; a repeated snapshot or delete call removes it'));
-      throw err;
-    }
-    return { ...copy, allocatedBytes: info.allocatedBytes };
+  deleteSnapshotCopy(snapshotId: string): Promise<void> {
+    return this.copies.deleteSnapshotCopy(snapshotId);
   }
 
-  /**
-   * Deletes this node's copy of the snapshot: its device, then its record. Not an error when
-   * there is none; a device left without a record (a crash while it was taken) goes too.
-   */
-  async deleteSnapshotCopy(snapshotId: string): Promise<void> {
-    const snap = parseSnapshotId(snapshotId);
-    await this.locks.run(copyKey(snap), async () => {
-      const existing = this.opts.store.getSnapshotCopy(snap);
-      if (!existing && this.opts.store.knownDeviceIds().has(snap as string as DeviceId)) return; // another device's name: not a copy
-      await this.opts.pool.delete(snap as string as DeviceId);
-      if (!existing) return;
-      this.opts.store.deleteSnapshotCopy(snap);
-      this.opts.log.info({ snapshot: snap, volumeId: existing.volumeId, replica: existing.replicaId }, 'snapshot copy deleted');
-    });
+  listSnapshotCopies(): Promise<SnapshotCopyView[]> {
+    return this.copies.listSnapshotCopies();
   }
 
-  /** Every snapshot copy this node holds. A recorded copy whose device is gone is left out (and logged). */
-  async listSnapshotCopies(): Promise<SnapshotCopyView[]> {
-    const out: SnapshotCopyView[] = [];
-    for (const c of this.opts.store.listSnapshotCopies()) {
-      try {
-        out.push(await this.copyView(c));
-      } catch (err) {
-        this.opts.log.warn({ snapshot: c.snapshotId, err: (err as Error).message }, 'a recorded snapshot copy has no device; left out of the list');
-      }
-    }
-    return out;
-  }
-
-  /**
-   * A new replica whose content is this node's copy of the snapshot (a thin or reflinked
-   * child), grown to `sizeBytes`, in sync at `epoch`. Recorded before its device is made,
-   * as `create`; idempotent like it. NOT_FOUND without a copy here; OUT_OF_RANGE for a size
-   * smaller than the snapshot's.
-   */
-  async createReplicaFromSnapshot(ref: ReplicaRefInput, sizeBytes: number, epoch: number, snapshotId: string): Promise<ReplicaStatusView> {
-    const id = this.parseRef(ref);
-    checkReplicaSize(id, sizeBytes);
-    const snap = parseSnapshotId(snapshotId);
-    return this.locks.run(id, () => this.locks.run(copyKey(snap), async () => {
-      const existing = this.opts.store.getHostedReplica(id);
-      if (existing && existing.volumeId !== ref.volumeId) {
-        throw new StorageError(Code.ALREADY_EXISTS, `replica ${id} already exists for volume ${existing.volumeId}, not ${ref.volumeId}`, { details: { replica: id } });
-      }
-      if (existing) await this.fence(existing, epoch);
-      else wholeBytes(epoch, 'epoch');
-      const device = existing && await this.opts.pool.inspect(existing.deviceId).catch(() => undefined);
-      if (device) {
-        if (device.sizeBytes > sizeBytes) {
-          throw new StorageError(Code.ALREADY_EXISTS, `replica ${id} already exists with ${device.sizeBytes} bytes, not ${sizeBytes}`, { details: { replica: id } });
-        }
-        if (device.sizeBytes < sizeBytes) await this.opts.pool.resize(device.id, sizeBytes); // an interrupted create
-        return this.statusOf(id);
-      }
-      const copy = this.opts.store.getSnapshotCopy(snap);
-      if (!copy) {
-        throw new StorageError(Code.NOT_FOUND, `this node holds no copy of snapshot ${snap}: create the replica on a node that holds one, or stream the snapshot here first`,
-          { details: { snapshot: snap, replica: id } });
-      }
-      if (sizeBytes < copy.sizeBytes) {
-        throw new StorageError(Code.OUT_OF_RANGE, `replica ${id} of ${sizeBytes} bytes cannot hold snapshot ${snap} of ${copy.sizeBytes} bytes: ask for at least the snapshot's size`,
-          { details: { snapshot: snap, replica: id, sizeBytes: copy.sizeBytes, requestedBytes: sizeBytes } });
-      }
-      const deviceId = asDeviceId(id);
-      if (!existing) {
-        this.opts.store.insertHostedReplica({
-          id, volumeId: ref.volumeId as VolumeId, deviceId, state: 'in-sync', createdAt: new Date().toISOString(), epoch, rebuild: NO_PROGRESS,
-        });
-      }
-      try {
-        await this.opts.pool.snapshot(snap as string as DeviceId, deviceId);
-        if (sizeBytes > copy.sizeBytes) await this.opts.pool.resize(deviceId, sizeBytes);
-      } catch (err) {
-        await this.opts.pool.delete(deviceId).catch(() => undefined);
-        if (!existing) this.opts.store.deleteHostedReplica(id);
-        throw err;
-      }
-      this.opts.log.info({ replica: id, volumeId: ref.volumeId, snapshot: snap, sizeBytes, epoch }, 'replica created from snapshot');
-      return this.statusOf(id);
-    }));
+  createReplicaFromSnapshot(ref: ReplicaRefInput, sizeBytes: number, epoch: number, snapshotId: string): Promise<ReplicaStatusView> {
+    return this.copies.createReplicaFromSnapshot(ref, sizeBytes, epoch, snapshotId);
   }
 
   /** Closes every open device (waiting for requests in flight). Idempotent. */
@@ -543,11 +324,6 @@ export class ReplicaManager {
     if (!record) throw new StorageError(Code.NOT_FOUND, `replica ${id} not found on this node`, { details: { replica: id } });
     const info = await this.opts.pool.inspect(record.deviceId);
     return this.view(record, info.sizeBytes, info.allocatedBytes);
-  }
-
-  private async copyView(c: SnapshotCopyRecord): Promise<SnapshotCopyView> {
-    const info = await this.opts.pool.inspect(c.snapshotId as string as DeviceId);
-    return { ...c, allocatedBytes: info.allocatedBytes };
   }
 
   private view(r: HostedReplicaRecord, sizeBytes: number, allocatedBytes: number): ReplicaStatusView {
