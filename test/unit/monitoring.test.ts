@@ -21,7 +21,7 @@ async function exported(): Promise<Map<string, Set<string>>> {
   const out = new Map<string, Set<string>>();
   for (const m of metrics.registry.getMetricsAsArray()) {
     const labels = new Set([...((m as unknown as { labelNames?: string[] }).labelNames ?? []), 'node']);
-    const suffixes = (await m.get()).type === 'histogram' ? ['_bucket', '_sum', '_count'] : [''];
+    const suffixes = (await (m as unknown as { get(): Promise<{ type: string }> }).get()).type === 'histogram' ? ['_bucket', '_sum', '_count'] : [''];
     for (const s of suffixes) out.set(`${m.name}${s}`, s === '_bucket' ? new Set([...labels, 'le']) : labels);
   }
   return out;
@@ -66,7 +66,7 @@ test('the PrometheusRule is valid, and its alerts name metrics and labels cairnd
   const doc = parse(read('prometheus-rule.yaml')) as ConstructorParameters<typeof PrometheusRule>[0];
   t.notThrows(() => new PrometheusRule(doc).validate());
   const families = await exported();
-  const alerts = doc!.spec!.groups.flatMap((g) => g.rules ?? []);
+  const alerts = (doc?.spec?.groups ?? []).flatMap((g) => g.rules ?? []);
   t.deepEqual(alerts.map((r) => r.alert).sort(), [
     'CairnNodeDown', 'CairnPoolAlmostFull', 'CairnPoolMetadataAlmostFull', 'CairnRebuildNotProgressing', 'CairnVolumeDegraded', 'CairnVolumeFaulted',
   ]);
@@ -76,7 +76,7 @@ test('the PrometheusRule is valid, and its alerts name metrics and labels cairnd
 test('a PrometheusRule the operator would refuse fails validation (the check is real)', (t) => {
   const doc = parse(read('prometheus-rule.yaml')) as { spec: { groups: { rules: Record<string, unknown>[] }[] } };
   doc.spec.groups[0]!.rules[0]!.for = 'five minutes';
-  t.throws(() => new PrometheusRule(doc as ConstructorParameters<typeof PrometheusRule>[0]).validate());
+  t.throws(() => new PrometheusRule(doc as unknown as ConstructorParameters<typeof PrometheusRule>[0]).validate());
 });
 
 test('the PodMonitor is valid and scrapes the port the cairnd containers name http', (t) => {
