@@ -23,26 +23,8 @@ import type { PoolBackend } from '../../src/pool/backend.js';
 import { DataOp } from '../../src/replica/data-frames.js';
 import type { ReplicaStatusView } from '../../src/replica/replica-manager.js';
 import { csiClient } from '../helpers/csi-client.js';
+import { parseSamples, value } from '../helpers/prom-text.js';
 import { silentLogger } from '../../src/common/log.js';
-
-/** `name{labels}` → value, for every sample line of a Prometheus text body (labels as written, in order). */
-function parseSamples(body: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of body.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const space = line.lastIndexOf(' ');
-    out.set(line.slice(0, space), Number(line.slice(space + 1)));
-  }
-  return out;
-}
-
-/** The value of the one sample of `name` whose labels include every `labels` pair. */
-function value(samples: Map<string, number>, name: string, labels: Record<string, string> = {}): number | undefined {
-  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  const hits = [...samples].filter(([key]) => (key === name || key.startsWith(`${name}{`)) && want.every((w) => key.includes(w)));
-  if (hits.length > 1) throw new Error(`${hits.length} samples of ${name} match ${JSON.stringify(labels)}`);
-  return hits[0]?.[1];
-}
 
 const VOL = 'vol-1' as VolumeId;
 const engine: RunningEngineView = {
