@@ -94,7 +94,7 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     void r.then((v) => { lastReady = v; });
     return lastReady;
   };
-  const metrics = new NodeMetrics({ nodeName: config.nodeName, role: config.role, version: VERSION, sources: front.metricSources });
+  const metrics = new NodeMetrics({ nodeName: config.nodeName, role: config.role, version: VERSION, sources: front.metricSources, log: log.child({ component: 'metrics' }) });
   if (config.httpListen) {
     const http: Server = await startHttpServer(config.httpListen, { metrics, isReady, log });
     stops.push(() => void http.close());

@@ -115,6 +115,21 @@ test('a controller reports no volumes, replicas or pool: only what it has', asyn
   t.false([...s.keys()].some((k) => /^cairn_(volume|replica|pool)_/.test(k)), [...s.keys()].filter((k) => k.startsWith('cairn_')).join('\n'));
 });
 
+test('a source that fails is left out of the scrape; the others are reported', async (t) => {
+  const warned: string[] = [];
+  const log = { warn: (fields: { source: string }) => warned.push(fields.source) } as unknown as ReturnType<typeof silentLogger>;
+  const failing = { kind: 'dm', capacity: async () => { throw new Error('dmsetup status failed'); } } as unknown as PoolBackend;
+  const metrics = new NodeMetrics({
+    nodeName: 'n1', role: 'controller', version: 'x', log,
+    sources: { ...sources(), pool: failing, snapshots: () => Promise.reject(new Error('etcd unreachable')) },
+  });
+  const s = parseSamples(await metrics.scrape());
+  t.is(value(s, 'cairn_pool_total_bytes'), undefined);
+  t.is(value(s, 'cairn_volume_snapshots', { volume: 'pg-data' }), undefined);
+  t.is(value(s, 'cairn_volume_in_sync_replicas', { volume: 'pg-data' }), 2, 'the engines are still reported');
+  t.deepEqual(warned.sort(), ['pool', 'snapshots']);
+});
+
 test('BucketHistogram counts each value in the first bucket whose bound it does not exceed', (t) => {
   const h = new BucketHistogram([1, 2]);
   for (const v of [0.5, 1, 1.5, 2, 3]) h.observe(v);

@@ -6,6 +6,7 @@
  * docs/metrics.md lists every family.
  */
 import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
+import type { Logger } from '../../common/log.js';
 import { EMPTY_VIEW, loadNodeView, type MetricSources, type NodeView } from './node-view.js';
 import { registerNodeFamilies } from './node-families.js';
 import { registerVolumeFamilies } from './volume-families.js';
@@ -18,6 +19,8 @@ export interface NodeMetricsOptions {
   role: string;
   version: string;
   sources: MetricSources;
+  /** Where a source that failed during a scrape is logged (its figures are left out of that scrape). */
+  log?: Logger;
 }
 
 export class NodeMetrics {
@@ -47,7 +50,7 @@ export class NodeMetrics {
 
   /** The registry in the Prometheus text format, with this moment's figures. */
   async scrape(): Promise<string> {
-    this.view = await loadNodeView(this.opts.sources);
+    this.view = await loadNodeView(this.opts.sources, (what, err) => this.opts.log?.warn({ err: (err as Error).message, source: what }, 'metrics: a source failed; its figures are left out of this scrape'));
     return this.registry.metrics();
   }
 

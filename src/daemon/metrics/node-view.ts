@@ -50,9 +50,21 @@ export interface NodeView {
 
 export const EMPTY_VIEW: NodeView = { engines: [], exportOf: () => undefined, dataChannel: [], replicas: [], pool: undefined, snapshots: undefined };
 
-export async function loadNodeView(sources: MetricSources): Promise<NodeView> {
+/**
+ * Reads every source. One that fails (the cluster store unreachable, the pool's status
+ * unreadable) is left out of this scrape and handed to `onError`; the others are reported.
+ */
+export async function loadNodeView(sources: MetricSources, onError: (what: string, err: unknown) => void): Promise<NodeView> {
   const exports = new Map((sources.exports?.() ?? []).map((s) => [s.name, s]));
-  const [replicas, pool, snapshots] = await Promise.all([sources.replicas?.() ?? [], sources.pool && poolFigures(sources.pool), sources.snapshots && snapshotTotals(sources.snapshots)]);
+  const settle = <T>(what: string, p: Promise<T> | undefined, fallback: T): Promise<T> => (p ?? Promise.resolve(fallback)).catch((err: unknown) => {
+    onError(what, err);
+    return fallback;
+  });
+  const [replicas, pool, snapshots] = await Promise.all([
+    settle('hosted replicas', sources.replicas?.(), []),
+    settle('pool', sources.pool && poolFigures(sources.pool), undefined),
+    settle('snapshots', sources.snapshots && snapshotTotals(sources.snapshots), undefined),
+  ]);
   return {
     engines: sources.engines?.() ?? [], exportOf: (name) => exports.get(name), dataChannel: sources.dataChannel?.() ?? [], replicas, pool, snapshots,
   };
