@@ -4,7 +4,8 @@
  * the bytes counted are the bytes written, that each node reports only its own engines,
  * replicas and pool, that rebuild progress shows while the rebuild runs, that CSI calls and
  * snapshots are counted, and that every metric docs/metrics.md lists has samples (except
- * the dm pool's metadata figures: these nodes run file pools).
+ * the dm pool's metadata figures: these nodes run file pools; test/unit/node-metrics.test.ts
+ * covers those).
  */
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { readFileSync } from 'node:fs';

@@ -20,6 +20,7 @@ import { DataChannelStats } from '../../src/engine/data-stats.js';
 import type { RunningEngineView } from '../../src/engine/engine-types.js';
 import { newStats } from '../../src/engine/nbd/stats.js';
 import type { PoolBackend } from '../../src/pool/backend.js';
+import { DmBackend } from '../../src/pool/dm-backend.js';
 import { DataOp } from '../../src/replica/data-frames.js';
 import type { ReplicaStatusView } from '../../src/replica/replica-manager.js';
 import { csiClient } from '../helpers/csi-client.js';
@@ -159,4 +160,17 @@ test('the CSI server counts every call by method and gRPC code, through one hook
   t.is(value(s, 'cairn_csi_calls_total', { method: 'NodeGetInfo', code: 'OK' }), 1);
   t.is(value(s, 'cairn_csi_calls_total', { method: 'NodeStageVolume', code: 'UNIMPLEMENTED' }), 1);
   t.is(value(s, 'cairn_csi_call_duration_seconds_count', { method: 'Probe', code: 'OK' }), 2);
+});
+
+test('a dm pool reports its metadata device: used and total bytes from the thin pool\'s status', async (t) => {
+  const dm = Object.assign(Object.create(DmBackend.prototype) as DmBackend, {
+    kind: 'dm',
+    capacity: async () => ({ totalBytes: 1 << 30, usedBytes: 1 << 20, freeBytes: (1 << 30) - (1 << 20), provisionedBytes: 1 << 31 }),
+    poolStatus: async () => ({ usedMetadataBlocks: 10, totalMetadataBlocks: 1000 }),
+  });
+  const metrics = new NodeMetrics({ nodeName: 'n1', role: 'node', version: 'x', sources: { pool: dm } });
+  const s = parseSamples(await metrics.scrape());
+  t.is(value(s, 'cairn_pool_metadata_used_bytes', { pool_kind: 'dm' }), 10 * 4096);
+  t.is(value(s, 'cairn_pool_metadata_total_bytes', { pool_kind: 'dm' }), 1000 * 4096);
+  t.is(value(s, 'cairn_pool_total_bytes', { pool_kind: 'dm' }), 1 << 30);
 });
