@@ -19,7 +19,7 @@ import { Code, StorageError } from '../common/errors.js';
 import type { NodeId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
-import type { DirtyMapStore, EngineReplicaView, ReplicaConnector, VolumeSnapshotResult } from '../engine/engine-types.js';
+import type { DirtyMapStore, EngineReplicaView, ReplicaConnector, RunningEngineView, VolumeSnapshotResult } from '../engine/engine-types.js';
 import type { ExportInfo, ExportManager } from '../engine/export-manager.js';
 import { ReaderEngine } from '../engine/reader-engine.js';
 import { VolumeEngine } from '../engine/volume-engine.js';
@@ -308,6 +308,13 @@ export class EngineHost implements LocalVolumeHost {
   volumeChanged(doc: VolumeDoc): void {
     this.engines.get(doc.name)?.engine.applyDoc(doc);
     this.readers.get(doc.name)?.applyDoc(doc);
+  }
+
+  /** The engines running here, rebuild-only ones included (fenced ones left out), for /metrics. */
+  runningEngines(): RunningEngineView[] {
+    return [...this.engines].filter(([, r]) => !r.engine.fenced).map(([name, { engine, headless }]) => ({
+      name, volumeId: engine.volumeId, sizeBytes: engine.sizeBytes, headless: headless === true, replicas: engine.replicaViews(),
+    }));
   }
 
   engineReplicaViews(name: string): EngineReplicaView[] {

@@ -22,7 +22,11 @@ export interface CsiServerOptions {
   services: readonly CsiService[];
   /** How long close() lets calls in flight finish before cutting them; 10 s by default. */
   closeGraceMs?: number;
+  /** Told of every call answered: its method, gRPC code name and duration (for /metrics). */
+  onCall?: CsiCallObserver;
 }
+
+export type CsiCallObserver = (method: string, code: string, seconds: number) => void;
 
 export interface CsiServer {
   readonly socketPath: string;
@@ -41,7 +45,8 @@ export async function startCsiServer(options: CsiServerOptions): Promise<CsiServ
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o750 });
   await clearStaleSocket(socketPath);
   const server = new grpc.Server();
-  for (const service of options.services) server.addService(service.definition, service.handlers);
+  const { onCall } = options;
+  for (const service of options.services) server.addService(service.definition, onCall ? observed(service.handlers, onCall) : service.handlers);
   await new Promise<void>((resolve, reject) => {
     server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(fromNodeError(err, `cannot listen on CSI socket ${socketPath}`)) : resolve()));
   });
@@ -53,6 +58,22 @@ export async function startCsiServer(options: CsiServerOptions): Promise<CsiServ
     socketPath,
     close: () => (closing ??= shutdown(server, socketPath, options.closeGraceMs ?? 10_000, options.log)),
   };
+}
+
+/** The handlers of a service, each telling `onCall` how its call ended (every CSI method is unary). */
+function observed(handlers: grpc.UntypedServiceImplementation, onCall: CsiCallObserver): grpc.UntypedServiceImplementation {
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const [method, handler] of Object.entries(handlers)) {
+    const unary = handler as grpc.handleUnaryCall<unknown, unknown>;
+    out[method] = ((call, callback) => {
+      const started = performance.now();
+      unary(call, (err, ...rest) => {
+        onCall(method, grpc.status[err?.code ?? grpc.status.OK] ?? 'UNKNOWN', (performance.now() - started) / 1000);
+        callback(err, ...rest);
+      });
+    }) as grpc.handleUnaryCall<unknown, unknown>;
+  }
+  return out;
 }
 
 /**

@@ -12,7 +12,7 @@ import type { VolumeApi } from '../cluster/volume-views.js';
 import type { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { controllerService } from '../csi/controller-server.js';
 import { CsiLocks } from '../csi/csi-locks.js';
-import { startCsiServer, type CsiServer } from '../csi/csi-server.js';
+import { startCsiServer, type CsiCallObserver, type CsiServer } from '../csi/csi-server.js';
 import { identityService } from '../csi/identity-server.js';
 import { groupControllerService } from '../csi/group-controller.js';
 import { nodeService, type NodeServiceOptions } from '../csi/node-server.js';
@@ -22,6 +22,8 @@ import { VERSION } from './version.js';
 export interface CsiDeps {
   socketPath: string;
   log: Logger;
+  /** Told of every CSI call answered (the metrics' CSI families). */
+  onCall?: CsiCallObserver;
   /** Whether this role can serve its CSI services now (Probe). */
   ready: () => boolean | Promise<boolean>;
   /** Roles `controller` and `all`: the cluster's volume API and snapshot service the Controller service calls. */
@@ -45,7 +47,7 @@ export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServ
     ...(deps.controller?.groups && deps.controller.snapshots ? [groupControllerService({ groups: deps.controller.groups, snapshots: deps.controller.snapshots, log, locks })] : []),
     ...(deps.node ? [nodeService({ ...deps.node, log, locks })] : []),
   ];
-  const server = await startCsiServer({ socketPath: deps.socketPath, log, services });
+  const server = await startCsiServer({ socketPath: deps.socketPath, log, services, ...(deps.onCall ? { onCall: deps.onCall } : {}) });
   log.info({ role, socket: server.socketPath }, 'csi services started');
   return server;
 }

@@ -79,6 +79,8 @@ export interface DataPlane {
   dataAddress: string;
   /** Reaches replicas on this node and the others (its data channel counters feed /metrics). */
   connector: PeerConnector;
+  /** The replicas this node hosts (their states feed /metrics). */
+  replicas: ReplicaManager;
   /** This node's engines, for the engine service and the group coordinator. */
   engineLookup: EngineLookup;
   /** Runs `cleanup` on every repair pass while this node leads repair (group snapshots a crash left). */
@@ -181,7 +183,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   let capacityTimer: NodeJS.Timeout | undefined;
 
   return {
-    volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector, engineLookup,
+    volumes, exports, attacher, stager, hooks, peerAddress, dataAddress, connector, engineLookup, replicas: manager,
     onRepairPass: (cleanup) => repair.addCleanup(cleanup),
     async start() {
       await registerNode(registry, {

@@ -27,7 +27,8 @@ import { openControllerPlane } from './controller-plane.js';
 import { startCsi, type CsiDeps } from './csi-start.js';
 import { execTransport, openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
-import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
+import { NodeMetrics } from './metrics/node-metrics.js';
+import type { MetricSources } from './metrics/node-view.js';
 import { HookRunner } from '../snapshot/hook-runner.js';
 import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
@@ -68,9 +69,8 @@ interface Front {
   /** Snapshots under a rule (cairnctl snapshot create --rule, the class parameter cairn.dev/snapshot-rule). */
   ruleSnapshots: RuleSnapshots;
   api: Omit<ApiContext, 'volumes' | 'nodeName' | 'startedAt' | 'log'>;
-  connectionCount: () => number;
-  /** The data channel's counters per remote replica (node role). */
-  dataChannel?: () => DataChannelReplicaStats[];
+  /** What /metrics reads on this role (metrics/node-view.ts). */
+  metricSources: MetricSources;
   /** Whether the role can serve now: HTTP /readyz and CSI Probe. */
   ready: () => boolean | Promise<boolean>;
   /** Roles `node` and `all`: the CSI Node service's dependencies. */
@@ -94,13 +94,13 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     void r.then((v) => { lastReady = v; });
     return lastReady;
   };
+  const metrics = new NodeMetrics({ nodeName: config.nodeName, role: config.role, version: VERSION, sources: front.metricSources, log: log.child({ component: 'metrics' }) });
   if (config.httpListen) {
-    const http: Server = await startHttpServer(config.httpListen, {
-      volumes: front.volumes, snapshots: front.snapshots, isReady, connectionCount: front.connectionCount, dataChannel: front.dataChannel, log,
-    });
+    const http: Server = await startHttpServer(config.httpListen, { metrics, isReady, log });
     stops.push(() => void http.close());
   }
-  const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
+  const csi = await startCsi(config.role, {
+    socketPath: config.csiSocket, log, ready: front.ready, onCall: (method, code, seconds) => metrics.csiCall(method, code, seconds), ...(front.csiNode ? { node: front.csiNode } : {}),
     ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots, ...(front.api.groups ? { groups: front.api.groups } : {}) } } : {}) });
   stops.push(() => csi.close());
 }
@@ -123,8 +123,13 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
     nodeName: config.nodeName, store: cluster, snapshots: plane.volumes.snapshots, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
   });
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
-    dataChannel: () => plane.connector.dataChannelStats(),
+    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, ready: () => recovered,
+    metricSources: {
+      engines: () => plane.volumes.host.runningEngines(), exports: () => plane.exports.exportStats(), dataChannel: () => plane.connector.dataChannelStats(),
+      replicas: () => plane.replicas.list(), pool: local.pool,
+      // Snapshot figures come from the cluster store: only where the volume lifecycle is served (the single-node role all, not each node).
+      ...(config.role === 'all' ? { snapshots: () => plane.volumes.snapshots.list() } : {}),
+    },
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
       staged: (volume) => plane.stager.get(volume), groups,
@@ -151,7 +156,7 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, ...(hooks ? { runner: hooks } : {}) });
   const groups = groupCoordinator(config, log, cluster, plane.connector, plane.snapshots, undefined, stops);
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
+    volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, ready: () => plane.storeReachable(), metricSources: { snapshots: () => plane.snapshots.list() },
     api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined, groups },
   }, stops);
   // Stops run in reverse: a rule in progress ends its exec sessions before anything else stops.

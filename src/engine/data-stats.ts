@@ -1,9 +1,9 @@
 /**
  * Counters of the replica data channel, per remote replica, for /metrics: requests and
- * bytes sent, requests in flight, failures, and a latency histogram (Prometheus buckets,
- * cumulative when exposed). One instance lives as long as the engine's replica does, so
- * redials keep adding to it.
+ * bytes sent, requests in flight, failures, and a latency histogram in seconds. One
+ * instance lives as long as the engine's replica does, so redials keep adding to it.
  */
+import { BucketHistogram } from '../common/histogram.js';
 import { DataOp } from '../replica/data-frames.js';
 
 /** Upper bounds of the latency buckets, in seconds (the last bucket is +Inf). */
@@ -17,9 +17,8 @@ export class DataChannelStats {
   bytesDone = 0;
   failures = 0;
   inflight = 0;
-  /** Non-cumulative counts per bucket; one more slot for +Inf. */
-  readonly latency = new Float64Array(LATENCY_BUCKETS_S.length + 1);
-  latencySumS = 0;
+  /** Time from sending a request to its reply, of the requests that succeeded. */
+  readonly latency = new BucketHistogram(LATENCY_BUCKETS_S);
 
   sent(op: DataOp, bytes: number): void {
     this.requests++;
@@ -34,10 +33,6 @@ export class DataChannelStats {
       return;
     }
     this.bytesDone += bytes;
-    const s = ms / 1000;
-    this.latencySumS += s;
-    let i = 0;
-    while (i < LATENCY_BUCKETS_S.length && s > LATENCY_BUCKETS_S[i]!) i++;
-    this.latency[i]!++;
+    this.latency.observe(ms / 1000);
   }
 }

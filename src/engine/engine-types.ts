@@ -168,6 +168,16 @@ export interface DirtyMapStore {
   delete(volumeId: VolumeId, replicaId: ReplicaId): void;
 }
 
+/** One engine running on this node, as /metrics sees it. */
+export interface RunningEngineView {
+  name: string;
+  volumeId: VolumeId;
+  sizeBytes: number;
+  /** A rebuild-only engine (no NBD export). */
+  headless: boolean;
+  replicas: EngineReplicaView[];
+}
+
 /** A replica's state as the engine sees it, for `cairnctl volume inspect` and metrics. */
 export interface EngineReplicaView {
   replicaId: ReplicaId;

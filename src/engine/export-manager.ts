@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../common/log.js';
 import type { BlockDevice } from '../pool/backend.js';
-import { NbdExportServer } from './nbd/export-server.js';
+import { NbdExportServer, type NbdExportStats } from './nbd/export-server.js';
 
 export interface ExportInfo {
   name: string;
@@ -82,6 +82,11 @@ export class ExportManager {
 
   names(): string[] {
     return [...this.exports.keys()];
+  }
+
+  /** The counters of every export (live objects: read them, do not keep them). */
+  exportStats(): NbdExportStats[] {
+    return [...this.exports.values()].map((entry) => entry.server.stats());
   }
 
   connectionCount(): number {

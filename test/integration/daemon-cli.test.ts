@@ -165,8 +165,11 @@ test('/metrics, /healthz and /readyz answer', async (t) => {
   const base = `http://127.0.0.1:${d.httpPort}`;
   t.is((await fetch(`${base}/healthz`)).status, 200);
   t.is((await fetch(`${base}/readyz`)).status, 200);
+  // A node reports the volumes whose engine it runs (metrics.md): none until the export.
+  t.notRegex(await (await fetch(`${base}/metrics`)).text(), /^cairn_volume_size_bytes\{/m);
+  await d.ctl(['volume', 'export', 'm']);
   const metrics = await (await fetch(`${base}/metrics`)).text();
-  t.regex(metrics, /^cairn_pool_total_bytes \d+$/m);
-  t.regex(metrics, /^cairn_volume_size_bytes\{volume="m"\} 1073741824$/m);
-  t.regex(metrics, /^cairn_volume_healthy\{volume="m"\} 1$/m);
+  t.regex(metrics, /^cairn_pool_total_bytes\{pool_kind="file",node="[^"]+"\} \d+$/m);
+  t.regex(metrics, /^cairn_volume_size_bytes\{volume="m",volume_id="vol-[^"]+",node="[^"]+"\} 1073741824$/m);
+  t.regex(metrics, /^cairn_volume_health\{volume="m",volume_id="vol-[^"]+",health="healthy",node="[^"]+"\} 1$/m);
 });

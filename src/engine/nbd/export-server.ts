@@ -13,7 +13,7 @@ import { sharedByteBudget, type ByteBudget } from './byte-budget.js';
 import { NbdConnection } from './connection.js';
 import type { ConnectionContext } from './connection-context.js';
 import { GROWABLE_EXPORT_BYTES } from './handshake.js';
-import { newStats, type ServerStats } from './stats.js';
+import { newStats, statsCounters, type ServerStats } from './stats.js';
 
 export interface NbdExportServerOptions {
   /** The export name clients ask for; "" (the default export) is accepted too. */
@@ -128,7 +128,7 @@ export class NbdExportServer {
       await this.options.device.flush();
     } finally {
       if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
-      this.log.info({ ...this.stats_ }, 'nbd export closed');
+      this.log.info(statsCounters(this.stats_), 'nbd export closed');
     }
   }
 

@@ -39,6 +39,8 @@ export class Req {
   length = 0;
   /** Budget bytes this request holds. */
   heldBytes = 0;
+  /** performance.now() when it started to run; 0 while it is not running. */
+  startedMs = 0;
   /** Pooled memory for read data or the tail of a write payload, given back when done... */
   readonly owned: Buffer[] = [];
   /** ...and the views of it that hold exactly the data. */
@@ -161,6 +163,8 @@ export class RequestRunner {
     const dev = this.ctx.device;
     const stats = this.ctx.stats;
     const fua = (req.flags & P.NBD_CMD_FLAG_FUA) !== 0;
+    stats.inflight++;
+    req.startedMs = performance.now();
     try {
       switch (req.type) {
         case P.NBD_CMD_READ:
@@ -225,6 +229,7 @@ export class RequestRunner {
 
   /** The request is answered and its memory free: give back its buffer and bytes. */
   finish(req: Req): void {
+    if (req.startedMs !== 0) this.observe(req);
     if (req.owned.length > 0) this.ctx.pool.give(req.owned);
     req.views.length = 0;
     req.data = undefined;
@@ -292,6 +297,17 @@ export class RequestRunner {
     if (payload.length === 1) return dev.write(req.offset, payload[0]!, fua);
     if (dev.writev) return dev.writev(req.offset, payload, fua);
     return dev.write(req.offset, Buffer.concat(payload, req.length), fua);
+  }
+
+  /** The request was answered: out of flight, and its time into its kind's histogram. */
+  private observe(req: Req): void {
+    const stats = this.ctx.stats;
+    stats.inflight--;
+    const seconds = (performance.now() - req.startedMs) / 1000;
+    req.startedMs = 0;
+    if (req.type === P.NBD_CMD_READ) stats.readLatency.observe(seconds);
+    else if (req.type === P.NBD_CMD_WRITE) stats.writeLatency.observe(seconds);
+    else if (req.type === P.NBD_CMD_FLUSH) stats.flushLatency.observe(seconds);
   }
 
   private emptyRead(req: Req): void {
