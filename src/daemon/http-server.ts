@@ -1,6 +1,7 @@
 /**
  * /healthz (the process is alive), /readyz (recovery finished, serving) and /metrics
- * (Prometheus text format) for kubelet probes and Prometheus.
+ * (Prometheus text format) for kubelet probes and Prometheus, and in the node role /drain
+ * (node-drain.ts), which the DaemonSet's preStop calls.
  */
 import { createServer, type Server } from 'node:http';
 import type { Logger } from '../common/log.js';
@@ -9,6 +10,7 @@ import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
 import { barrierPauses } from '../engine/barrier-stats.js';
 import { LATENCY_BUCKETS_S } from '../engine/data-stats.js';
+import type { NodeDrain } from './node-drain.js';
 
 export interface HttpContext {
   volumes: VolumeApi;
@@ -18,6 +20,8 @@ export interface HttpContext {
   connectionCount: () => number;
   /** The data channel's counters per remote replica this node's engines reach. */
   dataChannel?: () => DataChannelReplicaStats[];
+  /** The node role's preStop drain (/drain); absent in the controller role. */
+  drain?: Pick<NodeDrain, 'draining' | 'drain'>;
   log: Logger;
 }
 
@@ -95,7 +99,18 @@ export async function startHttpServer(listen: string, ctx: HttpContext): Promise
       res.writeHead(status, { 'content-type': type }).end(body);
     };
     if (req.url === '/healthz') return reply(200, 'ok\n');
-    if (req.url === '/readyz') return ctx.isReady() ? reply(200, 'ready\n') : reply(503, 'recovering\n');
+    if (req.url === '/readyz') {
+      if (ctx.drain?.draining) return reply(503, 'draining\n');
+      return ctx.isReady() ? reply(200, 'ready\n') : reply(503, 'recovering\n');
+    }
+    if (req.url === '/drain' && ctx.drain) {
+      // GET too: a preStop httpGet hook can only GET. Draining is idempotent.
+      ctx.drain.drain().then((r) => reply(r.failed.length > 0 ? 500 : 200, `${JSON.stringify(r)}\n`, 'application/json'), (err: unknown) => {
+        ctx.log.error({ err }, 'drain failed');
+        reply(500, `drain failed: ${(err as Error).message}\n`);
+      });
+      return;
+    }
     if (req.url === '/metrics') {
       metrics(ctx).then((body) => reply(200, body, 'text/plain; version=0.0.4'), (err: unknown) => {
         ctx.log.error({ err }, 'metrics failed');
@@ -103,7 +118,7 @@ export async function startHttpServer(listen: string, ctx: HttpContext): Promise
       });
       return;
     }
-    reply(404, 'not found: try /healthz, /readyz or /metrics\n');
+    reply(404, `not found: try /healthz, /readyz, /metrics${ctx.drain ? ' or /drain' : ''}\n`);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

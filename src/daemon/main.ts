@@ -27,6 +27,7 @@ import { openControllerPlane } from './controller-plane.js';
 import { startCsi, type CsiDeps } from './csi-start.js';
 import { execTransport, openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
+import { NodeDrain } from './node-drain.js';
 import type { DataChannelReplicaStats } from '../cluster/replica-connector.js';
 import { HookRunner } from '../snapshot/hook-runner.js';
 import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
@@ -75,6 +76,8 @@ interface Front {
   ready: () => boolean | Promise<boolean>;
   /** Roles `node` and `all`: the CSI Node service's dependencies. */
   csiNode?: CsiDeps['node'];
+  /** Roles `node` and `all`: the preStop drain (/drain). */
+  drain?: NodeDrain;
 }
 
 /** The cairnctl API, the HTTP endpoints and the CSI server: the same in every role. */
@@ -97,6 +100,7 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
   if (config.httpListen) {
     const http: Server = await startHttpServer(config.httpListen, {
       volumes: front.volumes, snapshots: front.snapshots, isReady, connectionCount: front.connectionCount, dataChannel: front.dataChannel, log,
+      ...(front.drain ? { drain: front.drain } : {}),
     });
     stops.push(() => void http.close());
   }
@@ -122,14 +126,19 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const ruleSnapshots = new RuleSnapshots({
     nodeName: config.nodeName, store: cluster, snapshots: plane.volumes.snapshots, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
   });
+  const drain = new NodeDrain(() => plane.volumes.host.flushAll(), log.child({ component: 'drain' }));
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
+    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, connectionCount: () => plane.exports.connectionCount(),
+    ready: () => recovered, drain, // /readyz also answers 503 while draining; CSI Probe (liveness) does not
     dataChannel: () => plane.connector.dataChannelStats(),
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
       staged: (volume) => plane.stager.get(volume), groups,
     },
-    csiNode: { stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
+    csiNode: {
+      stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode,
+      draining: () => drain.draining,
+    },
   }, stops);
   // Stops run in reverse: a rule in progress thaws and ends its background sessions before anything else stops.
   stops.push(() => plane.hooks.shutdown());
