@@ -168,22 +168,9 @@ export class EngineHost implements LocalVolumeHost {
       .catch(() => undefined);
   }
 
-  /**
-   * Flushes every writing engine this node runs (the preStop drain, daemon/node-drain.ts):
-   * everything they acknowledged is then durable on each in-sync replica. A fenced engine
-   * acknowledges nothing more and is skipped; a failed flush is reported, not thrown.
-   */
-  async flushAll(): Promise<{ flushed: string[]; failed: { volume: string; err: string }[] }> {
-    const running = [...this.engines].filter(([, r]) => !r.engine.fenced);
-    const results = await Promise.allSettled(running.map(([, r]) => r.engine.flush()));
-    const flushed: string[] = [];
-    const failed: { volume: string; err: string }[] = [];
-    results.forEach((r, i) => {
-      const volume = running[i]![0];
-      if (r.status === 'fulfilled') flushed.push(volume);
-      else failed.push({ volume, err: (r.reason as Error).message });
-    });
-    return { flushed, failed };
+  /** The writing engines here, by volume name (the preStop drain flushes them); a fenced one acknowledges nothing more and is left out. */
+  writingEngines(): [string, Pick<VolumeEngine, 'flush'>][] {
+    return [...this.engines].filter(([, r]) => !r.engine.fenced).map(([name, r]) => [name, r.engine]);
   }
 
   /** The logger an engine of `doc` is given: the host's, with the volume's claim (pvc, namespace) bound when it has one. */

@@ -126,7 +126,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const ruleSnapshots = new RuleSnapshots({
     nodeName: config.nodeName, store: cluster, snapshots: plane.volumes.snapshots, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
   });
-  const drain = new NodeDrain(() => plane.volumes.host.flushAll(), log.child({ component: 'drain' }));
+  const drain = new NodeDrain(() => plane.volumes.host.writingEngines(), log.child({ component: 'drain' }));
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, connectionCount: () => plane.exports.connectionCount(),
     ready: () => recovered, drain, // /readyz also answers 503 while draining; CSI Probe (liveness) does not

@@ -27,7 +27,8 @@ export interface DrainResult {
 export class NodeDrain {
   private result: Promise<DrainResult> | undefined;
 
-  constructor(private readonly flushAll: () => Promise<Omit<DrainResult, 'durationMs'>>, private readonly log: Logger) {}
+  /** `engines`: the writing engines of this node by volume name (EngineHost.writingEngines). */
+  constructor(private readonly engines: () => [string, { flush(): Promise<void> }][], private readonly log: Logger) {}
 
   get draining(): boolean {
     return this.result !== undefined;
@@ -41,7 +42,15 @@ export class NodeDrain {
   private async run(): Promise<DrainResult> {
     const started = performance.now();
     this.log.info('node draining for a restart: no new volume is staged here; flushing every engine');
-    const { flushed, failed } = await this.flushAll();
+    const engines = this.engines();
+    const results = await Promise.allSettled(engines.map(([, engine]) => engine.flush()));
+    const flushed: string[] = [];
+    const failed: DrainResult['failed'] = [];
+    results.forEach((r, i) => {
+      const volume = engines[i]![0];
+      if (r.status === 'fulfilled') flushed.push(volume);
+      else failed.push({ volume, err: (r.reason as Error).message });
+    });
     const result = { flushed, failed, durationMs: Math.round(performance.now() - started) };
     if (failed.length > 0) this.log.warn({ ...result }, 'node drained; some engines failed to flush');
     else this.log.info({ ...result }, 'node drained; waiting for SIGTERM');
