@@ -33,7 +33,8 @@ drainTest('drain during writes: the writes complete, new stages are refused, and
   await d.waitForEvent({ msg: 'nbd transmission started' }, { since });
   const drained = await fetch(`http://127.0.0.1:${d.httpPort}/drain`);
   t.is(drained.status, 200);
-  const result = await drained.json() as { flushed: string[]; failed: unknown[] };
+  const result = await drained.json() as { flushed: string[]; failed: unknown[]; durationMs: number };
+  t.log(`drain took ${result.durationMs} ms`);
   t.deepEqual(result.flushed, ['drained']);
   t.deepEqual(result.failed, []);
 
