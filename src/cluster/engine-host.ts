@@ -28,7 +28,7 @@ import { listNodes, type NodeStatus } from './node-registry.js';
 import { readersMayShare, shouldStartReader } from './reader-share.js';
 import type { ClusterStore, Watch } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
-import { getVolumeDoc, inSyncReplicas, listVolumeDocs, updateVolumeDoc, VOLUMES_PREFIX, type VolumeDoc } from './volume-doc.js';
+import { claimLogFields, getVolumeDoc, inSyncReplicas, listVolumeDocs, updateVolumeDoc, VOLUMES_PREFIX, type VolumeDoc } from './volume-doc.js';
 import { requireVolume, type LocalVolumeHost } from './volume-lifecycle.js';
 import type { ExportOptions } from './volume-views.js';
 
@@ -124,7 +124,7 @@ export class EngineHost implements LocalVolumeHost {
     const { name, id } = doc;
     const reader = await ReaderEngine.start({
       volumeId: id, name, sizeBytes: doc.sizeBytes, epoch: doc.epoch, replicas: doc.replicas, localNodeId: this.opts.nodeId,
-      connector: this.opts.connector, replicaTimeoutMs: this.opts.replicaTimeoutMs, log: this.log,
+      connector: this.opts.connector, replicaTimeoutMs: this.opts.replicaTimeoutMs, log: this.volumeLog(doc),
       newerEpoch: async () => {
         const now = (await getVolumeDoc(this.store, name))?.doc;
         return now && now.id === id && readersMayShare(now, this.opts.nodeId) ? now : undefined;
@@ -168,6 +168,16 @@ export class EngineHost implements LocalVolumeHost {
       .catch(() => undefined);
   }
 
+  /** The writing engines here, by volume name (the preStop drain flushes them); a fenced one acknowledges nothing more and is left out. */
+  writingEngines(): [string, Pick<VolumeEngine, 'flush'>][] {
+    return [...this.engines].filter(([, r]) => !r.engine.fenced).map(([name, r]) => [name, r.engine]);
+  }
+
+  /** The logger an engine of `doc` is given: the host's, with the volume's claim (pvc, namespace) bound when it has one. */
+  private volumeLog(doc: VolumeDoc): Logger {
+    return doc.claim ? this.log.child(claimLogFields(doc.claim)) : this.log;
+  }
+
   private async startEngine(doc: VolumeDoc, previousEngine: NodeId | undefined): Promise<VolumeEngine> {
     if (previousEngine !== this.opts.nodeId) {
       // Another node's engine ran since this node last did: the dirty-region maps kept here
@@ -181,7 +191,7 @@ export class EngineHost implements LocalVolumeHost {
         volumeId: doc.id, name: doc.name, sizeBytes: doc.sizeBytes, regionBytes: doc.regionBytes, epoch: doc.epoch, replicas: doc.replicas,
         localNodeId: this.opts.nodeId, connector: this.opts.connector, control, dirtyMaps: this.opts.dirtyMaps,
         replicaTimeoutMs: this.opts.replicaTimeoutMs, rebuildRateBytesPerSec: this.opts.rebuildRateBytesPerSec,
-        log: this.log, // the engine binds volume, volumeId and epoch
+        log: this.volumeLog(doc), // the engine binds volume, volumeId and epoch
         onFenced: (err) => void this.onFenced(doc.name, doc.epoch, err),
       });
     } catch (err) {

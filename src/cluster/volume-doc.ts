@@ -54,6 +54,17 @@ export interface VolumePublication {
   readonly: boolean;
 }
 
+/** A PersistentVolumeClaim by name and namespace. */
+export interface VolumeClaimRef {
+  name: string;
+  namespace: string;
+}
+
+/** The log fields of a volume's claim (`pvc`, `namespace`), to bind on a logger once; empty when it has none. */
+export function claimLogFields(claim: VolumeClaimRef | undefined): { pvc?: string; namespace?: string } {
+  return claim ? { pvc: claim.name, namespace: claim.namespace } : {};
+}
+
 export interface VolumeDoc extends EngineVolumeDoc {
   id: VolumeId;
   name: string;
@@ -90,6 +101,12 @@ export interface VolumeDoc extends EngineVolumeDoc {
    * (clone), by id and by name as they were then. Absent: created empty.
    */
   contentSource?: VolumeContentSourceEntry;
+  /**
+   * The Kubernetes PersistentVolumeClaim the volume was provisioned for (CreateVolume's
+   * `csi.storage.k8s.io/pvc/*` parameters), kept so that every log line about the volume
+   * can name it. Absent for a cairnctl volume or a provisioner without --extra-create-metadata.
+   */
+  claim?: VolumeClaimRef;
   /**
    * Replicas placed only to seed a restore (on a node holding a copy of the snapshot when
    * the wanted placement allowed none): not counted in `replicasWanted`; the repair loop
@@ -201,6 +218,8 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
     }
     contentSource = { kind: c.kind, id: c.id, name: c.name, snapshotId: c.snapshotId };
   }
+  const c = v.claim;
+  if (c !== undefined && !(isObject(c) && typeof c.name === 'string' && typeof c.namespace === 'string')) throw malformed(key, 'claim lacks name or namespace');
   if (v.seedReplicas !== undefined && !(Array.isArray(v.seedReplicas) && v.seedReplicas.every((id) => typeof id === 'string'))) throw malformed(key, 'seedReplicas is not a list of replica ids');
   // A seed replica another change took out of the document (a replacement) is no longer one.
   const seedReplicas = ((v.seedReplicas ?? []) as ReplicaId[]).filter((id) => replicas.some((r) => r.id === id));
@@ -211,6 +230,7 @@ export function parseVolumeDoc(key: string, value: JsonValue): VolumeDoc {
     ...(typeof v.fsType === 'string' ? { fsType: v.fsType } : {}),
     ...(Array.isArray(v.zones) && v.zones.length > 0 ? { zones: v.zones as string[] } : {}),
     ...(contentSource ? { contentSource } : {}),
+    ...(c ? { claim: { name: c.name as string, namespace: c.namespace as string } } : {}),
     ...(seedReplicas.length > 0 ? { seedReplicas } : {}),
   };
 }
@@ -234,6 +254,7 @@ export function volumeDocToJson(doc: VolumeDoc): JsonValue {
     ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
     ...(doc.zones && doc.zones.length > 0 ? { zones: [...doc.zones] } : {}),
     ...(doc.contentSource ? { contentSource: { ...doc.contentSource } } : {}),
+    ...(doc.claim ? { claim: { ...doc.claim } } : {}),
     ...(doc.seedReplicas && doc.seedReplicas.length > 0 ? { seedReplicas: [...doc.seedReplicas] } : {}),
   };
 }

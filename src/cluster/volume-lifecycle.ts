@@ -35,7 +35,7 @@ import { changeReplicaCount, checkReplicaCount } from './volume-modify.js';
 import { publishVolume, unpublishVolume } from './volume-publish.js';
 import type { ClusterStore } from './store/cluster-store.js';
 import {
-  MAX_REPLICAS, createVolumeDoc, findVolumeDoc, getVolumeDoc, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth,
+  MAX_REPLICAS, claimLogFields, createVolumeDoc, findVolumeDoc, getVolumeDoc, listVolumeDocs, regionBytesFor, updateVolumeDoc, volumeHealth,
   type VolumeContentSourceEntry, type VolumeDoc, type VolumeReplicaEntry,
 } from './volume-doc.js';
 import type {
@@ -189,12 +189,13 @@ export class VolumeLifecycle {
       id: newVolumeId(), name, sizeBytes, createdAt: now, state: 'creating', replicasWanted: replicas, regionBytes: regionBytesFor(sizeBytes),
       epoch: 1, engine: null, replicas: placed.nodeIds.map((nodeId) => ({ id: newReplicaId(), nodeId, state: 'in-sync', since: now })),
       ...(options.fsType === undefined ? {} : { fsType: options.fsType }),
+      ...(options.claim ? { claim: { ...options.claim } } : {}),
       ...(options.zones && options.zones.length > 0 ? { zones: [...new Set(options.zones)].sort() } : {}),
     };
     if (!(await createVolumeDoc(this.store, doc))) {
       throw new StorageError(Code.ABORTED, `volume "${name}" was created concurrently on another node; run the command again`, { details: { volume: name } });
     }
-    this.log.info({ volume: name, sizeBytes, replicas: doc.replicas.map((r) => ({ id: r.id, node: r.nodeId })), zonesShared: placed.zonesShared }, 'volume placed');
+    this.log.info({ volume: name, ...claimLogFields(doc.claim), sizeBytes, replicas: doc.replicas.map((r) => ({ id: r.id, node: r.nodeId })), zonesShared: placed.zonesShared }, 'volume placed');
     return doc;
   }
 
@@ -277,6 +278,7 @@ export class VolumeLifecycle {
       epoch: 1, engine: null, replicas: entries, contentSource: source,
       ...(seedReplicas.length > 0 ? { seedReplicas } : {}),
       ...(options.fsType === undefined ? {} : { fsType: options.fsType }),
+      ...(options.claim ? { claim: { ...options.claim } } : {}),
       ...(options.zones && options.zones.length > 0 ? { zones: [...new Set(options.zones)].sort() } : {}),
     };
     if (!(await createVolumeDoc(this.store, doc))) {
@@ -317,7 +319,7 @@ export class VolumeLifecycle {
       throw err;
     }
     const ready = await updateVolumeDoc(this.store, doc.name, (d) => (d.state === 'creating' ? { ...d, state: 'ready' } : undefined));
-    this.log.info({ volume: doc.name, sizeBytes: doc.sizeBytes, replicas: doc.replicas.length, ...(doc.contentSource ? { source: doc.contentSource } : {}) }, 'volume created');
+    this.log.info({ volume: doc.name, ...claimLogFields(doc.claim), sizeBytes: doc.sizeBytes, replicas: doc.replicas.length, ...(doc.contentSource ? { source: doc.contentSource } : {}) }, 'volume created');
     return ready!.doc;
   }
 
@@ -489,6 +491,7 @@ export class VolumeLifecycle {
       ...(doc.fsType === undefined ? {} : { fsType: doc.fsType }),
       ...(doc.zones === undefined ? {} : { zones: doc.zones }),
       ...(doc.contentSource ? { contentSource: { kind: doc.contentSource.kind, id: doc.contentSource.id, name: doc.contentSource.name } } : {}),
+      ...(doc.claim ? { claim: { ...doc.claim } } : {}),
     };
   }
 

@@ -50,6 +50,8 @@ export interface VolumeView {
   zones?: readonly string[];
   /** Where its data came from at creation (restore or clone), if anywhere. */
   contentSource?: { kind: 'snapshot' | 'volume'; id: string; name: string };
+  /** The PersistentVolumeClaim it was provisioned for, if Kubernetes said. */
+  claim?: { name: string; namespace: string };
 }
 
 export interface VerifyMismatch {
@@ -95,6 +97,8 @@ export interface CreateVolumeOptions {
    * name with another source is ALREADY_EXISTS.
    */
   source?: VolumeContentSource;
+  /** The PersistentVolumeClaim it is for (CSI CreateVolume's pvc parameters), kept in its document for logs. */
+  claim?: { name: string; namespace: string };
 }
 
 /** How a node may use a volume it is published to (CSI ControllerPublishVolume). */

@@ -30,6 +30,7 @@ import { controllerListMethods } from './controller-list.js';
 import { controllerPublishMethods } from './controller-publish.js';
 import { controllerSnapshotMethods, SNAPSHOT_CAPABILITIES, sourceBytes, type RuleSnapshotTaker } from './controller-snapshot.js';
 import { volumeMessage, volumeStatus } from './controller-volume.js';
+import { claimOf } from './kube-log-fields.js';
 import {
   checkCapabilities, checkTopology, isVolumeId, minimumBytes, parseParameters, preferredNodeOf, requisiteNodes, sizeFitsRange, sizeForRange,
 } from './controller-params.js';
@@ -139,6 +140,7 @@ export function controllerService(options: ControllerServiceOptions): CsiService
       logIds: (r) => ({ volume: r.name }),
       handler: async (r, { signal }) => {
         const args = createArgs(r);
+        const claim = claimOf(r.parameters);
         const found = await existing(volumes, r.name, signal);
         if (args.source && !found) {
           const what = 'snapshot' in args.source ? `snapshot "${args.source.snapshot}"` : `volume "${args.source.volume}"`;
@@ -157,6 +159,7 @@ export function controllerService(options: ControllerServiceOptions): CsiService
           ...(args.zones && !found ? { zones: args.zones } : {}),
           ...(args.fsType ? { fsType: args.fsType } : {}),
           ...(args.source ? { source: args.source } : {}),
+          ...(claim ? { claim } : {}),
         }, signal).catch(tooFewNodes);
         return { volume: { ...volumeMessage(view), ...(args.source ? { contentSource: contentSourceMessage(args.source) } : {}) } };
       },

@@ -5,7 +5,8 @@
  * handler gets an AbortSignal that fires when the client cancels the call or its deadline
  * passes. Its result or error becomes the reply here and only here: a StorageError keeps
  * its code (rpc/status.ts), anything else is INTERNAL, and a handler that throws
- * synchronously is no different. Each call logs one line (method, ids, durationMs, code);
+ * synchronously is no different. Each call logs one line (method, ids, durationMs, code),
+ * its ids including the Kubernetes names the request carries (kube-log-fields.ts);
  * at debug level the request is logged too, with every field the spec marks csi_secret
  * (and mount flags, which the spec says may be sensitive) redacted.
  *
@@ -27,6 +28,7 @@ import type { Logger } from '../common/log.js';
 import { toServiceError } from '../rpc/status.js';
 import { camelCase, csiSecretFields, csiServiceDefinition, type CsiServiceName } from './csi-proto.js';
 import type { CsiLocks } from './csi-locks.js';
+import { kubeLogFields } from './kube-log-fields.js';
 
 /** A decoded CSI request: proto-loader's plain object, camelCase keys, defaults filled in. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -103,7 +105,7 @@ export function wrapCsiMethod(method: string, requestType: string, spec: CsiMeth
   return (call, callback) => {
     const started = performance.now();
     const request = call.request ?? {};
-    const ids = Object.fromEntries(Object.entries(logIdsOf(spec, request))
+    const ids = Object.fromEntries(Object.entries({ ...logIdsOf(spec, request), ...kubeLogFields(request) })
       .filter(([k, v]) => v !== undefined && v !== '' && !bound.has(k)));
     const log = options.log.child({ method, ...ids });
     const cancel = cancellation(call, method);
@@ -178,7 +180,7 @@ function logIdsOf(spec: CsiMethod, request: CsiRequest): Record<string, unknown>
 
 function defaultLogIds(request: CsiRequest): Record<string, unknown> {
   return {
-    volumeId: request.volumeId || request.sourceVolumeId,
+    volume: request.volumeId || request.sourceVolumeId, // a CSI volume_id is the volume's name
     node: request.nodeId,
     snapshot: request.snapshotId,
   };

@@ -51,6 +51,8 @@ export interface NodeServiceOptions extends CsiCallOptions {
   recovery?: Promise<void>;
   /** The volume's view (NOT_FOUND when it does not exist). */
   volumes: { get(name: string, signal?: AbortSignal): Promise<VolumeView> };
+  /** True once the node drains for a restart (daemon/node-drain.ts): NodeStageVolume answers UNAVAILABLE, which kubelet retries. */
+  draining?: () => boolean;
 }
 
 /** What the Node service calls of the stager (engine/stager.ts). */
@@ -121,6 +123,9 @@ export function nodeService(o: NodeServiceOptions): CsiService {
       },
       locks: lock,
       handler: async (r, { signal }) => {
+        if (o.draining?.()) {
+          throw new StorageError(Code.UNAVAILABLE, `cairnd on node "${o.nodeName}" is draining for a restart and stages no new volume; retry once it is back`, { details: { node: o.nodeName } });
+        }
         const cap = checkCapability(r.volumeCapability, r.volumeContext);
         await recovered(signal);
         const publication = publicationFor(await o.volumes.get(r.volumeId, signal), o.nodeName);
@@ -188,7 +193,7 @@ export function nodeService(o: NodeServiceOptions): CsiService {
         accessibleTopology: { segments: { [TOPOLOGY_NODE_KEY]: o.nodeName, ...(o.zone ? { [TOPOLOGY_ZONE_KEY]: o.zone } : {}) } },
       }),
     },
-  }, o);
+  }, { log: o.log.child({ node: o.nodeName }), locks: o.locks }); // every Node call's line names this node
 }
 
 /** The staging path must be an existing directory (the CO makes it): FAILED_PRECONDITION otherwise. */

@@ -29,6 +29,7 @@ import { execTransport, openDataPlane, openNodeStorage } from './data-plane.js';
 import { startHttpServer } from './http-server.js';
 import { NodeMetrics } from './metrics/node-metrics.js';
 import type { MetricSources } from './metrics/node-view.js';
+import { NodeDrain } from './node-drain.js';
 import { HookRunner } from '../snapshot/hook-runner.js';
 import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
@@ -75,6 +76,8 @@ interface Front {
   ready: () => boolean | Promise<boolean>;
   /** Roles `node` and `all`: the CSI Node service's dependencies. */
   csiNode?: CsiDeps['node'];
+  /** Roles `node` and `all`: the preStop drain (/drain). */
+  drain?: NodeDrain;
 }
 
 /** The cairnctl API, the HTTP endpoints and the CSI server: the same in every role. */
@@ -96,7 +99,7 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
   };
   const metrics = new NodeMetrics({ nodeName: config.nodeName, role: config.role, version: VERSION, sources: front.metricSources, log: log.child({ component: 'metrics' }) });
   if (config.httpListen) {
-    const http: Server = await startHttpServer(config.httpListen, { metrics, isReady, log });
+    const http: Server = await startHttpServer(config.httpListen, { metrics, isReady, log, ...(front.drain ? { drain: front.drain } : {}) });
     stops.push(() => void http.close());
   }
   const csi = await startCsi(config.role, {
@@ -122,8 +125,9 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const ruleSnapshots = new RuleSnapshots({
     nodeName: config.nodeName, store: cluster, snapshots: plane.volumes.snapshots, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
   });
+  const drain = new NodeDrain(() => plane.volumes.host.writingEngines(), log.child({ component: 'drain' }));
   await startFront(config, log, {
-    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, ready: () => recovered,
+    volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, ready: () => recovered, drain, // /readyz also answers 503 while draining; CSI Probe (liveness) does not
     metricSources: {
       engines: () => plane.volumes.host.runningEngines(), exports: () => plane.exports.exportStats(), dataChannel: () => plane.connector.dataChannelStats(),
       replicas: () => plane.replicas.list(), pool: local.pool,
@@ -134,7 +138,10 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
       staged: (volume) => plane.stager.get(volume), groups,
     },
-    csiNode: { stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
+    csiNode: {
+      stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode,
+      draining: () => drain.draining,
+    },
   }, stops);
   // Stops run in reverse: a rule in progress thaws and ends its background sessions before anything else stops.
   stops.push(() => plane.hooks.shutdown());

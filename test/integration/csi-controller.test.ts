@@ -49,7 +49,7 @@ test.serial('CreateVolume: the reply names the volume, its 4 KiB-rounded size, c
   const first = (ok(await csi.controller.CreateVolume!(request)) as { volume: VolumeMsg }).volume;
   t.is(first.volumeId, 'pvc-0001');
   t.is(Number(first.capacityBytes), 8 * MiB + 4096);
-  t.deepEqual(first.volumeContext, { fsType: 'ext4', replicas: '1' });
+  t.deepEqual(first.volumeContext, { fsType: 'ext4', replicas: '1', pvcName: 'data', pvcNamespace: 'default' }, 'the claim is handed on to the later calls (their logs name it)');
   t.deepEqual(first.accessibleTopology.map((s) => s.segments), [{ 'topology.cairn.dev/node': 'node-a' }]);
   const again = (ok(await csi.controller.CreateVolume!(request)) as { volume: VolumeMsg }).volume;
   t.deepEqual(again, first);

@@ -173,3 +173,12 @@ test('engine control waits through a store outage and lands the change once the 
   closing.close();
   t.is(((await t.throwsAsync(abandoned)) as StorageError).code, Code.CANCELLED);
 });
+
+test('claim (the PVC a volume was made for): kept through the round trip, absent when none, a claim without name or namespace is DATA_LOSS', (t) => {
+  const d = doc({ claim: { name: 'data-web-0', namespace: 'shop' } });
+  const json = JSON.parse(JSON.stringify(volumeDocToJson(d))) as { [key: string]: JsonValue };
+  t.deepEqual(parseVolumeDoc('volumes/db', json), d);
+  t.false('claim' in (volumeDocToJson(doc()) as object));
+  const err = t.throws(() => parseVolumeDoc('volumes/db', { ...json, claim: { name: 'data-web-0' } }), { instanceOf: StorageError, message: /claim/ });
+  t.is(err.code, Code.DATA_LOSS);
+});

@@ -47,7 +47,7 @@ function sidecars(o: SpecOptions): IContainer[] {
     sidecar(o, 'provisioner', 'csi-provisioner', ['--feature-gates=Topology=true', '--extra-create-metadata', '--default-fstype=ext4']),
     sidecar(o, 'attacher', 'csi-attacher', []),
     sidecar(o, 'resizer', 'csi-resizer', []),
-    ...(o.snapshots ? [sidecar(o, 'snapshotter', 'csi-snapshotter', o.groupSnapshots ? ['--feature-gates=CSIVolumeGroupSnapshot=true'] : [])] : []),
+    ...(o.snapshots ? [sidecar(o, 'snapshotter', 'csi-snapshotter', ['--extra-create-metadata', ...(o.groupSnapshots ? ['--feature-gates=CSIVolumeGroupSnapshot=true'] : [])])] : []),
   ];
 }
 

@@ -17,6 +17,11 @@ import { SIDECAR_HTTP_PORTS } from './sidecars.js';
 
 const DATA_DIR = '/var/lib/cairn';
 const SHUTDOWN_TIMEOUT_MS = 30_000;
+/**
+ * What kubelet's grace period leaves the preStop drain (GET /drain: flush every engine, stage
+ * nothing new) before SIGTERM; the period covers the drain, cairnd's own shutdown, and a margin.
+ */
+const DRAIN_BUDGET_S = 30;
 
 function hostPath(name: string, path: string, type: 'Directory' | 'DirectoryOrCreate'): IVolume {
   return { name, hostPath: { path, type } };
@@ -46,6 +51,7 @@ function cairndContainer(o: SpecOptions): IContainer {
     readinessProbe: probe('/readyz', 5, 3),
     livenessProbe: probe('/healthz', 10, 6),
     startupProbe: probe('/healthz', 5, 60),
+    lifecycle: { preStop: { httpGet: { path: '/drain', port: 'http' } } },
     resources: { requests: { cpu: '250m', memory: '512Mi' } },
     volumeMounts: [
       SCRIPTS_MOUNT, RUN_MOUNT, { name: 'socket-dir', mountPath: '/csi' },
@@ -90,7 +96,7 @@ export function nodeDaemonSet(o: SpecOptions): IDaemonSet {
         metadata: { labels: labels('node') },
         spec: {
           serviceAccountName: NODE_NAME, priorityClassName: 'system-node-critical',
-          terminationGracePeriodSeconds: SHUTDOWN_TIMEOUT_MS / 1000 + 15,
+          terminationGracePeriodSeconds: DRAIN_BUDGET_S + SHUTDOWN_TIMEOUT_MS / 1000 + 15,
           ...tolerationsAndSelector(o),
           initContainers: [peerInitContainer(o, '$(NODE_NAME)', o.zoneLabel)],
           containers: [cairndContainer(o), registrarContainer(o), livenessContainer(o)],

@@ -26,7 +26,7 @@ export const SIDECAR_FLAGS: Readonly<Record<SidecarName, readonly string[]>> = O
   provisioner: ['--csi-address', '--leader-election', '--leader-election-namespace', '--timeout', '--feature-gates', '--extra-create-metadata', '--default-fstype', '--http-endpoint'],
   attacher: ['--csi-address', '--leader-election', '--leader-election-namespace', '--timeout', '--http-endpoint'],
   resizer: ['--csi-address', '--leader-election', '--leader-election-namespace', '--timeout', '--http-endpoint'],
-  snapshotter: ['--csi-address', '--leader-election', '--leader-election-namespace', '--timeout', '--feature-gates', '--http-endpoint'],
+  snapshotter: ['--csi-address', '--leader-election', '--leader-election-namespace', '--timeout', '--feature-gates', '--extra-create-metadata', '--http-endpoint'],
   registrar: ['--csi-address', '--kubelet-registration-path', '--http-endpoint'],
   livenessprobe: ['--csi-address', '--http-endpoint'],
 });
