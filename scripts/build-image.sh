@@ -60,13 +60,16 @@ sh image/prune-app.sh "$staging"
 # 2. The base: Debian bookworm, minimal, with the runtime packages; no docs, man pages or
 # locales, no apt lists (as in the official slim images).
 packages=$(grep -v '^#' image/runtime-packages | paste -sd, -)
-stamp="bookworm $(sha256sum image/runtime-packages | cut -c1-16)"
+# The stamp: what the base was made from (the package list and this script's options).
+stamp="bookworm $(cat image/runtime-packages "$0" | sha256sum | cut -c1-16)"
 if [ "$(cat "$ROOTFS/etc/cairn-image-base" 2>/dev/null)" != "$stamp" ]; then
   echo "building the bookworm root filesystem (mmdebstrap) in $ROOTFS"
   rm -rf "$ROOTFS"
   mirror=()
   [ -z "${CAIRN_IMAGE_MIRROR:-}" ] || mirror=("$CAIRN_IMAGE_MIRROR")
-  mmdebstrap --quiet --variant=minbase --include="$packages" \
+  # The merged-usr hook makes /usr merged with symlinks, as Debian's own images are, instead
+  # of installing usrmerge (which brings Perl).
+  mmdebstrap --quiet --variant=minbase --include="$packages" --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \

@@ -24,7 +24,7 @@ const VOLUME = 'image-vol';
 /** Runs its arguments chrooted into the root filesystem ($1) with $2 bound at the same path, in this mount namespace. */
 const ENTER = 'set -e; r=$1; d=$2; shift 2; for m in dev proc sys; do mount --rbind "/$m" "$r/$m"; done; mount --bind "$d" "$r$d"; exec chroot "$r" "$@"';
 
-const missingImage = existsSync(join(ROOTFS, 'usr/local/bin/cairnd')) ? undefined : `no image root filesystem at ${ROOTFS}: run scripts/build-image.sh --rootfs (npm run test:image does)`;
+const missingImage = existsSync(join(ROOTFS, 'opt/cairn/app/bin/cairnd.js')) ? undefined : `no image root filesystem at ${ROOTFS}: run scripts/build-image.sh --rootfs (npm run test:image does)`;
 
 class ImageDaemon {
   child: ResultPromise | undefined;
@@ -38,7 +38,7 @@ class ImageDaemon {
   /** Starts the image's cairnd (its entrypoint) with only the image's environment, and waits for /readyz. */
   async start(): Promise<void> {
     this.httpPort = await freePort();
-    const args = ['--data-dir', this.dataDir, '--node-name', 'image-test', '--http-listen', `127.0.0.1:${this.httpPort}`, '--file-pool-size', '1GiB'];
+    const args = ['--data-dir', this.dataDir, '--node-name', 'image-test', '--http-listen', `127.0.0.1:${this.httpPort}`, '--file-pool-layout', 'xfs-image', '--file-pool-size', '1GiB'];
     this.child = execa('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', ENTER, 'enter', ROOTFS, this.dataDir, 'cairnd', ...args], {
       env: IMAGE_ENV, extendEnv: false, reject: false, stdout: { file: this.logFile, append: true }, stderr: { file: this.logFile, append: true },
     });
@@ -75,7 +75,21 @@ async function qemuIo(uri: string, commands: string[]): Promise<string> {
   return out;
 }
 
+/** What cairnd execs (src/common/command.ts callers, nbdfuse's nbdkit) and what the pod scripts run (src/cli/spec/scripts.ts). */
+const PROGRAMS = ['sh', 'node', 'cairnd', 'cairnctl', 'openssl', 'mount', 'umount', 'losetup', 'blkid', 'fsfreeze', 'modprobe', 'mkfs.ext4', 'resize2fs',
+  'mkfs.xfs', 'xfs_growfs', 'nbdfuse', 'nbdkit', 'fusermount3', 'thin_dump', 'nbd-client'];
+
+// Every prerequisite is known before the first test is declared (ava wants them declared at once).
 const missing = combine(missingImage, missingRoot('mount namespaces, chroot and the pool\'s loop device'), await missingCommands('qemu-io', 'unshare', 'nsenter', 'chroot'));
+if (prerequisitesMet('the image has every program cairnd and the pod scripts run', combine(missingImage, missingRoot('chroot')))) {
+  test('the image has every program cairnd and the pod scripts run', async (t) => {
+    const absent = await run('chroot', [ROOTFS, '/bin/sh', '-c', 'for c in "$@"; do command -v "$c" >/dev/null || echo "$c"; done', 'check', ...PROGRAMS]);
+    t.is(absent, '', `missing from the image: ${absent}`);
+    // nbdfuse runs `nbdkit --filter=retry nbd`: both must load.
+    t.regex(await run('chroot', [ROOTFS, 'nbdkit', '--filter=retry', '--dump-plugin', 'nbd']), /^name=nbd$/m);
+  });
+}
+
 if (prerequisitesMet('cairnd from the image serves a volume', missing)) {
   test.serial('cairnd from the image serves a volume: bytes written over NBD read back, also after a restart', async (t) => {
     const dataDir = mkdtempSync('/tmp/cairn-image-');
@@ -93,6 +107,8 @@ if (prerequisitesMet('cairnd from the image serves a volume', missing)) {
     await daemon.start();
     const lines = daemon.log().split('\n').filter((l) => l.trim());
     t.true(lines.length > 0 && lines.every((l) => l.startsWith('{')), `the image logs JSON by default:\n${lines.slice(0, 5).join('\n')}`);
+    // The pool's xfs image was made and mounted with the image's mkfs.xfs, losetup and mount.
+    t.true(lines.some((l) => (JSON.parse(l) as { msg?: string }).msg === 'xfs pool image mounted'), 'the file pool mounted its xfs image');
 
     await daemon.ctl('volume', 'create', VOLUME, '--size', '64MiB');
     const uri = (await daemon.ctl('volume', 'export', VOLUME)).trim();
