@@ -8,4 +8,4 @@ cd "$1"
 npm prune --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error
 sqlite=node_modules/better-sqlite3
 rm -rf "$sqlite/deps" "$sqlite/src" "$sqlite/build/Release/obj.target" "$sqlite/build/Release/.deps" \
-  "$sqlite/build/Release/test_extension.node" "$sqlite/build/deps" "$sqlite/build/Release/obj"
+  "$sqlite/build/Release/test_extension.node" "$sqlite/build/Release/sqlite3.a" "$sqlite/build/deps" "$sqlite/build/Release/obj"
