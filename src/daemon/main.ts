@@ -32,6 +32,7 @@ import { HookRunner } from '../snapshot/hook-runner.js';
 import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import { EnginePeers } from '../snapshot/engine-peers.js';
+import { RoutedActions } from '../snapshot/remote-actions.js';
 import { GroupCoordinator } from '../snapshot/group-coordinator.js';
 import type { SnapshotControls } from '../cluster/snapshot-service.js';
 import type { EngineLookup } from '../engine/engine-service.js';
@@ -110,9 +111,12 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const local = await openNodeStorage(config, log);
   stops.push(() => local.close());
   const cluster = openCluster(config, log, stops);
-  const plane = await openDataPlane(config, log, local, cluster);
+  // The peers' engine services exist once the plane does: its rules reach them through this.
+  const late: { peers?: EnginePeers } = {};
+  const plane = await openDataPlane(config, log, local, cluster, (node) => late.peers!.actions(node as NodeId));
   stops.push(() => plane.close());
-  const groups = groupCoordinator(config, log, cluster, plane.connector, plane.volumes.snapshots, plane.engineLookup, stops);
+  late.peers = enginePeers(config, log, cluster, plane.engineLookup, stops);
+  const groups = groupCoordinator(cluster, plane.connector, plane.volumes.snapshots, late.peers, log);
   plane.onRepairPass(() => groups.collect());
   let recovered = false;
   // CSI serves from here on (Probe must answer while starting); NodeStage/NodeUnstage wait for this.
@@ -145,25 +149,31 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const plane = openControllerPlane(config, log, cluster);
   stops.push(() => plane.close());
   const rules = new SnapshotRuleStore(cluster);
-  // Only exec actions can run here (in Kubernetes): command and fsfreeze act on the node where a volume is staged.
+  // exec actions run from here in Kubernetes; command and fsfreeze on the volume's staging node, through its engine service.
   const exec = execTransport(config, log);
-  const hooks = exec ? new HookRunner({ log, exec }) : undefined;
-  const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, ...(hooks ? { runner: hooks } : {}) });
-  const groups = groupCoordinator(config, log, cluster, plane.connector, plane.snapshots, undefined, stops);
+  const peers = enginePeers(config, log, cluster, undefined, stops);
+  const routed = new RoutedActions({ nodeName: config.nodeName, remote: (node) => peers.actions(node as NodeId) });
+  const hooks = new HookRunner({ log, command: routed, freezer: routed, ...(exec ? { exec } : {}) });
+  const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, runner: hooks });
+  const groups = groupCoordinator(cluster, plane.connector, plane.snapshots, peers, log);
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
     api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined, groups },
   }, stops);
   // Stops run in reverse: a rule in progress ends its exec sessions before anything else stops.
-  if (hooks) stops.push(() => hooks.shutdown());
+  stops.push(() => hooks.shutdown());
   return { pool: 'none', store: cluster.kind };
 }
 
-/** The group snapshot coordinator of this cairnd: engines here directly, others over the peer port. */
-function groupCoordinator(config: Readonly<DaemonConfig>, log: Logger, cluster: ClusterStore, controls: SnapshotControls, snapshots: SnapshotService,
-  local: EngineLookup | undefined, stops: Stop[]): GroupCoordinator {
+/** The engine services of every node: this node's engines directly (`local`), the others' over the peer port. */
+function enginePeers(config: Readonly<DaemonConfig>, log: Logger, cluster: ClusterStore, local: EngineLookup | undefined, stops: Stop[]): EnginePeers {
   const peers = new EnginePeers({ nodeId: config.nodeName as NodeId, store: cluster, tls: peerTlsConfig(config) ?? { insecure: true }, log, ...(local ? { local } : {}) });
   stops.push(() => peers.close());
+  return peers;
+}
+
+/** The group snapshot coordinator of this cairnd. */
+function groupCoordinator(cluster: ClusterStore, controls: SnapshotControls, snapshots: SnapshotService, peers: EnginePeers, log: Logger): GroupCoordinator {
   return new GroupCoordinator({ store: cluster, engines: (nodeId) => peers.engines(nodeId), controls, snapshots, log });
 }
 
