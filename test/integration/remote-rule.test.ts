@@ -41,17 +41,16 @@ if (prerequisitesMet('rules acting on another node\'s staged ext4', missing)) {
     const work = mkdtempSync('/tmp/cairn-remote-rule-');
     const mnt = mkdtempSync('/tmp/cairn-remote-mnt-');
     const mnt2 = mkdtempSync('/tmp/cairn-remote-mnt2-');
-    let csi: CsiTestClient | undefined;
+    const csi: CsiTestClient = await csiClient(join(cluster.node(1).dataDir, 'csi.sock'));
     t.teardown(async () => {
       // Whatever failed, never leave the staged filesystem frozen (an unstage would hang on it).
       await execa('fsfreeze', ['-u', mnt], { reject: false });
-      await csi?.node.NodeUnstageVolume!({ volumeId: 'app-r', stagingTargetPath: mnt2 }).catch(() => undefined);
-      await csi?.node.NodeUnstageVolume!({ volumeId: 'app', stagingTargetPath: mnt }).catch(() => undefined);
-      csi?.close();
+      await csi.node.NodeUnstageVolume!({ volumeId: 'app-r', stagingTargetPath: mnt2 }).catch(() => undefined);
+      await csi.node.NodeUnstageVolume!({ volumeId: 'app', stagingTargetPath: mnt }).catch(() => undefined);
+      csi.close();
       await cluster.destroy({ failed });
       for (const d of [work, mnt, mnt2]) rmSync(d, { recursive: true, force: true });
     });
-    csi = await csiClient(join(cluster.node(1).dataDir, 'csi.sock'));
     await cluster.createVolume('app', '64MiB', 2);
     ok(await csi.node.NodeStageVolume!({ volumeId: 'app', stagingTargetPath: mnt, volumeCapability: cap }));
     writeFileSync(join(mnt, 'before.txt'), 'written before the snapshot\n');
