@@ -33,6 +33,7 @@ import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import { EnginePeers } from '../snapshot/engine-peers.js';
 import { RoutedActions } from '../snapshot/remote-actions.js';
+import { GroupRuleSnapshots } from '../snapshot/group-rules.js';
 import { GroupCoordinator } from '../snapshot/group-coordinator.js';
 import type { SnapshotControls } from '../cluster/snapshot-service.js';
 import type { EngineLookup } from '../engine/engine-service.js';
@@ -102,7 +103,10 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     stops.push(() => void http.close());
   }
   const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, ...(front.csiNode ? { node: front.csiNode } : {}),
-    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots, ...(front.api.groups ? { groups: front.api.groups } : {}) } } : {}) });
+    ...(config.role !== 'node' ? { controller: {
+      volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots, ...(front.api.groups ? { groups: front.api.groups } : {}),
+      ...(front.api.groupRules ? { groupRules: front.api.groupRules } : {}),
+    } } : {}) });
   stops.push(() => csi.close());
 }
 
@@ -126,12 +130,15 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const ruleSnapshots = new RuleSnapshots({
     nodeName: config.nodeName, store: cluster, snapshots: plane.volumes.snapshots, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
   });
+  const groupRules = new GroupRuleSnapshots({
+    nodeName: config.nodeName, store: cluster, groups, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
+  });
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, connectionCount: () => plane.exports.connectionCount(), ready: () => recovered,
     dataChannel: () => plane.connector.dataChannelStats(),
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
-      staged: (volume) => plane.stager.get(volume), groups,
+      staged: (volume) => plane.stager.get(volume), groups, groupRules,
     },
     csiNode: { stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode },
   }, stops);
@@ -156,9 +163,10 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const hooks = new HookRunner({ log, command: routed, freezer: routed, ...(exec ? { exec } : {}) });
   const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, runner: hooks });
   const groups = groupCoordinator(cluster, plane.connector, plane.snapshots, peers, log);
+  const groupRules = new GroupRuleSnapshots({ nodeName: config.nodeName, store: cluster, groups, rules, volumes: plane.volumes, runner: hooks, log });
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, connectionCount: () => 0, ready: () => plane.storeReachable(),
-    api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined, groups },
+    api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined, groups, groupRules },
   }, stops);
   // Stops run in reverse: a rule in progress ends its exec sessions before anything else stops.
   stops.push(() => hooks.shutdown());

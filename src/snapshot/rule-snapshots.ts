@@ -70,7 +70,28 @@ export function ruleRecord(result: RuleRunResult<unknown>): SnapshotRuleRecord {
 
 const NODE_KINDS = new Set(['command', 'fsfreeze']);
 
-function summary(result: RuleRunResult<unknown>): string {
+/** The runner, once it is sure every action of `rule` can run for `ctx`; FAILED_PRECONDITION (nothing run) otherwise. */
+export function runnerFor(opts: Pick<RuleSnapshotsOptions, 'nodeName' | 'runner' | 'staged'>, rule: SnapshotRule, ctx: RuleContext): HookRunner {
+  const nodeKinds = [...new Set([...rule.pre, ...rule.post].map((a) => a.kind).filter((k) => NODE_KINDS.has(k)))];
+  if (!opts.runner) {
+    throw new StorageError(Code.FAILED_PRECONDITION, `snapshot rule "${rule.name}" cannot run on ${opts.nodeName}: this cairnd runs no snapshot rules`,
+      { details: { rule: rule.name, volume: ctx.volume, node: opts.nodeName } });
+  }
+  if (nodeKinds.length === 0) return opts.runner;
+  const kinds = `snapshot rule "${rule.name}": its ${nodeKinds.join(' and ')}`;
+  const stagedHere = opts.staged?.(ctx.volume)?.state === 'staged';
+  // Staged here, or on the engine's node (reached through its engine service): else nowhere to act.
+  if (!stagedHere && (!ctx.engineNode || ctx.engineNode === opts.nodeName)) {
+    if (opts.staged) requireStaged({ nodeName: opts.nodeName, staged: opts.staged }, ctx, kinds);
+    throw new StorageError(Code.FAILED_PRECONDITION,
+      `volume "${ctx.volume}" is not staged on any node: ${kinds} actions act on the node where it is staged for its pod; stage it first`,
+      { details: { rule: rule.name, volume: ctx.volume, node: opts.nodeName } });
+  }
+  return opts.runner;
+}
+
+/** The outcome for an error message: what ran after the snapshot step. */
+export function summary(result: RuleRunResult<unknown>): string {
   const after = result.actions.filter((a) => a.phase === 'post');
   if (after.length === 0) return 'no post action or thaw was due';
   const failed = after.filter((a) => a.status === 'failed').length;
@@ -99,7 +120,7 @@ export class RuleSnapshots {
     const ctx: RuleContext = {
       volume: volume.name, volumeId: volume.id, snapshot: input.name, ...(namespace ? { namespace } : {}), ...(volume.engineNode ? { engineNode: volume.engineNode } : {}),
     };
-    const runner = this.runnerFor(rule, ctx);
+    const runner = runnerFor(this.opts, rule, ctx);
     const result = await runner.runWithRule(rule, ctx, (signal) => this.opts.snapshots.create({ name: input.name, volume: volume.id }, { signal }), {
       ...signalOption,
       onLateSnapshot: (late) => void this.opts.snapshots.delete(late.name).catch((err: unknown) => {
@@ -107,26 +128,6 @@ export class RuleSnapshots {
       }),
     });
     return this.settle(input.name, result);
-  }
-
-  /** The runner, once it is sure every action of `rule` can run; FAILED_PRECONDITION (nothing run) otherwise. */
-  private runnerFor(rule: SnapshotRule, ctx: RuleContext): HookRunner {
-    const nodeKinds = [...new Set([...rule.pre, ...rule.post].map((a) => a.kind).filter((k) => NODE_KINDS.has(k)))];
-    if (!this.opts.runner) {
-      throw new StorageError(Code.FAILED_PRECONDITION, `snapshot rule "${rule.name}" cannot run on ${this.opts.nodeName}: this cairnd runs no snapshot rules`,
-        { details: { rule: rule.name, volume: ctx.volume, node: this.opts.nodeName } });
-    }
-    if (nodeKinds.length === 0) return this.opts.runner;
-    const kinds = `snapshot rule "${rule.name}": its ${nodeKinds.join(' and ')}`;
-    const stagedHere = this.opts.staged?.(ctx.volume)?.state === 'staged';
-    // Staged here, or on the engine's node (reached through its engine service): else nowhere to act.
-    if (!stagedHere && (!ctx.engineNode || ctx.engineNode === this.opts.nodeName)) {
-      if (this.opts.staged) requireStaged({ nodeName: this.opts.nodeName, staged: this.opts.staged }, ctx, kinds);
-      throw new StorageError(Code.FAILED_PRECONDITION,
-        `volume "${ctx.volume}" is not staged on any node: ${kinds} actions act on the node where it is staged for its pod; stage it first`,
-        { details: { rule: rule.name, volume: ctx.volume, node: this.opts.nodeName } });
-    }
-    return this.opts.runner;
   }
 
   /** The snapshot with its rule record, or the error that says why there is none. */
