@@ -15,26 +15,15 @@
  * document keeps each member's outcomes.
  */
 import { Code, StorageError } from '../common/errors.js';
-import type { Logger } from '../common/log.js';
-import type { VolumeApi } from '../cluster/volume-views.js';
-import type { StagedVolumeRecord } from '../store/staged-volume-record.js';
 import type { RuleContext } from './action-transport.js';
 import type { GroupCoordinator } from './group-coordinator.js';
+import type { RuleRunResult } from './hook-runner.js';
 import { getGroupDoc, updateGroupDoc, type GroupSnapshotDoc } from './group-doc.js';
-import type { HookRunner, RuleRunResult } from './hook-runner.js';
-import type { SnapshotRuleStore } from './rule-store.js';
-import { ruleRecord, runnerFor, summary } from './rule-snapshots.js';
+import { ruleRecord, runnerFor, summary, type RuleSnapshotsOptions } from './rule-snapshots.js';
 import type { SnapshotRule } from './snapshot-rule.js';
 
-export interface GroupRulesOptions {
-  nodeName: string;
+export interface GroupRulesOptions extends Omit<RuleSnapshotsOptions, 'snapshots'> {
   groups: GroupCoordinator;
-  rules: SnapshotRuleStore;
-  volumes: Pick<VolumeApi, 'get'>;
-  runner?: HookRunner;
-  staged?: (volume: string) => StagedVolumeRecord | undefined;
-  store: Parameters<typeof getGroupDoc>[0];
-  log: Logger;
 }
 
 export interface GroupRuleInput {

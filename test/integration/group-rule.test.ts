@@ -15,25 +15,19 @@ import { join } from 'node:path';
 import type { GroupSnapshotMessage, SnapshotMessage } from '../../src/cli/api-client.js';
 import { Cluster } from '../helpers/cluster.js';
 import { csiClient, ok, type CsiTestClient } from '../helpers/csi-client.js';
-import { etcdMissingReason } from '../helpers/etcd.js';
-import { combine, missingCommands, missingRoot, prerequisitesMet } from '../helpers/prereq.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
+import { stagedExt4OnEtcdMissing, syncedWrite } from '../helpers/staged-ext4.js';
 
 const cap = { mount: { fsType: 'ext4', mountFlags: [] }, accessMode: { mode: 'SINGLE_NODE_WRITER' } };
 
-const missing = combine(
-  missingRoot('loop devices, FUSE, mounts and FIFREEZE'),
-  existsSync('/dev/fuse') ? undefined : 'needs FUSE (/dev/fuse): modprobe fuse',
-  await missingCommands('nbdfuse', 'losetup', 'mkfs.ext4', 'fsfreeze'),
-  await etcdMissingReason(),
-);
+const missing = await stagedExt4OnEtcdMissing();
 
 const rule = (name: string, pre: string, post: string): string =>
   `apiVersion: cairn.dev/v1alpha1\nkind: SnapshotRule\nmetadata:\n  name: ${name}\nspec:\n  pre: ${pre}\n  post: ${post}\n---\n`;
 
 async function thawed(t: { is: (a: unknown, b: unknown, m?: string) => void }, dir: string, name: string): Promise<void> {
-  const path = join(dir, name);
-  const w = await execa('sh', ['-c', `echo written > ${path} && sync -f ${path}`], { reject: false, timeout: 120_000 });
-  t.is(w.exitCode, 0, `write to ${dir}: ${w.stderr}${w.timedOut ? ' (still blocked: frozen)' : ''}`);
+  const w = await syncedWrite(dir, name);
+  t.is(w.exitCode, 0, `write to ${dir}: ${w.why}`);
 }
 
 if (prerequisitesMet('group snapshots under a rule on staged ext4', missing)) {

@@ -15,24 +15,13 @@ import { join } from 'node:path';
 import type { SnapshotMessage } from '../../src/cli/api-client.js';
 import { Cluster, waitFor } from '../helpers/cluster.js';
 import { csiClient, ok, type CsiTestClient } from '../helpers/csi-client.js';
-import { etcdMissingReason } from '../helpers/etcd.js';
-import { combine, missingCommands, missingRoot, prerequisitesMet } from '../helpers/prereq.js';
+import { prerequisitesMet } from '../helpers/prereq.js';
+import { stagedExt4OnEtcdMissing, syncedWrite } from '../helpers/staged-ext4.js';
 
 const cap = { mount: { fsType: 'ext4', mountFlags: [] }, accessMode: { mode: 'SINGLE_NODE_WRITER' } };
 
-const missing = combine(
-  missingRoot('loop devices, FUSE, mounts and FIFREEZE'),
-  existsSync('/dev/fuse') ? undefined : 'needs FUSE (/dev/fuse): modprobe fuse',
-  await missingCommands('nbdfuse', 'losetup', 'mkfs.ext4', 'fsfreeze'),
-  await etcdMissingReason(),
-);
+const missing = await stagedExt4OnEtcdMissing();
 
-/** A synced write to `dir` completes (on a frozen ext4 it waits for the thaw). */
-async function syncedWrite(dir: string, name: string, timeoutMs = 120_000): Promise<{ exitCode: number | undefined; why: string }> {
-  const path = join(dir, name);
-  const w = await execa('sh', ['-c', `echo written > ${path} && sync -f ${path}`], { reject: false, timeout: timeoutMs });
-  return { exitCode: w.exitCode, why: `${w.stderr}${w.timedOut ? ' (still blocked: frozen)' : ''}` };
-}
 
 if (prerequisitesMet('rules acting on another node\'s staged ext4', missing)) {
   test.serial('a rule taken on node-0 runs its command and fsfreeze on node-1 where the volume is staged; node-1 thaws by itself when node-0 dies while it is frozen', async (t) => {
