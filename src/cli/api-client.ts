@@ -96,7 +96,7 @@ export interface SnapshotRuleMessage {
   name: string; namespace: string; pre: SnapshotRuleActionMessage[]; post: SnapshotRuleActionMessage[];
   generation: number; createdAt: string; updatedAt: string; labels: Record<string, string>; annotations: Record<string, string>;
 }
-export interface GroupSnapshotMemberMessage { volumeId: string; volumeName: string; snapshotId: string; snapshotName: string; pauseUs: number; drainMs: number }
+export interface GroupSnapshotMemberMessage { volumeId: string; volumeName: string; snapshotId: string; snapshotName: string; pauseUs: number; drainMs: number; rule?: SnapshotRuleOutcomeMessage | null }
 export interface GroupSnapshotMessage {
   id: string; name: string; state: string; readyToUse: boolean; createdAt: string; members: GroupSnapshotMemberMessage[];
   phases: { preMs: number; pauseMs: number; cutMs: number; resumeMs: number; finishMs: number; totalMs: number } | null;
@@ -187,7 +187,7 @@ export class ApiClient {
   getSnapshotRule(name: string): Promise<SnapshotRuleMessage> { return this.call('GetSnapshotRule', { name }); }
   async deleteSnapshotRule(name: string): Promise<void> { await this.call('DeleteSnapshotRule', { name }); }
   /** One cut across `volumes` (names or ids); the same name and volumes again returns it. */
-  createGroupSnapshot(name: string, volumes: string[]): Promise<GroupSnapshotMessage> { return this.call('CreateGroupSnapshot', { name, volumes }); }
+  createGroupSnapshot(name: string, volumes: string[], rule?: string): Promise<GroupSnapshotMessage> { return this.call('CreateGroupSnapshot', { name, volumes, rule: rule ?? '' }); }
   async listGroupSnapshots(): Promise<GroupSnapshotMessage[]> {
     return (await this.call<{ groupSnapshots: GroupSnapshotMessage[] }>('ListGroupSnapshots', {})).groupSnapshots;
   }

@@ -1,12 +1,13 @@
 /**
  * `cairnctl snapshot group`: create, list, inspect and delete group snapshots (one cut of
  * several volumes' write stream; docs/snapshots.md, "Group snapshots"). Members are ordinary
- * snapshots: `cairnctl snapshot restore <member>` restores one.
+ * snapshots: `cairnctl snapshot restore <member>` restores one. With `--rule`, a snapshot
+ * rule runs for every member around the cut, and inspect shows each member's outcomes.
  */
 import type { Command } from 'commander';
 import { Code, StorageError } from '../common/errors.js';
 import type { ApiClient, GroupSnapshotMessage } from './api-client.js';
-import { formatAge, formatPause, keyValues, table } from './format.js';
+import { formatAge, formatPause, keyValues, ruleOutcomeText, table } from './format.js';
 
 export interface GroupCommandDeps {
   withClient: <T>(fn: (client: ApiClient) => Promise<T>) => Promise<T>;
@@ -31,17 +32,19 @@ export function groupDetail(g: GroupSnapshotMessage, nowMs: number): string {
     ['Total', msText(p.totalMs)],
   ]);
   const rows = g.members.map((m) => [m.volumeName, m.snapshotName, formatPause(m.pauseUs), msText(m.drainMs)]);
-  return [head, '', table(['VOLUME', 'SNAPSHOT', 'WRITES PAUSED', 'DRAIN'], rows)].join('\n');
+  const rules = g.members.flatMap((m) => (m.rule ? ['', `${m.volumeName}: ${ruleOutcomeText(m.rule)}`] : []));
+  return [head, '', table(['VOLUME', 'SNAPSHOT', 'WRITES PAUSED', 'DRAIN'], rows), ...rules].join('\n');
 }
 
 export function addGroupCommands(snapshot: Command, deps: GroupCommandDeps): void {
   const group = snapshot.command('group').description('group snapshots: one cut across several volumes on any nodes');
   group.command('create <name>').description('snapshot several volumes at one cut of their writes (all or nothing)')
     .requiredOption('--volumes <a,b,c>', 'the member volumes (names or ids), comma-separated')
-    .action((name: string, opts: { volumes: string }) => deps.withClient(async (c) => {
+    .option('--rule <rule>', 'run this snapshot rule for every member around the cut (cairnctl rule list)')
+    .action((name: string, opts: { volumes: string; rule?: string }) => deps.withClient(async (c) => {
       const volumes = opts.volumes.split(',').map((v) => v.trim()).filter(Boolean);
       if (volumes.length === 0) throw new StorageError(Code.INVALID_ARGUMENT, '--volumes names no volume');
-      const g = await c.createGroupSnapshot(name, volumes);
+      const g = await c.createGroupSnapshot(name, volumes, opts.rule);
       deps.print(g, () => `group snapshot ${g.name} ${g.readyToUse ? 'ready' : g.state} (${g.members.length} members, longest pause ${formatPause(maxPause(g))}, total ${msText(g.phases?.totalMs ?? 0)})`);
     }));
   group.command('list').alias('ls').description('list group snapshots').action(() => deps.withClient(async (c) => {

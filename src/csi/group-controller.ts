@@ -16,10 +16,13 @@ import type { GroupCoordinator } from '../snapshot/group-coordinator.js';
 import type { GroupSnapshotDoc } from '../snapshot/group-doc.js';
 import { csiService, type CsiCallOptions, type CsiRequest, type CsiService } from './csi-call.js';
 import { snapshotLockKey } from './csi-locks.js';
-import { isSnapshotId, snapshotMessage, timestampOf } from './snapshot-params.js';
+import { isSnapshotId, parseSnapshotParameters, snapshotMessage, SNAPSHOT_RULE_PARAMETER, timestampOf } from './snapshot-params.js';
+import type { GroupRuleSnapshots } from '../snapshot/group-rules.js';
 
 export interface GroupControllerOptions extends CsiCallOptions {
   groups: GroupCoordinator;
+  /** Groups under a VolumeGroupSnapshotClass's `cairn.dev/snapshot-rule`; such a request is FAILED_PRECONDITION without it. */
+  groupRules?: Pick<GroupRuleSnapshots, 'create'>;
   snapshots: SnapshotService;
 }
 
@@ -65,7 +68,13 @@ export function groupControllerService(options: GroupControllerOptions): CsiServ
       },
       locks: (r) => [groupLockKey(r.name)],
       logIds: (r) => ({ groupSnapshot: r.name, volumes: r.sourceVolumeIds }),
-      handler: async (r) => ({ groupSnapshot: await groupMessage(await groups.create({ name: r.name, volumes: [...r.sourceVolumeIds] }), snapshots) }),
+      handler: async (r) => {
+        const input = { name: r.name, volumes: [...r.sourceVolumeIds] };
+        const { rule, namespace } = parseSnapshotParameters(r.parameters);
+        if (rule && !options.groupRules) throw new StorageError(Code.FAILED_PRECONDITION, `this cairnd does not run snapshot rules on group snapshots (${SNAPSHOT_RULE_PARAMETER} "${rule}")`);
+        const g = rule ? await options.groupRules!.create({ ...input, rule, ...(namespace ? { namespace } : {}) }) : await groups.create(input);
+        return { groupSnapshot: await groupMessage(g, snapshots) };
+      },
     },
     DeleteVolumeGroupSnapshot: {
       required: ['group_snapshot_id'],

@@ -30,8 +30,8 @@ export const isSnapshotId = (id: string): boolean => SNAPSHOT_ID_RE.test(id);
 /** The VolumeSnapshotClass parameter naming a snapshot rule (docs/snapshots.md, "Snapshot rules"). */
 export const SNAPSHOT_RULE_PARAMETER = 'cairn.dev/snapshot-rule';
 
-/** The sidecar's key (with --extra-create-metadata) holding the VolumeSnapshot's namespace, the claim's. */
-const SNAPSHOT_NAMESPACE_KEY = 'csi.storage.k8s.io/volumesnapshot/namespace';
+/** The sidecar's keys (with --extra-create-metadata) holding the VolumeSnapshot's (or VolumeGroupSnapshot's) namespace, the claims'. */
+const SNAPSHOT_NAMESPACE_KEYS = new Set(['csi.storage.k8s.io/volumesnapshot/namespace', 'csi.storage.k8s.io/volumegroupsnapshot/namespace']);
 
 /** A snapshot rule name: a DNS-1123 subdomain, as rules are named. */
 const RULE_NAME_RE = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
@@ -44,7 +44,8 @@ export interface SnapshotParameters {
 }
 
 /**
- * CreateSnapshot `parameters` (a VolumeSnapshotClass's): `cairn.dev/snapshot-rule` and the
+ * CreateSnapshot and CreateVolumeGroupSnapshot `parameters` (a VolumeSnapshotClass's or a
+ * VolumeGroupSnapshotClass's): `cairn.dev/snapshot-rule` and the
  * sidecar's keys; any other key is refused by name.
  */
 export function parseSnapshotParameters(params: Record<string, string> | undefined): SnapshotParameters {
@@ -59,9 +60,9 @@ export function parseSnapshotParameters(params: Record<string, string> | undefin
       out.rule = value;
       continue;
     }
-    if (key === SNAPSHOT_NAMESPACE_KEY && value) out.namespace = value;
+    if (SNAPSHOT_NAMESPACE_KEYS.has(key) && value) out.namespace = value;
     if (key.startsWith(SIDECAR_PREFIX)) continue;
-    throw new StorageError(Code.INVALID_ARGUMENT, `parameters has an unknown key "${key}": a Cairn VolumeSnapshotClass takes only ${SNAPSHOT_RULE_PARAMETER}`, {
+    throw new StorageError(Code.INVALID_ARGUMENT, `parameters has an unknown key "${key}": a Cairn VolumeSnapshotClass or VolumeGroupSnapshotClass takes only ${SNAPSHOT_RULE_PARAMETER}`, {
       details: { field: `parameters.${key}` },
     });
   }

@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { NodeStatus } from '../cluster/node-registry.js';
-import type { SnapshotRuleRecord, SnapshotService, SnapshotView, VolumeContentSource } from '../cluster/snapshot-types.js';
+import type { SnapshotService, SnapshotView, VolumeContentSource } from '../cluster/snapshot-types.js';
 import type { ClusterStatusView, ReplicaView, VerifyResult, VolumeApi, VolumeView } from '../cluster/volume-views.js';
 import type { ExportInfo } from '../engine/export-manager.js';
 import type { KernelAttacher } from '../engine/kernel-attach.js';
@@ -18,8 +18,9 @@ import { unary } from '../rpc/status.js';
 import type { GroupCoordinator } from '../snapshot/group-coordinator.js';
 import type { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import type { RuleSnapshots } from '../snapshot/rule-snapshots.js';
+import type { GroupRuleSnapshots } from '../snapshot/group-rules.js';
 import { groupApiHandlers } from './group-api.js';
-import { ruleApiHandlers } from './rule-api.js';
+import { ruleApiHandlers, ruleOutcomeMessage } from './rule-api.js';
 import { VERSION } from './version.js';
 
 export const API_PROTO = 'cairn/api/v1/api.proto';
@@ -103,16 +104,6 @@ function replicasOption(replicas: number | undefined): { replicas?: number } {
   return replicas ? { replicas } : {};
 }
 
-function ruleOutcomeMessage(r: SnapshotRuleRecord): object {
-  return {
-    name: r.name, ok: r.ok, durationMs: r.durationMs,
-    actions: r.actions.map((a) => ({
-      action: a.action, phase: a.phase, kind: a.kind, step: a.step, target: a.target, status: a.status, exited: a.exitCode !== null, exitCode: a.exitCode ?? 0,
-      durationMs: a.durationMs, errorCode: a.error?.code ?? '', errorMessage: a.error?.message ?? '', outputTail: a.outputTail ?? '',
-    })),
-  };
-}
-
 function snapshotMessage(s: SnapshotView): object {
   return {
     id: s.id, name: s.name, sourceVolumeId: s.sourceVolumeId, sourceVolumeName: s.sourceVolumeName, sizeBytes: s.sizeBytes,
@@ -155,6 +146,8 @@ export interface ApiContext {
   ruleSnapshots?: RuleSnapshots;
   /** Group snapshots (group-api.ts); the group RPCs answer UNIMPLEMENTED without it. */
   groups?: GroupCoordinator;
+  /** Group snapshots under a rule (CreateGroupSnapshot's `rule`). */
+  groupRules?: GroupRuleSnapshots;
   log: Logger;
 }
 
@@ -178,7 +171,7 @@ export function apiHandlers(ctx: ApiContext): grpc.UntypedServiceImplementation 
   const h = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req) => fn(req), onUnexpected, method);
   return {
     ...ruleApiHandlers({ ...(ctx.rules ? { rules: ctx.rules } : {}), nodeName: ctx.nodeName, log: ctx.log }),
-    ...groupApiHandlers({ ...(ctx.groups ? { groups: ctx.groups } : {}), nodeName: ctx.nodeName, log: ctx.log }),
+    ...groupApiHandlers({ ...(ctx.groups ? { groups: ctx.groups } : {}), ...(ctx.groupRules ? { groupRules: ctx.groupRules } : {}), nodeName: ctx.nodeName, log: ctx.log }),
     GetStatus: h('GetStatus', async () => {
       const [capacity, volumes] = [await ctx.volumes.capacity(), await ctx.volumes.list()];
       return {

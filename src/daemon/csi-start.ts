@@ -10,6 +10,7 @@ import type { SnapshotService } from '../cluster/snapshot-types.js';
 import type { GroupCoordinator } from '../snapshot/group-coordinator.js';
 import type { VolumeApi } from '../cluster/volume-views.js';
 import type { RuleSnapshots } from '../snapshot/rule-snapshots.js';
+import type { GroupRuleSnapshots } from '../snapshot/group-rules.js';
 import { controllerService } from '../csi/controller-server.js';
 import { CsiLocks } from '../csi/csi-locks.js';
 import { startCsiServer, type CsiCallObserver, type CsiServer } from '../csi/csi-server.js';
@@ -27,7 +28,7 @@ export interface CsiDeps {
   /** Whether this role can serve its CSI services now (Probe). */
   ready: () => boolean | Promise<boolean>;
   /** Roles `controller` and `all`: the cluster's volume API and snapshot service the Controller service calls. */
-  controller?: { volumes: VolumeApi; snapshots?: SnapshotService; ruleSnapshots?: RuleSnapshots; groups?: GroupCoordinator };
+  controller?: { volumes: VolumeApi; snapshots?: SnapshotService; ruleSnapshots?: RuleSnapshots; groups?: GroupCoordinator; groupRules?: GroupRuleSnapshots };
   /** Roles `node` and `all`: what the Node service needs (the stager and volumes of the data plane, this node's name, zone and volume limit). */
   node?: Omit<NodeServiceOptions, 'log' | 'locks'>;
 }
@@ -44,7 +45,9 @@ export async function startCsi(role: DaemonRole, deps: CsiDeps): Promise<CsiServ
       volumes: deps.controller.volumes, ...(deps.controller.snapshots ? { snapshots: deps.controller.snapshots } : {}),
       ...(deps.controller.ruleSnapshots ? { ruleSnapshots: deps.controller.ruleSnapshots } : {}), log, locks,
     })] : []),
-    ...(deps.controller?.groups && deps.controller.snapshots ? [groupControllerService({ groups: deps.controller.groups, snapshots: deps.controller.snapshots, log, locks })] : []),
+    ...(deps.controller?.groups && deps.controller.snapshots ? [groupControllerService({
+      groups: deps.controller.groups, snapshots: deps.controller.snapshots, log, locks, ...(deps.controller.groupRules ? { groupRules: deps.controller.groupRules } : {}),
+    })] : []),
     ...(deps.node ? [nodeService({ ...deps.node, log, locks })] : []),
   ];
   const server = await startCsiServer({ socketPath: deps.socketPath, log, services, ...(deps.onCall ? { onCall: deps.onCall } : {}) });

@@ -35,6 +35,8 @@ import type { PeerTlsConfig } from '../rpc/tls.js';
 import { FreezeJournal } from '../snapshot/freeze-journal.js';
 import { HookRunner } from '../snapshot/hook-runner.js';
 import { NodeCommandTransport, NodeFsFreezer } from '../snapshot/node-actions.js';
+import { NodeActionHost, nodeActionHandlers } from '../snapshot/node-action-service.js';
+import { RoutedActions, type RoutedActionsOptions } from '../snapshot/remote-actions.js';
 import { ExecTransport } from '../snapshot/exec-transport.js';
 import { KubeApi } from '../snapshot/kube-api.js';
 import { KubeExecClient } from '../snapshot/kube-exec.js';
@@ -69,8 +71,8 @@ export interface DataPlane {
   /** CSI staging on this node (NodeStageVolume / NodeUnstageVolume). */
   stager: Stager;
   /**
-   * Snapshot rules' hooks for volumes staged here (command and fsfreeze; exec once a
-   * Kubernetes client is given). The daemon calls `hooks.shutdown()` first when it stops, so
+   * Snapshot rules' hooks (command and fsfreeze here for volumes staged here, on their
+   * staging node for the others; exec once a Kubernetes client is given). The daemon calls `hooks.shutdown()` first when it stops, so
    * that nothing stays frozen or locked.
    */
   hooks: HookRunner;
@@ -117,14 +119,19 @@ function startDataServer(listen: string, manager: ReplicaManager, tls: PeerTlsCo
   return startReplicaDataServer({ host, port: Number(listen.slice(colon + 1)), manager, tls, log });
 }
 
-export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger, local: NodeStorage, cluster: ClusterStore): Promise<DataPlane> {
+/**
+ * `remoteActions`: another node's `command` and `fsfreeze` actions (EnginePeers.actions), for
+ * rules on volumes staged there.
+ */
+export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger, local: NodeStorage, cluster: ClusterStore,
+  remoteActions: RoutedActionsOptions['remote']): Promise<DataPlane> {
   const { store, pool } = local;
   const nodeId = config.nodeName as NodeId;
   const manager = new ReplicaManager({ pool, store, log: log.child({ component: 'replica' }) });
   const tls = peerTlsConfig(config);
   // SnapshotVolume (from peers, and this node's own snapshot service through the local control)
   // runs the barrier of the engine here; the engine host exists once the volume service does.
-  const late: { host?: EngineHost; pulls?: SnapshotPullService } = {};
+  const late: { host?: EngineHost; pulls?: SnapshotPullService; actions?: NodeActionHost } = {};
   const volumeSnapshots: VolumeSnapshotHook = (volumeId, snapshotId, deadlineMs) => {
     if (!late.host) return Promise.reject(new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`));
     return late.host.snapshotVolume(volumeId, snapshotId, deadlineMs);
@@ -134,7 +141,7 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
     if (!late.host) throw new StorageError(Code.UNAVAILABLE, `node ${nodeId} is still starting: no engine runs here yet; retry`);
     return late.host.engineOf(volumeId);
   };
-  const engines = engineService(engineLookup, log.child({ component: 'engine-service' }));
+  const engines = engineService(engineLookup, log.child({ component: 'engine-service' }), nodeActionHandlers(() => late.actions, log));
   // PullSnapshotCopy (snapshot repair) streams through the connector, made after the server.
   const snapshotPulls: SnapshotPullHook = (input) => (late.pulls ? late.pulls.hook(input) : Promise.reject(noPullHere(input.snapshotId)));
   const peers = tls && config.peerListen !== ''
@@ -175,7 +182,13 @@ export async function openDataPlane(config: Readonly<DaemonConfig>, log: Logger,
   const nodeActions = { nodeName: config.nodeName, staged: (volume: string) => stager.get(volume) };
   const freezer = new NodeFsFreezer({ ...nodeActions, journal: new FreezeJournal(join(config.dataDir, 'frozen'), log.child({ component: 'snapshot-rules' })) });
   const exec = execTransport(config, log);
-  const hooks = new HookRunner({ log, command: new NodeCommandTransport(nodeActions), freezer, ...(exec ? { exec } : {}) });
+  const command = new NodeCommandTransport(nodeActions);
+  // The engine service runs other coordinators' actions on volumes staged here; this node's rules reach the others'.
+  late.actions = new NodeActionHost({ command, freezer, log });
+  const routed = new RoutedActions({
+    nodeName: config.nodeName, local: { command, freezer, isStaged: (v) => stager.get(v)?.state === 'staged' }, remote: remoteActions,
+  });
+  const hooks = new HookRunner({ log, command: routed, freezer: routed, ...(exec ? { exec } : {}) });
   const capacity = async (): Promise<NodeCapacity> => {
     const c = await pool.capacity();
     return { totalBytes: c.totalBytes, freeBytes: c.freeBytes };

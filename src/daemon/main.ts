@@ -34,6 +34,8 @@ import { HookRunner } from '../snapshot/hook-runner.js';
 import { RuleSnapshots } from '../snapshot/rule-snapshots.js';
 import { SnapshotRuleStore } from '../snapshot/rule-store.js';
 import { EnginePeers } from '../snapshot/engine-peers.js';
+import { RoutedActions } from '../snapshot/remote-actions.js';
+import { GroupRuleSnapshots } from '../snapshot/group-rules.js';
 import { GroupCoordinator } from '../snapshot/group-coordinator.js';
 import type { SnapshotControls } from '../cluster/snapshot-service.js';
 import type { EngineLookup } from '../engine/engine-service.js';
@@ -102,9 +104,11 @@ async function startFront(config: Readonly<DaemonConfig>, log: Logger, front: Fr
     const http: Server = await startHttpServer(config.httpListen, { metrics, isReady, log, ...(front.drain ? { drain: front.drain } : {}) });
     stops.push(() => void http.close());
   }
-  const csi = await startCsi(config.role, {
-    socketPath: config.csiSocket, log, ready: front.ready, onCall: (method, code, seconds) => metrics.csiCall(method, code, seconds), ...(front.csiNode ? { node: front.csiNode } : {}),
-    ...(config.role !== 'node' ? { controller: { volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots, ...(front.api.groups ? { groups: front.api.groups } : {}) } } : {}) });
+  const csi = await startCsi(config.role, { socketPath: config.csiSocket, log, ready: front.ready, onCall: (method, code, seconds) => metrics.csiCall(method, code, seconds), ...(front.csiNode ? { node: front.csiNode } : {}),
+    ...(config.role !== 'node' ? { controller: {
+      volumes: front.volumes, snapshots: front.snapshots, ruleSnapshots: front.ruleSnapshots, ...(front.api.groups ? { groups: front.api.groups } : {}),
+      ...(front.api.groupRules ? { groupRules: front.api.groupRules } : {}),
+    } } : {}) });
   stops.push(() => csi.close());
 }
 
@@ -113,9 +117,12 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
   const local = await openNodeStorage(config, log);
   stops.push(() => local.close());
   const cluster = openCluster(config, log, stops);
-  const plane = await openDataPlane(config, log, local, cluster);
+  // The peers' engine services exist once the plane does: its rules reach them through this.
+  const late: { peers?: EnginePeers } = {};
+  const plane = await openDataPlane(config, log, local, cluster, (node) => late.peers!.actions(node as NodeId));
   stops.push(() => plane.close());
-  const groups = groupCoordinator(config, log, cluster, plane.connector, plane.volumes.snapshots, plane.engineLookup, stops);
+  late.peers = enginePeers(config, log, cluster, plane.engineLookup, stops);
+  const groups = groupCoordinator(cluster, plane.connector, plane.volumes.snapshots, late.peers, log);
   plane.onRepairPass(() => groups.collect());
   let recovered = false;
   // CSI serves from here on (Probe must answer while starting); NodeStage/NodeUnstage wait for this.
@@ -126,6 +133,9 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
     nodeName: config.nodeName, store: cluster, snapshots: plane.volumes.snapshots, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
   });
   const drain = new NodeDrain(() => plane.volumes.host.writingEngines(), log.child({ component: 'drain' }));
+  const groupRules = new GroupRuleSnapshots({
+    nodeName: config.nodeName, store: cluster, groups, rules, volumes: plane.volumes, runner: plane.hooks, staged: (v) => plane.stager.get(v), log,
+  });
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.volumes.snapshots, rules, ruleSnapshots, ready: () => recovered, drain, // /readyz also answers 503 while draining; CSI Probe (liveness) does not
     metricSources: {
@@ -136,7 +146,7 @@ async function runNode(config: Readonly<DaemonConfig>, log: Logger, stops: Stop[
     },
     api: {
       poolKind: local.pool.kind, poolPath: config.poolDir, connectionCount: () => plane.exports.connectionCount(), attacher: plane.attacher,
-      staged: (volume) => plane.stager.get(volume), groups,
+      staged: (volume) => plane.stager.get(volume), groups, groupRules,
     },
     csiNode: {
       stager: plane.stager, recovery, volumes: plane.volumes, nodeName: config.nodeName, zone: config.zone, maxVolumesPerNode: config.maxVolumesPerNode,
@@ -157,25 +167,32 @@ async function runController(config: Readonly<DaemonConfig>, log: Logger, stops:
   const plane = openControllerPlane(config, log, cluster);
   stops.push(() => plane.close());
   const rules = new SnapshotRuleStore(cluster);
-  // Only exec actions can run here (in Kubernetes): command and fsfreeze act on the node where a volume is staged.
+  // exec actions run from here in Kubernetes; command and fsfreeze on the volume's staging node, through its engine service.
   const exec = execTransport(config, log);
-  const hooks = exec ? new HookRunner({ log, exec }) : undefined;
-  const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, ...(hooks ? { runner: hooks } : {}) });
-  const groups = groupCoordinator(config, log, cluster, plane.connector, plane.snapshots, undefined, stops);
+  const peers = enginePeers(config, log, cluster, undefined, stops);
+  const routed = new RoutedActions({ nodeName: config.nodeName, remote: (node) => peers.actions(node as NodeId) });
+  const hooks = new HookRunner({ log, command: routed, freezer: routed, ...(exec ? { exec } : {}) });
+  const ruleSnapshots = new RuleSnapshots({ nodeName: config.nodeName, store: cluster, snapshots: plane.snapshots, rules, volumes: plane.volumes, log, runner: hooks });
+  const groups = groupCoordinator(cluster, plane.connector, plane.snapshots, peers, log);
+  const groupRules = new GroupRuleSnapshots({ nodeName: config.nodeName, store: cluster, groups, rules, volumes: plane.volumes, runner: hooks, log });
   await startFront(config, log, {
     volumes: plane.volumes, snapshots: plane.snapshots, rules, ruleSnapshots, ready: () => plane.storeReachable(), metricSources: { snapshots: () => plane.snapshots.list() },
-    api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined, groups },
+    api: { poolKind: 'none', poolPath: '', connectionCount: () => 0, attacher: undefined, groups, groupRules },
   }, stops);
   // Stops run in reverse: a rule in progress ends its exec sessions before anything else stops.
-  if (hooks) stops.push(() => hooks.shutdown());
+  stops.push(() => hooks.shutdown());
   return { pool: 'none', store: cluster.kind };
 }
 
-/** The group snapshot coordinator of this cairnd: engines here directly, others over the peer port. */
-function groupCoordinator(config: Readonly<DaemonConfig>, log: Logger, cluster: ClusterStore, controls: SnapshotControls, snapshots: SnapshotService,
-  local: EngineLookup | undefined, stops: Stop[]): GroupCoordinator {
+/** The engine services of every node: this node's engines directly (`local`), the others' over the peer port. */
+function enginePeers(config: Readonly<DaemonConfig>, log: Logger, cluster: ClusterStore, local: EngineLookup | undefined, stops: Stop[]): EnginePeers {
   const peers = new EnginePeers({ nodeId: config.nodeName as NodeId, store: cluster, tls: peerTlsConfig(config) ?? { insecure: true }, log, ...(local ? { local } : {}) });
   stops.push(() => peers.close());
+  return peers;
+}
+
+/** The group snapshot coordinator of this cairnd. */
+function groupCoordinator(cluster: ClusterStore, controls: SnapshotControls, snapshots: SnapshotService, peers: EnginePeers, log: Logger): GroupCoordinator {
   return new GroupCoordinator({ store: cluster, engines: (nodeId) => peers.engines(nodeId), controls, snapshots, log });
 }
 

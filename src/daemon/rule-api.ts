@@ -4,6 +4,7 @@
  * parsed and checked here, in the daemon, so that every client gets the same validation.
  */
 import type * as grpc from '@grpc/grpc-js';
+import type { SnapshotRuleRecord } from '../cluster/snapshot-types.js';
 import { Code, StorageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { parseRuleManifest } from '../snapshot/rule-manifest.js';
@@ -71,5 +72,16 @@ export function ruleApiHandlers(ctx: RuleApiContext): grpc.UntypedServiceImpleme
       ctx.log.info({ rule: name }, 'snapshot rule deleted');
       return {};
     }),
+  };
+}
+
+/** A rule's outcome as the API shows it (a snapshot's, a group member's). */
+export function ruleOutcomeMessage(r: SnapshotRuleRecord): object {
+  return {
+    name: r.name, ok: r.ok, durationMs: r.durationMs,
+    actions: r.actions.map((a) => ({
+      action: a.action, phase: a.phase, kind: a.kind, step: a.step, target: a.target, status: a.status, exited: a.exitCode !== null, exitCode: a.exitCode ?? 0,
+      durationMs: a.durationMs, errorCode: a.error?.code ?? '', errorMessage: a.error?.message ?? '', outputTail: a.outputTail ?? '',
+    })),
   };
 }

@@ -27,8 +27,11 @@ export function engineServiceConstructor(): grpc.ServiceClientConstructor {
   return constructorCache;
 }
 
-/** The engine service for a gRPC server: its definition and handlers. */
-export function engineService(lookup: EngineLookup, log: Logger): { definition: grpc.ServiceDefinition; handlers: grpc.UntypedServiceImplementation } {
+/**
+ * The engine service for a gRPC server: its definition and handlers. `more` adds the
+ * handlers of the node-scoped actions (RunCommand and the rest), made above this layer.
+ */
+export function engineService(lookup: EngineLookup, log: Logger, more: grpc.UntypedServiceImplementation = {}): { definition: grpc.ServiceDefinition; handlers: grpc.UntypedServiceImplementation } {
   const onUnexpected = (err: unknown, method: string): void => log.error({ err, method }, 'engine call failed unexpectedly');
   const h = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>) => unary<Req, Res>((req) => fn(req), onUnexpected, method);
   const engine = (volumeId: string) => {
@@ -56,7 +59,7 @@ export function engineService(lookup: EngineLookup, log: Logger): { definition: 
       return {};
     }),
   };
-  return { definition: engineServiceConstructor().service, handlers };
+  return { definition: engineServiceConstructor().service, handlers: { ...handlers, ...more } };
 }
 
 function copyToWire(c: SnapshotCopies[number] | CutCopy): EngineCopyMessage {

@@ -33,6 +33,10 @@ export interface GroupHooks {
   pre?(group: GroupSnapshotDoc): Promise<void>;
   /** Every member paused, none cut yet. A failure fails the group. */
   paused?(group: GroupSnapshotDoc): Promise<void>;
+  /** Every member cut and resumed, before the finish: where a rule's thaws and post actions may start. */
+  resumed?(group: GroupSnapshotDoc): void;
+  /** The pre step's deadline (a rule's pre actions); the phase deadline by default. */
+  preDeadlineMs?: number;
 }
 
 export interface GroupCoordinatorOptions {
@@ -59,6 +63,8 @@ export interface CreateGroupInput {
   name: string;
   /** Member volumes, by name or id. */
   volumes: string[];
+  /** This group's hook points (a snapshot rule's, group-rules.ts), instead of the coordinator's. */
+  hooks?: GroupHooks;
 }
 
 const ms = (since: number): number => Math.round((performance.now() - since) * 1000) / 1000;
@@ -91,7 +97,7 @@ export class GroupCoordinator {
       let runs: MemberRun[] = [];
       try {
         runs = await createMemberDocs(this.opts.store, group, volumes);
-        const ready = await this.take(group, runs);
+        const ready = await this.take(group, runs, input.hooks ?? this.opts.hooks ?? {});
         this.log.info({ groupSnapshot: name, groupId: group.id, members: runs.length, phases: ready.phases, pauseUs: ready.members.map((m) => m.pauseUs) }, 'group snapshot taken');
         return ready;
       } catch (err) {
@@ -104,11 +110,11 @@ export class GroupCoordinator {
   }
 
   /** The phases; throws naming the member at the first failure (the caller undoes). */
-  private async take(group: GroupSnapshotDoc, runs: MemberRun[]): Promise<GroupSnapshotDoc> {
+  private async take(group: GroupSnapshotDoc, runs: MemberRun[], hooks: GroupHooks): Promise<GroupSnapshotDoc> {
     const started = performance.now();
     const phases: GroupPhases = { ...group.phases };
     let since = performance.now();
-    await this.step('pre', group, () => this.opts.hooks?.pre?.(group) ?? Promise.resolve());
+    await this.step('pre', group, () => hooks.pre?.(group) ?? Promise.resolve(), hooks.preDeadlineMs);
     phases.preMs = ms(since);
     since = performance.now();
     await this.each('pause', runs, async (r, engine) => {
@@ -117,7 +123,7 @@ export class GroupCoordinator {
       r.drainMs = paused.drainMs;
     });
     phases.pauseMs = ms(since);
-    await this.step('paused', group, () => this.opts.hooks?.paused?.(group) ?? Promise.resolve());
+    await this.step('paused', group, () => hooks.paused?.(group) ?? Promise.resolve());
     since = performance.now();
     await this.each('cut', runs, async (r, engine) => {
       r.asked = true;
@@ -129,6 +135,7 @@ export class GroupCoordinator {
     since = performance.now();
     await this.resumeAll(group, runs);
     phases.resumeMs = ms(since);
+    hooks.resumed?.(group);
     since = performance.now();
     await this.each('finish', runs, async (r, engine) => {
       const copies = await engine.finish(r.volume.id, r.snap.id);
@@ -164,9 +171,9 @@ export class GroupCoordinator {
       { cause: first, details: { phase, volumes: failed.map((f) => f.r.volume.name) } });
   }
 
-  private async step(phase: string, group: GroupSnapshotDoc, fn: () => Promise<void>): Promise<void> {
+  private async step(phase: string, group: GroupSnapshotDoc, fn: () => Promise<void>, deadlineMs = this.opts.phaseDeadlineMs ?? 10_000): Promise<void> {
     try {
-      await withTimeout(fn(), this.opts.phaseDeadlineMs ?? 10_000, `the ${phase} step of group snapshot "${group.name}"`);
+      await withTimeout(fn(), deadlineMs, `the ${phase} step of group snapshot "${group.name}"`);
     } catch (err) {
       throw new StorageError(isStorageError(err) ? err.code : Code.INTERNAL, `group snapshot "${group.name}": the ${phase} step failed: ${(err as Error).message}`, { cause: err });
     }

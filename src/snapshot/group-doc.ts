@@ -12,6 +12,8 @@ import type { CallOptions, ClusterStore, JsonValue, KeyValue } from '../cluster/
 import { guardFor } from '../cluster/store/cluster-store.js';
 import { keys } from '../cluster/store/keys.js';
 import { listParsed } from '../cluster/store/parsed-list.js';
+import { parseSnapshotRuleRecord, snapshotRuleRecordToJson } from '../cluster/snapshot-rule-record.js';
+import type { SnapshotRuleRecord } from '../cluster/snapshot-types.js';
 
 export const GROUP_SNAPSHOTS_PREFIX = keys.groupSnapshotsPrefix;
 export const groupSnapshotKey = (name: string): string => `${GROUP_SNAPSHOTS_PREFIX}${name}`;
@@ -27,6 +29,8 @@ export interface GroupMember {
   pauseUs: number;
   /** How long its writes in flight took to settle once paused, in ms. */
   drainMs: number;
+  /** The group's snapshot rule as it ran for this member (group-rules.ts), when it had one. */
+  rule?: SnapshotRuleRecord;
 }
 
 /** Milliseconds per phase: pre hooks, pause (until every member paused), cut, resume, finish (copies whole), and the whole group. */
@@ -85,6 +89,7 @@ export function parseGroupDoc(key: string, value: JsonValue): GroupSnapshotDoc {
     return {
       volumeId: f.str('volumeId') as VolumeId, volumeName: f.str('volumeName'), snapshotId: f.str('snapshotId') as SnapshotId,
       snapshotName: f.str('snapshotName'), pauseUs: f.num('pauseUs'), drainMs: f.num('drainMs'),
+      ...ruleOf(key, m.rule),
     };
   });
   if (!isObject(value.phases)) throw malformed(key, 'phases is not an object');
@@ -93,10 +98,15 @@ export function parseGroupDoc(key: string, value: JsonValue): GroupSnapshotDoc {
   return { id: str('id'), name: str('name'), state: state as GroupSnapshotState, readyToUse: value.readyToUse, createdAt, members, phases };
 }
 
+function ruleOf(key: string, v: JsonValue | undefined): { rule?: SnapshotRuleRecord } {
+  const rule = parseSnapshotRuleRecord(v, (why) => malformed(key, `a member's rule: ${why}`));
+  return rule ? { rule } : {};
+}
+
 export function groupDocToJson(doc: GroupSnapshotDoc): JsonValue {
   return {
     id: doc.id, name: doc.name, state: doc.state, readyToUse: doc.readyToUse, createdAt: doc.createdAt,
-    members: doc.members.map((m) => ({ ...m })), phases: { ...doc.phases },
+    members: doc.members.map(({ rule, ...m }) => ({ ...m, ...(rule ? { rule: snapshotRuleRecordToJson(rule) } : {}) })), phases: { ...doc.phases },
   };
 }
 

@@ -5,10 +5,10 @@
  * outcome is written into the snapshot's document (cluster/snapshot-rule-record.ts).
  *
  * - An unknown rule or volume is NOT_FOUND before anything runs.
- * - A rule with `command` or `fsfreeze` actions runs only on the node where the volume is
- *   staged (those actions act there): elsewhere, FAILED_PRECONDITION before anything runs,
- *   naming the node whose engine serves the volume. A controller-role cairnd runs rules of
- *   `exec` actions only, and only in Kubernetes (its runner has the exec kind alone).
+ * - A rule with `command` or `fsfreeze` actions runs from any cairnd (the controller role
+ *   included): those actions act on the node where the volume is staged, here or through
+ *   that node's engine service (remote-actions.ts). A volume staged nowhere is
+ *   FAILED_PRECONDITION before anything runs. `exec` actions need Kubernetes.
  * - The same name again returns the existing snapshot without running the rule (idempotent
  *   by name, as without a rule).
  * - A pre action that fails with `onError: Fail`: no snapshot, FAILED_PRECONDITION naming
@@ -70,7 +70,28 @@ export function ruleRecord(result: RuleRunResult<unknown>): SnapshotRuleRecord {
 
 const NODE_KINDS = new Set(['command', 'fsfreeze']);
 
-function summary(result: RuleRunResult<unknown>): string {
+/** The runner, once it is sure every action of `rule` can run for `ctx`; FAILED_PRECONDITION (nothing run) otherwise. */
+export function runnerFor(opts: Pick<RuleSnapshotsOptions, 'nodeName' | 'runner' | 'staged'>, rule: SnapshotRule, ctx: RuleContext): HookRunner {
+  const nodeKinds = [...new Set([...rule.pre, ...rule.post].map((a) => a.kind).filter((k) => NODE_KINDS.has(k)))];
+  if (!opts.runner) {
+    throw new StorageError(Code.FAILED_PRECONDITION, `snapshot rule "${rule.name}" cannot run on ${opts.nodeName}: this cairnd runs no snapshot rules`,
+      { details: { rule: rule.name, volume: ctx.volume, node: opts.nodeName } });
+  }
+  if (nodeKinds.length === 0) return opts.runner;
+  const kinds = `snapshot rule "${rule.name}": its ${nodeKinds.join(' and ')}`;
+  const stagedHere = opts.staged?.(ctx.volume)?.state === 'staged';
+  // Staged here, or on the engine's node (reached through its engine service): else nowhere to act.
+  if (!stagedHere && (!ctx.engineNode || ctx.engineNode === opts.nodeName)) {
+    if (opts.staged) requireStaged({ nodeName: opts.nodeName, staged: opts.staged }, ctx, kinds);
+    throw new StorageError(Code.FAILED_PRECONDITION,
+      `volume "${ctx.volume}" is not staged on any node: ${kinds} actions act on the node where it is staged for its pod; stage it first`,
+      { details: { rule: rule.name, volume: ctx.volume, node: opts.nodeName } });
+  }
+  return opts.runner;
+}
+
+/** The outcome for an error message: what ran after the snapshot step. */
+export function summary(result: RuleRunResult<unknown>): string {
   const after = result.actions.filter((a) => a.phase === 'post');
   if (after.length === 0) return 'no post action or thaw was due';
   const failed = after.filter((a) => a.status === 'failed').length;
@@ -99,7 +120,7 @@ export class RuleSnapshots {
     const ctx: RuleContext = {
       volume: volume.name, volumeId: volume.id, snapshot: input.name, ...(namespace ? { namespace } : {}), ...(volume.engineNode ? { engineNode: volume.engineNode } : {}),
     };
-    const runner = this.runnerFor(rule, ctx);
+    const runner = runnerFor(this.opts, rule, ctx);
     const result = await runner.runWithRule(rule, ctx, (signal) => this.opts.snapshots.create({ name: input.name, volume: volume.id }, { signal }), {
       ...signalOption,
       onLateSnapshot: (late) => void this.opts.snapshots.delete(late.name).catch((err: unknown) => {
@@ -107,24 +128,6 @@ export class RuleSnapshots {
       }),
     });
     return this.settle(input.name, result);
-  }
-
-  /** The runner, once it is sure every action of `rule` can run here; FAILED_PRECONDITION (nothing run) otherwise. */
-  private runnerFor(rule: SnapshotRule, ctx: RuleContext): HookRunner {
-    const nodeKinds = [...new Set([...rule.pre, ...rule.post].map((a) => a.kind).filter((k) => NODE_KINDS.has(k)))];
-    const where = ctx.engineNode ? ` (its engine runs on node ${ctx.engineNode}: ask the cairnd there)` : '';
-    if (nodeKinds.length > 0 && !this.opts.staged) {
-      throw new StorageError(Code.FAILED_PRECONDITION,
-        `snapshot rule "${rule.name}" cannot run on ${this.opts.nodeName}: this cairnd serves no volumes (controller role), and ${nodeKinds.join(' and ')} actions run on the node where volume "${ctx.volume}" is staged${where}; take the snapshot with cairnctl on that node`,
-        { details: { rule: rule.name, volume: ctx.volume, node: this.opts.nodeName } });
-    }
-    if (!this.opts.runner) {
-      throw new StorageError(Code.FAILED_PRECONDITION,
-        `snapshot rule "${rule.name}" cannot run on ${this.opts.nodeName}: exec actions need the Kubernetes API, and this cairnd runs outside Kubernetes with no node data plane; take the snapshot with cairnctl on a node daemon`,
-        { details: { rule: rule.name, volume: ctx.volume, node: this.opts.nodeName } });
-    }
-    if (nodeKinds.length > 0) requireStaged({ nodeName: this.opts.nodeName, staged: this.opts.staged! }, ctx, `snapshot rule "${rule.name}": its ${nodeKinds.join(' and ')}`);
-    return this.opts.runner;
   }
 
   /** The snapshot with its rule record, or the error that says why there is none. */

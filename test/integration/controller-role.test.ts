@@ -56,13 +56,13 @@ if (prerequisitesMet('the controller role on etcd', await etcdMissingReason())) 
     const exported = await controller.ctl(['volume', 'export', 'pgdata']);
     t.not(exported.exitCode, 0, 'export is a node daemon\'s work');
 
-    // A rule with fsfreeze acts where the volume is staged: the controller refuses it before anything runs.
+    // A rule with fsfreeze acts where the volume is staged: staged nowhere, the controller refuses it before anything runs.
     const ruleFile = join(dataDir, 'rule.yaml');
     writeFileSync(ruleFile, 'apiVersion: cairn.dev/v1alpha1\nkind: SnapshotRule\nmetadata:\n  name: freeze\nspec:\n  pre: [{kind: fsfreeze}]\n');
     t.is((await controller.ctl(['rule', 'apply', '-f', ruleFile])).exitCode, 0);
     const underRule = await controller.ctl(['snapshot', 'create', 'pg-snap', '--volume', 'pgdata', '--rule', 'freeze']);
     t.is(underRule.exitCode, 1);
-    t.regex(underRule.stderr, /controller role.*FAILED_PRECONDITION\)$/s);
+    t.regex(underRule.stderr, /not staged on any node.*FAILED_PRECONDITION\)$/s);
     t.deepEqual(await controller.ctlJson<unknown[]>(['snapshot', 'list']), [], 'no snapshot taken');
 
     const deleted = await controller.ctl(['volume', 'delete', 'pgdata']);

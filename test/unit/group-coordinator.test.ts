@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { CsiLocks } from '../../src/csi/csi-locks.js';
 import { startCsiServer } from '../../src/csi/csi-server.js';
 import { groupControllerService } from '../../src/csi/group-controller.js';
+import type { GroupRuleInput } from '../../src/snapshot/group-rules.js';
 import { csiClient } from '../helpers/csi-client.js';
 import { Code, StorageError } from '../../src/common/errors.js';
 import type { DeviceId, NodeId, VolumeId } from '../../src/common/ids.js';
@@ -192,7 +193,7 @@ test('a group left creating by a crash is undone by the repair leader\'s collect
   t.deepEqual(await allCopies(s), []);
 });
 
-test('CSI GroupController over the coordinator: capabilities, create (idempotent by name, ALREADY_EXISTS for other volumes), members carry the group id, get, delete', async (t) => {
+test('CSI GroupController over the coordinator: capabilities, create (idempotent by name, ALREADY_EXISTS for other volumes), members carry the group id, get, delete; the class parameter cairn.dev/snapshot-rule', async (t) => {
   const s = await setup(t);
   await s.volumes.create('a', 8 * MiB);
   await s.volumes.create('b', 8 * MiB);
@@ -200,7 +201,10 @@ test('CSI GroupController over the coordinator: capabilities, create (idempotent
   const dir = mkdtempSync('/tmp/cairn-csi-group-');
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const log = silentLogger();
-  const server = await startCsiServer({ socketPath: join(dir, 'csi.sock'), log, services: [groupControllerService({ groups: s.coordinator(), snapshots: s.snapshots, log, locks: new CsiLocks() })] });
+  const groups = s.coordinator();
+  const ruled: GroupRuleInput[] = [];
+  const groupRules = { create: (input: GroupRuleInput) => { ruled.push(input); return groups.create(input); } };
+  const server = await startCsiServer({ socketPath: join(dir, 'csi.sock'), log, services: [groupControllerService({ groups, groupRules, snapshots: s.snapshots, log, locks: new CsiLocks() })] });
   t.teardown(() => server.close());
   const csi = await csiClient(server.socketPath);
   t.teardown(() => csi.close());
@@ -223,4 +227,12 @@ test('CSI GroupController over the coordinator: capabilities, create (idempotent
   t.is((await gc.DeleteVolumeGroupSnapshot!({ groupSnapshotId: 'vgs-1' })).code, 0, 'deleting again is fine');
   t.deepEqual((await listSnapshotDocs(s.store)).docs, []);
   t.deepEqual(await allCopies(s), []);
+
+  const parameters = { 'cairn.dev/snapshot-rule': 'flush', 'csi.storage.k8s.io/volumegroupsnapshot/namespace': 'shop' };
+  const underRule = await gc.CreateVolumeGroupSnapshot!({ name: 'vgs-2', sourceVolumeIds: ids, parameters });
+  t.is(underRule.code, 0, underRule.message);
+  t.deepEqual(ruled, [{ name: 'vgs-2', volumes: ids, rule: 'flush', namespace: 'shop' }], 'the class\'s rule runs, exec actions in the group\'s namespace');
+  const unknown = await gc.CreateVolumeGroupSnapshot!({ name: 'vgs-3', sourceVolumeIds: ids, parameters: { 'cairn.dev/nope': 'x' } });
+  t.is(unknown.code as number, Code.INVALID_ARGUMENT as number);
+  t.regex(unknown.message ?? '', /cairn\.dev\/nope/);
 });
