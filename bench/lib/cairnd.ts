@@ -65,7 +65,8 @@ export class BenchCairnd {
     const apiSocket = join(dataDir, 'api.sock');
     const port = await freePort();
     const child = spawn(process.execPath, [...nodeArgs, join(ROOT, 'bin/cairnd.js'), '--data-dir', dataDir, '--api-socket', apiSocket,
-      '--http-listen', `127.0.0.1:${port}`, '--log-format', 'json', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      // The bench fills the device file itself and measures the plain file: the direct layout keeps it in pool/devices.
+      '--file-pool-layout', 'direct', '--http-listen', `127.0.0.1:${port}`, '--log-format', 'json', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'pipe'] });
     const stderr: string[] = [];
     child.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
     const client = new ApiClient(apiSocket);
