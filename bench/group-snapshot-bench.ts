@@ -127,6 +127,25 @@ async function plainVariant(c: Cluster, api: ApiClient, opts: Options): Promise<
   for (const cl of clients) await cl.close();
 }
 
+/**
+ * Unstages a member through its node's CSI service (thawing it first, in case a group left it
+ * frozen). When that fails, says so and unmounts the directory itself; it is removed only
+ * once nothing is mounted on it, so a failed unstage never deletes the volume's files.
+ */
+async function unstage(csi: Awaited<ReturnType<typeof csiClient>>, s: { name: string; dir: string }): Promise<void> {
+  await execa('fsfreeze', ['-u', s.dir], { reject: false });
+  const r = await csi.node.NodeUnstageVolume!({ volumeId: s.name, stagingTargetPath: s.dir }).catch((err: Error) => ({ code: -1, message: err.message }));
+  if (r.code !== 0) {
+    console.error(`unstage of ${s.name} failed (${r.message}); unmounting ${s.dir} directly`);
+    await execa('umount', [s.dir], { reject: false });
+  }
+  if ((await execa('mountpoint', ['-q', s.dir], { reject: false })).exitCode === 0) {
+    console.error(`${s.dir} is still mounted (volume ${s.name}): unmount it by hand`);
+    return;
+  }
+  rmSync(s.dir, { recursive: true, force: true });
+}
+
 /** With fsfreeze: members staged as ext4, fio writing in each, groups under a freeze-only rule. */
 async function fsfreezeVariant(c: Cluster, api: ApiClient, opts: Options): Promise<void> {
   const cap = { mount: { fsType: 'ext4', mountFlags: [] }, accessMode: { mode: 'SINGLE_NODE_WRITER' } };
@@ -156,11 +175,7 @@ async function fsfreezeVariant(c: Cluster, api: ApiClient, opts: Options): Promi
   } finally {
     for (const f of fios) f.kill('SIGKILL');
     await Promise.all(fios);
-    for (const s of staged) {
-      await execa('fsfreeze', ['-u', s.dir], { reject: false });
-      await csi[s.node]!.node.NodeUnstageVolume!({ volumeId: s.name, stagingTargetPath: s.dir }).catch(() => undefined);
-      rmSync(s.dir, { recursive: true, force: true });
-    }
+    for (const s of staged) await unstage(csi[s.node]!, s);
     for (const cl of csi) cl.close();
     rmSync(work, { recursive: true, force: true });
   }

@@ -3,7 +3,7 @@
  * the rule runs once per member (its `exec` in the member's namespace, its `command` and
  * `fsfreeze` on the member's staging node), all together around one group cut:
  *
- *   pre actions of every member → pause all → cut all → resume all → release (thaws, held
+ *   pre actions of every member → pause all → cut and resume each → release (thaws, held
  *   sessions) and post actions of every member.
  *
  * Each member's run is the hook runner's (hook-runner.ts), so its guarantees hold per member;
