@@ -4,10 +4,11 @@
  * deadline:
  *
  *   pre hooks → pause every served member's engine (cairn.engine.v1 PauseVolume, on a lease)
- *   and wait until ALL are paused → cut every member under one group id (one snapshot id per
- *   member; a volume no engine serves is copied directly from its in-sync replicas: nobody
- *   writes to it), each member resuming as soon as its own copies are cut → finish all
- *   (copies whole) → documents ready.
+ *   and wait until ALL are paused → cut every served member under one group id (one
+ *   snapshot id per member), each member resuming as soon as its own copies are cut → finish
+ *   all (copies whole; a volume no engine serves is copied here, directly from its in-sync
+ *   replicas at its document's epoch: nobody writes to it, and an engine that starts meanwhile
+ *   fences the copy) → documents ready.
  *
  * The cut is the moment the last member paused: no resume is asked before it. A write in a
  * member's copy went through that member's gate before its pause, so before that moment; a
@@ -140,7 +141,7 @@ export class GroupCoordinator {
       const resuming = performance.now();
       await this.resumeOne(group, r);
       resumeMs = Math.max(resumeMs, ms(resuming));
-    }, (r) => this.directCopies(r));
+    });
     phases.cutMs = ms(since);
     phases.resumeMs = resumeMs;
     hooks.resumed?.(group);
@@ -148,7 +149,7 @@ export class GroupCoordinator {
     await this.each('finish', runs, async (r, engine) => {
       const copies = await engine.finish(r.volume.id, r.snap.id);
       r.copies = copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId }));
-    }, undefined, this.opts.finishDeadlineMs ?? 10 * 60_000);
+    }, (r) => this.directCopies(r), this.opts.finishDeadlineMs ?? 10 * 60_000);
     phases.finishMs = ms(since);
     await markMembersReady(this.opts.store, runs);
     phases.totalMs = ms(started);
