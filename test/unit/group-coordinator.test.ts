@@ -92,6 +92,15 @@ async function setup(t: ExecutionContext): Promise<Setup> {
   };
 }
 
+/** Volumes a and b, each served by an engine; b's id. */
+async function servedPair(s: Setup): Promise<{ ea: VolumeEngine; eb: VolumeEngine; bId: VolumeId }> {
+  await s.volumes.create('a', 8 * MiB);
+  await s.volumes.create('b', 8 * MiB);
+  const ea = await s.serve('a');
+  const eb = await s.serve('b');
+  return { ea, eb, bId: (await getVolumeDoc(s.store, 'b'))!.doc.id };
+}
+
 async function readCopy(s: Setup, nodeId: NodeId, snapshotId: string): Promise<Buffer> {
   const dev = await s.fxs.get(nodeId)!.pool.open(snapshotId as DeviceId);
   try {
@@ -151,13 +160,9 @@ test('one cut across served volumes: writes held at the pause are in no member; 
 
 test('each member resumes once its own copies are cut: a write to it completes while another member is still being cut, and is in no copy', async (t) => {
   const s = await setup(t);
-  await s.volumes.create('a', 8 * MiB);
-  await s.volumes.create('b', 8 * MiB);
-  const ea = await s.serve('a');
-  const eb = await s.serve('b');
+  const { ea, eb, bId } = await servedPair(s);
   await ea.write(0, filled(BLOCK, 0xa1));
   await eb.write(0, filled(BLOCK, 0xb1));
-  const bId = (await getVolumeDoc(s.store, 'b'))!.doc.id;
   const local = localEngineBarrier((id) => s.engines.get(id)!);
   let releaseB!: () => void;
   const bReleased = new Promise<void>((resolve) => (releaseB = resolve));
@@ -197,11 +202,7 @@ test('each member resumes once its own copies are cut: a write to it completes w
 
 test('a member that fails between pause and cut: the group fails naming it, every other engine resumes, no member document or copy is left', async (t) => {
   const s = await setup(t);
-  await s.volumes.create('a', 8 * MiB);
-  await s.volumes.create('b', 8 * MiB);
-  const ea = await s.serve('a');
-  const eb = await s.serve('b');
-  const vb = (await getVolumeDoc(s.store, 'b'))!.doc.id;
+  const { ea, eb, bId: vb } = await servedPair(s);
   const coordinator = s.coordinator({
     paused: async () => {
       await eb.close(); // b's engine goes away while the group holds it paused
