@@ -78,19 +78,27 @@ function writeLoad(clients: NbdBlockClient[], qd: number): { stop: () => Promise
   return { stop: async () => { stopped = true; await Promise.all(loops); return { writes, errors }; } };
 }
 
-/** `count` groups of `names`, one every `intervalMs`, each under `rule` when given. */
-async function takeGroups(api: ApiClient, prefix: string, names: string[], opts: Options, rule?: string): Promise<GroupSnapshotMessage[]> {
-  const groups: GroupSnapshotMessage[] = [];
+interface Taken { groups: GroupSnapshotMessage[]; failures: string[] }
+
+/** `count` groups of `names`, one every `intervalMs`, each under `rule` when given; a group that fails is counted, not fatal. */
+async function takeGroups(api: ApiClient, prefix: string, names: string[], opts: Options, rule?: string): Promise<Taken> {
+  const taken: Taken = { groups: [], failures: [] };
   for (let i = 0; i < opts.count; i++) {
     const started = Date.now();
-    groups.push(await api.createGroupSnapshot(`${prefix}-${i}`, names, rule));
+    try {
+      taken.groups.push(await api.createGroupSnapshot(`${prefix}-${i}`, names, rule));
+    } catch (err) {
+      taken.failures.push(`${prefix}-${i}: ${(err as Error).message}`);
+    }
     const left = opts.intervalMs - (Date.now() - started);
     if (left > 0) await new Promise((r) => setTimeout(r, left));
   }
-  return groups;
+  return taken;
 }
 
-function report(title: string, groups: GroupSnapshotMessage[], load: string): void {
+function report(title: string, { groups, failures }: Taken, load: string): void {
+  if (failures.length > 0) console.log(`\n${title}: ${failures.length} of ${groups.length + failures.length} groups FAILED; the first: ${failures[0]}`);
+  if (groups.length === 0) return;
   const pausesMs = groups.flatMap((g) => g.members.map((m) => Number(m.pauseUs) / 1000));
   const totals = groups.map((g) => g.phases?.totalMs ?? 0);
   const phase = (k: 'preMs' | 'pauseMs' | 'cutMs' | 'resumeMs' | 'finishMs'): string => quantile(groups.map((g) => g.phases?.[k] ?? 0), 0.5).toFixed(1);
@@ -120,11 +128,30 @@ async function plainVariant(c: Cluster, api: ApiClient, opts: Options): Promise<
   }
   const load = writeLoad(clients, opts.qd);
   await new Promise((r) => setTimeout(r, 2000));
-  const groups = await takeGroups(api, 'bench-grp', names, opts);
+  const taken = await takeGroups(api, 'bench-grp', names, opts);
   const { writes, errors } = await load.stop();
-  report('without hooks', groups, `${writes} writes completed, ${errors} failed`);
-  for (const g of groups) await api.deleteGroupSnapshot(g.name);
+  report('without hooks', taken, `${writes} writes completed, ${errors} failed`);
+  for (const g of taken.groups) await api.deleteGroupSnapshot(g.name);
   for (const cl of clients) await cl.close();
+}
+
+/**
+ * Unstages a member through its node's CSI service (thawing it first, in case a group left it
+ * frozen). When that fails, says so and unmounts the directory itself; it is removed only
+ * once nothing is mounted on it, so a failed unstage never deletes the volume's files.
+ */
+async function unstage(csi: Awaited<ReturnType<typeof csiClient>>, s: { name: string; dir: string }): Promise<void> {
+  await execa('fsfreeze', ['-u', s.dir], { reject: false });
+  const r = await csi.node.NodeUnstageVolume!({ volumeId: s.name, stagingTargetPath: s.dir }).catch((err: Error) => ({ code: -1, message: err.message }));
+  if (r.code !== 0) {
+    console.error(`unstage of ${s.name} failed (${r.message}); unmounting ${s.dir} directly`);
+    await execa('umount', [s.dir], { reject: false });
+  }
+  if ((await execa('mountpoint', ['-q', s.dir], { reject: false })).exitCode === 0) {
+    console.error(`${s.dir} is still mounted (volume ${s.name}): unmount it by hand`);
+    return;
+  }
+  rmSync(s.dir, { recursive: true, force: true });
 }
 
 /** With fsfreeze: members staged as ext4, fio writing in each, groups under a freeze-only rule. */
@@ -146,21 +173,19 @@ async function fsfreezeVariant(c: Cluster, api: ApiClient, opts: Options): Promi
       const r = await csi[node]!.node.NodeStageVolume!({ volumeId: name, stagingTargetPath: dir, volumeCapability: cap });
       if (r.code !== 0) throw new Error(`stage ${name}: ${r.message}`);
       staged.push({ node, name, dir });
-      fios.push(execa('fio', ['--name=load', `--directory=${dir}`, '--rw=randwrite', '--bs=4k', '--size=64m', `--iodepth=${opts.qd}`, '--ioengine=psync',
+      // --thread: the job runs in fio's own process, so killing it stops the load (a forked
+      // job would live on, writing, and hold the output pipe execa waits for).
+      fios.push(execa('fio', ['--name=load', '--thread', `--directory=${dir}`, '--rw=randwrite', '--bs=4k', '--size=64m', `--iodepth=${opts.qd}`, '--ioengine=psync',
         '--time_based', '--runtime=3600', '--fsync=16'], { reject: false }));
     }
     await new Promise((r) => setTimeout(r, 3000));
-    const groups = await takeGroups(api, 'bench-fs-grp', staged.map((s) => s.name), opts, 'bench-freeze');
-    report('with fsfreeze', groups, `fio 4k random writes in each ext4 (fsync every 16)`);
-    for (const g of groups) await api.deleteGroupSnapshot(g.name);
+    const taken = await takeGroups(api, 'bench-fs-grp', staged.map((s) => s.name), opts, 'bench-freeze');
+    report('with fsfreeze', taken, `fio 4k random writes in each ext4 (fsync every 16)`);
+    for (const g of taken.groups) await api.deleteGroupSnapshot(g.name);
   } finally {
     for (const f of fios) f.kill('SIGKILL');
     await Promise.all(fios);
-    for (const s of staged) {
-      await execa('fsfreeze', ['-u', s.dir], { reject: false });
-      await csi[s.node]!.node.NodeUnstageVolume!({ volumeId: s.name, stagingTargetPath: s.dir }).catch(() => undefined);
-      rmSync(s.dir, { recursive: true, force: true });
-    }
+    for (const s of staged) await unstage(csi[s.node]!, s);
     for (const cl of csi) cl.close();
     rmSync(work, { recursive: true, force: true });
   }

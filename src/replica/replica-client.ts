@@ -38,7 +38,11 @@ export interface ReplicaClientOptions {
 }
 
 
-/** How long a PullSnapshotCopy may run when the caller gives no deadline: a snapshot of 1 TiB at 300 MB/s. */
+/**
+ * How long a PullSnapshotCopy, or a SnapshotReplica that waits for the whole copy, may run
+ * when the caller gives no deadline: a copy of 1 TiB at 300 MB/s. A peer that goes away is
+ * noticed sooner, by the channel's keepalive.
+ */
 export const DEFAULT_PULL_DEADLINE_MS = 60 * 60_000;
 
 export class ReplicaClient implements SnapshotPuller {
@@ -111,9 +115,15 @@ export class ReplicaClient implements SnapshotPuller {
     return this.status('ResizeReplica', { replica: refToWire(ref), sizeBytes, epoch });
   }
 
-  /** Copies the replica into the peer's copy of the snapshot; idempotent. */
+  /**
+   * Copies the replica into the peer's copy of the snapshot; idempotent. A cut (`cutOnly`) is
+   * a control call; without it the call answers once the copy is whole (a file pool's fill,
+   * or a full copy where the pool cannot reflink), so it lasts as long as the copy takes:
+   * its callers bound it (a snapshot's deadline, a group's finish).
+   */
   async snapshotReplica(ref: ReplicaRefInput, epoch: number, snapshotId: SnapshotId, opts: SnapshotCallOptions = {}): Promise<SnapshotCopyView> {
-    return snapshotCopyFromWire(await this.call<SnapshotCopyMessage>('SnapshotReplica', { replica: refToWire(ref), epoch, snapshotId, cutOnly: opts.cutOnly === true }));
+    const cutOnly = opts.cutOnly === true;
+    return snapshotCopyFromWire(await this.call<SnapshotCopyMessage>('SnapshotReplica', { replica: refToWire(ref), epoch, snapshotId, cutOnly }, cutOnly ? this.deadlineMs : DEFAULT_PULL_DEADLINE_MS));
   }
 
   /** Not an error when the peer holds no copy. */

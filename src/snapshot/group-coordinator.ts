@@ -4,12 +4,19 @@
  * deadline:
  *
  *   pre hooks → pause every served member's engine (cairn.engine.v1 PauseVolume, on a lease)
- *   and wait until ALL are paused → cut every member under one group id (one snapshot id per
- *   member; a volume no engine serves is copied directly from its in-sync replicas: nobody
- *   writes to it) → resume all → finish all (copies whole) → documents ready.
+ *   and wait until ALL are paused → cut every served member under one group id (one
+ *   snapshot id per member), each member resuming as soon as its own copies are cut → finish
+ *   all (copies whole; a volume no engine serves is copied here, directly from its in-sync
+ *   replicas at its document's epoch: nobody writes to it, and an engine that starts meanwhile
+ *   fences the copy) → documents ready.
  *
- * No engine acknowledges a write between the first pause and the last cut, so if a write is
- * in any member's copy, every write acknowledged before it was sent is in its member's copy.
+ * The cut is the moment the last member paused: no resume is asked before it. A write in a
+ * member's copy went through that member's gate before its pause, so before that moment; a
+ * write acknowledged before it was sent went through its own gate earlier still, while that
+ * gate was open, which (no member having resumed yet) was before that member's pause: it is
+ * in its member's copy. So the copies hold a prefix of the write stream. A member resuming
+ * early only lets writes on that are after the cut everywhere: the members still paused hold
+ * theirs until their own cut, and the copies taken already are fixed.
  * All or nothing: anything failing before the group is ready resumes every engine, aborts
  * every member's copies and removes the member documents, and the error names the member.
  * An engine that loses the coordinator resumes at its lease; a crash mid-group leaves
@@ -125,22 +132,24 @@ export class GroupCoordinator {
     phases.pauseMs = ms(since);
     await this.step('paused', group, () => hooks.paused?.(group) ?? Promise.resolve());
     since = performance.now();
+    let resumeMs = 0;
     await this.each('cut', runs, async (r, engine) => {
       r.asked = true;
       const cut = await engine.cut(r.volume.id, group.id, r.snap.id);
       r.copies = cut.copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId }));
       r.sizeBytes = cut.copies[0]?.sizeBytes || r.volume.sizeBytes;
-    }, (r) => this.directCopies(r));
+      const resuming = performance.now();
+      await this.resumeOne(group, r);
+      resumeMs = Math.max(resumeMs, ms(resuming));
+    });
     phases.cutMs = ms(since);
-    since = performance.now();
-    await this.resumeAll(group, runs);
-    phases.resumeMs = ms(since);
+    phases.resumeMs = resumeMs;
     hooks.resumed?.(group);
     since = performance.now();
     await this.each('finish', runs, async (r, engine) => {
       const copies = await engine.finish(r.volume.id, r.snap.id);
       r.copies = copies.map((c) => ({ nodeId: c.nodeId, replicaId: c.replicaId }));
-    }, undefined, this.opts.finishDeadlineMs ?? 10 * 60_000);
+    }, (r) => this.directCopies(r), this.opts.finishDeadlineMs ?? 10 * 60_000);
     phases.finishMs = ms(since);
     await markMembersReady(this.opts.store, runs);
     phases.totalMs = ms(started);
@@ -188,16 +197,19 @@ export class GroupCoordinator {
     r.sizeBytes = sizes[0] || r.volume.sizeBytes;
   }
 
-  /** Resumes every served member (those whose pause failed too: a late pause is then refused). A failed resume is logged: the lease reopens the gate. */
+  /** Resumes every served member (those whose pause failed too: a late pause is then refused). */
   private async resumeAll(group: GroupSnapshotDoc, runs: MemberRun[]): Promise<void> {
-    await Promise.all(runs.filter((r) => r.engineNode).map(async (r) => {
-      try {
-        r.pauseUs = await withTimeout(this.opts.engines(r.engineNode!).then((e) => e.resume(r.volume.id, group.id)), this.opts.phaseDeadlineMs ?? 10_000, `resume of volume "${r.volume.name}"`);
-      } catch (err) {
-        if (r.paused) r.pauseUs = this.leaseMs * 1000; // at most the lease
-        this.log.warn({ groupSnapshot: group.name, volume: r.volume.name, engineNode: r.engineNode, err: (err as Error).message }, 'engine not resumed by the coordinator; its lease reopens it');
-      }
-    }));
+    await Promise.all(runs.filter((r) => r.engineNode).map((r) => this.resumeOne(group, r)));
+  }
+
+  /** Resumes a served member; its pause in µs is kept. Idempotent. A failed resume is logged: the lease reopens the gate. */
+  private async resumeOne(group: GroupSnapshotDoc, r: MemberRun): Promise<void> {
+    try {
+      r.pauseUs = await withTimeout(this.opts.engines(r.engineNode!).then((e) => e.resume(r.volume.id, group.id)), this.opts.phaseDeadlineMs ?? 10_000, `resume of volume "${r.volume.name}"`);
+    } catch (err) {
+      if (r.paused) r.pauseUs = this.leaseMs * 1000; // at most the lease
+      this.log.warn({ groupSnapshot: group.name, volume: r.volume.name, engineNode: r.engineNode, err: (err as Error).message }, 'engine not resumed by the coordinator; its lease reopens it');
+    }
   }
 
   /** After a failure: every engine resumed, every copy aborted, member documents and the group's removed. */

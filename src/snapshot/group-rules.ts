@@ -3,7 +3,7 @@
  * the rule runs once per member (its `exec` in the member's namespace, its `command` and
  * `fsfreeze` on the member's staging node), all together around one group cut:
  *
- *   pre actions of every member → pause all → cut all → resume all → release (thaws, held
+ *   pre actions of every member → pause all → cut and resume each → release (thaws, held
  *   sessions) and post actions of every member.
  *
  * Each member's run is the hook runner's (hook-runner.ts), so its guarantees hold per member;
@@ -13,8 +13,14 @@
  * every member's release and post actions run. A member whose run gave up on the snapshot
  * (its deadline) fails the group too, after the fact: the group is deleted. The group
  * document keeps each member's outcomes.
+ *
+ * Calls for one name run one after another (a retried call finds the group and does not run
+ * the rule again). A group the coordinator answers without cutting it for this call (one of
+ * that name taken meanwhile, e.g. without the rule or by another cairnd) is returned as it is:
+ * this call's members were never cut, and that group is not theirs to delete.
  */
 import { Code, StorageError } from '../common/errors.js';
+import { KeyedLock } from '../common/keyed-lock.js';
 import type { RuleContext } from './action-transport.js';
 import type { GroupCoordinator } from './group-coordinator.js';
 import type { RuleRunResult } from './hook-runner.js';
@@ -66,10 +72,16 @@ function deferred(): { promise: Promise<void>; resolve: () => void; reject: (err
 const preDeadlineMs = (rule: SnapshotRule): number => rule.pre.reduce((sum, a) => sum + a.timeoutSeconds * 1000, 0) + 60_000;
 
 export class GroupRuleSnapshots {
+  private readonly locks = new KeyedLock();
+
   constructor(private readonly opts: GroupRulesOptions) {}
 
   /** Takes group snapshot `input.name` under rule `input.rule`: see the file comment. */
-  async create(input: GroupRuleInput): Promise<GroupSnapshotDoc> {
+  create(input: GroupRuleInput): Promise<GroupSnapshotDoc> {
+    return this.locks.run(input.name, () => this.take(input));
+  }
+
+  private async take(input: GroupRuleInput): Promise<GroupSnapshotDoc> {
     const { rule } = await this.opts.rules.get(input.rule);
     // The same name again: the coordinator answers it (the group, or why not) without running the rule.
     if (await getGroupDoc(this.opts.store, input.name)) return this.opts.groups.create({ name: input.name, volumes: input.volumes });
@@ -93,17 +105,19 @@ export class GroupRuleSnapshots {
     });
     let group: GroupSnapshotDoc | undefined;
     let groupError: unknown;
+    let cutId: string | undefined;
     try {
       group = await this.opts.groups.create({
         name: input.name, volumes: input.volumes,
-        hooks: { pre: () => pre.all, resumed: () => cut.resolve(), preDeadlineMs: preDeadlineMs(rule) },
+        hooks: { pre: () => pre.all, resumed: (g) => { cutId = g.id; cut.resolve(); }, preDeadlineMs: preDeadlineMs(rule) },
       });
     } catch (err) {
       groupError = err;
     }
     cut.reject(groupError instanceof Error ? groupError : new StorageError(Code.ABORTED, 'the group snapshot failed'));
     const results = await Promise.all(runs);
-    if (group) return this.settle(group, contexts, results);
+    // A group not cut for this call: the coordinator's answer for a name taken meanwhile.
+    if (group) return group.id === cutId ? this.settle(group, contexts, results) : group;
     throw this.failure(input.name, rule.name, contexts, results, groupError);
   }
 

@@ -4,12 +4,16 @@
  *
  * A fake command's behaviour is its first word:
  * - `ok`: exits 0; `fail`: prints "boom" on stderr and exits 3;
+ * - `fail-on`: fails like `fail` for volume `command[1]` (the rule's context), exits 0 for any other;
  * - `hang`: runs until killed (exit by SIGKILL);
  * - `unkillable`: runs forever: its kill and stop do nothing;
  * - `gate`: runs until the test opens gate `command[1]` (`gates.open(name)`), then exits 0;
  * - `bg`: prints READY and runs until stopped (SIGTERM) or killed;
  * - `bg-quiet`: like bg without printing READY;
  * - `end-bg`: makes every running bg session exit by itself (exit 0), waits for that, exits 0.
+ *
+ * Where an action runs (its target, in the events) is `node-1` unless told: a list, or a
+ * function of the rule's context (e.g. each volume's engine node, for rules run per member).
  */
 import type { ActionSession, ActionTransport, FrozenFs, FsFreezer, OutputChunk, RuleContext, SessionEnd } from '../../src/snapshot/action-transport.js';
 import type { RuleAction } from '../../src/snapshot/snapshot-rule.js';
@@ -40,15 +44,15 @@ export class FakeTransport implements ActionTransport {
   private readonly running = new Set<(end: SessionEnd) => void>();
   private readonly bgEnders = new Set<() => Promise<SessionEnd>>();
 
-  constructor(events: string[], private readonly targetList: string[] = ['node-1']) {
+  constructor(events: string[], private readonly targetList: string[] | ((ctx: RuleContext) => string[]) = ['node-1']) {
     this.events = events;
   }
 
-  targets(): Promise<string[]> {
-    return Promise.resolve([...this.targetList]);
+  targets(_action: RuleAction, ctx: RuleContext): Promise<string[]> {
+    return Promise.resolve(typeof this.targetList === 'function' ? this.targetList(ctx) : [...this.targetList]);
   }
 
-  start(action: RuleAction, target: string, _ctx: RuleContext, onOutput: (chunk: OutputChunk) => void): ActionSession {
+  start(action: RuleAction, target: string, ctx: RuleContext, onOutput: (chunk: OutputChunk) => void): ActionSession {
     const label = `${action.name ?? action.command.join(' ')}@${target}`;
     this.events.push(`start ${label}`);
     let finish!: (end: SessionEnd) => void;
@@ -63,11 +67,11 @@ export class FakeTransport implements ActionTransport {
     const out = (stream: 'stdout' | 'stderr', text: string): void => onOutput({ stream, data: Buffer.from(text) });
     const [word, arg] = action.command;
     queueMicrotask(() => {
-      if (word === 'ok') finish({ exitCode: 0 });
-      else if (word === 'fail') {
+      if (word === 'fail' || (word === 'fail-on' && ctx.volume === arg)) {
         out('stderr', 'boom\n');
         finish({ exitCode: 3 });
-      } else if (word === 'gate') void this.gates.wait(arg!).then(() => finish({ exitCode: 0 }));
+      } else if (word === 'ok' || word === 'fail-on') finish({ exitCode: 0 });
+      else if (word === 'gate') void this.gates.wait(arg!).then(() => finish({ exitCode: 0 }));
       else if (word === 'bg' || word === 'bg-quiet') {
         if (word === 'bg') out('stdout', 'starting\nREADY\n');
         const ender = (): Promise<SessionEnd> => {
@@ -99,16 +103,18 @@ export class FakeFreezer implements FsFreezer {
   /** Resolves when a thaw has happened. */
   readonly thawed = new Promise<void>((resolve) => { this.thawedResolve = resolve; });
 
-  constructor(private readonly events: string[]) {}
+  /** With `byVolume`, the events name the volume ("freeze db", "thaw db"): several volumes share one freezer. */
+  constructor(private readonly events: string[], private readonly byVolume = false) {}
 
   async freeze(ctx: RuleContext): Promise<FrozenFs> {
     if (this.gate) await this.gate;
-    this.events.push('freeze');
+    const of = this.byVolume ? ` ${ctx.volume}` : '';
+    this.events.push(`freeze${of}`);
     this.frozen = true;
     return {
       target: `/staging/${ctx.volume}`,
       thaw: async () => {
-        this.events.push('thaw');
+        this.events.push(`thaw${of}`);
         this.frozen = false;
         this.thawedResolve();
       },

@@ -149,6 +149,52 @@ test('one cut across served volumes: writes held at the pause are in no member; 
   t.deepEqual(await allCopies(s), []);
 });
 
+test('each member resumes once its own copies are cut: a write to it completes while another member is still being cut, and is in no copy', async (t) => {
+  const s = await setup(t);
+  await s.volumes.create('a', 8 * MiB);
+  await s.volumes.create('b', 8 * MiB);
+  const ea = await s.serve('a');
+  const eb = await s.serve('b');
+  await ea.write(0, filled(BLOCK, 0xa1));
+  await eb.write(0, filled(BLOCK, 0xb1));
+  const bId = (await getVolumeDoc(s.store, 'b'))!.doc.id;
+  const local = localEngineBarrier((id) => s.engines.get(id)!);
+  let releaseB!: () => void;
+  const bReleased = new Promise<void>((resolve) => (releaseB = resolve));
+  let bCutAsked!: () => void;
+  const bCutting = new Promise<void>((resolve) => (bCutAsked = resolve));
+  // b's cut is held until the test releases it; a's goes through.
+  const engines: EngineBarrierClient = {
+    ...local,
+    cut: async (volumeId, groupId, snapshotId) => {
+      if (volumeId === bId) {
+        bCutAsked();
+        await bReleased;
+      }
+      return local.cut(volumeId, groupId, snapshotId);
+    },
+  };
+  let aResumed = false;
+  const created = s.coordinator(undefined, async () => engines).create({ name: 'g-early', volumes: ['a', 'b'] });
+  await bCutting;
+  // a is cut and resumed without waiting for b: this write completes while b is still paused.
+  const aWrite = ea.write(0, filled(BLOCK, 0xa2)).then(() => (aResumed = true));
+  const bWrite = eb.write(0, filled(BLOCK, 0xb2));
+  await aWrite;
+  t.true(aResumed);
+  t.true(await stillPending(bWrite), 'b stays paused until its own cut');
+  releaseB();
+  const group = await created;
+  await bWrite;
+  t.is(group.state, 'ready');
+  for (const [vol, byte] of [['a', 0xa1], ['b', 0xb1]] as const) {
+    const snap = (await getSnapshotDoc(s.store, `g-early-${vol}`))!.doc;
+    for (const c of snap.copies) t.deepEqual(await readCopy(s, c.nodeId, snap.id), filled(BLOCK, byte), `member ${vol} on ${c.nodeId} holds only the write before the pause`);
+  }
+  t.deepEqual(await ea.read(0, BLOCK), filled(BLOCK, 0xa2));
+  t.deepEqual(await eb.read(0, BLOCK), filled(BLOCK, 0xb2));
+});
+
 test('a member that fails between pause and cut: the group fails naming it, every other engine resumes, no member document or copy is left', async (t) => {
   const s = await setup(t);
   await s.volumes.create('a', 8 * MiB);

@@ -169,9 +169,9 @@ test('a controller-role cairnd in Kubernetes (no staging) runs a rule of exec ac
   const namespaces: (string | undefined)[] = [];
   const fake = new FakeTransport(events, ['db-0']);
   const exec: ActionTransport = {
-    targets: (_a: RuleAction, ctx: RuleContext) => {
+    targets: (a: RuleAction, ctx: RuleContext) => {
       namespaces.push(ctx.namespace);
-      return fake.targets();
+      return fake.targets(a, ctx);
     },
     start: (...args) => fake.start(...args),
   };
