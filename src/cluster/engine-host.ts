@@ -134,7 +134,7 @@ export class EngineHost implements LocalVolumeHost {
     this.readers.set(name, reader);
     try {
       const info = await this.opts.exports.start(name, reader, { readOnly: true });
-      this.log.info({ volume: name, epoch: doc.epoch, holder: doc.engine?.nodeId }, 'volume served read-only as a reader next to its holder');
+      this.log.info({ volume: name, epoch: doc.epoch, engineNode: doc.engine?.nodeId }, 'volume served read-only as a reader next to its holder');
       return info;
     } catch (err) {
       this.readers.delete(name); // the export manager closed the reader
@@ -158,7 +158,7 @@ export class EngineHost implements LocalVolumeHost {
         `node ${holder} still serves volume "${name}" and is up: unexport it there, or add --force to fence it (its clients get I/O errors)`,
         { details: { volume: name, node: holder } });
     }
-    this.log.warn({ volume: name, from: holder, epoch: doc.epoch + 1, force: Boolean(options.force) }, 'taking the volume over from another node (failover)');
+    this.log.warn({ volume: name, engineNode: holder, epoch: doc.epoch + 1, force: Boolean(options.force) }, 'taking the volume over from another node (failover)');
     return holder;
   }
 

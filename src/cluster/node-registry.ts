@@ -160,7 +160,7 @@ export class NodeRegistry {
     await this.keeper?.close({ revoke: true });
     this.keeper = keeper;
     keeper.onLost((reason) => this.onLeaseLost(keeper, reason));
-    this.log.info({ node: this.record!.nodeId, lease: keeper.lease.id, ttlMs: keeper.lease.ttlMs }, 'node registered');
+    this.log.info({ lease: keeper.lease.id, ttlMs: keeper.lease.ttlMs }, 'node registered');
   }
 
   /** Writes one after another, so that a slow heartbeat never overwrites a newer capacity. */
@@ -193,7 +193,7 @@ export class NodeRegistry {
     try {
       await this.writeRecord();
     } catch (err) {
-      this.log.warn({ node: this.record.nodeId, err: (err as Error).message }, 'node heartbeat failed');
+      this.log.warn({ err: (err as Error).message }, 'node heartbeat failed');
     }
   }
 
@@ -211,7 +211,7 @@ export class NodeRegistry {
 
   private onLeaseLost(keeper: LeaseKeeper, reason: string): void {
     if (this.closed || keeper !== this.keeper) return;
-    this.log.warn({ node: this.record?.nodeId, reason }, 'node lease lost; registering again');
+    this.log.warn({ reason }, 'node lease lost; registering again');
     this.scheduleRetry();
   }
 

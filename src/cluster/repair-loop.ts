@@ -196,10 +196,10 @@ export class RepairLoop {
       await control.deleteReplica(ref, doc.epoch).catch(() => undefined);
       throw err;
     }
-    this.log.info({ volume: doc.name, replica: id, node: target, replaces: old?.id, replacedNode: old?.nodeId }, 'replacement replica added; the engine rebuilds it');
+    this.log.info({ volume: doc.name, replica: id, replicaNode: target, replaces: old?.id, replacedNode: old?.nodeId }, 'replacement replica added; the engine rebuilds it');
     if (old) {
       await this.opts.connector.control(old.nodeId).then((c) => c.deleteReplica({ replicaId: old.id, volumeId: doc.id }, doc.epoch))
-        .catch((err: unknown) => this.log.info({ volume: doc.name, replica: old.id, node: old.nodeId, err: (err as Error).message }, 'replaced replica not deleted now (its node is away)'));
+        .catch((err: unknown) => this.log.info({ volume: doc.name, replica: old.id, replicaNode: old.nodeId, err: (err as Error).message }, 'replaced replica not deleted now (its node is away)'));
     }
   }
 }

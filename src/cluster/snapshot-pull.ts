@@ -113,7 +113,7 @@ export class SnapshotPullService {
     const srcRef: ReplicaRefInput = { replicaId: srcId, volumeId };
     const dstRef: ReplicaRefInput = { replicaId: dstId, volumeId };
     const started = performance.now();
-    this.log.info({ snapshot: snapshotId, source: sourceNodeId, sizeBytes: input.sizeBytes }, 'snapshot copy pull started');
+    this.log.info({ snapshot: snapshotId, sourceNode: sourceNodeId, sizeBytes: input.sizeBytes }, 'snapshot copy pull started');
     const ios: ReplicaIo[] = [];
     let srcMade = false;
     let dstMade = false;
@@ -135,11 +135,11 @@ export class SnapshotPullService {
       const copy = await this.opts.manager.adoptSnapshotCopy(dstRef, PULL_EPOCH, snapshotId, input.volumeId);
       dstMade = false;
       const ms = performance.now() - started;
-      this.log.info({ snapshot: snapshotId, source: sourceNodeId, sizeBytes: input.sizeBytes, copiedBytes, ms: Math.round(ms),
+      this.log.info({ snapshot: snapshotId, sourceNode: sourceNodeId, sizeBytes: input.sizeBytes, copiedBytes, ms: Math.round(ms),
         mbPerSec: Math.round(copiedBytes / 1e6 / Math.max(ms / 1000, 1e-3)) }, 'snapshot copy pulled');
       return { copy, copiedBytes };
     } catch (err) {
-      this.log.warn({ snapshot: snapshotId, source: sourceNodeId, err: (err as Error).message }, 'snapshot copy pull failed; nothing is kept');
+      this.log.warn({ snapshot: snapshotId, sourceNode: sourceNodeId, err: (err as Error).message }, 'snapshot copy pull failed; nothing is kept');
       throw err;
     } finally {
       for (const io of ios) io.cancel();
@@ -149,7 +149,7 @@ export class SnapshotPullService {
       }
       if (srcMade) {
         await source.deleteReplica(srcRef, PULL_EPOCH).catch((e: unknown) =>
-          this.log.info({ snapshot: snapshotId, node: sourceNodeId, replica: srcRef.replicaId, err: (e as Error).message },
+          this.log.info({ snapshot: snapshotId, sourceNode: sourceNodeId, replica: srcRef.replicaId, err: (e as Error).message },
             'the source\'s temporary replica not deleted now; its replica collector deletes it'));
       }
     }
@@ -158,7 +158,7 @@ export class SnapshotPullService {
   /** Copies the source's allocated ranges; returns the bytes read. */
   private async copy(input: PullSnapshotCopyInput, source: ReplicaControl, srcRef: ReplicaRefInput, src: ReplicaIo, dst: ReplicaIo): Promise<number> {
     const extents = new SourceExtents(source, srcRef, PULL_EPOCH, () =>
-      this.log.warn({ snapshot: input.snapshotId, source: input.sourceNodeId }, 'source node cannot tell allocated ranges; every byte is copied'));
+      this.log.warn({ snapshot: input.snapshotId, sourceNode: input.sourceNodeId }, 'source node cannot tell allocated ranges; every byte is copied'));
     let copied = 0;
     let lastLog = performance.now();
     for (let at = 0; at < input.sizeBytes; at += WINDOW_BYTES) {
@@ -172,7 +172,7 @@ export class SnapshotPullService {
       });
       if (performance.now() - lastLog >= PROGRESS_EVERY_MS) {
         lastLog = performance.now();
-        this.log.info({ snapshot: input.snapshotId, source: input.sourceNodeId, doneBytes: at + length, totalBytes: input.sizeBytes, copiedBytes: copied }, 'snapshot copy pull progress');
+        this.log.info({ snapshot: input.snapshotId, sourceNode: input.sourceNodeId, doneBytes: at + length, totalBytes: input.sizeBytes, copiedBytes: copied }, 'snapshot copy pull progress');
       }
     }
     return copied;

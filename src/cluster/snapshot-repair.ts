@@ -148,7 +148,7 @@ export class SnapshotRepair {
       const failures = (this.backoff.get(doc.id)?.failures ?? 0) + 1;
       const delayMs = Math.min(MAX_BACKOFF_MS, (this.opts.retryMs ?? 5000) * 2 ** (failures - 1));
       this.backoff.set(doc.id, { failures, nextAt: Date.now() + delayMs });
-      this.log.warn({ snapshot: doc.name, snapshotId: doc.id, source: plan.source, target: plan.target, failures, retryInMs: delayMs, err: (err as Error).message },
+      this.log.warn({ snapshot: doc.name, snapshotId: doc.id, sourceNode: plan.source, targetNode: plan.target, failures, retryInMs: delayMs, err: (err as Error).message },
         'snapshot copy not restored; retrying later');
     }).finally(() => this.pulling.delete(doc.id));
     this.pulling.set(doc.id, run);
@@ -159,7 +159,7 @@ export class SnapshotRepair {
     if (!canPull(control)) {
       throw new StorageError(Code.UNIMPLEMENTED, `node ${plan.target} cannot be asked to pull a snapshot copy from here`, { details: { node: plan.target } });
     }
-    this.log.info({ snapshot: doc.name, snapshotId: doc.id, source: plan.source, target: plan.target, copiesWanted: doc.copiesWanted },
+    this.log.info({ snapshot: doc.name, snapshotId: doc.id, sourceNode: plan.source, targetNode: plan.target, copiesWanted: doc.copiesWanted },
       'streaming a snapshot copy to restore the copy count');
     const copy = await control.pullSnapshotCopy({ snapshotId: doc.id, volumeId: doc.sourceVolumeId, sizeBytes: doc.sizeBytes, sourceNodeId: plan.source });
     let recorded = false;
@@ -179,9 +179,9 @@ export class SnapshotRepair {
     if (!recorded) {
       // Deleted (or being deleted) meanwhile: the new copy has no snapshot to belong to.
       await control.deleteSnapshotCopy(doc.id).catch((err: unknown) =>
-        this.log.info({ snapshot: doc.name, node: plan.target, err: (err as Error).message }, 'copy of a deleted snapshot not deleted now; its node\'s collector deletes it'));
+        this.log.info({ snapshot: doc.name, targetNode: plan.target, err: (err as Error).message }, 'copy of a deleted snapshot not deleted now; its node\'s collector deletes it'));
       return;
     }
-    this.log.info({ snapshot: doc.name, snapshotId: doc.id, node: plan.target, source: plan.source }, 'snapshot copy restored');
+    this.log.info({ snapshot: doc.name, snapshotId: doc.id, sourceNode: plan.source, targetNode: plan.target }, 'snapshot copy restored');
   }
 }

@@ -199,7 +199,7 @@ export class ClusterSnapshotService implements SnapshotService {
     const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ copy: doc.copies[i]!, err: r.reason as Error }] : []));
     if (failed.length > 0) {
       await this.undo(doc, doc.copies);
-      for (const f of failed) this.log.warn({ snapshot: doc.name, node: f.copy.nodeId, replica: f.copy.replicaId, err: f.err.message }, 'snapshot copy failed');
+      for (const f of failed) this.log.warn({ snapshot: doc.name, replica: f.copy.replicaId, replicaNode: f.copy.nodeId, err: f.err.message }, 'snapshot copy failed');
       const stale = failed.find((f) => isStorageError(f.err, Code.FAILED_PRECONDITION));
       if (stale) {
         throw new StorageError(Code.ABORTED,
@@ -236,7 +236,7 @@ export class ClusterSnapshotService implements SnapshotService {
     results.forEach((r, i) => {
       if (r.status === 'fulfilled') return;
       left.push(copies[i]!);
-      this.log.info({ snapshot: doc.name, snapshotId: doc.id, node: copies[i]!.nodeId, err: (r.reason as Error).message }, 'snapshot copy not deleted now (its node is away); deleted later');
+      this.log.info({ snapshot: doc.name, snapshotId: doc.id, replica: copies[i]!.replicaId, replicaNode: copies[i]!.nodeId, err: (r.reason as Error).message }, 'snapshot copy not deleted now (its node is away); deleted later');
     });
     return left;
   }

@@ -102,7 +102,7 @@ async function growReplicas(deps: ExpandDeps, doc: VolumeDoc, sizeBytes: number)
   }));
   const failed = results.flatMap((res, i) => (res.status === 'rejected' ? [{ r: doc.replicas[i]!, err: res.reason as unknown }] : []));
   if (failed.length === 0) return new Set(doc.replicas.map((r) => r.id));
-  for (const { r, err } of failed) deps.log.warn({ volume: doc.name, replica: r.id, node: r.nodeId, err: (err as Error).message }, 'replica not grown');
+  for (const { r, err } of failed) deps.log.warn({ volume: doc.name, replica: r.id, replicaNode: r.nodeId, err: (err as Error).message }, 'replica not grown');
   if (failed.every(({ err }) => isStaleEpoch(err))) return undefined;
   const unreachable = failed.filter(({ err }) => err instanceof StorageError && (err.code === Code.UNAVAILABLE || err.code === Code.DEADLINE_EXCEEDED));
   if (unreachable.length > 0) throw downError(doc, unreachable.map(({ r }) => r.nodeId), unreachable[0]!.err);

@@ -195,7 +195,7 @@ export class VolumeLifecycle {
     if (!(await createVolumeDoc(this.store, doc))) {
       throw new StorageError(Code.ABORTED, `volume "${name}" was created concurrently on another node; run the command again`, { details: { volume: name } });
     }
-    this.log.info({ volume: name, ...claimLogFields(doc.claim), sizeBytes, replicas: doc.replicas.map((r) => ({ id: r.id, node: r.nodeId })), zonesShared: placed.zonesShared }, 'volume placed');
+    this.log.info({ volume: name, ...claimLogFields(doc.claim), sizeBytes, replicas: doc.replicas.map((r) => ({ id: r.id, replicaNode: r.nodeId })), zonesShared: placed.zonesShared }, 'volume placed');
     return doc;
   }
 
@@ -373,7 +373,7 @@ export class VolumeLifecycle {
     results.forEach((res, i) => {
       if (res.status === 'rejected') {
         left.push(doc.replicas[i]!.id);
-        this.log.warn({ volume: doc.name, replica: doc.replicas[i]!.id, node: doc.replicas[i]!.nodeId, err: (res.reason as Error).message }, 'replica not deleted');
+        this.log.warn({ volume: doc.name, replica: doc.replicas[i]!.id, replicaNode: doc.replicas[i]!.nodeId, err: (res.reason as Error).message }, 'replica not deleted');
       }
     });
     return left;

@@ -123,7 +123,7 @@ export async function changeReplicaCount(deps: ReplicaCountDeps, doc: VolumeDoc,
     return { ...d, replicasWanted: replicas, replicas: d.replicas.filter((r) => !removed.includes(r)) };
   });
   if (removed.length > 0) {
-    deps.log.info({ volume: doc.name, replicas, removed: removed.map((r) => ({ id: r.id, node: r.nodeId, state: r.state })) }, 'replica count lowered; replicas removed from the volume');
+    deps.log.info({ volume: doc.name, replicas, removed: removed.map((r) => ({ id: r.id, replicaNode: r.nodeId, state: r.state })) }, 'replica count lowered; replicas removed from the volume');
     await deleteRemoved(deps, stored!.doc, removed);
   } else {
     deps.log.info({ volume: doc.name, replicas }, 'replica count recorded');
@@ -167,7 +167,7 @@ async function addReplicas(deps: ReplicaCountDeps, doc: VolumeDoc, replicas: num
       return { ...d, replicasWanted: replicas, replicas: [...d.replicas, ...entries] };
     });
     if (!stored!.doc.replicas.some((r) => r.id === added[0]!.id)) await undo(); // the count was raised by someone else meanwhile
-    else deps.log.info({ volume: doc.name, replicas, added: added.map((a) => ({ id: a.id, node: a.nodeId })) }, 'replica count raised; the engine rebuilds the new replicas');
+    else deps.log.info({ volume: doc.name, replicas, added: added.map((a) => ({ id: a.id, replicaNode: a.nodeId })) }, 'replica count raised; the engine rebuilds the new replicas');
     return stored!.doc;
   } catch (err) {
     await undo();
@@ -182,7 +182,7 @@ async function deleteRemoved(deps: ReplicaCountDeps, doc: VolumeDoc, replicas: r
       const control = await deps.controls.control(r.nodeId);
       await control.deleteReplica({ replicaId: r.id, volumeId: doc.id }, doc.epoch);
     } catch (err) {
-      deps.log.info({ volume: doc.name, replica: r.id, node: r.nodeId, err: (err as Error).message }, 'removed replica not deleted now (its node is away); its node deletes it once back');
+      deps.log.info({ volume: doc.name, replica: r.id, replicaNode: r.nodeId, err: (err as Error).message }, 'removed replica not deleted now (its node is away); its node deletes it once back');
     }
   }));
 }

@@ -77,7 +77,7 @@ export async function publishVolume(deps: PublishDeps, doc: VolumeDoc, nodeId: N
     changed = next !== undefined;
     return next;
   });
-  if (changed) deps.log.info({ volume: doc.name, node: nodeId, readonly: access.readonly }, 'volume published');
+  if (changed) deps.log.info({ volume: doc.name, publishedNode: nodeId, readonly: access.readonly }, 'volume published');
 }
 
 /** Removes the publication to `nodeId` (every one when undefined); nothing to do for an unknown volume. */
@@ -91,5 +91,5 @@ export async function unpublishVolume(deps: PublishDeps, name: string, nodeId: N
     if (isStorageError(err) && err.code === Code.NOT_FOUND) return; // deleted meanwhile: published nowhere
     throw err;
   }
-  deps.log.info({ volume: name, node: nodeId ?? 'every node' }, 'volume unpublished');
+  deps.log.info({ volume: name, publishedNode: nodeId ?? 'every node' }, 'volume unpublished');
 }

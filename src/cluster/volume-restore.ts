@@ -158,9 +158,9 @@ export async function dropSeedReplicas(deps: SeedDeps, doc: VolumeDoc): Promise<
     try {
       await (await deps.controls.control(r.nodeId)).deleteReplica({ replicaId: r.id, volumeId: doc.id }, stored!.doc.epoch);
     } catch (err) {
-      deps.log.info({ volume: doc.name, replica: r.id, node: r.nodeId, err: (err as Error).message }, 'seed replica not deleted now (its node is away); its node deletes it once back');
+      deps.log.info({ volume: doc.name, replica: r.id, replicaNode: r.nodeId, err: (err as Error).message }, 'seed replica not deleted now (its node is away); its node deletes it once back');
     }
   }
-  if (removed.length > 0) deps.log.info({ volume: doc.name, removed: removed.map((r) => ({ id: r.id, node: r.nodeId })) }, 'restore complete: seed replica removed, every wanted replica is in sync');
+  if (removed.length > 0) deps.log.info({ volume: doc.name, removed: removed.map((r) => ({ id: r.id, replicaNode: r.nodeId })) }, 'restore complete: seed replica removed, every wanted replica is in sync');
   return stored?.doc ?? doc;
 }

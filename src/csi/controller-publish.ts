@@ -28,7 +28,7 @@ export function controllerPublishMethods(volumes: Pick<VolumeApi, 'publish' | 'u
       required: ['volume_id', 'node_id', 'volume_capability', 'volume_capability.access_mode'],
       validate: (r) => checkCapabilities([r.volumeCapability], 'volume_capability'),
       locks: (r) => [volumeLockKey(r.volumeId)],
-      logIds: (r) => ({ volume: r.volumeId, node: r.nodeId }),
+      logIds: (r) => ({ volume: r.volumeId, publishedNode: r.nodeId }),
       handler: async (r, { signal }) => {
         if (!isVolumeId(r.volumeId)) throw new StorageError(Code.NOT_FOUND, `volume "${r.volumeId}" not found`, { details: { volume: r.volumeId } });
         const access = { readonly: r.readonly === true, multiNodeReader: r.volumeCapability.accessMode.mode === 'MULTI_NODE_READER_ONLY' };
@@ -39,7 +39,7 @@ export function controllerPublishMethods(volumes: Pick<VolumeApi, 'publish' | 'u
     ControllerUnpublishVolume: {
       required: ['volume_id'],
       locks: (r) => [volumeLockKey(r.volumeId)],
-      logIds: (r) => ({ volume: r.volumeId, node: r.nodeId }),
+      logIds: (r) => ({ volume: r.volumeId, publishedNode: r.nodeId }),
       handler: async (r, { signal }) => {
         if (isVolumeId(r.volumeId)) await volumes.unpublish(r.volumeId, r.nodeId || undefined, signal);
         return {};

@@ -181,7 +181,7 @@ function logIdsOf(spec: CsiMethod, request: CsiRequest): Record<string, unknown>
 function defaultLogIds(request: CsiRequest): Record<string, unknown> {
   return {
     volume: request.volumeId || request.sourceVolumeId, // a CSI volume_id is the volume's name
-    node: request.nodeId,
+    publishedNode: request.nodeId, // only ControllerPublish and ControllerUnpublish carry a node_id
     snapshot: request.snapshotId,
   };
 }

@@ -193,7 +193,7 @@ export function nodeService(o: NodeServiceOptions): CsiService {
         accessibleTopology: { segments: { [TOPOLOGY_NODE_KEY]: o.nodeName, ...(o.zone ? { [TOPOLOGY_ZONE_KEY]: o.zone } : {}) } },
       }),
     },
-  }, { log: o.log.child({ node: o.nodeName }), locks: o.locks }); // every Node call's line names this node
+  }, { log: o.log, locks: o.locks }); // cairnd's root logger already names this node as `node`
 }
 
 /** The staging path must be an existing directory (the CO makes it): FAILED_PRECONDITION otherwise. */

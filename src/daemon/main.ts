@@ -208,7 +208,7 @@ async function run(config: Readonly<DaemonConfig>, log: Logger): Promise<void> {
   const stops: Stop[] = [acquirePidLock(pidFile, { what: 'the pid file', held: (pid) => `another cairnd (pid ${pid}) is using this data directory (${pidFile}); stop it first` })];
   const started = config.role === 'controller' ? await runController(config, log, stops) : await runNode(config, log, stops);
   log.info({
-    node: config.nodeName, role: config.role, version: VERSION, apiSocket: config.apiSocket, csiSocket: config.csiSocket,
+    role: config.role, version: VERSION, apiSocket: config.apiSocket, csiSocket: config.csiSocket,
     http: config.httpListen || 'off', cluster: config.clusterName, ...started,
   }, 'cairnd started');
 
@@ -241,7 +241,7 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`cairnd: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  const log = createLogger({ level: config.logLevel, format: config.logFormat });
+  const log = createLogger({ level: config.logLevel, format: config.logFormat, node: config.nodeName });
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled promise rejection'));
   process.on('uncaughtException', (err) => {
     log.fatal({ err }, 'uncaught exception; exiting');

@@ -129,7 +129,7 @@ export class MemberMaps {
   restore(m: Member): void {
     if (m.fullRebuild) {
       m.map = RegionMap.full(this.ctx.sizeBytes, this.ctx.regionBytes);
-      this.ctx.log.info({ replica: m.id, node: m.entry.nodeId }, 'the volume document says to rebuild this replica in full; its node-local dirty-region map is ignored');
+      this.ctx.log.info({ replica: m.id, replicaNode: m.entry.nodeId }, 'the volume document says to rebuild this replica in full; its node-local dirty-region map is ignored');
       return;
     }
     m.map = this.load(m);

@@ -69,7 +69,7 @@ export class Rebuilder {
     } catch (err) {
       io?.cancel();
       if (isStaleEpoch(err)) this.life.fence(newestEpochOf(err as StorageError), err);
-      else if (!isStorageError(err, Code.CANCELLED)) this.ctx.log.debug({ replica: m.id, node: m.entry.nodeId, err: (err as Error).message }, 'replica still unreachable');
+      else if (!isStorageError(err, Code.CANCELLED)) this.ctx.log.debug({ replica: m.id, replicaNode: m.entry.nodeId, err: (err as Error).message }, 'replica still unreachable');
       return;
     } finally {
       m.connecting = false;
@@ -104,7 +104,7 @@ export class Rebuilder {
       if (!m.announced) await this.announceRebuild(m, map, targetControl);
       if (signal.aborted || m.role !== 'write-only') throw cancelled();
       run.copying = true;
-      ctx.log.info({ replica: m.id, node: m.entry.nodeId, source: source.id, dirtyBytes: map.dirtyBytes(), regions: map.count() }, 'replica rebuild starting');
+      ctx.log.info({ replica: m.id, replicaNode: m.entry.nodeId, source: source.id, dirtyBytes: map.dirtyBytes(), regions: map.count() }, 'replica rebuild starting');
       const result = await runRebuild({
         volumeId: ctx.volumeId, target: m.entry, epoch: ctx.epoch, sizeBytes: ctx.sizeBytes, regionBytes: ctx.regionBytes,
         source: deps.tracked(source, sourceIo), targetIo: deps.tracked(m, targetIo), sourceControl, targetControl, map, persistMap: () => deps.maps.save(m), locks: deps.locks,
@@ -124,7 +124,7 @@ export class Rebuilder {
       deps.maps.delete(m);
       this.members.refresh();
       const bytesPerSecond = result.durationMs > 0 ? Math.round(result.copiedBytes / (result.durationMs / 1000)) : 0;
-      ctx.log.info({ replica: m.id, node: m.entry.nodeId, doneBytes: result.doneBytes, copiedBytes: result.copiedBytes, zeroedBytes: result.zeroedBytes, discardedBytes: result.discardedBytes, bytesPerSecond, durationMs: result.durationMs },
+      ctx.log.info({ replica: m.id, replicaNode: m.entry.nodeId, doneBytes: result.doneBytes, copiedBytes: result.copiedBytes, zeroedBytes: result.zeroedBytes, discardedBytes: result.discardedBytes, bytesPerSecond, durationMs: result.durationMs },
         'replica rebuilt; it rejoined the in-sync set');
     } catch (err) {
       run.copying = false;

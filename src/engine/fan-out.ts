@@ -242,7 +242,7 @@ export class FanOut {
 
   private timeOut(m: Member): void {
     m.timedOut = true;
-    this.ctx.log.warn({ replica: m.id, node: m.entry.nodeId, timeoutMs: this.ctx.timeoutMs }, 'replica did not answer in time; dropping its connection');
+    this.ctx.log.warn({ replica: m.id, replicaNode: m.entry.nodeId, timeoutMs: this.ctx.timeoutMs }, 'replica did not answer in time; dropping its connection');
     m.io?.cancel();
   }
 

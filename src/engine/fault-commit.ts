@@ -89,7 +89,7 @@ export class FaultCommit {
       if (m.faultPending === p) m.faultPending = undefined;
     };
     p.then(clear, clear);
-    this.ctx.log.warn({ replica: m.id, node: m.entry.nodeId, role: was, reason, inSync: this.members.inSync.map((x) => x.id) }, 'replica left the I/O path; faulting it');
+    this.ctx.log.warn({ replica: m.id, replicaNode: m.entry.nodeId, role: was, reason, inSync: this.members.inSync.map((x) => x.id) }, 'replica left the I/O path; faulting it');
   }
 
   /** Rebuilds copying from `m` stop; they start again from an in-sync source. */

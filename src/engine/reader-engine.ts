@@ -249,7 +249,7 @@ export class ReaderEngine implements BlockDevice {
   }
 
   private failed(s: Source, err: StorageError): void {
-    if (s.failedAt === undefined) this.log.warn({ replica: s.entry.id, node: s.entry.nodeId, err: err.message }, 'reader skips a replica that failed');
+    if (s.failedAt === undefined) this.log.warn({ replica: s.entry.id, replicaNode: s.entry.nodeId, err: err.message }, 'reader skips a replica that failed');
     s.failedAt = Date.now();
     const io = s.io;
     s.io = undefined;

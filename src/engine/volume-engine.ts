@@ -259,7 +259,7 @@ export class VolumeEngine implements BlockDevice {
       m.map = RegionMap.full(this.sizeBytes, this.regionBytes);
       this.members.add(m);
       this.faults.saveNow(m); // never throws: a save the node store refuses is retried
-      this.log.info({ replica: m.id, node: entry.nodeId }, 'replica added to the volume; it will be rebuilt in full');
+      this.log.info({ replica: m.id, replicaNode: entry.nodeId }, 'replica added to the volume; it will be rebuilt in full');
       added = true;
     }
     const wanted = new Set(doc.replicas.map((r) => r.id));
@@ -416,7 +416,7 @@ export class VolumeEngine implements BlockDevice {
     m.io = undefined;
     if (io) withTimeout(io.close(), this.ctx.timeoutMs, `closing replica ${m.id}`).catch(() => io.cancel());
     this.maps.delete(m);
-    this.log.info({ replica: m.id, node: m.entry.nodeId, role: was }, 'replica removed from the volume; no longer used');
+    this.log.info({ replica: m.id, replicaNode: m.entry.nodeId, role: was }, 'replica removed from the volume; no longer used');
   }
 
   // --- fencing, shutdown ------------------------------------------------------------------

@@ -315,7 +315,7 @@ export class WriteBarrier {
       try {
         await (await connector.control(m.entry.nodeId)).deleteSnapshotCopy(attempt.snapshotId);
       } catch (err) {
-        ctx.log.warn({ snapshot: attempt.snapshotId, replica: m.id, node: m.entry.nodeId, err: (err as Error).message },
+        ctx.log.warn({ snapshot: attempt.snapshotId, replica: m.id, replicaNode: m.entry.nodeId, err: (err as Error).message },
           'cannot delete the copy of a failed snapshot; the snapshot service or the node\'s orphan cleanup must delete it');
       }
     }));

@@ -208,7 +208,7 @@ export class GroupCoordinator {
       r.pauseUs = await withTimeout(this.opts.engines(r.engineNode!).then((e) => e.resume(r.volume.id, group.id)), this.opts.phaseDeadlineMs ?? 10_000, `resume of volume "${r.volume.name}"`);
     } catch (err) {
       if (r.paused) r.pauseUs = this.leaseMs * 1000; // at most the lease
-      this.log.warn({ groupSnapshot: group.name, volume: r.volume.name, node: r.engineNode, err: (err as Error).message }, 'engine not resumed by the coordinator; its lease reopens it');
+      this.log.warn({ groupSnapshot: group.name, volume: r.volume.name, engineNode: r.engineNode, err: (err as Error).message }, 'engine not resumed by the coordinator; its lease reopens it');
     }
   }
 

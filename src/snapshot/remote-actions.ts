@@ -39,7 +39,7 @@ export class RemoteNodeActions {
   private renewing(leaseId: string): () => void {
     const timer = setInterval(() => {
       unaryCall(this.client, 'RenewLease', { leaseId, leaseMs: this.leaseMs }, Math.max(1000, Math.floor(this.leaseMs / 3))).catch((err: unknown) => {
-        this.log.warn({ node: this.nodeName, lease: leaseId, err: (err as Error).message }, 'node action lease not renewed');
+        this.log.warn({ engineNode: this.nodeName, lease: leaseId, err: (err as Error).message }, 'node action lease not renewed');
       });
     }, Math.max(100, Math.floor(this.leaseMs / 3)));
     timer.unref();
@@ -73,7 +73,7 @@ export class RemoteNodeActions {
       },
       stop: async (graceMs) => {
         await unaryCall(this.client, 'StopCommand', { leaseId, graceMs }, graceMs + CALL_DEADLINE_MS).catch((err: unknown) => {
-          this.log.warn({ node: this.nodeName, err: (err as Error).message }, 'remote command not stopped; cancelling it');
+          this.log.warn({ engineNode: this.nodeName, err: (err as Error).message }, 'remote command not stopped; cancelling it');
           killed = true;
           call.cancel();
         });

@@ -3,8 +3,10 @@
  * store, JSON logs) driven over its CSI socket the way the sidecars and kubelet call it,
  * with the Kubernetes metadata they add (external-provisioner's and external-snapshotter's
  * --extra-create-metadata parameters, kubelet's podInfoOnMount volume_context). The lines
- * of each operation must name the volume, this node, the claim and its namespace, the pod
- * and the VolumeSnapshot; the engine's own lines carry the claim kept in the volume document.
+ * of each operation must name the volume, the claim and its namespace, the pod and the
+ * VolumeSnapshot; the engine's own lines carry the claim kept in the volume document. Every
+ * line the daemon prints names its node as `node`, once; the node a volume is published to
+ * is `publishedNode`.
  */
 import test from 'ava';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -84,12 +86,18 @@ rootTest('every CSI call of a volume logs volume, node, pvc, namespace, pod and 
   const events = daemon.events(since);
   const claim = { volume: VOLUME, pvc: 'data-web-0', namespace: 'shop' };
   t.like(callLine(events, 'CreateVolume'), { ...claim, code: 'OK' });
-  t.like(callLine(events, 'ControllerPublishVolume'), { ...claim, node: NODE });
+  t.like(callLine(events, 'ControllerPublishVolume'), { ...claim, node: NODE, publishedNode: NODE });
   t.like(callLine(events, 'NodeStageVolume'), { ...claim, node: NODE });
   t.like(callLine(events, 'NodePublishVolume'), { ...claim, node: NODE, pod: 'web-0' });
   t.like(callLine(events, 'CreateSnapshot'), { volume: VOLUME, snapshot: 'snapshot-9b2e', volumeSnapshot: 'nightly', namespace: 'shop' });
   for (const method of ['NodeUnpublishVolume', 'NodeUnstageVolume']) t.like(callLine(events, method), { volume: VOLUME, node: NODE }, method);
-  for (const method of ['ControllerUnpublishVolume', 'DeleteVolume']) t.like(callLine(events, method), { volume: VOLUME }, method);
+  for (const method of ['ControllerUnpublishVolume', 'DeleteVolume']) t.like(callLine(events, method), { volume: VOLUME, node: NODE }, method);
+  t.like(callLine(events, 'ControllerUnpublishVolume'), { publishedNode: NODE });
+
+  // Every line since the start is this daemon's: `node` names it, exactly once (pino would print a key bound twice twice).
+  const lines = daemon.log().split('\n').filter((l) => l.startsWith('{'));
+  t.deepEqual(lines.filter((l) => l.split('"node":').length !== 2), [], 'lines that do not name `node` exactly once');
+  t.deepEqual(daemon.events().filter((e) => e.node !== NODE).map((e) => e.msg), [], 'lines whose `node` is not this daemon\'s');
 
   // Below the CSI edge: the cluster's and the engine's lines of the volume name the claim too.
   t.like(events.find((e) => e.msg === 'volume created'), claim);

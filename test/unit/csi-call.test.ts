@@ -191,7 +191,7 @@ test('one log line per call with method, ids, duration and code; secrets and mou
     t.is(create.length, 1);
     t.like(create[0], { volume: 'pvc-1', code: 'RESOURCE_EXHAUSTED', error: 'no room' });
     t.is(typeof create[0]!.durationMs, 'number');
-    t.like(callLines(h, 'ControllerPublishVolume')[0], { volume: 'vol-1', node: 'node-a', code: 'OK' });
+    t.like(callLines(h, 'ControllerPublishVolume')[0], { volume: 'vol-1', publishedNode: 'node-a', code: 'OK' });
     t.like(callLines(h, 'NodeStageVolume')[0], { volume: 'vol-1', code: 'OK' });
     // At debug level the request is there, with its secrets and mount flags redacted.
     const requests = h.lines.filter((l) => l.msg === 'csi request');

@@ -1,11 +1,13 @@
 /**
  * Log fields have one meaning each and are bound once: `volume` is the volume's name,
- * `volumeId` its id (docs/architecture.md, "Observability"). The lines of a real engine
- * (started by the cluster volume service on a single node, and an engine of two replicas
- * that rebuilds and reconciles) are captured from pino and checked for duplicate keys.
+ * `volumeId` its id, `node` the node whose cairnd printed the line, `replicaNode` the node
+ * of the replica a line is about (docs/architecture.md, "Observability"). The lines of a
+ * real engine (started by the cluster volume service on a single node, and an engine of
+ * two replicas that rebuilds and reconciles) are captured from pino and checked for
+ * duplicate keys.
  */
 import test, { type ExecutionContext } from 'ava';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -16,7 +18,7 @@ import { PeerConnector, localControl } from '../../src/cluster/replica-connector
 import { openClusterStore } from '../../src/cluster/store/open-cluster-store.js';
 import { getVolumeDoc } from '../../src/cluster/volume-doc.js';
 import type { NodeId, ReplicaId, VolumeId } from '../../src/common/ids.js';
-import type { Logger } from '../../src/common/log.js';
+import { createLogger, type Logger } from '../../src/common/log.js';
 import type { DirtyMapStore, EngineControl, ReplicaConnector, ReplicaIo, VolumeReplicaEntry } from '../../src/engine/engine-types.js';
 import { ExportManager } from '../../src/engine/export-manager.js';
 import { LocalReplicaIo } from '../../src/engine/replica-io.js';
@@ -24,11 +26,16 @@ import { VolumeEngine } from '../../src/engine/volume-engine.js';
 import { FileBackend } from '../../src/pool/file-backend.js';
 import { ReplicaManager } from '../../src/replica/replica-manager.js';
 import { NodeStore } from '../../src/store/node-store.js';
+import { waitFor } from '../helpers/cluster.js';
 
 const MiB = 1 << 20;
 
-/** A pino logger writing into an array of raw lines, as the daemon writes them; `logged(msg)` resolves at the first such line. */
-function capture(): { log: Logger; lines: string[]; logged(msg: string): Promise<void> } {
+/**
+ * A pino logger writing into an array of raw lines, as the daemon writes them, with `node`
+ * bound at the root as cairnd binds its own node (createLogger's `node`); `logged(msg)`
+ * resolves at the first such line.
+ */
+function capture(node: string): { log: Logger; lines: string[]; logged(msg: string): Promise<void> } {
   const lines: string[] = [];
   const waiters: { msg: string; resolve(): void }[] = [];
   const stream = new Writable({
@@ -45,7 +52,7 @@ function capture(): { log: Logger; lines: string[]; logged(msg: string): Promise
     if (lines.some((l) => (JSON.parse(l) as { msg?: string }).msg === msg)) resolve();
     else waiters.push({ msg, resolve });
   });
-  return { log: pino({ level: 'debug' }, stream), lines, logged };
+  return { log: pino({ level: 'debug' }, stream).child({ node }), lines, logged };
 }
 
 /** Keys that occur twice in one object of a JSON text (JSON.parse would keep only the last). */
@@ -92,10 +99,18 @@ function duplicateKeys(text: string): string[] {
   return dups;
 }
 
-/** Every line: no duplicate keys; `volume` is the name and `volumeId` the id wherever they appear. */
-function checkLines(t: ExecutionContext, lines: readonly string[], name: string, id: string): Record<string, unknown>[] {
+/** How many times the text names a `node` key (at any depth). */
+const nodeKeys = (line: string): number => line.split('"node":').length - 1;
+
+/**
+ * Every line: no duplicate keys; `node` once, naming the node whose daemon printed it;
+ * `volume` is the name and `volumeId` the id wherever they appear.
+ */
+function checkLines(t: ExecutionContext, lines: readonly string[], node: string, name: string, id: string): Record<string, unknown>[] {
   const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
   t.deepEqual(lines.filter((l) => duplicateKeys(l).length > 0), [], 'log lines with duplicate keys');
+  t.deepEqual(lines.filter((l) => nodeKeys(l) !== 1), [], 'log lines that do not name `node` exactly once');
+  t.deepEqual(parsed.filter((o) => o.node !== node).map((o) => o.msg), [], '`node` is not the node that printed the line');
   t.deepEqual(parsed.filter((o) => 'volume' in o && o.volume !== name).map((o) => o.msg), [], '`volume` is not the name');
   t.deepEqual(parsed.filter((o) => 'volumeId' in o && o.volumeId !== id).map((o) => o.msg), [], '`volumeId` is not the id');
   return parsed;
@@ -109,8 +124,25 @@ test('the duplicate-key check finds a repeated key', (t) => {
   t.deepEqual(duplicateKeys('{"volume":"db","volumeId":"vol-1","err":{"message":"a \\" b"}}'), []);
 });
 
+test('cairnd\'s root logger names its own node on every line, once, children included', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cairn-logs-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'cairnd.log');
+  const fd = openSync(file, 'w');
+  const log = createLogger({ level: 'info', format: 'json', destination: fd, node: 'node-a' });
+  log.info({ role: 'all' }, 'cairnd started');
+  log.child({ component: 'peers' }).info({ replica: 'rep-1', replicaNode: 'node-b' }, 'replica left the I/O path; faulting it');
+  // The destination writes asynchronously: wait for both lines to reach the file.
+  const lines = await waitFor(() => readFileSync(file, 'utf8').split('\n').filter((l) => l !== ''), (ls) => ls.length === 2, 'two log lines', 10_000, 20);
+  closeSync(fd);
+  t.deepEqual(lines.map(nodeKeys), [1, 1], 'each line names `node` once');
+  const [root, child] = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.like(root, { node: 'node-a', msg: 'cairnd started' });
+  t.like(child, { node: 'node-a', component: 'peers', replica: 'rep-1', replicaNode: 'node-b' });
+});
+
 test('an engine started by the volume service logs volume (name) and volumeId (id) once each', async (t) => {
-  const { log, lines } = capture();
+  const { log, lines } = capture('node-a');
   const dir = mkdtempSync(join(tmpdir(), 'cairn-logs-'));
   const nodeId = 'node-a' as NodeId;
   const store = NodeStore.open(join(dir, 'node.db'), log);
@@ -139,15 +171,17 @@ test('an engine started by the volume service logs volume (name) and volumeId (i
   await volumes.unexport('db');
   await volumes.shutdown();
   const id = (await getVolumeDoc(cluster, 'db'))!.doc.id;
-  const parsed = checkLines(t, lines, 'db', id);
+  const parsed = checkLines(t, lines, 'node-a', 'db', id);
+  t.like(parsed.find((o) => o.msg === 'node registered'), { node: 'node-a' }, 'the registry\'s line names this node once');
   for (const msg of ['volume engine started', 'volume engine closed']) {
     const line = parsed.find(engineLine(msg));
     t.like(line, { volume: 'db', volumeId: id }, msg);
   }
 });
 
-test('an engine that rebuilds and reconciles logs volume (name) and volumeId (id) once each', async (t) => {
-  const { log, lines, logged } = capture();
+test('an engine that rebuilds and reconciles logs volume (name), volumeId (id), its node and the replica\'s node once each', async (t) => {
+  // One process plays both nodes here: every line is node-0's, the engine's node.
+  const { log, lines, logged } = capture('node-0');
   const id = 'vol-0123' as VolumeId;
   const dirs: string[] = [];
   const nodes: { nodeId: NodeId; store: NodeStore; pool: FileBackend; manager: ReplicaManager }[] = [];
@@ -200,7 +234,10 @@ test('an engine that rebuilds and reconciles logs volume (name) and volumeId (id
   await logged('replica rebuilt; it rejoined the in-sync set');
   await engine.reconcile();
   await engine.close();
-  const parsed = checkLines(t, lines, 'db', id);
+  const parsed = checkLines(t, lines, 'node-0', 'db', id);
+  for (const msg of ['replica rebuild starting', 'replica rebuilt; it rejoined the in-sync set']) {
+    t.like(parsed.find(engineLine(msg)), { node: 'node-0', replica: 'rep-1', replicaNode: 'node-1' }, msg);
+  }
   for (const msg of ['volume engine started', 'replica rebuild copying', 'replica rebuild finished', 'reconciling in-sync replicas after an unclean engine stop', 'volume engine closed']) {
     t.like(parsed.find(engineLine(msg)), { volume: 'db', volumeId: id, epoch: 2 }, msg);
   }
