@@ -11,7 +11,7 @@
  *   stops the engine it started and clears `exported` again.
  * - readOnly export: the NBD export refuses writes and the document's engine entry says
  *   so. While another node's read-only engine holds the volume and every publication is
- *   read-only (reader-share.ts), this node starts a reader instead (reader-engine.ts): no
+ *   read-only (reader-share.ts), this node starts a reader instead (reader-host.ts): no
  *   epoch bump, nothing written to the document; its unexport stops only the reader.
  */
 import { throwIfCancelled } from '../common/abort.js';
@@ -21,11 +21,11 @@ import type { KeyedLock } from '../common/keyed-lock.js';
 import type { Logger } from '../common/log.js';
 import type { DirtyMapStore, EngineReplicaView, ReplicaConnector, RunningEngineView, VolumeSnapshotResult } from '../engine/engine-types.js';
 import type { ExportInfo, ExportManager } from '../engine/export-manager.js';
-import { ReaderEngine } from '../engine/reader-engine.js';
 import { VolumeEngine } from '../engine/volume-engine.js';
 import { DocEngineControl } from './engine-control.js';
 import { listNodes, type NodeStatus } from './node-registry.js';
-import { readersMayShare, shouldStartReader } from './reader-share.js';
+import { ReaderHost } from './reader-host.js';
+import { shouldStartReader } from './reader-share.js';
 import type { ClusterStore, Watch } from './store/cluster-store.js';
 import { keys } from './store/keys.js';
 import { claimLogFields, getVolumeDoc, inSyncReplicas, listVolumeDocs, updateVolumeDoc, VOLUMES_PREFIX, type VolumeDoc } from './volume-doc.js';
@@ -58,13 +58,14 @@ const NODE_ALIVE_RE = /^nodes\/([^/]+)\/alive$/;
 export class EngineHost implements LocalVolumeHost {
   private readonly engines = new Map<string, RunningEngine>();
   /** Reader engines here (read-only, next to another node's engine); never in `engines`. */
-  private readonly readers = new Map<string, ReaderEngine>();
+  private readonly readers: ReaderHost;
   private watch: Watch | undefined;
   private nodeWatch: Watch | undefined;
   private readonly log: Logger;
 
   constructor(private readonly opts: EngineHostOptions) {
     this.log = opts.log;
+    this.readers = new ReaderHost(opts);
   }
 
   private get store(): ClusterStore {
@@ -81,7 +82,7 @@ export class EngineHost implements LocalVolumeHost {
     if (current && (this.engines.get(name)?.engine.fenced === false || this.readers.get(name)?.fenced === false)) return current;
     if (current || this.engines.has(name) || this.readers.has(name)) await this.stopEngine(name); // a fenced one, or a rebuild-only one
     const doc = requireVolume(await getVolumeDoc(this.store, name, { signal }), name);
-    if (options.readOnly && shouldStartReader(doc, this.opts.nodeId)) return this.startReader(doc);
+    if (options.readOnly && shouldStartReader(doc, this.opts.nodeId)) return this.readers.start(doc, this.volumeLog(doc));
     const holder = await this.checkHolder(doc, options);
     if (inSyncReplicas(doc).length === 0) {
       throw new StorageError(Code.FAILED_PRECONDITION, `volume "${name}" has no in-sync replica: its data cannot be served safely`, { details: { volume: name } });
@@ -111,33 +112,6 @@ export class EngineHost implements LocalVolumeHost {
         await engine.close().catch(() => undefined);
         await this.markStopped(name, started!.doc.epoch);
       }
-      throw err;
-    }
-  }
-
-  /**
-   * Serves the volume here as a reader at the document's epoch. A newer epoch later is
-   * followed while readers may still share the volume, else the reader is fenced; its
-   * export stays up so that clients get I/O errors at once (unstage removes it).
-   */
-  private async startReader(doc: VolumeDoc): Promise<ExportInfo> {
-    const { name, id } = doc;
-    const reader = await ReaderEngine.start({
-      volumeId: id, name, sizeBytes: doc.sizeBytes, epoch: doc.epoch, replicas: doc.replicas, localNodeId: this.opts.nodeId,
-      connector: this.opts.connector, replicaTimeoutMs: this.opts.replicaTimeoutMs, log: this.volumeLog(doc),
-      newerEpoch: async () => {
-        const now = (await getVolumeDoc(this.store, name))?.doc;
-        return now && now.id === id && readersMayShare(now, this.opts.nodeId) ? now : undefined;
-      },
-      onFenced: (err) => this.log.error({ volume: name, err: err.message }, 'reader fenced: a writer took the volume; reads here fail until it is unstaged'),
-    });
-    this.readers.set(name, reader);
-    try {
-      const info = await this.opts.exports.start(name, reader, { readOnly: true });
-      this.log.info({ volume: name, epoch: doc.epoch, engineNode: doc.engine?.nodeId }, 'volume served read-only as a reader next to its holder');
-      return info;
-    } catch (err) {
-      this.readers.delete(name); // the export manager closed the reader
       throw err;
     }
   }
@@ -264,13 +238,7 @@ export class EngineHost implements LocalVolumeHost {
    * fenced engine cannot flush (it acknowledges nothing more): its stop succeeds without.
    */
   private async stopEngine(name: string): Promise<void> {
-    const reader = this.readers.get(name);
-    if (reader) {
-      this.readers.delete(name);
-      if (this.opts.exports.get(name)) await this.opts.exports.stop(name);
-      else await reader.close();
-      return;
-    }
+    if (this.readers.has(name)) return this.readers.stop(name);
     const running = this.engines.get(name);
     this.engines.delete(name);
     running?.control.close();
@@ -367,7 +335,7 @@ export class EngineHost implements LocalVolumeHost {
       // The history was compacted while the watch was away: every engine here looks at its document as it is now.
       onResync: (snapshot) => {
         const present = new Set(snapshot.items.map((kv) => kv.key.slice(VOLUMES_PREFIX.length)));
-        for (const name of [...this.engines.keys(), ...this.readers.keys()]) this.docChanged(name, !present.has(name));
+        for (const name of [...this.engines.keys(), ...this.readers.names()]) this.docChanged(name, !present.has(name));
       },
       onError: (err) => this.log.error({ err: err.message }, 'volume watch ended; engines no longer see document changes until restart'),
     });
@@ -398,13 +366,7 @@ export class EngineHost implements LocalVolumeHost {
 
   /** A volume document changed (or was deleted): the engine here, if any, follows it. */
   private docChanged(name: string, deleted: boolean): void {
-    const reader = this.readers.get(name);
-    if (reader) {
-      if (deleted) void this.opts.locks.run(name, () => (this.readers.get(name) === reader ? this.stopEngine(name) : Promise.resolve())).catch(() => undefined);
-      else void getVolumeDoc(this.store, name).then((s) => s && this.readers.get(name)?.applyDoc(s.doc))
-        .catch((err: unknown) => this.log.warn({ volume: name, err }, 'cannot read a changed volume document'));
-      return;
-    }
+    if (this.readers.docChanged(name, deleted)) return;
     const running = this.engines.get(name);
     if (!running) return;
     if (deleted) {
@@ -419,7 +381,7 @@ export class EngineHost implements LocalVolumeHost {
   async shutdown(): Promise<void> {
     await this.watch?.close();
     await this.nodeWatch?.close();
-    await Promise.allSettled([...this.readers.keys()].map((name) => this.stopEngine(name)));
+    await Promise.allSettled([...this.readers.names()].map((name) => this.stopEngine(name)));
     await Promise.allSettled([...this.engines.entries()].map(async ([name, running]) => {
       await this.stopEngine(name);
       await updateVolumeDoc(this.store, name, (d) => (d.epoch === running.epoch && d.engine?.nodeId === this.opts.nodeId

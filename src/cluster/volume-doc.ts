@@ -134,6 +134,10 @@ export const volumeKey = (name: string): string => `${VOLUMES_PREFIX}${name}`;
 
 /** A volume has 1 to this many replicas, each on its own node. */
 export const MAX_REPLICAS = 3;
+/** Volume sizes are rounded up to this, the preferred block size we advertise. */
+export const VOLUME_ALIGNMENT_BYTES = 4096;
+/** NBD carries 64-bit sizes, but JavaScript numbers are exact only below 2^53. */
+export const MAX_VOLUME_BYTES = 2 ** 50; // 1 PiB
 
 /** Regions are at least 1 MiB, and a volume has at most 256 Ki of them (a 32 KiB bitmap). */
 export const MIN_REGION_BYTES = 1 << 20;
@@ -294,6 +298,15 @@ export async function findVolumeDoc(store: ClusterStore, nameOrId: string, optio
   if (byName) return byName;
   const { docs } = await listVolumeDocs(store, undefined, options);
   return docs.find((d) => d.doc.id === nameOrId);
+}
+
+/** The document of a volume that exists (NOT_FOUND otherwise); UNAVAILABLE while it is being created, unless allowed. */
+export function requireVolume(stored: { doc: VolumeDoc } | undefined, name: string, allowCreating = false): VolumeDoc {
+  if (!stored || stored.doc.state === 'deleting') throw new StorageError(Code.NOT_FOUND, `volume "${name}" not found`, { details: { volume: name } });
+  if (stored.doc.state === 'creating' && !allowCreating) {
+    throw new StorageError(Code.UNAVAILABLE, `volume "${name}" is still being created; try again`, { details: { volume: name } });
+  }
+  return stored.doc;
 }
 
 /** Writes a new document; false when one of that name exists already. */

@@ -5,6 +5,7 @@
  */
 import type { NodeId, ReplicaId } from '../common/ids.js';
 import type { Member } from './engine-member.js';
+import type { EngineReplicaView } from './engine-types.js';
 
 export class MemberSet {
   /** In the order the replicas joined: the first in-sync one is the fallback read replica. */
@@ -74,5 +75,19 @@ export class MemberSet {
     const local = inSync.find((m) => m.entry.nodeId === this.localNodeId);
     const current = this.readNow;
     this.readNow = local ?? (current?.role === 'in-sync' ? current : inSync[0]);
+  }
+
+  /** What `cairnctl` shows of each replica; a replica out of sync whose map is unknown counts as dirty all through `sizeBytes`. */
+  views(sizeBytes: number): EngineReplicaView[] {
+    return [...this.byId.values()].map((m) => {
+      const state = m.role === 'in-sync' ? 'in-sync' : m.role === 'write-only' ? 'rebuilding' : m.outState;
+      const dirtyBytes = m.role === 'in-sync' ? 0 : m.map && m.mapKnown ? m.map.dirtyBytes() : sizeBytes;
+      const view: EngineReplicaView = { replicaId: m.id, nodeId: m.entry.nodeId, state, dirtyBytes };
+      if (m.role === 'write-only') {
+        const p = m.rebuild?.progress;
+        view.rebuild = p ? { ...p } : { doneBytes: 0, totalBytes: dirtyBytes, bytesPerSecond: 0 };
+      }
+      return view;
+    });
   }
 }

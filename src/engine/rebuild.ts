@@ -28,8 +28,8 @@
  *    regions written before that flush, persist the map, and record progress on the
  *    target. A bit is never cleared before the target made its region durable.
  * 4. Compare checksums of the regions copied in this round, source against target, in
- *    runs of at most 64 regions under exclusive locks. Mismatches are set again and
- *    copied again, at most 3 rounds in all; then DATA_LOSS.
+ *    runs of at most 64 regions under exclusive locks (rebuild-verify.ts). Mismatches are
+ *    set again and copied again, at most 3 rounds in all; then DATA_LOSS.
  * 5. FinishRebuild. The engine then marks the replica in sync in the cluster store.
  *
  * While this runs the engine must not set bits of `map` (a live write the target failed
@@ -37,67 +37,19 @@
  * copied could be cleared by the next checkpoint.
  */
 import { Code, StorageError, isStorageError } from '../common/errors.js';
-import type { VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { MAX_CHECKPOINT_BYTES, type ReplicaRefInput } from '../replica/replica-manager.js';
-import type { ReplicaControl, ReplicaIo, VolumeReplicaEntry } from './engine-types.js';
-import type { RegionLocks, RegionMap } from './region-map.js';
+import type { RebuildContext, RebuildProgress, RebuildResult } from './rebuild-context.js';
 import { SourceExtents } from './rebuild-extents.js';
+import { verifyRegions } from './rebuild-verify.js';
 import { TokenBucket, systemClock } from './token-bucket.js';
 
-export interface RebuildProgress { doneBytes: number; totalBytes: number; bytesPerSecond: number }
-
-export interface RebuildContext {
-  volumeId: VolumeId;
-  target: VolumeReplicaEntry;
-  epoch: number;
-  sizeBytes: number;
-  regionBytes: number;
-  /** An in-sync replica. */
-  source: ReplicaIo;
-  targetIo: ReplicaIo;
-  sourceControl: ReplicaControl;
-  targetControl: ReplicaControl;
-  /** Regions the target lacks; runRebuild clears bits as regions are durably copied. */
-  map: RegionMap;
-  /** The engine saves `map` (synchronously durable). */
-  persistMap(): void;
-  locks: RegionLocks;
-  /** 0 = unlimited. */
-  rateBytesPerSec: number;
-  /** Regions copied at once, default 4. */
-  concurrency?: number;
-  /** The most bytes one copy run spans, default RUN_MAX_BYTES (at least one region is copied at a time). */
-  runMaxBytes?: number;
-  signal: AbortSignal;
-  /** The engine's logger, with volume, volumeId and epoch bound; the rebuild adds replica and source. */
-  log: Logger;
-  /** Called about once a second and at the end with the progress of this run. */
-  onProgress?(p: RebuildProgress): void;
-}
-
-export interface RebuildResult {
-  /** Bytes of the regions brought up to date, every round: copied plus discarded. */
-  doneBytes: number;
-  /** Bytes read from the source and sent to the target (its data, every round). */
-  copiedBytes: number;
-  /** Of `copiedBytes`, those that read as zeros and went as write-zeroes. */
-  zeroedBytes: number;
-  /** Bytes the source holds no data in: discarded on the target, never read. */
-  discardedBytes: number;
-  /** Regions whose checksums agreed between source and target. */
-  regionsVerified: number;
-  durationMs: number;
-  /** Of `durationMs`, the checksum comparisons. */
-  verifyMs: number;
-}
+export type { RebuildContext, RebuildProgress, RebuildResult } from './rebuild-context.js';
+export { VERIFY_PARALLEL_RUNS, VERIFY_RUN_REGIONS, contiguousRuns } from './rebuild-verify.js';
 
 export const REBUILD_ROUNDS = 3;
 export const DEFAULT_REBUILD_CONCURRENCY = 4;
 export const CHECKPOINT_INTERVAL_MS = 1000;
-export const VERIFY_RUN_REGIONS = 64;
-/** Checksum runs compared at once. */
-export const VERIFY_PARALLEL_RUNS = 2;
 export const COPY_CHUNK_BYTES = 4 << 20;
 /** The most bytes one copy run spans (one AllocatedRanges question, one lock acquisition pass). */
 export const RUN_MAX_BYTES = 64 << 20;
@@ -187,7 +139,10 @@ class RebuildRun {
     for (let round = 1; ; round++) {
       const copied = await this.copyRound();
       const verifyStart = systemClock.now();
-      const mismatched = await this.verify(copied);
+      const { mismatched, verified } = await verifyRegions({
+        ...ctx, sourceRef: this.sourceRef, targetRef: this.ref, cancelled: () => cancelledError(ctx),
+      }, copied);
+      this.regionsVerified += verified;
       this.verifyMs += systemClock.now() - verifyStart;
       if (mismatched.length === 0) break;
       for (const r of mismatched) ctx.map.set(r);
@@ -372,54 +327,6 @@ class RebuildRun {
     this.ctx.onProgress?.(this.progress());
   }
 
-  /**
-   * Compares checksums of `regions` (sorted) between source and target, VERIFY_PARALLEL_RUNS
-   * runs at a time (each side reads and hashes while the other run's answer travels);
-   * returns the regions that differ, sorted.
-   */
-  private async verify(regions: readonly number[]): Promise<number[]> {
-    const mismatched: number[] = [];
-    const runs = [...contiguousRuns(regions, VERIFY_RUN_REGIONS)];
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < runs.length) {
-        if (this.ctx.signal.aborted) throw cancelledError(this.ctx);
-        const [first, count] = runs[next++]!;
-        const differ = await this.verifyRun(first, count);
-        this.regionsVerified += count - differ.length;
-        mismatched.push(...differ);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(VERIFY_PARALLEL_RUNS, runs.length) }, worker));
-    return mismatched.sort((a, b) => a - b);
-  }
-
-  private async verifyRun(first: number, count: number): Promise<number[]> {
-    const { map, locks, sourceControl, targetControl, epoch, regionBytes } = this.ctx;
-    const offset = map.regionOffset(first);
-    const end = map.regionOffset(first + count - 1) + map.regionLength(first + count - 1);
-    const release = await locks.exclusive(first, count);
-    let sums;
-    try {
-      sums = await Promise.all([
-        sourceControl.checksumRange(this.sourceRef, epoch, offset, end - offset, regionBytes),
-        targetControl.checksumRange(this.ref, epoch, offset, end - offset, regionBytes),
-      ]);
-    } finally {
-      release();
-    }
-    const [s, t] = sums;
-    if (s.algorithm !== t.algorithm || s.digests.length !== count || t.digests.length !== count) {
-      throw new StorageError(Code.INTERNAL,
-        `checksums of regions ${first}..${first + count - 1} do not compare: source gave ${s.digests.length} ${s.algorithm} digests, target ${t.digests.length} ${t.algorithm} digests`);
-    }
-    const differ: number[] = [];
-    for (let i = 0; i < count; i++) {
-      if (!s.digests[i]!.equals(t.digests[i]!)) differ.push(first + i);
-    }
-    return differ;
-  }
-
   private fail(err: unknown): void {
     if (this.failed) return;
     this.failed = true;
@@ -443,15 +350,4 @@ class RebuildRun {
     this.ctx.onProgress?.(p);
     this.log.info({ ...p, etaSeconds, copiedBytes: this.copiedBytes, discardedBytes: this.discardedBytes }, 'replica rebuild progress');
   }
-}
-
-/** Sorted regions as [first, count] runs of consecutive regions, each at most `max` long. */
-export function contiguousRuns(regions: readonly number[], max: number): Array<[number, number]> {
-  const runs: Array<[number, number]> = [];
-  for (const r of regions) {
-    const last = runs[runs.length - 1];
-    if (last && last[0] + last[1] === r && last[1] < max) last[1]++;
-    else runs.push([r, 1]);
-  }
-  return runs;
 }

@@ -34,23 +34,25 @@
  * The parts, each in its own file: the replicas and their groups (engine-member.ts,
  * member-set.ts), the I/O path and the timeout sweep (fan-out.ts, whose header says how the
  * hot path stays cheap), faults and the group commit of maps and markFaulted
- * (fault-commit.ts), reconnect and rebuild (engine-rebuild.ts). This class wires them,
- * starts and stops them, follows the volume document and fences.
+ * (fault-commit.ts), reconnect and rebuild (engine-rebuild.ts), opening the replicas at
+ * start (engine-start.ts), the reconcile after an unclean stop (engine-reconcile.ts). This
+ * class wires them, starts and stops them, follows the volume document and fences.
  */
-import { Code, StorageError, isStaleEpoch } from '../common/errors.js';
+import { Code, StorageError } from '../common/errors.js';
 import type { DeviceId, NodeId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import { withTimeout } from '../common/timeout.js';
 import type { BlockDevice } from '../pool/backend.js';
-import { type EngineContext, type EngineLife, Member, MemberMaps, newestEpochOf, openReplicaIo, replicaError } from './engine-member.js';
+import { type EngineContext, type EngineLife, Member, MemberMaps } from './engine-member.js';
+import { Reconciler } from './engine-reconcile.js';
 import { Rebuilder } from './engine-rebuild.js';
+import { openMembers } from './engine-start.js';
 import type {
-  DirtyMapStore, EngineControl, EngineReplicaView, EngineVolumeDoc, ReplicaConnector, ReplicaControl, VolumeReplicaEntry, VolumeSnapshotResult,
+  DirtyMapStore, EngineControl, EngineReplicaView, EngineVolumeDoc, ReplicaConnector, VolumeReplicaEntry, VolumeSnapshotResult,
 } from './engine-types.js';
 import { FanOut } from './fan-out.js';
 import { FaultCommit } from './fault-commit.js';
 import { MemberSet } from './member-set.js';
-import { runReconcile } from './reconcile.js';
 import { growMember } from './engine-resize.js';
 import { RegionLocks, RegionMap } from './region-map.js';
 import { type BarrierPhases, WriteBarrier } from './write-barrier.js';
@@ -86,6 +88,7 @@ export class VolumeEngine implements BlockDevice {
   /** Grows while the engine runs (`resize`); everything reads it through `ctx.sizeBytes`. */
   private size: number;
   private readonly ctx: EngineContext;
+  private readonly life: EngineLife;
   private readonly log: Logger;
   private readonly locks: RegionLocks;
   private readonly members: MemberSet;
@@ -93,6 +96,7 @@ export class VolumeEngine implements BlockDevice {
   private readonly faults: FaultCommit;
   private readonly fanOut: FanOut;
   private readonly rebuilder: Rebuilder;
+  private readonly reconciler: Reconciler;
   private readonly barrier: WriteBarrier;
   private sweepTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -100,7 +104,6 @@ export class VolumeEngine implements BlockDevice {
   private started = false;
   private closing = false;
   private closed: Promise<void> | undefined;
-  private reconciling: { abort: AbortController; settled: Promise<void> } | undefined;
 
   private constructor(private readonly opts: VolumeEngineOptions) {
     this.id = opts.volumeId as string as DeviceId;
@@ -114,7 +117,7 @@ export class VolumeEngine implements BlockDevice {
       volumeId: opts.volumeId, name: opts.name, epoch: opts.epoch, get sizeBytes(): number { return sizeNow(); }, regionBytes: opts.regionBytes,
       timeoutMs: opts.replicaTimeoutMs ?? 8000, reconnectMs: opts.reconnectIntervalMs ?? 2000, log: this.log,
     });
-    const life: EngineLife = {
+    const life: EngineLife = this.life = {
       fencedError: () => this.fencedError,
       closing: () => this.closing,
       fence: (newerEpoch, cause) => this.fence(newerEpoch, cause),
@@ -128,7 +131,8 @@ export class VolumeEngine implements BlockDevice {
       ctx, life, members, maps, faults, connector: opts.connector, control: opts.control, locks,
       rateBytesPerSec: opts.rebuildRateBytesPerSec ?? 0, tracked: (m, io) => fanOut.tracked(m, io),
     });
-    this.barrier = new WriteBarrier({ ctx, life, members, fanOut, connector: opts.connector, reconciling: () => this.reconciling !== undefined });
+    const reconciler = this.reconciler = new Reconciler({ ctx, life, members, faults, connector: opts.connector, locks });
+    this.barrier = new WriteBarrier({ ctx, life, members, fanOut, connector: opts.connector, reconciling: () => reconciler.current !== undefined });
     for (const entry of opts.replicas) members.add(new Member(entry));
   }
 
@@ -277,87 +281,21 @@ export class VolumeEngine implements BlockDevice {
   }
 
   /**
-   * After an unclean stop of the previous engine: makes the other in-sync replicas equal
-   * to the one reads come from, region by region, in the background (see reconcile.ts).
-   * A replica that fails meanwhile is faulted with its whole map set. Resolves when done
-   * (it never rejects: a reconcile that stops is logged).
+   * After an unclean stop of the previous engine: makes the other in-sync replicas equal to
+   * the one reads come from, in the background (engine-reconcile.ts). Never rejects.
    */
   reconcile(): Promise<void> {
-    const source = this.members.readMember;
-    if (this.reconciling) return this.reconciling.settled;
-    if (this.closing || this.fencedError || !source?.io) return Promise.resolve();
-    const others = this.members.inSync.filter((m) => m !== source && m.io);
-    if (others.length === 0) return Promise.resolve();
-    const abort = new AbortController();
-    const run = async (): Promise<void> => {
-      const controlOf = (m: Member): Promise<ReplicaControl> => this.opts.connector.control(m.entry.nodeId);
-      const peers = await Promise.all(others.map(async (m) => ({ m, io: m.io!, control: await controlOf(m) })));
-      const result = await runReconcile({
-        volumeId: this.volumeId, epoch: this.ctx.epoch, sizeBytes: this.sizeBytes, regionBytes: this.regionBytes,
-        source: { io: source.io!, control: await controlOf(source) }, others: peers.map(({ io, control }) => ({ io, control })),
-        locks: this.locks, signal: abort.signal, log: this.log,
-      });
-      for (const [id, err] of result.failed) {
-        const peer = peers.find((p) => p.m.id === id);
-        if (!peer || peer.m.role !== 'in-sync' || peer.m.io !== peer.io || this.members.inSync.length <= 1) continue;
-        this.faults.fault(peer.m, `reconcile failed: ${err.message}`);
-        // Nothing waits on this commit; one that fails (fenced, closing) is logged here.
-        this.faults.markMissed(peer.m, 0, this.sizeBytes, true)?.catch((e: unknown) => {
-          if (!this.fencedError && !this.closing) this.log.warn({ replica: peer.m.id, err: (e as Error).message }, 'cannot record a replica that failed during reconcile');
-        });
-      }
-    };
-    const settled = run().catch((err: unknown) => {
-      if (!abort.signal.aborted && !this.fencedError) this.log.warn({ err: (err as Error).message }, 'reconcile stopped; replicas may differ in regions written just before the previous engine stopped');
-    }).finally(() => {
-      if (this.reconciling?.abort === abort) this.reconciling = undefined;
-    });
-    this.reconciling = { abort, settled };
-    return settled;
+    return this.reconciler.start();
   }
 
   replicaViews(): EngineReplicaView[] {
-    return [...this.members.values()].map((m) => {
-      const state = m.role === 'in-sync' ? 'in-sync' : m.role === 'write-only' ? 'rebuilding' : m.outState;
-      const dirtyBytes = m.role === 'in-sync' ? 0 : m.map && m.mapKnown ? m.map.dirtyBytes() : this.sizeBytes;
-      const view: EngineReplicaView = { replicaId: m.id, nodeId: m.entry.nodeId, state, dirtyBytes };
-      if (m.role === 'write-only') {
-        const p = m.rebuild?.progress;
-        view.rebuild = p ? { ...p } : { doneBytes: 0, totalBytes: dirtyBytes, bytesPerSecond: 0 };
-      }
-      return view;
-    });
+    return this.members.views(this.sizeBytes);
   }
 
   // --- start ----------------------------------------------------------------------------
 
   private async open(): Promise<void> {
-    const { failed, reasons } = await this.openInSync();
-    const notSaved: Member[] = [];
-    for (const m of failed) {
-      m.map = this.maps.load(m) ?? RegionMap.full(this.sizeBytes, this.regionBytes);
-      if (!this.faults.trySave(m)) notSaved.push(m);
-    }
-    const rebuilding: Member[] = [];
-    for (const m of this.members.values()) {
-      if (m.entry.state === 'in-sync') continue;
-      if (m.entry.state === 'rebuilding') rebuilding.push(m);
-      this.maps.restore(m);
-    }
-    this.members.refresh();
-    // A replica the document calls rebuilding is not written to until this engine reaches it: it
-    // must not stay "rebuilding", or a later engine elsewhere would trust its rebuild checkpoint,
-    // which lacks what this engine writes meanwhile.
-    const toFault = [...failed, ...rebuilding];
-    if (toFault.length > 0) {
-      const why = [...reasons, ...rebuilding.map((m) => `${m.id}: rebuilding again once this engine reaches it`)];
-      await this.faults.controlStep(async () => {
-        await this.opts.control.markFaulted(toFault.map((m) => m.id), `engine start at epoch ${this.ctx.epoch}: ${why.join('; ')}`, notSaved.map((m) => m.id));
-        for (const m of notSaved) m.fullRebuild = true;
-      });
-      this.log.warn({ replicas: toFault.map((m) => m.id), reasons: why, fullRebuild: notSaved.map((m) => m.id) }, 'replicas not in the I/O path at engine start; faulted');
-    }
-    if (notSaved.length > 0) this.faults.saveInBackground();
+    await openMembers({ ctx: this.ctx, life: this.life, members: this.members, maps: this.maps, faults: this.faults, connector: this.opts.connector, control: this.opts.control });
     this.started = true;
     this.sweepTimer = setInterval(() => this.fanOut.sweep(), Math.max(1, Math.floor(this.ctx.timeoutMs / 4)));
     this.sweepTimer.unref();
@@ -365,33 +303,6 @@ export class VolumeEngine implements BlockDevice {
     this.reconnectTimer.unref();
     setImmediate(() => this.rebuilder.reconnectAll());
     this.log.info({ inSync: this.members.inSync.map((m) => m.id), outOfSync: this.members.missing.map((m) => m.id), read: this.members.readMember?.id }, 'volume engine started');
-  }
-
-  /** Opens the in-sync replicas in parallel; throws when fenced or when none answers. */
-  private async openInSync(): Promise<{ failed: Member[]; reasons: string[] }> {
-    const wanted = [...this.members.values()].filter((m) => m.entry.state === 'in-sync');
-    const results = await Promise.allSettled(wanted.map((m) => openReplicaIo(this.ctx, this.opts.connector, m)));
-    const failed: Member[] = [];
-    const reasons: string[] = [];
-    let stale: StorageError | undefined;
-    results.forEach((r, i) => {
-      const m = wanted[i]!;
-      if (r.status === 'fulfilled') {
-        m.io = r.value;
-        m.role = 'in-sync';
-        return;
-      }
-      const err = replicaError(m, r.reason, this.ctx.timeoutMs);
-      if (isStaleEpoch(err)) stale ??= err;
-      failed.push(m);
-      reasons.push(`${m.id} on node ${m.entry.nodeId}: ${err.message}`);
-    });
-    if (stale) throw this.fence(newestEpochOf(stale), stale);
-    if (failed.length === wanted.length) {
-      throw new StorageError(Code.UNAVAILABLE, `no in-sync replica of volume ${this.name} is reachable: ${reasons.join('; ') || 'none is in sync'}`,
-        { details: { volumeId: this.volumeId } });
-    }
-    return { failed, reasons };
   }
 
   private abandon(): void {
@@ -432,7 +343,7 @@ export class VolumeEngine implements BlockDevice {
     this.fencedError = err;
     this.log.warn({ newerEpoch, err: cause instanceof Error ? cause.message : undefined }, 'volume engine fenced by a newer one');
     this.stopTimers();
-    this.reconciling?.abort.abort();
+    this.reconciler.current?.abort.abort();
     for (const m of this.members.values()) {
       m.rebuild?.abort.abort();
       m.io?.cancel();
@@ -452,7 +363,7 @@ export class VolumeEngine implements BlockDevice {
     this.closing = true;
     this.stopTimers();
     const runs: { abort: AbortController; settled: Promise<void> }[] = [...this.members.values()].flatMap((m) => (m.rebuild ? [m.rebuild] : []));
-    if (this.reconciling) runs.push(this.reconciling);
+    if (this.reconciler.current) runs.push(this.reconciler.current);
     for (const r of runs) r.abort.abort();
     await Promise.all(runs.map((r) => r.settled));
     let failure: unknown;

@@ -17,8 +17,8 @@
  *   shared cores) move writes to the thread pool for the next second, so the event loop
  *   (and every other volume on it) never keeps waiting on the kernel.
  * - Larger writes, FUA writes and fdatasync are queued and, once per event-loop turn,
- *   handed to the thread pool in batches (one hop for many small requests; a large write
- *   gets a job of its own, so that it is answered as soon as it is done).
+ *   handed to the thread pool in batches (io-batcher.ts: one hop for many small requests;
+ *   a large write gets a job of its own, so that it is answered as soon as it is done).
  * - While a snapshot copy of the device is being filled (file-cut-copy.ts), every write goes
  *   to the thread pool: a clone call holds the file's lock, and a page-cache write on the
  *   event loop would hold every other volume's I/O behind it.
@@ -35,13 +35,11 @@ import type { DeviceId } from '../common/ids.js';
 import type { Logger } from '../common/log.js';
 import type { AllocatedRanges, BlockDevice } from './backend.js';
 import { fileAllocatedRanges } from './file-extents.js';
-import { Code, StorageError, SystemError, codeForErrno, fromNodeError } from '../common/errors.js';
+import { ERRNO_NAMES, IoBatcher, byteLengthOf, errnoError } from './io-batcher.js';
+import { Code, StorageError, SystemError, fromNodeError } from '../common/errors.js';
 import { IO_FDATASYNC, IO_READ, IO_WRITE, IO_WRITE_FDATASYNC, nativeIo, type NativeIo } from '../native/io.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate } from '../native/index.js';
 
-/** At most this many ops, or this many bytes, go to one thread-pool job. */
-const MAX_OPS_PER_JOB = 16;
-const MAX_BYTES_PER_JOB = 256 << 10;
 /** Reads up to this size are carved from a shared slab instead of their own allocation. */
 const SLAB_MAX_READ_BYTES = 64 << 10;
 const SLAB_BYTES = 1 << 20;
@@ -62,31 +60,12 @@ const ZERO_CHUNK_BYTES = 1 << 20;
 /** preadv2(RWF_NOWAIT) answers these where the kernel or the filesystem cannot do it at all. */
 const NOWAIT_UNSUPPORTED = new Set([osConstants.errno.EOPNOTSUPP, osConstants.errno.ENOTSUP, osConstants.errno.ENOSYS].map((e) => -e));
 
-const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([name, num]) => [num, name]));
-
-function errnoError(negErrno: number, syscall: string, details: Record<string, unknown>): SystemError {
-  const errno = -negErrno;
-  const errnoName = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
-  return new SystemError(codeForErrno(errnoName), `${syscall} failed: ${errnoName}`, { errno, errnoName, syscall }, { details });
-}
-
 /**
  * Asked before every change of a device (write, trim, write-zeroes): a promise to wait for
  * before the change may go ahead, or undefined to go ahead now. A snapshot copy being filled
  * after its cut (file-cut-copy.ts) answers.
  */
 export type ChangeGate = () => { before(offset: number, length: number): Promise<void> | undefined } | undefined;
-
-/** What one batched op reads into or writes from: a buffer, several (pwritev), or none (fdatasync). */
-type IoBuffers = Uint8Array | readonly Uint8Array[] | null;
-
-function byteLengthOf(bufs: IoBuffers): number {
-  if (bufs === null) return 0;
-  if (bufs instanceof Uint8Array) return bufs.byteLength;
-  let n = 0;
-  for (const b of bufs) n += b.byteLength;
-  return n;
-}
 
 /** `bufs` without their first `n` bytes. */
 function skipBytes(bufs: readonly Uint8Array[], n: number): Uint8Array[] {
@@ -101,92 +80,6 @@ function skipBytes(bufs: readonly Uint8Array[], n: number): Uint8Array[] {
     skip = 0;
   }
   return out;
-}
-
-interface Pending {
-  resolve: () => void;
-  reject: (err: unknown) => void;
-}
-
-/** Queues I/O ops during one event-loop turn and submits them to the thread pool in jobs. */
-class IoBatcher {
-  private ops: number[] = [];
-  private positions: number[] = [];
-  private bufs: IoBuffers[] = [];
-  private waiters: Pending[] = [];
-  private scheduled = false;
-  private inFlightJobs = 0;
-  private idleWaiters: (() => void)[] = [];
-  private readonly submitBound = (): void => this.submit();
-
-  constructor(
-    private readonly io: NativeIo,
-    private readonly fd: number,
-    private readonly id: DeviceId,
-  ) {}
-
-  enqueue(op: number, position: number, buf: IoBuffers): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.ops.push(op);
-      this.positions.push(position);
-      this.bufs.push(buf);
-      this.waiters.push({ resolve, reject });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        queueMicrotask(this.submitBound);
-      }
-    });
-  }
-
-  /** Resolves once every submitted job has completed. */
-  idle(): Promise<void> {
-    if (this.inFlightJobs === 0 && this.ops.length === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
-  }
-
-  private submit(): void {
-    this.scheduled = false;
-    const count = this.ops.length;
-    let start = 0;
-    while (start < count) {
-      let end = start;
-      let bytes = 0;
-      while (end < count && end - start < MAX_OPS_PER_JOB && (end === start || bytes + byteLengthOf(this.bufs[end]!) <= MAX_BYTES_PER_JOB)) {
-        bytes += byteLengthOf(this.bufs[end]!);
-        end++;
-      }
-      this.submitJob(start, end);
-      start = end;
-    }
-    this.ops = [];
-    this.positions = [];
-    this.bufs = [];
-    this.waiters = [];
-  }
-
-  private submitJob(start: number, end: number): void {
-    const n = end - start;
-    const ops = Int32Array.from(this.ops.slice(start, end));
-    const positions = Float64Array.from(this.positions.slice(start, end));
-    const bufs = this.bufs.slice(start, end);
-    const waiters = this.waiters.slice(start, end);
-    const results = new Int32Array(n);
-    this.inFlightJobs++;
-    this.io.ioSubmit(this.fd, ops, positions, bufs, results, () => {
-      this.inFlightJobs--;
-      for (let i = 0; i < n; i++) {
-        const r = results[i]!;
-        const w = waiters[i]!;
-        if (r >= 0) w.resolve();
-        else w.reject(errnoError(r, ops[i] === IO_READ ? 'pread' : ops[i] === IO_FDATASYNC ? 'fdatasync' : 'pwrite', { device: this.id, offset: positions[i] }));
-      }
-      if (this.inFlightJobs === 0 && this.ops.length === 0) {
-        const waiting = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const w of waiting) w();
-      }
-    });
-  }
 }
 
 class FileBlockDevice implements BlockDevice {
