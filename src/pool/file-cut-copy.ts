@@ -39,8 +39,6 @@ export interface CutCopyStats {
   /** Writes that waited for a chunk, and the longest wait in ms. */
   waits: number;
   maxWaitMs: number;
-  /** The write-back of the source's dirty pages before the first call, in ms. */
-  writebackMs: number;
 }
 
 export class CutCopy {
@@ -49,7 +47,7 @@ export class CutCopy {
   private failure: Error | undefined;
   private finished = false;
   private runChunks = FIRST_RUN_CHUNKS;
-  private readonly stats: CutCopyStats = { method: 'reflink', calls: 0, onDemandCalls: 0, maxCallMs: 0, waits: 0, maxWaitMs: 0, writebackMs: 0 };
+  private readonly stats: CutCopyStats = { method: 'reflink', calls: 0, onDemandCalls: 0, maxCallMs: 0, waits: 0, maxWaitMs: 0 };
 
   /** `dest` is empty and open for writing; `sizeBytes` is the source's size at the cut. */
   constructor(private readonly src: FileHandle, private readonly dest: FileHandle, private readonly sizeBytes: number) {
@@ -84,12 +82,6 @@ export class CutCopy {
    * the caller syncs `dest`). Rejects with the first failure.
    */
   async fill(): Promise<CutCopyStats> {
-    // A reflink writes back the range's dirty pages while it holds the file's lock, so every
-    // writer of the source waits meanwhile (seconds on a loaded node, enough to fault a
-    // replica). Written back here first, without that lock, each call finds little to write.
-    const writeback = performance.now();
-    await this.src.datasync();
-    this.stats.writebackMs = Math.round(performance.now() - writeback);
     const chunks = this.filled.length;
     for (let c = 0; c < chunks && !this.failure; ) {
       const busy = this.inflight.get(c);
