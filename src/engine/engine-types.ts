@@ -6,7 +6,7 @@
  */
 import type { NodeId, ReplicaId, SnapshotId, VolumeId } from '../common/ids.js';
 import type { AllocatedRanges } from '../pool/backend.js';
-import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView } from '../replica/replica-manager.js';
+import type { ChecksumRangeResult, ReplicaRefInput, ReplicaStatusView, SnapshotCopyView } from '../replica/replica-manager.js';
 import type { RebuildProgressRecord, ReplicaState } from '../store/node-store.js';
 
 /**
@@ -102,19 +102,8 @@ export interface ReplicaControl {
   snapshotVolume(volumeId: VolumeId, snapshotId: SnapshotId, deadlineMs: number): Promise<VolumeSnapshotResult>;
 }
 
-/** One node's copy of a snapshot, as its replica service reports it. */
-export interface SnapshotCopyStatus {
-  snapshotId: SnapshotId;
-  volumeId: VolumeId;
-  /** The replica it was taken from. */
-  replicaId: ReplicaId;
-  sizeBytes: number;
-  allocatedBytes: number;
-  /** RFC 3339. */
-  createdAt: string;
-  /** Answered at the cut (`cutOnly`) while the copy is still being filled: ask again to wait for it. */
-  filling?: boolean;
-}
+/** One node's copy of a snapshot, as its replica service reports it (`filling`: answered at the cut, ask again to wait for it). */
+export type SnapshotCopyStatus = SnapshotCopyView;
 
 /** What a write barrier snapshot produced: one copy per in-sync replica. */
 export interface VolumeSnapshotResult {

@@ -15,7 +15,7 @@ import type { SnapshotCopyRecord } from '../store/snapshot-copy-record.js';
 import type { Replica } from './replica.js';
 import { NO_PROGRESS, checkReplicaSize, copyKey, parseSnapshotId, wholeBytes, type ReplicaRefInput, type ReplicaStatusView } from './replica-refs.js';
 
-/** One snapshot copy this node holds (the engine's SnapshotCopyStatus has this shape). */
+/** One snapshot copy this node holds (the engine calls it SnapshotCopyStatus). */
 export interface SnapshotCopyView {
   snapshotId: SnapshotId;
   volumeId: VolumeId;
